@@ -1,0 +1,224 @@
+//! Settings: command line, then environment, then an optional TOML file,
+//! then built-in defaults, in that order of precedence.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::http::dispatch::StatusCheck;
+
+/// Settings a user can give on the command line or in the environment.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SettingsArgs {
+    /// Address to listen on.
+    #[arg(long, env = "PLUGHOST_BIND")]
+    pub bind: Option<SocketAddr>,
+    /// Directory for the host's state (flags, plugins).
+    #[arg(long, env = "PLUGHOST_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Plugin directory (default: <data-dir>/plugins).
+    #[arg(long, env = "PLUGHOST_PLUGIN_DIR")]
+    pub plugin_dir: Option<PathBuf>,
+    /// A TOML file with any of these settings (keys as the long flags, with `_`).
+    #[arg(long, env = "PLUGHOST_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP worker threads (default: one per core).
+    #[arg(long, env = "PLUGHOST_WORKERS")]
+    pub workers: Option<usize>,
+    /// Seconds in-flight requests get to finish on shutdown.
+    #[arg(long, env = "PLUGHOST_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: Option<u64>,
+    /// Largest request body a plugin route accepts, in bytes.
+    #[arg(long, env = "PLUGHOST_MAX_BODY")]
+    pub max_body: Option<usize>,
+    /// Key prefix of the plugin flags (FBA's `PLUGIN_REDIS_PREFIX`).
+    #[arg(long, env = "PLUGIN_REDIS_PREFIX")]
+    pub plugin_redis_prefix: Option<String>,
+    /// Status gate on plugin routes: `cached` (default) or `off` (benchmarks only).
+    #[arg(long, env = "STATUS_CHECK", value_enum)]
+    pub status_check: Option<StatusCheck>,
+    /// Also mount the native baseline route `/native/hello/v1/greet` (benchmarks).
+    #[arg(long, env = "PLUGHOST_BENCH_BASELINE")]
+    pub bench_baseline: bool,
+}
+
+/// The same settings read from a file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    bind: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    plugin_dir: Option<PathBuf>,
+    workers: Option<usize>,
+    shutdown_timeout: Option<u64>,
+    max_body: Option<usize>,
+    plugin_redis_prefix: Option<String>,
+    status_check: Option<StatusCheck>,
+    bench_baseline: Option<bool>,
+}
+
+/// The resolved settings the host runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listen address.
+    pub bind: SocketAddr,
+    /// State directory.
+    pub data_dir: PathBuf,
+    /// Plugin directory.
+    pub plugin_dir: PathBuf,
+    /// HTTP worker threads.
+    pub workers: usize,
+    /// Grace period for in-flight requests on shutdown.
+    pub shutdown_timeout: Duration,
+    /// Largest request body for plugin routes.
+    pub max_body: usize,
+    /// Flag key prefix, without the trailing colon.
+    pub flag_prefix: String,
+    /// Status gate mode.
+    pub status_check: StatusCheck,
+    /// Whether the native baseline route is mounted.
+    pub bench_baseline: bool,
+}
+
+/// A settings file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("setting {name} is invalid: {message}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Settings {
+    /// Resolves the settings from the arguments and their optional file.
+    pub fn resolve(args: &SettingsArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("data"));
+        let plugin_dir = args
+            .plugin_dir
+            .clone()
+            .or(file.plugin_dir)
+            .unwrap_or_else(|| data_dir.join("plugins"));
+        let workers = args
+            .workers
+            .or(file.workers)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if workers == 0 {
+            return Err(ConfigError::Invalid {
+                name: "workers",
+                message: "must be at least 1".into(),
+            });
+        }
+        let flag_prefix = args
+            .plugin_redis_prefix
+            .clone()
+            .or(file.plugin_redis_prefix)
+            .unwrap_or_else(|| "fba:plugin".into());
+        let flag_prefix = flag_prefix.trim_end_matches(':').to_owned();
+        if flag_prefix.is_empty() {
+            return Err(ConfigError::Invalid {
+                name: "plugin_redis_prefix",
+                message: "must not be empty".into(),
+            });
+        }
+        Ok(Self {
+            bind: args
+                .bind
+                .or(file.bind)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000))),
+            data_dir,
+            plugin_dir,
+            workers,
+            shutdown_timeout: Duration::from_secs(
+                args.shutdown_timeout
+                    .or(file.shutdown_timeout)
+                    .unwrap_or(30),
+            ),
+            max_body: args.max_body.or(file.max_body).unwrap_or(16 * 1024 * 1024),
+            flag_prefix,
+            status_check: args
+                .status_check
+                .or(file.status_check)
+                .unwrap_or(StatusCheck::Cached),
+            bench_baseline: args.bench_baseline || file.bench_baseline.unwrap_or(false),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_wins_over_file_and_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plughost.toml");
+        std::fs::write(&file, "bind = \"127.0.0.1:9001\"\nworkers = 3\n").unwrap();
+        let args = SettingsArgs {
+            config: Some(file),
+            workers: Some(5),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&args).unwrap();
+        assert_eq!(s.bind.port(), 9001);
+        assert_eq!(s.workers, 5);
+        assert_eq!(s.plugin_dir, PathBuf::from("data/plugins"));
+        assert_eq!(s.flag_prefix, "fba:plugin");
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plughost.toml");
+        std::fs::write(&file, "bnd = \"x\"\n").unwrap();
+        let args = SettingsArgs {
+            config: Some(file),
+            ..Default::default()
+        };
+        let err = Settings::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("bnd"), "{err}");
+    }
+}

@@ -1,0 +1,207 @@
+//! The one dispatcher for plugin routes, mounted twice: as the admin
+//! scope's default service (extend-level routes, behind admin middleware)
+//! and as the app's default service (app-level routes).
+//!
+//! Per request: one atomic load of the route table, one trie lookup, one
+//! atomic read of the plugin's flag (the status gate, no I/O), and a call
+//! into the plugin with borrowed request data: headers are read lazily
+//! through a callback, the body is passed as a slice, nothing is copied.
+
+use std::panic::AssertUnwindSafe;
+
+use abi_stable::std_types::{ROption, RSlice, RStr, RVec, Tuple2};
+use actix_web::{
+    HttpRequest, HttpResponse,
+    http::{
+        StatusCode,
+        header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue},
+    },
+    web,
+};
+use futures_util::FutureExt;
+use plugin_api::abi::{HeaderSource, OwnedPair, RawRequest, RawResponse, StrPair};
+
+use super::{AppState, envelope};
+use crate::plugin::router::Scope;
+
+/// Whether the status gate runs (off only to measure its cost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusCheck {
+    /// Read the in-process flag cache on every request.
+    Cached,
+    /// Skip the gate (benchmarks only).
+    Off,
+}
+
+/// Dispatches extend-level routes (admin scope).
+pub async fn dispatch_admin(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    dispatch(Scope::Admin, req, payload, &state).await
+}
+
+/// Dispatches app-level routes (top level).
+pub async fn dispatch_app(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    dispatch(Scope::App, req, payload, &state).await
+}
+
+async fn dispatch(
+    scope: Scope,
+    req: HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> HttpResponse {
+    let table = state.plugins.routes();
+    let path = req.path();
+    let Some(matched) = table.lookup(path).filter(|m| m.value.scope == scope) else {
+        return envelope::error(
+            StatusCode::NOT_FOUND,
+            &format!("no route for {} {path}", req.method()),
+        );
+    };
+    let Some(target) = matched.value.get(req.method()) else {
+        return envelope::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!(
+                "{} is not allowed on {path} (allowed: {})",
+                req.method(),
+                matched.value.allowed()
+            ),
+        );
+    };
+    let plugin = &target.plugin;
+    if state.status_check == StatusCheck::Cached && !plugin.enabled() {
+        return envelope::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "plugin '{}' is disabled; an administrator can enable it with PUT /admin/v1/sys/plugins/{}/status",
+                plugin.name, plugin.name
+            ),
+        );
+    }
+    let body = match payload.to_bytes_limited(state.max_body).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            return envelope::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body exceeds the limit of {} bytes", state.max_body),
+            );
+        }
+        Err(e) => {
+            return envelope::error(
+                StatusCode::BAD_REQUEST,
+                &format!("request body could not be read: {e}"),
+            );
+        }
+    };
+    let params: Vec<StrPair<'_>> = matched
+        .params
+        .iter()
+        .map(|(name, value)| StrPair {
+            name: RStr::from_str(name),
+            value: RStr::from_str(value),
+        })
+        .collect();
+    let trace = envelope::trace_id();
+    let raw = RawRequest {
+        method: RStr::from_str(req.method().as_str()),
+        path: RStr::from_str(path),
+        query: RStr::from_str(req.query_string()),
+        params: RSlice::from_slice(&params),
+        headers: header_source(req.headers()),
+        body: RSlice::from_slice(&body),
+        principal: ROption::RNone,
+        trace_id: RStr::from_str(trace.as_str()),
+        extensions: RSlice::from_slice(&[]),
+    };
+    let future = (plugin.module.handle())(target.handler, &raw);
+    // The plugin catches its own panics; this is the backstop for one that
+    // escapes its poll function (async_ffi re-raises it here).
+    match AssertUnwindSafe(future).catch_unwind().await {
+        Ok(response) => into_http(response, &plugin.name, trace.as_str()),
+        Err(_) => {
+            tracing::error!(plugin = %plugin.name, trace_id = trace.as_str(), "plugin future panicked across the boundary");
+            envelope::error_traced(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("internal error in plugin '{}'", plugin.name),
+                trace.as_str(),
+            )
+        }
+    }
+}
+
+fn into_http(raw: RawResponse, plugin: &str, trace: &str) -> HttpResponse {
+    let Ok(status) = StatusCode::from_u16(raw.status) else {
+        tracing::error!(
+            plugin,
+            status = raw.status,
+            "plugin answered an invalid status"
+        );
+        return envelope::error_traced(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("plugin '{plugin}' answered invalid status {}", raw.status),
+            trace,
+        );
+    };
+    let mut response = HttpResponse::build(status);
+    if !raw.content_type.is_empty() {
+        match HeaderValue::from_str(&raw.content_type) {
+            Ok(value) => {
+                response.insert_header((CONTENT_TYPE, value));
+            }
+            Err(_) => tracing::warn!(plugin, "plugin answered an invalid content type; dropped"),
+        }
+    }
+    for Tuple2(name, value) in raw.headers {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            (Ok(name), Ok(value)) => {
+                response.append_header((name, value));
+            }
+            _ => {
+                tracing::warn!(plugin, header = %name, "plugin answered an invalid header; dropped")
+            }
+        }
+    }
+    response.body(bytes::Bytes::from_owner(raw.body))
+}
+
+fn header_source(headers: &HeaderMap) -> HeaderSource<'_> {
+    HeaderSource {
+        ctx: std::ptr::from_ref(headers).cast(),
+        get: header_get,
+        list: header_list,
+        _marker: std::marker::PhantomData,
+    }
+}
+
+#[allow(unsafe_code)]
+unsafe extern "C" fn header_get(ctx: *const (), name: RStr<'_>) -> ROption<RStr<'static>> {
+    // SAFETY: `ctx` is the `&HeaderMap` of `header_source`, which outlives
+    // the plugin's future; the returned string is only used while it lives.
+    let headers: &'static HeaderMap = unsafe { &*ctx.cast::<HeaderMap>() };
+    headers
+        .get(name.as_str())
+        .and_then(|v| v.to_str().ok())
+        .map(RStr::from_str)
+        .into()
+}
+
+#[allow(unsafe_code)]
+unsafe extern "C" fn header_list(ctx: *const ()) -> RVec<OwnedPair> {
+    // SAFETY: as in `header_get`.
+    let headers: &HeaderMap = unsafe { &*ctx.cast::<HeaderMap>() };
+    headers
+        .iter()
+        .filter_map(|(name, value)| Some(Tuple2(name.as_str().into(), value.to_str().ok()?.into())))
+        .collect()
+}

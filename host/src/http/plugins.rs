@@ -1,0 +1,41 @@
+//! `/admin/v1/sys/plugins`: list, changed, status toggle.
+
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+use super::{
+    AppState,
+    envelope::{ApiError, ok},
+};
+
+/// `GET /admin/v1/sys/plugins`: every plugin found, sorted by name.
+pub(crate) async fn list(state: web::Data<AppState>) -> HttpResponse {
+    ok(state.plugins.list())
+}
+
+/// `GET /admin/v1/sys/plugins/changed`: whether a restart would change anything.
+pub(crate) async fn changed(state: web::Data<AppState>) -> HttpResponse {
+    ok(state.plugins.changed())
+}
+
+/// `PUT /admin/v1/sys/plugins/{plugin}/status`: flips the enable flag.
+pub(crate) async fn toggle(
+    state: web::Data<AppState>,
+    plugin: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let name = plugin.into_inner();
+    let plugins = state.plugins.clone();
+    let enabled = web::block(move || plugins.toggle(&name).map(|e| (name, e)))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+                e.to_string(),
+            )
+        })??;
+    let (name, enabled) = enabled;
+    Ok(ok(json!({
+        "name": name,
+        "enable": if enabled { "1" } else { "0" },
+    })))
+}

@@ -1,0 +1,9 @@
+//! plughost: an actix-web host that loads plugins built against `plugin-api`
+//! as native libraries and serves their routes.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the map of this crate.
+
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod plugin;

@@ -1,0 +1,5 @@
+//! `plughost`: the command-line entry point.
+
+fn main() -> std::process::ExitCode {
+    host::cli::main()
+}

@@ -1,0 +1,474 @@
+//! What is installed, what loaded, and why the rest did not.
+//!
+//! Start-up runs in phases over every candidate of the plugin dir; each
+//! phase can refuse a plugin with a reason, and a refused plugin takes its
+//! dependents down with it (named in their reason). Nothing a refused
+//! plugin declared is mounted; the others serve.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use abi_stable::std_types::RResult;
+use actix_web::http::Method;
+use plugin_api::abi::{PluginModRef, RouterSpec};
+
+use super::{
+    discover::{Candidate, Source, library_file_name},
+    loader::load_library,
+    manifest::{PLUGIN_NAME_PATTERN, PluginKind, PluginManifest, is_valid_plugin_name},
+    router::{
+        ADMIN_SCOPE, ADMIN_SYS_PREFIX, MountedRoute, RouteTable, RouteTableBuilder, Scope,
+        check_route_path, join_path,
+    },
+    services::host_services,
+};
+
+/// A plugin whose library is loaded and initialised.
+pub struct LoadedPlugin {
+    /// Its name (the one the library declares).
+    pub name: String,
+    /// Its validated manifest.
+    pub manifest: PluginManifest,
+    /// The library's root module.
+    pub module: PluginModRef,
+    /// The library file.
+    pub library: PathBuf,
+    enabled: AtomicBool,
+}
+
+impl LoadedPlugin {
+    /// The status gate: read on every request, no I/O.
+    #[inline]
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
+    }
+
+    /// Sets the cached flag (after the store has recorded it).
+    pub fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, Ordering::Release);
+    }
+}
+
+/// A plugin's state, as the list endpoint reports it.
+pub enum PluginState {
+    /// Loaded and mounted (enabled or not).
+    Loaded(Arc<LoadedPlugin>),
+    /// Refused, with the reason.
+    Failed(String),
+}
+
+/// One plugin found in the plugin dir.
+pub struct PluginRecord {
+    /// Its name.
+    pub name: String,
+    /// Where it was found.
+    pub source: PathBuf,
+    /// Its manifest, when it could be read.
+    pub manifest: Option<PluginManifest>,
+    /// Loaded or failed.
+    pub state: PluginState,
+}
+
+impl PluginRecord {
+    /// The loaded plugin, if it loaded.
+    pub fn loaded(&self) -> Option<&Arc<LoadedPlugin>> {
+        match &self.state {
+            PluginState::Loaded(p) => Some(p),
+            PluginState::Failed(_) => None,
+        }
+    }
+}
+
+/// The outcome of loading a plugin dir: every record, and the route table.
+pub struct LoadOutcome {
+    /// Every plugin found, by name.
+    pub records: BTreeMap<String, PluginRecord>,
+    /// The routes of every plugin that loaded.
+    pub table: RouteTable,
+}
+
+struct Pending {
+    name: String,
+    source: PathBuf,
+    manifest: Option<PluginManifest>,
+    result: Result<Loaded, String>,
+}
+
+struct Loaded {
+    module: PluginModRef,
+    library: PathBuf,
+    manifest: PluginManifest,
+}
+
+fn read_dir_manifest(dir: &Path) -> Result<PluginManifest, String> {
+    let path = dir.join("plugin.toml");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    PluginManifest::parse(&text).map_err(|e| e.to_string())
+}
+
+/// Opens one candidate: manifest first (no plugin code runs for a bad
+/// one), then the library, then the name and router checks.
+fn open_candidate(candidate: &Candidate) -> (Option<PluginManifest>, Result<Loaded, String>) {
+    if !is_valid_plugin_name(&candidate.name) {
+        return (
+            None,
+            Err(format!(
+                "'{}' is not a valid plugin name ({PLUGIN_NAME_PATTERN}); rename it",
+                candidate.name
+            )),
+        );
+    }
+    let (file_manifest, library) = match &candidate.source {
+        Source::Directory(dir) => {
+            let manifest = match read_dir_manifest(dir) {
+                Ok(m) => m,
+                Err(e) => return (None, Err(e)),
+            };
+            if !dir.join("README.md").is_file() {
+                return (
+                    Some(manifest),
+                    Err(format!("{} has no README.md", dir.display())),
+                );
+            }
+            let library = dir.join(library_file_name(&candidate.name));
+            if !library.is_file() {
+                return (
+                    Some(manifest),
+                    Err(format!("library {} is missing", library.display())),
+                );
+            }
+            (Some(manifest), library)
+        }
+        Source::Library(path) => (None, path.clone()),
+    };
+    let module = match load_library(&library) {
+        Ok(m) => m,
+        Err(e) => return (file_manifest, Err(e.to_string())),
+    };
+    let declared = module.name().as_str();
+    if declared != candidate.name {
+        return (
+            file_manifest,
+            Err(format!(
+                "the library declares plugin '{declared}' but is installed as '{}'; rename it to match",
+                candidate.name
+            )),
+        );
+    }
+    let manifest = match file_manifest {
+        Some(m) => m,
+        None => match PluginManifest::parse(module.manifest().as_str()) {
+            Ok(m) => m,
+            Err(e) => return (None, Err(format!("embedded manifest: {e}"))),
+        },
+    };
+    let loaded = Loaded {
+        module,
+        library,
+        manifest: manifest.clone(),
+    };
+    (Some(manifest), Ok(loaded))
+}
+
+/// The routes a plugin mounts, checked against its manifest.
+pub fn plugin_routes(
+    manifest: &PluginManifest,
+    routers: &[RouterSpec],
+) -> Result<Vec<MountedRoute>, String> {
+    let library_names: BTreeSet<&str> = routers.iter().map(|r| r.name.as_str()).collect();
+    let (declared, scope): (BTreeSet<&str>, Scope) = match &manifest.kind {
+        PluginKind::Extend { routers, .. } => {
+            (routers.keys().map(String::as_str).collect(), Scope::Admin)
+        }
+        PluginKind::App { routers } => (routers.iter().map(String::as_str).collect(), Scope::App),
+    };
+    if let Some(missing) = declared.difference(&library_names).next() {
+        return Err(format!(
+            "plugin.toml declares router '{missing}' but the library has no such router"
+        ));
+    }
+    let mut routes = Vec::new();
+    for router in routers {
+        let name = router.name.as_str();
+        if !declared.contains(name) {
+            return Err(format!(
+                "the library's router '{name}' is not declared in plugin.toml"
+            ));
+        }
+        let prefix = match &manifest.kind {
+            PluginKind::Extend { routers, .. } => join_path(ADMIN_SYS_PREFIX, &routers[name]),
+            PluginKind::App { .. } => {
+                let prefix = router.prefix.as_str();
+                let under_admin =
+                    prefix == ADMIN_SCOPE || prefix.starts_with(&format!("{ADMIN_SCOPE}/"));
+                if !prefix.starts_with('/') || prefix.len() < 2 || under_admin {
+                    return Err(format!(
+                        "app-level router '{name}' has prefix '{prefix}': it must start with / and may not be / or lie under {ADMIN_SCOPE}"
+                    ));
+                }
+                prefix.to_owned()
+            }
+        };
+        for route in router.routes.iter() {
+            let path = route.path.as_str();
+            check_route_path(path).map_err(|e| format!("router '{name}': {e}"))?;
+            let method = Method::from_bytes(route.method.as_str().as_bytes())
+                .ok()
+                .filter(|m| {
+                    [
+                        Method::GET,
+                        Method::POST,
+                        Method::PUT,
+                        Method::DELETE,
+                        Method::PATCH,
+                    ]
+                    .contains(m)
+                })
+                .ok_or_else(|| format!("router '{name}': unsupported method '{}'", route.method))?;
+            routes.push(MountedRoute {
+                method,
+                path: join_path(&prefix, path),
+                handler: route.handler,
+                scope,
+            });
+        }
+    }
+    Ok(routes)
+}
+
+/// Orders `names` so that dependencies come first; reports missing
+/// dependencies and cycles by chain.
+fn dependency_order(
+    deps: &BTreeMap<String, Vec<String>>,
+) -> (Vec<String>, BTreeMap<String, String>) {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Visiting,
+        Done,
+    }
+    fn visit(
+        name: &str,
+        deps: &BTreeMap<String, Vec<String>>,
+        marks: &mut BTreeMap<String, Mark>,
+        stack: &mut Vec<String>,
+        order: &mut Vec<String>,
+        failed: &mut BTreeMap<String, String>,
+    ) {
+        match marks.get(name) {
+            Some(Mark::Done) => return,
+            Some(Mark::Visiting) => {
+                let start = stack.iter().position(|n| n == name).unwrap_or(0);
+                let mut chain = stack[start..].to_vec();
+                chain.push(name.to_owned());
+                let chain = chain.join(" -> ");
+                for member in &stack[start..] {
+                    failed
+                        .entry(member.clone())
+                        .or_insert_with(|| format!("dependency cycle: {chain}"));
+                }
+                return;
+            }
+            None => {}
+        }
+        marks.insert(name.to_owned(), Mark::Visiting);
+        stack.push(name.to_owned());
+        for dep in &deps[name] {
+            if !deps.contains_key(dep) {
+                failed.entry(name.to_owned()).or_insert_with(|| {
+                    format!(
+                        "depends on '{dep}', which is not installed ({})",
+                        stack.join(" -> ") + " -> " + dep
+                    )
+                });
+            } else {
+                visit(dep, deps, marks, stack, order, failed);
+            }
+        }
+        stack.pop();
+        marks.insert(name.to_owned(), Mark::Done);
+        order.push(name.to_owned());
+    }
+    let (mut marks, mut order, mut failed) = (BTreeMap::new(), Vec::new(), BTreeMap::new());
+    for name in deps.keys() {
+        visit(
+            name,
+            deps,
+            &mut marks,
+            &mut Vec::new(),
+            &mut order,
+            &mut failed,
+        );
+    }
+    (order, failed)
+}
+
+/// Loads every candidate and mounts what can be mounted.
+pub fn load_all(candidates: &[Candidate], flags: &dyn Fn(&str) -> bool) -> LoadOutcome {
+    let mut pending: BTreeMap<String, Pending> = BTreeMap::new();
+    let mut duplicates = Vec::new();
+    for candidate in candidates {
+        if let Some(first) = pending.get(&candidate.name) {
+            duplicates.push((
+                candidate.name.clone(),
+                candidate.source.path().to_owned(),
+                first.source.clone(),
+            ));
+            continue;
+        }
+        let (manifest, result) = open_candidate(candidate);
+        pending.insert(
+            candidate.name.clone(),
+            Pending {
+                name: candidate.name.clone(),
+                source: candidate.source.path().to_owned(),
+                manifest,
+                result,
+            },
+        );
+    }
+    for (name, second, first) in duplicates {
+        let p = pending
+            .get_mut(&name)
+            .expect("duplicate of a pending plugin");
+        p.result = Err(format!(
+            "plugin '{name}' is installed twice ({} and {}); remove one",
+            first.display(),
+            second.display()
+        ));
+    }
+
+    // Dependencies, among the plugins that opened.
+    let deps: BTreeMap<String, Vec<String>> = pending
+        .values()
+        .filter_map(|p| {
+            p.result
+                .as_ref()
+                .ok()
+                .map(|l| (p.name.clone(), l.manifest.depends_on.clone()))
+        })
+        .collect();
+    let (order, dep_failures) = dependency_order(&deps);
+    for (name, reason) in dep_failures {
+        pending.get_mut(&name).expect("known").result = Err(reason);
+    }
+
+    // Routes and init, dependencies first; a failure fails the dependents.
+    let mut builder = RouteTableBuilder::default();
+    let mut records = BTreeMap::new();
+    let mut loaded_ok: BTreeSet<String> = BTreeSet::new();
+    for name in &order {
+        let p = pending.remove(name).expect("ordered names are pending");
+        let outcome = p.result.and_then(|l| {
+            if let Some(dep) = l
+                .manifest
+                .depends_on
+                .iter()
+                .find(|d| !loaded_ok.contains(*d))
+            {
+                return Err(format!("depends on '{dep}', which failed to load"));
+            }
+            mount(&p.name, l, &mut builder, flags(&p.name))
+        });
+        let state = match outcome {
+            Ok(plugin) => {
+                loaded_ok.insert(p.name.clone());
+                PluginState::Loaded(plugin)
+            }
+            Err(reason) => {
+                tracing::warn!(plugin = %p.name, source = %p.source.display(), "plugin not loaded: {reason}");
+                PluginState::Failed(reason)
+            }
+        };
+        records.insert(
+            p.name.clone(),
+            PluginRecord {
+                name: p.name,
+                source: p.source,
+                manifest: p.manifest,
+                state,
+            },
+        );
+    }
+    // Whatever is left failed before ordering.
+    for (name, p) in pending {
+        let reason = p.result.err().unwrap_or_else(|| "not loaded".into());
+        tracing::warn!(plugin = %name, source = %p.source.display(), "plugin not loaded: {reason}");
+        records.insert(
+            name.clone(),
+            PluginRecord {
+                name,
+                source: p.source,
+                manifest: p.manifest,
+                state: PluginState::Failed(reason),
+            },
+        );
+    }
+    LoadOutcome {
+        records,
+        table: builder.build(),
+    }
+}
+
+/// Checks a plugin's routes, reserves them, runs its init and returns it.
+fn mount(
+    name: &str,
+    loaded: Loaded,
+    builder: &mut RouteTableBuilder,
+    enabled: bool,
+) -> Result<Arc<LoadedPlugin>, String> {
+    let routers: Vec<RouterSpec> = (loaded.module.routers())().into_vec();
+    let routes = plugin_routes(&loaded.manifest, &routers)?;
+    let plugin = Arc::new(LoadedPlugin {
+        name: name.to_owned(),
+        manifest: loaded.manifest,
+        module: loaded.module,
+        library: loaded.library,
+        enabled: AtomicBool::new(enabled),
+    });
+    // Reserve the routes first: a colliding plugin's code never runs.
+    builder.add(plugin.clone(), routes)?;
+    match (plugin.module.init())(host_services()) {
+        RResult::ROk(()) => Ok(plugin),
+        RResult::RErr(message) => {
+            builder.remove_last();
+            Err(format!("init failed: {message}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph(edges: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+        edges
+            .iter()
+            .map(|(n, d)| (n.to_string(), d.iter().map(|s| s.to_string()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn dependencies_come_first_and_cycles_and_missing_ones_are_named_by_chain() {
+        let (order, failed) = dependency_order(&graph(&[("a", &["b"]), ("b", &[]), ("c", &["a"])]));
+        assert_eq!(order, ["b", "a", "c"]);
+        assert!(failed.is_empty());
+
+        let (_, failed) = dependency_order(&graph(&[("a", &["b"]), ("b", &["a"]), ("c", &[])]));
+        assert_eq!(failed["a"], "dependency cycle: a -> b -> a");
+        assert_eq!(failed["b"], "dependency cycle: a -> b -> a");
+        assert!(!failed.contains_key("c"));
+
+        let (_, failed) = dependency_order(&graph(&[("a", &["zz"])]));
+        assert_eq!(
+            failed["a"],
+            "depends on 'zz', which is not installed (a -> zz)"
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! The route table: every mounted plugin route, behind one atomic swap.
+//!
+//! Both extend-level routes (under `/admin/v1/sys`, reached through the
+//! admin scope) and app-level routes (top level) live in one table, looked
+//! up by one dispatcher. A new table is built beside the old one and
+//! swapped in whole: a request holds the table it started with, and with it
+//! every library that table refers to.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use actix_web::http::Method;
+
+use super::registry::LoadedPlugin;
+
+/// Where an extend-level router of the admin app is mounted.
+pub const ADMIN_SYS_PREFIX: &str = "/admin/v1/sys";
+/// The admin app's scope; app-level routes may not live below it.
+pub const ADMIN_SCOPE: &str = "/admin/v1";
+
+/// Which dispatcher serves a route (and so which middleware it inherits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Inside the admin scope (extend-level).
+    Admin,
+    /// At the top level (app-level).
+    App,
+}
+
+/// The routes the host itself serves; plugin routes may not overlap them.
+pub const CORE_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/health"),
+    ("GET", "/admin/v1/sys/plugins"),
+    ("POST", "/admin/v1/sys/plugins"),
+    ("GET", "/admin/v1/sys/plugins/changed"),
+    ("GET", "/admin/v1/sys/plugins/{plugin}"),
+    ("DELETE", "/admin/v1/sys/plugins/{plugin}"),
+    ("PUT", "/admin/v1/sys/plugins/{plugin}/status"),
+    ("POST", "/admin/v1/auth/login"),
+    ("POST", "/admin/v1/auth/logout"),
+];
+
+/// One route a plugin asks to mount.
+#[derive(Debug, Clone)]
+pub struct MountedRoute {
+    /// HTTP method.
+    pub method: Method,
+    /// Full path pattern (`/admin/v1/sys/dict-types/{id}`).
+    pub path: String,
+    /// The handler id inside the plugin.
+    pub handler: u32,
+    /// Which dispatcher serves it.
+    pub scope: Scope,
+}
+
+/// The plugin and handler a request is dispatched to.
+pub struct Target {
+    /// The plugin (its library stays loaded while this table lives).
+    pub plugin: Arc<LoadedPlugin>,
+    /// Handler id.
+    pub handler: u32,
+}
+
+/// Every method mounted at one path pattern.
+pub struct PathRoutes {
+    /// The dispatcher that serves this path.
+    pub scope: Scope,
+    /// Method to target.
+    pub methods: Vec<(Method, Target)>,
+}
+
+impl PathRoutes {
+    /// The target for `method`, if mounted.
+    pub fn get(&self, method: &Method) -> Option<&Target> {
+        self.methods
+            .iter()
+            .find(|(m, _)| m == method)
+            .map(|(_, t)| t)
+    }
+
+    /// The mounted methods, for a 405 answer.
+    pub fn allowed(&self) -> String {
+        self.methods
+            .iter()
+            .map(|(m, _)| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The immutable table the dispatcher reads.
+pub struct RouteTable {
+    router: matchit::Router<PathRoutes>,
+    plugins: Vec<Arc<LoadedPlugin>>,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        Self {
+            router: matchit::Router::new(),
+            plugins: Vec::new(),
+        }
+    }
+}
+
+impl RouteTable {
+    /// Looks a request path up (a trailing slash is ignored).
+    pub fn lookup<'t, 'p>(
+        &'t self,
+        path: &'p str,
+    ) -> Option<matchit::Match<'t, 'p, &'t PathRoutes>> {
+        let path = match path.len() {
+            0 | 1 => path,
+            n if path.ends_with('/') => &path[..n - 1],
+            _ => path,
+        };
+        self.router.at(path).ok()
+    }
+
+    /// The plugins this table mounts.
+    pub fn plugins(&self) -> &[Arc<LoadedPlugin>] {
+        &self.plugins
+    }
+}
+
+/// Splits a pattern into segments.
+fn segments(path: &str) -> Vec<&str> {
+    path.split('/').filter(|s| !s.is_empty()).collect()
+}
+
+fn is_param(segment: &str) -> bool {
+    segment.starts_with('{') && segment.ends_with('}')
+}
+
+fn is_catch_all(segment: &str) -> bool {
+    segment.starts_with("{*")
+}
+
+/// Whether some concrete path matches both patterns.
+pub fn patterns_overlap(a: &str, b: &str) -> bool {
+    let (a, b) = (segments(a), segments(b));
+    let mut i = 0;
+    loop {
+        match (a.get(i), b.get(i)) {
+            (None, None) => return true,
+            (Some(x), _) if is_catch_all(x) => return b.len() > i,
+            (_, Some(y)) if is_catch_all(y) => return a.len() > i,
+            (Some(x), Some(y)) if x == y || is_param(x) || is_param(y) => i += 1,
+            _ => return false,
+        }
+    }
+}
+
+/// Checks the shape of a route path below its prefix.
+pub fn check_route_path(path: &str) -> Result<(), String> {
+    if !(path.is_empty() || path.starts_with('/')) {
+        return Err(format!("route path '{path}' must be empty or start with /"));
+    }
+    let segs = segments(path);
+    for (i, seg) in segs.iter().enumerate() {
+        let braces = seg.contains('{') || seg.contains('}');
+        let whole = is_param(seg) && seg.len() > 2 && !seg[1..seg.len() - 1].contains(['{', '}']);
+        if braces && !whole {
+            return Err(format!(
+                "route path '{path}': a parameter must be a whole segment like {{id}}"
+            ));
+        }
+        if is_catch_all(seg) && i + 1 != segs.len() {
+            return Err(format!(
+                "route path '{path}': {{*rest}} must be the last segment"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Joins a mount prefix and a route path into one normalised pattern.
+pub fn join_path(prefix: &str, path: &str) -> String {
+    let joined = format!(
+        "/{}/{}",
+        prefix.trim_matches('/'),
+        path.trim_start_matches('/')
+    );
+    let segs = segments(&joined);
+    format!("/{}", segs.join("/"))
+}
+
+/// Builds route tables, refusing plugins whose routes collide.
+#[derive(Default)]
+pub struct RouteTableBuilder {
+    accepted: Vec<(Arc<LoadedPlugin>, Vec<MountedRoute>)>,
+}
+
+impl RouteTableBuilder {
+    /// Adds every route of `plugin`, or none of them with the reason.
+    pub fn add(
+        &mut self,
+        plugin: Arc<LoadedPlugin>,
+        routes: Vec<MountedRoute>,
+    ) -> Result<(), String> {
+        for (i, route) in routes.iter().enumerate() {
+            for (core_method, core_path) in CORE_ROUTES {
+                if patterns_overlap(&route.path, core_path) {
+                    return Err(format!(
+                        "route {} {} collides with the host's core route {core_method} {core_path}",
+                        route.method, route.path
+                    ));
+                }
+            }
+            for earlier in &routes[..i] {
+                if earlier.method == route.method && earlier.path == route.path {
+                    return Err(format!(
+                        "route {} {} is declared twice",
+                        route.method, route.path
+                    ));
+                }
+            }
+            for (other, other_routes) in &self.accepted {
+                for theirs in other_routes {
+                    let same = theirs.path == route.path;
+                    if (same && theirs.method == route.method)
+                        || (!same && patterns_overlap(&theirs.path, &route.path))
+                    {
+                        return Err(format!(
+                            "route {} {} collides with route {} {} of plugin '{}'",
+                            route.method, route.path, theirs.method, theirs.path, other.name
+                        ));
+                    }
+                }
+            }
+        }
+        self.accepted.push((plugin, routes));
+        if let Err(e) = self.try_build() {
+            let (plugin, _) = self.accepted.pop().expect("just pushed");
+            return Err(format!(
+                "routes of plugin '{}' cannot be mounted: {e}",
+                plugin.name
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes the most recently added plugin back out.
+    pub fn remove_last(&mut self) {
+        self.accepted.pop();
+    }
+
+    fn try_build(&self) -> Result<RouteTable, matchit::InsertError> {
+        let mut by_path: BTreeMap<&str, PathRoutes> = BTreeMap::new();
+        for (plugin, routes) in &self.accepted {
+            for route in routes {
+                by_path
+                    .entry(&route.path)
+                    .or_insert_with(|| PathRoutes {
+                        scope: route.scope,
+                        methods: Vec::new(),
+                    })
+                    .methods
+                    .push((
+                        route.method.clone(),
+                        Target {
+                            plugin: plugin.clone(),
+                            handler: route.handler,
+                        },
+                    ));
+            }
+        }
+        let mut router = matchit::Router::new();
+        for (path, routes) in by_path {
+            router.insert(path, routes)?;
+        }
+        Ok(RouteTable {
+            router,
+            plugins: self.accepted.iter().map(|(p, _)| p.clone()).collect(),
+        })
+    }
+
+    /// The table of every accepted plugin.
+    pub fn build(&self) -> RouteTable {
+        self.try_build()
+            .expect("every accepted plugin was checked by a trial build")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_patterns_are_detected() {
+        let cases = [
+            ("/a/b", "/a/b", true),
+            ("/a/{id}", "/a/b", true),
+            ("/a/{id}", "/a/{name}", true),
+            ("/a/{id}/x", "/a/b/y", false),
+            ("/a", "/a/b", false),
+            ("/a/{*rest}", "/a/b/c", true),
+            ("/a/{*rest}", "/a", false),
+            (
+                "/admin/v1/sys/plugins/{plugin}",
+                "/admin/v1/sys/plugins/x",
+                true,
+            ),
+            ("/hello/v1/greet", "/health", false),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(patterns_overlap(a, b), want, "{a} vs {b}");
+            assert_eq!(patterns_overlap(b, a), want, "{b} vs {a}");
+        }
+    }
+
+    #[test]
+    fn route_paths_are_checked_and_joined() {
+        assert!(check_route_path("").is_ok());
+        assert!(check_route_path("/{id}").is_ok());
+        assert!(check_route_path("/x/{*rest}").is_ok());
+        assert!(check_route_path("x").is_err());
+        assert!(check_route_path("/a{id}").is_err());
+        assert!(check_route_path("/{*rest}/x").is_err());
+        assert_eq!(join_path("/sysinfo", ""), "/sysinfo");
+        assert_eq!(
+            join_path("/admin/v1/sys/dict-types", "/"),
+            "/admin/v1/sys/dict-types"
+        );
+        assert_eq!(join_path("/hello/v1", "/greet"), "/hello/v1/greet");
+        assert_eq!(join_path("/", ""), "/");
+    }
+}

@@ -1,0 +1,155 @@
+//! Support code for [`export_plugin!`](crate::export_plugin). Not a public API.
+
+use std::{panic, sync::OnceLock};
+
+pub use abi_stable;
+use abi_stable::{
+    prefix_type::PrefixTypeTrait,
+    std_types::{RResult, RStr, RString, RVec},
+};
+use async_ffi::LocalBorrowingFfiFuture;
+
+use crate::{
+    Error, Host, IntoResponse, Request, Router,
+    abi::{HostRef, PluginMod, PluginModRef, RawRequest, RawResponse, RouterSpec},
+    router::{RouteTable, panic_response},
+};
+
+/// Everything the export macro keeps in the plugin's one `static`.
+pub struct PluginState {
+    name: &'static str,
+    routers: fn() -> Vec<Router>,
+    init: Option<fn(&Host) -> Result<(), String>>,
+    table: OnceLock<RouteTable>,
+}
+
+impl PluginState {
+    /// The state of a plugin named `name`.
+    pub const fn new(
+        name: &'static str,
+        routers: fn() -> Vec<Router>,
+        init: Option<fn(&Host) -> Result<(), String>>,
+    ) -> Self {
+        Self {
+            name,
+            routers,
+            init,
+            table: OnceLock::new(),
+        }
+    }
+
+    fn table(&self) -> &RouteTable {
+        self.table
+            .get_or_init(|| RouteTable::build((self.routers)()))
+    }
+}
+
+/// Gives the generic `extern "C"` functions access to the plugin's `static`.
+pub trait StateAccess: 'static {
+    /// The plugin's state.
+    fn state() -> &'static PluginState;
+}
+
+/// Expands to `Some(init)` or `None`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __init_or_none {
+    () => {
+        None
+    };
+    ($init:path) => {
+        Some($init)
+    };
+}
+pub use crate::__init_or_none as init_or_none;
+
+static NAME: OnceLock<&'static str> = OnceLock::new();
+
+/// The name of the plugin this copy of plugin-api is linked into.
+pub(crate) fn current_plugin_name() -> &'static str {
+    NAME.get().copied().unwrap_or("unknown")
+}
+
+/// Builds the root module of the plugin whose state `S` gives.
+pub fn root_module<S: StateAccess>(name: &'static str, manifest: &'static str) -> PluginModRef {
+    let _ = NAME.set(name);
+    PluginMod {
+        name: RStr::from_str(name),
+        manifest: RStr::from_str(manifest),
+        routers: routers_fn::<S>,
+        init: init_fn::<S>,
+        handle: handle_fn::<S>,
+    }
+    .leak_into_prefix()
+}
+
+fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+extern "C" fn routers_fn<S: StateAccess>() -> RVec<RouterSpec> {
+    match panic::catch_unwind(panic::AssertUnwindSafe(|| S::state().table().specs.clone())) {
+        Ok(specs) => RVec::from(specs),
+        // A plugin whose routers cannot be built has no routes; the host
+        // reports a plugin without routes against its manifest.
+        Err(_) => RVec::new(),
+    }
+}
+
+extern "C" fn init_fn<S: StateAccess>(services: HostRef) -> RResult<(), RString> {
+    let state = S::state();
+    let host = crate::host::install(services, state.name);
+    panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        crate::host().error(&format!(
+            "panicked{location}: {}",
+            payload_text(info.payload())
+        ));
+    }));
+    let result = panic::catch_unwind(panic::AssertUnwindSafe(|| {
+        state.table();
+        state.init.map_or(Ok(()), |init| init(host))
+    }));
+    match result {
+        Ok(Ok(())) => RResult::ROk(()),
+        Ok(Err(message)) => RResult::RErr(RString::from(message)),
+        Err(payload) => RResult::RErr(RString::from(format!(
+            "init panicked: {}",
+            payload_text(payload.as_ref())
+        ))),
+    }
+}
+
+fn ready<'a>(response: RawResponse) -> LocalBorrowingFfiFuture<'a, RawResponse> {
+    LocalBorrowingFfiFuture::new(async move { response })
+}
+
+extern "C" fn handle_fn<'a, S: StateAccess>(
+    handler: u32,
+    raw: &'a RawRequest<'a>,
+) -> LocalBorrowingFfiFuture<'a, RawResponse> {
+    let call = panic::catch_unwind(panic::AssertUnwindSafe(|| {
+        let table = S::state().table();
+        table.handlers.get(handler as usize).map(|h| h.call(raw))
+    }));
+    let request = Request::from_raw(raw);
+    match call {
+        Ok(Some(future)) => future,
+        Ok(None) => ready(
+            Error::internal(format!(
+                "plugin '{}' has no handler #{handler}",
+                current_plugin_name()
+            ))
+            .into_response(&request)
+            .into_raw(),
+        ),
+        Err(_) => ready(panic_response(&request)),
+    }
+}

@@ -1,0 +1,210 @@
+//! The raw stable-ABI types that cross the boundary between host and plugin.
+//!
+//! Plugin authors never touch these: the [`Router`](crate::Router),
+//! [`Request`](crate::Request) and [`export_plugin!`](crate::export_plugin)
+//! layers build and read them. Hosts use them to call into a plugin.
+//!
+//! # Versioning rules (do not break them)
+//!
+//! * [`PluginMod`] and [`HostServices`] are *prefix types*: later 1.x
+//!   versions may append fields after the field marked
+//!   `#[sabi(last_prefix_field)]`, each with `#[sabi(missing_field(option))]`,
+//!   and read them through their `Option` accessors.
+//! * [`RawRequest`], [`RawResponse`], [`RouterSpec`] and [`RouteSpec`] are frozen
+//!   at 1.0: adding a field to a plain struct is refused by the layout check
+//!   in both directions. They carry an `extensions` list for growth.
+//! * Never rename the package or these types; rename fields only with
+//!   `#[sabi(rename)]`.
+
+use std::marker::PhantomData;
+
+use abi_stable::{
+    StableAbi, declare_root_module_statics,
+    library::RootModule,
+    package_version_strings,
+    sabi_types::VersionStrings,
+    std_types::{RCowStr, ROption, RResult, RSlice, RStr, RString, RVec, Tuple2},
+};
+use async_ffi::{FfiFuture, LocalBorrowingFfiFuture};
+
+/// A borrowed key/value pair of strings (path parameters, extensions).
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct StrPair<'a> {
+    /// The key.
+    pub name: RStr<'a>,
+    /// The value.
+    pub value: RStr<'a>,
+}
+
+/// An owned key/value pair of strings (response headers, extensions).
+pub type OwnedPair = Tuple2<RString, RString>;
+
+/// Lazy access to the request headers: the host copies nothing up front,
+/// a plugin pays only for the headers it reads.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct HeaderSource<'a> {
+    /// Opaque pointer to the host's header map, valid for `'a`.
+    pub ctx: *const (),
+    /// Looks one header up by case-insensitive name. The returned string
+    /// borrows from `ctx` and is valid for `'a`.
+    pub get: unsafe extern "C" fn(ctx: *const (), name: RStr<'_>) -> ROption<RStr<'static>>,
+    /// Copies every header out (name, value); values that are not UTF-8 are skipped.
+    pub list: unsafe extern "C" fn(ctx: *const ()) -> RVec<OwnedPair>,
+    /// Ties the source to the request's lifetime.
+    pub _marker: PhantomData<&'a ()>,
+}
+
+/// The authenticated caller of a route that sits behind authentication.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct Principal<'a> {
+    /// The user's id.
+    pub user_id: i64,
+    /// The user's login name.
+    pub username: RStr<'a>,
+    /// Whether the user passes every permission check.
+    pub superuser: bool,
+    /// The permission strings the user holds through its roles.
+    pub permissions: RSlice<'a, RStr<'a>>,
+}
+
+/// One request, borrowed from the host for the duration of the handler's future.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct RawRequest<'a> {
+    /// HTTP method, upper case.
+    pub method: RStr<'a>,
+    /// The request path, without the query string.
+    pub path: RStr<'a>,
+    /// The raw query string, without the leading `?` (may be empty).
+    pub query: RStr<'a>,
+    /// Path parameters matched by the route pattern (`{id}` …).
+    pub params: RSlice<'a, StrPair<'a>>,
+    /// The request headers.
+    pub headers: HeaderSource<'a>,
+    /// The request body.
+    pub body: RSlice<'a, u8>,
+    /// The caller, when the route sits behind authentication.
+    pub principal: ROption<Principal<'a>>,
+    /// The trace id of this request, also sent back as `x-request-id` on errors.
+    pub trace_id: RStr<'a>,
+    /// Room to grow without changing the layout.
+    pub extensions: RSlice<'a, StrPair<'a>>,
+}
+
+/// What a handler answers.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct RawResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// The `content-type` header (empty for none).
+    pub content_type: RCowStr<'static>,
+    /// Further response headers.
+    pub headers: RVec<OwnedPair>,
+    /// The response body.
+    pub body: RVec<u8>,
+    /// Room to grow without changing the layout.
+    pub extensions: RVec<OwnedPair>,
+}
+
+/// One route of a router, as the plugin declares it.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct RouteSpec {
+    /// HTTP method, upper case.
+    pub method: RString,
+    /// Path below the router's prefix (`""`, `/{id}` …), matchit syntax.
+    pub path: RString,
+    /// Index passed back to [`PluginMod::handle`].
+    pub handler: u32,
+    /// Whether the route needs an authenticated caller.
+    pub auth: bool,
+    /// The permission the caller must hold, if any.
+    pub permission: ROption<RString>,
+    /// A one-line summary for the API documentation.
+    pub summary: RString,
+    /// Room to grow without changing the layout.
+    pub extensions: RVec<OwnedPair>,
+}
+
+/// A named router: the unit the manifest's `[api.<name>]` or `[app] router` refers to.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct RouterSpec {
+    /// The router's name.
+    pub name: RString,
+    /// The router's own prefix (app-level plugins mount it at the top level).
+    /// Extend-level plugins take their prefix from the manifest instead.
+    pub prefix: RString,
+    /// The routes.
+    pub routes: RVec<RouteSpec>,
+    /// Room to grow without changing the layout.
+    pub extensions: RVec<OwnedPair>,
+}
+
+/// Log levels accepted by [`HostServices::log`].
+pub mod level {
+    /// Error.
+    pub const ERROR: u8 = 1;
+    /// Warning.
+    pub const WARN: u8 = 2;
+    /// Information.
+    pub const INFO: u8 = 3;
+    /// Debugging detail.
+    pub const DEBUG: u8 = 4;
+}
+
+/// Services the host lends to a plugin at [`PluginMod::init`].
+///
+/// Every function takes the calling plugin's name first, so the host can
+/// attribute log lines and look up that plugin's own settings.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = HostRef)))]
+#[sabi(missing_field(option))]
+pub struct HostServices {
+    /// Writes one line into the host's log.
+    pub log: extern "C" fn(plugin: RStr<'_>, level: u8, message: RStr<'_>),
+    /// Looks up a setting of the plugin (its manifest's `[settings]`,
+    /// overridden by an environment variable of the same name).
+    pub setting: extern "C" fn(plugin: RStr<'_>, key: RStr<'_>) -> ROption<RString>,
+    /// The host's version.
+    pub host_version: extern "C" fn() -> RStr<'static>,
+    /// How many plugins are loaded right now.
+    pub loaded_plugins: extern "C" fn() -> u32,
+    /// A future that completes after `millis` milliseconds, on the host's timer.
+    #[sabi(last_prefix_field)]
+    pub sleep: extern "C" fn(millis: u64) -> FfiFuture<()>,
+}
+
+/// The root module every plugin library exports.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
+#[sabi(missing_field(panic))]
+pub struct PluginMod {
+    /// The plugin's name, `^[a-z][a-z0-9_]{0,63}$`; it decides everything.
+    pub name: RStr<'static>,
+    /// The plugin.toml text, embedded at build time.
+    pub manifest: RStr<'static>,
+    /// The plugin's routers.
+    pub routers: extern "C" fn() -> RVec<RouterSpec>,
+    /// Called once after loading, before any request.
+    pub init: extern "C" fn(host: HostRef) -> RResult<(), RString>,
+    /// Handles one request for the route whose [`RouteSpec::handler`] is `handler`.
+    #[sabi(last_prefix_field)]
+    pub handle: for<'a> extern "C" fn(
+        handler: u32,
+        request: &'a RawRequest<'a>,
+    ) -> LocalBorrowingFfiFuture<'a, RawResponse>,
+}
+
+impl RootModule for PluginModRef {
+    declare_root_module_statics! {PluginModRef}
+    const BASE_NAME: &'static str = "plughost_plugin";
+    const NAME: &'static str = "plughost plugin";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}

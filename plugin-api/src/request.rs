@@ -1,0 +1,141 @@
+//! The request a handler receives.
+
+use std::borrow::Cow;
+
+use abi_stable::std_types::{ROption, RStr};
+use serde::de::DeserializeOwned;
+
+use crate::{Error, abi::RawRequest};
+
+/// One incoming request, borrowed from the host while the handler runs.
+///
+/// Everything is read lazily: a header, the query or the body costs
+/// nothing until the handler asks for it.
+#[derive(Clone, Copy)]
+pub struct Request<'a> {
+    raw: &'a RawRequest<'a>,
+}
+
+/// The authenticated caller of a route behind authentication.
+#[derive(Clone, Copy, Debug)]
+pub struct Principal<'a> {
+    /// The user's id.
+    pub user_id: i64,
+    /// The user's login name.
+    pub username: &'a str,
+    /// Whether the user passes every permission check.
+    pub superuser: bool,
+    permissions: &'a [RStr<'a>],
+}
+
+impl Principal<'_> {
+    /// Whether the caller holds `permission` (superusers hold every permission).
+    pub fn has_permission(&self, permission: &str) -> bool {
+        self.superuser || self.permissions.iter().any(|p| p.as_str() == permission)
+    }
+
+    /// The permission strings the caller holds.
+    pub fn permissions(&self) -> impl Iterator<Item = &str> {
+        self.permissions.iter().map(|p| p.as_str())
+    }
+}
+
+impl<'a> Request<'a> {
+    #[doc(hidden)]
+    pub fn from_raw(raw: &'a RawRequest<'a>) -> Self {
+        Self { raw }
+    }
+
+    /// The HTTP method, upper case.
+    pub fn method(&self) -> &'a str {
+        self.raw.method.as_str()
+    }
+
+    /// The request path, without the query string.
+    pub fn path(&self) -> &'a str {
+        self.raw.path.as_str()
+    }
+
+    /// The raw query string, without `?`.
+    pub fn query_string(&self) -> &'a str {
+        self.raw.query.as_str()
+    }
+
+    /// The query string deserialized into `T` (400 envelope when it does not fit).
+    pub fn query<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_urlencoded::from_str(self.query_string())
+            .map_err(|e| Error::bad_request(format!("invalid query string: {e}")))
+    }
+
+    /// One query parameter, percent-decoded.
+    pub fn query_param(&self, name: &str) -> Option<Cow<'a, str>> {
+        form_urlencoded::parse(self.query_string().as_bytes())
+            .find_map(|(k, v)| (k == name).then_some(v))
+    }
+
+    /// A path parameter matched by the route pattern (`{id}` gives `param("id")`).
+    pub fn param(&self, name: &str) -> Option<&'a str> {
+        self.raw
+            .params
+            .iter()
+            .find(|p| p.name.as_str() == name)
+            .map(|p| p.value.as_str())
+    }
+
+    /// A request header by case-insensitive name (`None` when absent or not UTF-8).
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        let source = &self.raw.headers;
+        // SAFETY: the host guarantees `ctx` and the returned string live for 'a.
+        #[allow(unsafe_code)]
+        let found = unsafe { (source.get)(source.ctx, RStr::from(name)) };
+        match found {
+            ROption::RSome(value) => Some(value.as_str()),
+            ROption::RNone => None,
+        }
+    }
+
+    /// Every request header, copied out as (name, value) pairs.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        let source = &self.raw.headers;
+        // SAFETY: the host guarantees `ctx` lives for 'a.
+        #[allow(unsafe_code)]
+        let all = unsafe { (source.list)(source.ctx) };
+        all.into_iter()
+            .map(|pair| (pair.0.into_string(), pair.1.into_string()))
+            .collect()
+    }
+
+    /// The request body.
+    pub fn body(&self) -> &'a [u8] {
+        self.raw.body.as_slice()
+    }
+
+    /// The body parsed as JSON into `T`: 400 when it is not JSON,
+    /// 422 naming the field when it does not fit `T`.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(self.body()).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => {
+                Error::new(422, format!("request body does not fit: {e}"))
+            }
+            _ => Error::bad_request(format!("request body is not valid JSON: {e}")),
+        })
+    }
+
+    /// The authenticated caller, when the route sits behind authentication.
+    pub fn principal(&self) -> Option<Principal<'a>> {
+        match &self.raw.principal {
+            ROption::RSome(p) => Some(Principal {
+                user_id: p.user_id,
+                username: p.username.as_str(),
+                superuser: p.superuser,
+                permissions: p.permissions.as_slice(),
+            }),
+            ROption::RNone => None,
+        }
+    }
+
+    /// This request's trace id (sent back as `x-request-id` on errors).
+    pub fn trace_id(&self) -> &'a str {
+        self.raw.trace_id.as_str()
+    }
+}
