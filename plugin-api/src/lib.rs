@@ -41,6 +41,7 @@
 //! [`Host`] services (see [`host`]).
 
 pub mod abi;
+mod export;
 mod host;
 mod request;
 mod response;
@@ -57,54 +58,11 @@ pub use router::Router;
 /// The version of this contract, as the host compares it.
 pub const CONTRACT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Exports a plugin's root module from a `cdylib` crate.
-///
-/// * `name`: the plugin's name, `^[a-z][a-z0-9_]{0,63}$`; the host
-///   refuses a library whose file or directory name says otherwise.
-/// * `manifest`: the plugin.toml text, usually `include_str!("../plugin.toml")`.
-/// * `routers`: a `fn() -> Vec<Router>`.
-/// * `init` (optional): a `fn(&Host) -> Result<(), String>` run once after
-///   loading, before any request.
-#[macro_export]
-macro_rules! export_plugin {
-    (name: $name:expr, manifest: $manifest:expr, routers: $routers:path $(, init: $init:path)? $(,)?) => {
-        static __PLUGHOST_PLUGIN: $crate::__private::PluginState =
-            $crate::__private::PluginState::new($name, $routers, $crate::__private::init_or_none!($($init)?));
-
-        #[allow(unsafe_code)]
-        #[unsafe(export_name = "_1as_0lib_1header_0root_bmodule_bloader")]
-        #[doc(hidden)]
-        pub static __PLUGHOST_LIB_HEADER: $crate::__private::abi_stable::library::LibHeader = {
-            extern "C" fn erased_module() -> $crate::__private::abi_stable::library::RootModuleResult {
-                $crate::__private::abi_stable::library::__call_root_module_loader(root_module)
-            }
-            fn root_module() -> $crate::abi::PluginModRef {
-                $crate::__private::root_module::<__PluginHandlers>($name, $manifest)
-            }
-            struct __PluginHandlers;
-            impl $crate::__private::StateAccess for __PluginHandlers {
-                fn state() -> &'static $crate::__private::PluginState {
-                    &__PLUGHOST_PLUGIN
-                }
-            }
-            // SAFETY: `erased_module` returns the `PluginModRef` built by `root_module`.
-            unsafe {
-                $crate::__private::abi_stable::library::LibHeader::from_constructor::<
-                    $crate::abi::PluginModRef,
-                >(
-                    erased_module,
-                    $crate::__private::abi_stable::library::CheckTypeLayout::Yes,
-                )
-            }
-        };
-    };
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn export_name_is_the_symbol_abi_stable_looks_up() {
-        let source = include_str!("lib.rs");
+        let source = include_str!("export.rs");
         let wanted = format!(
             "export_name = \"{}\"",
             abi_stable::library::ROOT_MODULE_LOADER_NAME

@@ -15,8 +15,8 @@ use abi_stable::{
 };
 use plugin_api::abi::PluginModRef;
 
-/// How many lines of abi_stable's (very long) layout report reach the user.
-const LAYOUT_REPORT_LINES: usize = 6;
+/// How many differences of abi_stable's (very long) layout report reach the user.
+const LAYOUT_REPORT_ERRORS: usize = 4;
 
 /// Why a library was refused.
 #[derive(Debug, thiserror::Error)]
@@ -53,13 +53,13 @@ pub enum LoadError {
     },
     /// The contract's types differ in layout.
     #[error(
-        "{path}: type layout of {type_name} differs from this host's plugin-api {expected} (plugin built against {found}); rebuild the plugin against plugin-api {expected}: {summary}"
+        "{path}: type {type_name} differs from this host's plugin-api {expected} (the plugin says it was built against {found}): {summary}; rebuild the plugin against plugin-api {expected}"
     )]
     Layout {
         /// The library.
         path: PathBuf,
-        /// The root module type.
-        type_name: &'static str,
+        /// The innermost type that differs.
+        type_name: String,
         /// The host's contract version.
         expected: String,
         /// The plugin's contract version.
@@ -87,27 +87,76 @@ fn plugin_version(header: &LibHeader) -> String {
         .unwrap_or_else(|_| header.version_strings().version.to_string())
 }
 
-/// Keeps the first lines of abi_stable's layout report that say what differs.
-fn summarize_layout_report(report: &str) -> String {
-    let lines: Vec<&str> = report
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .filter(|l| {
-            let lower = l.to_ascii_lowercase();
-            lower.contains("expected") || lower.contains("found") || lower.contains("error")
-        })
-        .take(LAYOUT_REPORT_LINES)
-        .collect();
-    if lines.is_empty() {
-        report
-            .lines()
-            .take(LAYOUT_REPORT_LINES)
-            .collect::<Vec<_>>()
-            .join(" | ")
-    } else {
-        lines.join(" | ")
+/// What a layout report says differs: the innermost type with errors and
+/// each error with its expected and found value, on one line.
+///
+/// abi_stable's report runs to hundreds of lines (the full layout of both
+/// types at every level); the whole of it goes to the debug log.
+fn summarize_layout_report(report: &str) -> (String, String) {
+    let lines: Vec<&str> = report.lines().map(str::trim).collect();
+    // The innermost type with errors: the last `type:` line of the last
+    // non-empty "N error(s)inside:" block, before that block's layouts.
+    let mut type_name = None;
+    for (i, line) in lines.iter().enumerate() {
+        let Some(count) = line.strip_suffix("error(s)inside:") else {
+            continue;
+        };
+        if count.trim().parse::<u32>().is_ok_and(|n| n > 0) {
+            type_name = lines[i + 1..]
+                .iter()
+                .take_while(|l| !l.starts_with("Layout of expected type"))
+                .filter_map(|l| l.strip_prefix("type:"))
+                .last()
+                .map(str::to_owned);
+        }
     }
+    // The value after a `Expected:`/`Found:` header: a field's name, or the
+    // first line.
+    let value_after = |start: usize| -> String {
+        let block = lines[start..]
+            .iter()
+            .take_while(|l| !l.is_empty() && !l.starts_with("Found:"));
+        let block: Vec<&&str> = block.collect();
+        block
+            .iter()
+            .find_map(|l| l.strip_prefix("field_name:"))
+            .or_else(|| block.first().map(|l| **l))
+            .unwrap_or("?")
+            .to_owned()
+    };
+    let mut errors = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(what) = line.strip_prefix("Error:") else {
+            continue;
+        };
+        let expected = lines[i..]
+            .iter()
+            .position(|l| *l == "Expected:")
+            .map(|k| value_after(i + k + 1));
+        let found = lines[i..]
+            .iter()
+            .position(|l| *l == "Found:")
+            .map(|k| value_after(i + k + 1));
+        errors.push(match (expected, found) {
+            (Some(e), Some(f)) => format!("{what} (expected {e}, found {f})"),
+            _ => what.to_owned(),
+        });
+        if errors.len() == LAYOUT_REPORT_ERRORS {
+            break;
+        }
+    }
+    let summary = if errors.is_empty() {
+        lines
+            .iter()
+            .filter(|l| !l.is_empty())
+            .take(3)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ")
+    } else {
+        errors.join("; ")
+    };
+    (type_name.unwrap_or_else(|| "PluginMod".to_owned()), summary)
 }
 
 fn describe(path: &Path, header: Option<&LibHeader>, error: LibraryError) -> LoadError {
@@ -131,14 +180,15 @@ fn describe(path: &Path, header: Option<&LibHeader>, error: LibraryError) -> Loa
         LibraryError::AbiInstability(report) => {
             let report = report.to_string();
             tracing::debug!(library = %path.display(), "full layout report:\n{report}");
+            let (type_name, summary) = summarize_layout_report(&report);
             LoadError::Layout {
                 path,
-                type_name: "PluginMod",
+                type_name,
                 expected: host_version().to_string(),
                 found: header
                     .map(plugin_version)
                     .unwrap_or_else(|| "unknown".into()),
-                summary: summarize_layout_report(&report),
+                summary,
             }
         }
         LibraryError::InvalidAbiHeader(found) => LoadError::Other {
@@ -208,11 +258,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn layout_reports_are_cut_to_the_lines_that_differ() {
-        let report = "Error:\n  a\n  b\nfield  expected: u32\n  found: u64\n\n".repeat(50);
-        let summary = summarize_layout_report(&report);
-        assert_eq!(summary.matches(" | ").count(), LAYOUT_REPORT_LINES - 1);
-        assert!(summary.starts_with("Error:"), "{summary}");
+    fn layout_reports_are_cut_to_the_type_and_the_differences() {
+        let report = "0 error(s).\n0 error(s)inside:\n  type:PluginMod\nLayout of expected type:\n  type:PluginMod\n\n\
+            2 error(s)inside:\n    field_name:0\n    type:PluginMod\n\n    field_name:0\n    type:RawRequest<'a>\n\
+            Layout of expected type:\n    type:RawRequest<'a>\n\n\
+            Error:incompatible type size\nExpected:\n    192\nFound:\n    200\n\n\
+            Error:unexpected field\nExpected:\n    field_name:extensions\n    type:RSlice<'a>\nFound:\n    field_name:extra\n    type:u64\n";
+        let (type_name, summary) = summarize_layout_report(report);
+        assert_eq!(type_name, "RawRequest<'a>");
+        assert_eq!(
+            summary,
+            "incompatible type size (expected 192, found 200); unexpected field (expected extensions, found extra)"
+        );
     }
 
     #[test]
@@ -220,7 +277,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("libgarbage.so");
         std::fs::write(&path, b"definitely not an ELF file").unwrap();
-        let err = load_library(&path).unwrap_err();
+        let Err(err) = load_library(&path) else {
+            panic!("garbage loaded")
+        };
         assert!(matches!(err, LoadError::Open { .. }), "{err}");
         assert!(err.to_string().contains("libgarbage.so"), "{err}");
     }
