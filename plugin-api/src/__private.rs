@@ -15,11 +15,14 @@ use crate::{
     router::{RouteTable, panic_response},
 };
 
+/// A plugin's optional init hook.
+pub type InitFn = fn(&Host) -> Result<(), String>;
+
 /// Everything the export macro keeps in the plugin's one `static`.
 pub struct PluginState {
     name: &'static str,
     routers: fn() -> Vec<Router>,
-    init: Option<fn(&Host) -> Result<(), String>>,
+    init: Option<InitFn>,
     table: OnceLock<RouteTable>,
 }
 
@@ -28,7 +31,7 @@ impl PluginState {
     pub const fn new(
         name: &'static str,
         routers: fn() -> Vec<Router>,
-        init: Option<fn(&Host) -> Result<(), String>>,
+        init: Option<InitFn>,
     ) -> Self {
         Self {
             name,
