@@ -151,7 +151,9 @@ fn into_http(raw: RawResponse, plugin: &str, trace: &str) -> HttpResponse {
         );
     };
     let mut response = HttpResponse::build(status);
-    if !raw.content_type.is_empty() {
+    if raw.content_type.as_str() == "application/json" {
+        response.insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")));
+    } else if !raw.content_type.is_empty() {
         match HeaderValue::from_str(&raw.content_type) {
             Ok(value) => {
                 response.insert_header((CONTENT_TYPE, value));
