@@ -129,3 +129,24 @@ fn the_environment_overrides_a_declared_plugin_setting() {
     let reply = host.get("/panicky/v1/inspect/1");
     assert_eq!(reply.data()["greeting"], "hi from the environment");
 }
+
+#[test]
+fn bodies_are_read_whether_sized_or_chunked_and_refused_above_the_limit() {
+    let data = DataDir::new();
+    data.install_dir("hello");
+    let host = Host::start_with(&data, &[("PLUGHOST_MAX_BODY", "64")]);
+    let url = format!("{}/hello/v1/echo", host.base());
+    // No content-length: ureq streams a reader with chunked transfer encoding.
+    let chunked: serde_json::Value = ureq::post(&url)
+        .set("content-type", "application/json")
+        .send(&b"{\"chunked\": true}"[..])
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(chunked["data"], json!({"chunked": true}));
+    let big = json!({"text": "x".repeat(100)});
+    host.post("/hello/v1/echo", &big)
+        .assert_error(413, "request body exceeds the limit of 64 bytes");
+    // The host keeps serving after refusing a body.
+    assert_eq!(host.post("/hello/v1/echo", &json!([1])).data(), &json!([1]));
+}

@@ -12,13 +12,17 @@ use std::panic::AssertUnwindSafe;
 use abi_stable::std_types::{ROption, RSlice, RStr, RVec, Tuple2};
 use actix_web::{
     HttpRequest, HttpResponse,
+    dev::{Payload, ServiceFactory, ServiceRequest, ServiceResponse, fn_service},
     http::{
         StatusCode,
-        header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue},
+        header::{
+            CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
+        },
     },
     web,
 };
-use futures_util::FutureExt;
+use bytes::{Bytes, BytesMut};
+use futures_util::{FutureExt, StreamExt};
 use plugin_api::abi::{HeaderSource, OwnedPair, RawRequest, RawResponse, StrPair};
 
 use super::{AppState, envelope};
@@ -34,30 +38,68 @@ pub enum StatusCheck {
     Off,
 }
 
-/// Dispatches extend-level routes (admin scope).
-pub async fn dispatch_admin(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> HttpResponse {
-    dispatch(Scope::Admin, req, payload, &state).await
+/// The dispatcher for extend-level routes (the admin scope's default service).
+pub fn admin_service() -> impl ServiceFactory<
+    ServiceRequest,
+    Config = (),
+    Response = ServiceResponse,
+    Error = actix_web::Error,
+    InitError = (),
+> {
+    fn_service(|req: ServiceRequest| dispatch(Scope::Admin, req))
 }
 
-/// Dispatches app-level routes (top level).
-pub async fn dispatch_app(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> HttpResponse {
-    dispatch(Scope::App, req, payload, &state).await
+/// The dispatcher for app-level routes (the app's default service).
+pub fn app_service() -> impl ServiceFactory<
+    ServiceRequest,
+    Config = (),
+    Response = ServiceResponse,
+    Error = actix_web::Error,
+    InitError = (),
+> {
+    fn_service(|req: ServiceRequest| dispatch(Scope::App, req))
 }
 
-async fn dispatch(
-    scope: Scope,
-    req: HttpRequest,
-    payload: web::Payload,
-    state: &AppState,
-) -> HttpResponse {
+/// Whether the request can carry a body at all (HTTP/1.1 framing).
+fn may_have_body(req: &HttpRequest) -> bool {
+    let headers = req.headers();
+    headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// Reads the whole request body, refusing more than `limit` bytes.
+async fn read_body(payload: &mut Payload, limit: usize) -> Result<Bytes, HttpResponse> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            envelope::error(
+                StatusCode::BAD_REQUEST,
+                &format!("request body could not be read: {e}"),
+            )
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(envelope::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body exceeds the limit of {limit} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+async fn dispatch(scope: Scope, req: ServiceRequest) -> Result<ServiceResponse, actix_web::Error> {
+    let (req, mut payload) = req.into_parts();
+    let response = answer(scope, &req, &mut payload).await;
+    Ok(ServiceResponse::new(req, response))
+}
+
+async fn answer(scope: Scope, req: &HttpRequest, payload: &mut Payload) -> HttpResponse {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .expect("AppState is registered on the app");
     let table = state.plugins.routes();
     let path = req.path();
     let Some(matched) = table.lookup(path).filter(|m| m.value.scope == scope) else {
@@ -86,20 +128,13 @@ async fn dispatch(
             ),
         );
     }
-    let body = match payload.to_bytes_limited(state.max_body).await {
-        Ok(Ok(body)) => body,
-        Ok(Err(_)) => {
-            return envelope::error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("request body exceeds the limit of {} bytes", state.max_body),
-            );
+    let body = if may_have_body(req) {
+        match read_body(payload, state.max_body).await {
+            Ok(body) => body,
+            Err(response) => return response,
         }
-        Err(e) => {
-            return envelope::error(
-                StatusCode::BAD_REQUEST,
-                &format!("request body could not be read: {e}"),
-            );
-        }
+    } else {
+        Bytes::new()
     };
     let params: Vec<StrPair<'_>> = matched
         .params
@@ -174,7 +209,7 @@ fn into_http(raw: RawResponse, plugin: &str, trace: &str) -> HttpResponse {
             }
         }
     }
-    response.body(bytes::Bytes::from_owner(raw.body))
+    response.body(Bytes::from_owner(raw.body))
 }
 
 fn header_source(headers: &HeaderMap) -> HeaderSource<'_> {

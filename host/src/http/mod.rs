@@ -75,12 +75,12 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
                     .route(web::put().to(plugins::toggle))
                     .default_service(web::to(method_not_allowed)),
             )
-            .default_service(web::to(dispatch::dispatch_admin)),
+            .default_service(dispatch::admin_service()),
     );
     if bench_baseline {
         cfg.route("/native/hello/v1/greet", web::get().to(baseline::greet));
     }
-    cfg.default_service(web::to(dispatch::dispatch_app));
+    cfg.default_service(dispatch::app_service());
 }
 
 /// Loads the plugins and serves until SIGINT/SIGTERM; in-flight requests
