@@ -35,20 +35,15 @@ fn must_exist(path: PathBuf) -> PathBuf {
     path
 }
 
-/// The `plughost` binary.
-pub fn binary() -> PathBuf {
-    must_exist(target_dir().join("debug").join("plughost"))
+/// A binary built into the debug target dir (`plughost`, or the
+/// `plughost-next` fixture built against plugin-api 1.1).
+pub fn binary(name: &str) -> PathBuf {
+    must_exist(target_dir().join("debug").join(name))
 }
 
 /// The built library of plugin `name` (workspace plugins and fixtures).
 pub fn library(name: &str) -> PathBuf {
-    let file = format!("lib{name}.so");
-    let dir = if name.starts_with("contract_") {
-        target_dir().join("fixtures").join("debug")
-    } else {
-        target_dir().join("debug")
-    };
-    must_exist(dir.join(file))
+    must_exist(target_dir().join("debug").join(format!("lib{name}.so")))
 }
 
 /// The source directory (plugin.toml, README.md) of plugin `name`.
@@ -189,7 +184,12 @@ pub struct Host {
 impl Host {
     /// Starts the host on `data` with extra environment variables.
     pub fn start_with(data: &DataDir, env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(binary());
+        Self::start_binary("plughost", data, env)
+    }
+
+    /// Starts the binary `name` (see [`binary`]) on `data`.
+    pub fn start_binary(name: &str, data: &DataDir, env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(binary(name));
         command
             .args([
                 "serve",

@@ -247,6 +247,11 @@ fn accept_older_minor(header: &LibHeader) -> Result<PluginModRef, ()> {
             tracing::debug!("reversed layout check failed too: {e}");
         },
     )?;
+    tracing::info!(
+        plugin_contract = %plugin,
+        host_contract = %host,
+        "accepting a plugin built against an older minor version of plugin-api"
+    );
     // SAFETY: the layouts were checked above, in the direction that is valid
     // for a plugin older than the host; fields the plugin lacks are only read
     // through `Option` accessors.

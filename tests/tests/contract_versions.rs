@@ -1,0 +1,54 @@
+//! Plugins and hosts built against different minor versions of plugin-api
+//! work together in all four combinations; a different major version or a
+//! changed frozen type is refused. `plughost-next` and the `contract_*`
+//! plugins come from scripts/build-fixtures (plugin-api 1.1.0 has one more,
+//! optional, root-module field; see that script).
+
+use e2e::{DataDir, Host};
+
+#[test]
+fn hosts_and_plugins_of_contract_1_0_and_1_1_load_each_other_in_all_four_combinations() {
+    let data = DataDir::new();
+    data.drop_library("hello"); // built against 1.0.0
+    data.drop_library("contract_next"); // built against 1.1.0
+    for binary in ["plughost", "plughost-next"] {
+        let host = Host::start_binary(binary, &data, &[]);
+        assert_eq!(
+            host.get("/hello/v1/greet?name=Ada").data()["message"],
+            "Hello, Ada!",
+            "{binary} serves a 1.0 plugin"
+        );
+        assert_eq!(
+            host.get("/contract_next/x").data(),
+            "contract_next",
+            "{binary} serves a 1.1 plugin"
+        );
+        let log = host.log();
+        let older_path = log.contains("older minor version of plugin-api");
+        assert_eq!(
+            older_path,
+            binary == "plughost-next",
+            "only the 1.1 host takes the older-minor path:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn a_newer_host_still_refuses_a_changed_frozen_type_and_another_major_version() {
+    let data = DataDir::new();
+    data.drop_library("contract_layout");
+    data.drop_library("contract_major2");
+    let host = Host::start_binary("plughost-next", &data, &[]);
+    let layout = host.plugin("contract_layout");
+    let error = layout["error"].as_str().unwrap();
+    assert!(
+        error.contains("type RawRequest<'a> differs from this host's plugin-api 1.1.0"),
+        "{error}"
+    );
+    let major = host.plugin("contract_major2");
+    let error = major["error"].as_str().unwrap();
+    assert!(
+        error.contains("built against plugin-api 2.0.0, this host speaks plugin-api 1.1.0"),
+        "{error}"
+    );
+}
