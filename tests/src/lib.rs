@@ -334,3 +334,19 @@ impl Drop for Host {
         }
     }
 }
+
+/// A data dir with plugins `names` installed as directories, and a host
+/// serving it with extra environment variables `env`.
+pub fn serve_with(names: &[&str], env: &[(&str, &str)]) -> (DataDir, Host) {
+    let data = DataDir::new();
+    for name in names {
+        data.install_dir(name);
+    }
+    let host = Host::start_with(&data, env);
+    (data, host)
+}
+
+/// [`serve_with`] without extra environment.
+pub fn serve(names: &[&str]) -> (DataDir, Host) {
+    serve_with(names, &[])
+}

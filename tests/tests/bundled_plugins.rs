@@ -1,14 +1,9 @@
 //! The bundled plugins serve their routes through the real binary.
 
-use e2e::{DataDir, Host};
 use serde_json::json;
 
-fn host_with_bundled() -> (DataDir, Host) {
-    let data = DataDir::new();
-    data.install_dir("hello");
-    data.install_dir("sysinfo");
-    let host = Host::start(&data);
-    (data, host)
+fn host_with_bundled() -> (e2e::DataDir, e2e::Host) {
+    e2e::serve(&["hello", "sysinfo"])
 }
 
 #[test]
@@ -100,9 +95,7 @@ fn plugin_path_parameters_are_validated() {
 
 #[test]
 fn handlers_see_path_params_headers_and_their_own_settings_only() {
-    let data = DataDir::new();
-    data.install_dir("panicky");
-    let host = Host::start(&data);
+    let (_data, host) = e2e::serve(&["panicky"]);
     let url = format!("{}/panicky/v1/inspect/42", host.base());
     let body: serde_json::Value = ureq::get(&url)
         .set("X-Test-Agent", "probe")
@@ -123,18 +116,17 @@ fn handlers_see_path_params_headers_and_their_own_settings_only() {
 
 #[test]
 fn the_environment_overrides_a_declared_plugin_setting() {
-    let data = DataDir::new();
-    data.install_dir("panicky");
-    let host = Host::start_with(&data, &[("PANICKY_GREETING", "hi from the environment")]);
+    let (_data, host) = e2e::serve_with(
+        &["panicky"],
+        &[("PANICKY_GREETING", "hi from the environment")],
+    );
     let reply = host.get("/panicky/v1/inspect/1");
     assert_eq!(reply.data()["greeting"], "hi from the environment");
 }
 
 #[test]
 fn bodies_are_read_whether_sized_or_chunked_and_refused_above_the_limit() {
-    let data = DataDir::new();
-    data.install_dir("hello");
-    let host = Host::start_with(&data, &[("PLUGHOST_MAX_BODY", "64")]);
+    let (_data, host) = e2e::serve_with(&["hello"], &[("PLUGHOST_MAX_BODY", "64")]);
     let url = format!("{}/hello/v1/echo", host.base());
     // No content-length: ureq streams a reader with chunked transfer encoding.
     let chunked: serde_json::Value = ureq::post(&url)

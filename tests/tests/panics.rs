@@ -1,13 +1,8 @@
 //! Panicking plugin handlers are contained: a 500 envelope and a log line.
 
-use e2e::{DataDir, Host};
-
 #[test]
 fn panicking_sync_and_async_handlers_give_500_while_everything_else_keeps_answering() {
-    let data = DataDir::new();
-    data.install_dir("panicky");
-    data.install_dir("hello");
-    let host = Host::start(&data);
+    let (_data, host) = e2e::serve(&["panicky", "hello"]);
     for round in 0..1000 {
         let sync = host.get("/panicky/v1/sync");
         assert_eq!(sync.status, 500, "round {round}: {:?}", sync.json);

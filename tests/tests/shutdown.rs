@@ -2,13 +2,9 @@
 
 use std::time::Duration;
 
-use e2e::{DataDir, Host};
-
 #[test]
 fn a_request_in_flight_at_sigterm_finishes_and_the_host_exits_cleanly() {
-    let data = DataDir::new();
-    data.install_dir("panicky");
-    let host = Host::start(&data);
+    let (_data, host) = e2e::serve(&["panicky"]);
     let url = format!("{}/panicky/v1/slow?ms=1500", host.base());
     let in_flight = std::thread::spawn(move || {
         ureq::get(&url)

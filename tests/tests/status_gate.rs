@@ -4,10 +4,7 @@ use e2e::{DataDir, Host};
 
 #[test]
 fn toggling_off_gives_503_naming_the_plugin_and_on_gives_200_without_restart() {
-    let data = DataDir::new();
-    data.install_dir("hello");
-    data.install_dir("sysinfo");
-    let host = Host::start(&data);
+    let (_data, host) = e2e::serve(&["hello", "sysinfo"]);
     assert_eq!(host.get("/hello/v1/greet?name=A").status, 200);
 
     let off = host.put("/admin/v1/sys/plugins/hello/status");
@@ -28,10 +25,7 @@ fn toggling_off_gives_503_naming_the_plugin_and_on_gives_200_without_restart() {
 
 #[test]
 fn a_disabled_flag_survives_a_restart() {
-    let data = DataDir::new();
-    data.install_dir("hello");
-    data.install_dir("sysinfo");
-    let host = Host::start(&data);
+    let (data, host) = e2e::serve(&["hello", "sysinfo"]);
     host.put("/admin/v1/sys/plugins/sysinfo/status");
     host.get("/admin/v1/sys/sysinfo")
         .assert_error(503, "sysinfo");

@@ -38,26 +38,18 @@ pub enum StatusCheck {
     Off,
 }
 
-/// The dispatcher for extend-level routes (the admin scope's default service).
-pub fn admin_service() -> impl ServiceFactory<
+/// The dispatcher for one scope: the admin scope's default service serves
+/// extend-level routes, the app's default service app-level ones.
+pub fn service(
+    scope: Scope,
+) -> impl ServiceFactory<
     ServiceRequest,
     Config = (),
     Response = ServiceResponse,
     Error = actix_web::Error,
     InitError = (),
 > {
-    fn_service(|req: ServiceRequest| dispatch(Scope::Admin, req))
-}
-
-/// The dispatcher for app-level routes (the app's default service).
-pub fn app_service() -> impl ServiceFactory<
-    ServiceRequest,
-    Config = (),
-    Response = ServiceResponse,
-    Error = actix_web::Error,
-    InitError = (),
-> {
-    fn_service(|req: ServiceRequest| dispatch(Scope::App, req))
+    fn_service(move |req: ServiceRequest| dispatch(scope, req))
 }
 
 /// Whether the request can carry a body at all (HTTP/1.1 framing).

@@ -11,7 +11,10 @@ use actix_web::{
     App, HttpRequest, HttpResponse, HttpServer, error::InternalError, http::StatusCode, web,
 };
 
-use crate::{config::Settings, plugin::PluginHost};
+use crate::{
+    config::Settings,
+    plugin::{PluginHost, router::Scope},
+};
 use dispatch::StatusCheck;
 
 /// What every handler shares.
@@ -75,12 +78,12 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
                     .route(web::put().to(plugins::toggle))
                     .default_service(web::to(method_not_allowed)),
             )
-            .default_service(dispatch::admin_service()),
+            .default_service(dispatch::service(Scope::Admin)),
     );
     if bench_baseline {
         cfg.route("/native/hello/v1/greet", web::get().to(baseline::greet));
     }
-    cfg.default_service(dispatch::app_service());
+    cfg.default_service(dispatch::service(Scope::App));
 }
 
 /// Loads the plugins and serves until SIGINT/SIGTERM; in-flight requests
