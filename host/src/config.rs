@@ -43,7 +43,7 @@ pub struct SettingsArgs {
     #[arg(long, env = "STATUS_CHECK", value_enum)]
     pub status_check: Option<StatusCheck>,
     /// Also mount the native baseline route `/native/hello/v1/greet` (benchmarks).
-    #[arg(long, env = "PLUGHOST_BENCH_BASELINE")]
+    #[arg(long, env = "PLUGHOST_BENCH_BASELINE", value_parser = clap::builder::FalseyValueParser::new())]
     pub bench_baseline: bool,
 }
 
