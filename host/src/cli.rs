@@ -1,11 +1,14 @@
 //! The `plughost` command line.
 
-use std::{io::IsTerminal, process::ExitCode};
+use std::{io::IsTerminal, process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Settings, SettingsArgs};
+use crate::{
+    auth::AuthService,
+    config::{Settings, SettingsArgs},
+};
 
 /// plughost: a web host that loads plugins as native libraries.
 #[derive(Debug, Parser)]
@@ -19,6 +22,128 @@ struct Cli {
 enum Command {
     /// Load the plugin dir and serve HTTP until SIGINT/SIGTERM.
     Serve(SettingsArgs),
+    /// Manage users (same --data-dir and DATABASE_URL as `serve`).
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Manage roles and their permissions.
+    Role {
+        #[command(subcommand)]
+        action: RoleAction,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserAction {
+    /// Create a user.
+    Add {
+        /// Login name.
+        name: String,
+        /// Password (at least 8 characters).
+        #[arg(long)]
+        password: String,
+        /// Roles to hold (repeat for several).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Make the user a superuser (passes every permission check).
+        #[arg(long)]
+        superuser: bool,
+    },
+    /// Set a user's password.
+    Passwd {
+        /// Login name.
+        name: String,
+        /// New password (at least 8 characters).
+        #[arg(long)]
+        password: String,
+    },
+    /// List users and their roles.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum RoleAction {
+    /// Create a role.
+    Add {
+        /// Role name.
+        name: String,
+    },
+    /// Give a role permissions (e.g. sys:dict:add).
+    Grant {
+        /// Role name.
+        name: String,
+        /// Permission strings.
+        #[arg(required = true)]
+        permissions: Vec<String>,
+    },
+}
+
+type Action = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
+
+/// Runs a management action against the database the server would use.
+fn manage(
+    args: &SettingsArgs,
+    action: impl FnOnce(Arc<AuthService>) -> Action,
+) -> anyhow::Result<()> {
+    let settings = Settings::resolve(args)?;
+    actix_web::rt::System::new().block_on(async move {
+        let auth = crate::http::open_auth(&settings).await?;
+        action(auth).await
+    })
+}
+
+async fn user(auth: Arc<AuthService>, action: UserAction) -> anyhow::Result<()> {
+    match action {
+        UserAction::Add {
+            name,
+            password,
+            roles,
+            superuser,
+        } => {
+            let id = auth.add_user(&name, &password, superuser, &roles).await?;
+            println!("created user '{name}' (id {id})");
+        }
+        UserAction::Passwd { name, password } => {
+            auth.set_password(&name, &password).await?;
+            println!("password of '{name}' changed");
+        }
+        UserAction::List => {
+            println!(
+                "{:<20} {:<24} {:<9} {:<6} roles",
+                "id", "username", "superuser", "active"
+            );
+            for u in auth.list_users().await? {
+                println!(
+                    "{:<20} {:<24} {:<9} {:<6} {}",
+                    u.id,
+                    u.username,
+                    if u.superuser { "yes" } else { "no" },
+                    if u.status == 1 { "yes" } else { "no" },
+                    u.roles.join(",")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn role(auth: Arc<AuthService>, action: RoleAction) -> anyhow::Result<()> {
+    match action {
+        RoleAction::Add { name } => {
+            let id = auth.add_role(&name).await?;
+            println!("created role '{name}' (id {id})");
+        }
+        RoleAction::Grant { name, permissions } => {
+            auth.grant(&name, &permissions).await?;
+            println!("role '{name}' holds {}", permissions.join(", "));
+        }
+    }
+    Ok(())
 }
 
 /// Runs the command line; the exit code says whether it worked.
@@ -37,6 +162,12 @@ pub fn main() -> ExitCode {
             .and_then(|settings| {
                 actix_web::rt::System::new().block_on(crate::http::serve(settings))
             }),
+        Command::User { action, settings } => {
+            manage(&settings, |auth| Box::pin(user(auth, action)))
+        }
+        Command::Role { action, settings } => {
+            manage(&settings, |auth| Box::pin(role(auth, action)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,40 +10,60 @@ use std::{
 use clap::Args;
 use serde::Deserialize;
 
-use crate::http::dispatch::StatusCheck;
+use crate::{db::PkMode, http::dispatch::StatusCheck};
 
 /// Settings a user can give on the command line or in the environment.
 #[derive(Debug, Clone, Default, Args)]
 pub struct SettingsArgs {
     /// Address to listen on.
-    #[arg(long, env = "PLUGHOST_BIND")]
+    #[arg(long, global = true, env = "PLUGHOST_BIND")]
     pub bind: Option<SocketAddr>,
     /// Directory for the host's state (flags, plugins).
-    #[arg(long, env = "PLUGHOST_DATA_DIR")]
+    #[arg(long, global = true, env = "PLUGHOST_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Plugin directory (default: <data-dir>/plugins).
-    #[arg(long, env = "PLUGHOST_PLUGIN_DIR")]
+    #[arg(long, global = true, env = "PLUGHOST_PLUGIN_DIR")]
     pub plugin_dir: Option<PathBuf>,
     /// A TOML file with any of these settings (keys as the long flags, with `_`).
-    #[arg(long, env = "PLUGHOST_CONFIG")]
+    #[arg(long, global = true, env = "PLUGHOST_CONFIG")]
     pub config: Option<PathBuf>,
     /// HTTP worker threads (default: one per core).
-    #[arg(long, env = "PLUGHOST_WORKERS")]
+    #[arg(long, global = true, env = "PLUGHOST_WORKERS")]
     pub workers: Option<usize>,
     /// Seconds in-flight requests get to finish on shutdown.
-    #[arg(long, env = "PLUGHOST_SHUTDOWN_TIMEOUT")]
+    #[arg(long, global = true, env = "PLUGHOST_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<u64>,
     /// Largest request body a plugin route accepts, in bytes.
-    #[arg(long, env = "PLUGHOST_MAX_BODY")]
+    #[arg(long, global = true, env = "PLUGHOST_MAX_BODY")]
     pub max_body: Option<usize>,
     /// Key prefix of the plugin flags (FBA's `PLUGIN_REDIS_PREFIX`).
-    #[arg(long, env = "PLUGIN_REDIS_PREFIX")]
+    #[arg(long, global = true, env = "PLUGIN_REDIS_PREFIX")]
     pub plugin_redis_prefix: Option<String>,
     /// Status gate on plugin routes: `cached` (default) or `off` (benchmarks only).
-    #[arg(long, env = "STATUS_CHECK", value_enum)]
+    #[arg(long, global = true, env = "STATUS_CHECK", value_enum)]
     pub status_check: Option<StatusCheck>,
+    /// Database URL: sqlite://FILE, postgres://… or mysql://… (default: SQLite in the data dir).
+    #[arg(long, global = true, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Primary keys of new rows: `autoincrement` (default) or `snowflake`.
+    #[arg(long, global = true, env = "PLUGHOST_PK_MODE", value_enum)]
+    pub pk_mode: Option<PkMode>,
+    /// This instance's snowflake worker id (0-1023).
+    #[arg(long, global = true, env = "PLUGHOST_WORKER_ID")]
+    pub worker_id: Option<u16>,
+    /// Token signing secret, at least 32 characters (default: generated once into <data-dir>/jwt.secret).
+    #[arg(
+        long,
+        global = true,
+        env = "PLUGHOST_JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// Access token lifetime in seconds.
+    #[arg(long, global = true, env = "PLUGHOST_TOKEN_TTL")]
+    pub token_ttl: Option<u64>,
     /// Also mount the native baseline route `/native/hello/v1/greet` (benchmarks).
-    #[arg(long, env = "PLUGHOST_BENCH_BASELINE", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, global = true, env = "PLUGHOST_BENCH_BASELINE", value_parser = clap::builder::FalseyValueParser::new())]
     pub bench_baseline: bool,
 }
 
@@ -60,6 +80,11 @@ struct FileSettings {
     plugin_redis_prefix: Option<String>,
     status_check: Option<StatusCheck>,
     bench_baseline: Option<bool>,
+    database_url: Option<String>,
+    pk_mode: Option<PkMode>,
+    worker_id: Option<u16>,
+    jwt_secret: Option<String>,
+    token_ttl: Option<u64>,
 }
 
 /// The resolved settings the host runs with.
@@ -83,6 +108,16 @@ pub struct Settings {
     pub status_check: StatusCheck,
     /// Whether the native baseline route is mounted.
     pub bench_baseline: bool,
+    /// Database URL.
+    pub database_url: String,
+    /// Primary-key mode.
+    pub pk_mode: PkMode,
+    /// Snowflake worker id.
+    pub worker_id: u16,
+    /// Configured token secret (else the data dir's file).
+    pub jwt_secret: Option<String>,
+    /// Access token lifetime.
+    pub token_ttl: Duration,
 }
 
 /// A settings file that cannot be used.
@@ -158,7 +193,6 @@ impl Settings {
                 .bind
                 .or(file.bind)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000))),
-            data_dir,
             plugin_dir,
             workers,
             shutdown_timeout: Duration::from_secs(
@@ -173,7 +207,30 @@ impl Settings {
                 .or(file.status_check)
                 .unwrap_or(StatusCheck::Cached),
             bench_baseline: args.bench_baseline || file.bench_baseline.unwrap_or(false),
+            database_url: args
+                .database_url
+                .clone()
+                .or(file.database_url)
+                .unwrap_or_else(|| crate::db::default_url(&data_dir)),
+            pk_mode: args
+                .pk_mode
+                .or(file.pk_mode)
+                .unwrap_or(PkMode::Autoincrement),
+            worker_id: worker_id(args.worker_id.or(file.worker_id))?,
+            jwt_secret: args.jwt_secret.clone().or(file.jwt_secret),
+            token_ttl: Duration::from_secs(args.token_ttl.or(file.token_ttl).unwrap_or(86_400)),
+            data_dir,
         })
+    }
+}
+
+fn worker_id(id: Option<u16>) -> Result<u16, ConfigError> {
+    match id {
+        Some(id) if id > 1023 => Err(ConfigError::Invalid {
+            name: "worker_id",
+            message: format!("{id} is out of range 0-1023"),
+        }),
+        id => Ok(id.unwrap_or(0)),
     }
 }
 

@@ -3,7 +3,9 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the map of this crate.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod http;
 pub mod plugin;

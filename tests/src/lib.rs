@@ -173,18 +173,41 @@ impl Reply {
     }
 }
 
+/// The password the harness gives the `admin` superuser.
+pub const ADMIN_PASSWORD: &str = "admin-test-password";
+
+/// Who a request is sent as.
+#[derive(Debug, Clone, Copy)]
+pub enum As<'a> {
+    /// The `admin` superuser (a token from logging in once).
+    Admin,
+    /// No `Authorization` header.
+    Anonymous,
+    /// This `Authorization` header value, as is.
+    Header(&'a str),
+}
+
 /// A running `plughost serve`.
 pub struct Host {
     child: Option<Child>,
     base: String,
     log: Arc<Mutex<String>>,
     agent: ureq::Agent,
+    admin_token: std::sync::OnceLock<String>,
 }
 
 impl Host {
     /// Starts the host on `data` with extra environment variables.
     pub fn start_with(data: &DataDir, env: &[(&str, &str)]) -> Self {
         Self::start_binary("plughost", data, env)
+    }
+
+    /// Starts the host on `data` and `database`, with extra environment.
+    pub fn start_on(data: &DataDir, database: &TestDatabase, env: &[(&str, &str)]) -> Self {
+        let db_env = database.env();
+        let mut all: Vec<(&str, &str)> = db_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        all.extend_from_slice(env);
+        Self::start_binary("plughost", data, &all)
     }
 
     /// Starts the binary `name` (see [`binary`]) on `data`.
@@ -201,6 +224,7 @@ impl Host {
             ])
             .arg(data.path())
             .env("PLUGHOST_LOG", "info")
+            .env("PLUGHOST_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env_remove("PLUGHOST_CONFIG")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -240,6 +264,7 @@ impl Host {
             base: format!("http://{addr}"),
             log,
             agent,
+            admin_token: std::sync::OnceLock::new(),
         }
     }
 
@@ -269,10 +294,50 @@ impl Host {
         }
     }
 
-    /// A request with any method and an optional JSON body.
-    pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
-        let request = self.agent.request(method, &format!("{}{path}", self.base));
+    /// Logs in and returns the access token.
+    pub fn login(&self, username: &str, password: &str) -> Reply {
+        self.request_as(
+            As::Anonymous,
+            "POST",
+            "/admin/v1/auth/login",
+            Some(&serde_json::json!({"username": username, "password": password})),
+        )
+    }
+
+    /// A token of `username`, or a panic naming why login failed.
+    pub fn token(&self, username: &str, password: &str) -> String {
+        let reply = self.login(username, password);
+        reply.data()["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned()
+    }
+
+    /// A request sent as `who`.
+    pub fn request_as(&self, who: As<'_>, method: &str, path: &str, body: Option<&Value>) -> Reply {
+        let mut request = self.agent.request(method, &format!("{}{path}", self.base));
+        match who {
+            As::Admin => {
+                let token = self
+                    .admin_token
+                    .get_or_init(|| self.token("admin", ADMIN_PASSWORD));
+                request = request.set("Authorization", &format!("Bearer {token}"));
+            }
+            As::Header(value) => request = request.set("Authorization", value),
+            As::Anonymous => {}
+        }
         self.send(request, body)
+    }
+
+    /// A request with any method and an optional JSON body; requests to
+    /// the admin app are sent as the `admin` superuser.
+    pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
+        let who = if path.starts_with("/admin/v1/") {
+            As::Admin
+        } else {
+            As::Anonymous
+        };
+        self.request_as(who, method, path, body)
     }
 
     /// `GET path`.
@@ -349,4 +414,135 @@ pub fn serve_with(names: &[&str], env: &[(&str, &str)]) -> (DataDir, Host) {
 /// [`serve_with`] without extra environment.
 pub fn serve(names: &[&str]) -> (DataDir, Host) {
     serve_with(names, &[])
+}
+
+/// A database backend the suite runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The default: a SQLite file in the data dir.
+    Sqlite,
+    /// The server at `PLUGHOST_TEST_POSTGRES_URL`.
+    Postgresql,
+    /// The server at `PLUGHOST_TEST_MYSQL_URL`.
+    Mysql,
+}
+
+/// Every backend, SQLite first.
+pub const BACKENDS: [Backend; 3] = [Backend::Sqlite, Backend::Postgresql, Backend::Mysql];
+
+fn server_url(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the suite with scripts/test, which starts PostgreSQL and MariaDB on loopback")
+    })
+}
+
+/// A fresh, empty database for one test, dropped afterwards.
+pub struct TestDatabase {
+    /// Its backend.
+    pub backend: Backend,
+    url: Option<String>,
+    name: String,
+}
+
+impl TestDatabase {
+    /// Creates a database on `backend`'s server (SQLite needs nothing).
+    pub fn create(backend: Backend) -> Self {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("plughost_test_{}_{n}", std::process::id());
+        let url = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgresql => {
+                let server = server_url("PLUGHOST_TEST_POSTGRES_URL");
+                run_sql_client(backend, &server, &format!("CREATE DATABASE {name}"));
+                Some(format!("{server}/{name}"))
+            }
+            Backend::Mysql => {
+                let server = server_url("PLUGHOST_TEST_MYSQL_URL");
+                run_sql_client(backend, &server, &format!("CREATE DATABASE {name}"));
+                Some(format!("{server}/{name}"))
+            }
+        };
+        Self { backend, url, name }
+    }
+
+    /// The environment that points the host at this database.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        self.url
+            .iter()
+            .map(|url| ("DATABASE_URL", url.clone()))
+            .collect()
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (var, backend) = match self.backend {
+            Backend::Sqlite => return,
+            Backend::Postgresql => ("PLUGHOST_TEST_POSTGRES_URL", self.backend),
+            Backend::Mysql => ("PLUGHOST_TEST_MYSQL_URL", self.backend),
+        };
+        if let Ok(server) = std::env::var(var) {
+            run_sql_client(
+                backend,
+                &server,
+                &format!("DROP DATABASE IF EXISTS {}", self.name),
+            );
+        }
+    }
+}
+
+/// Runs one statement on a server with its command-line client.
+fn run_sql_client(backend: Backend, server: &str, sql: &str) {
+    let output = match backend {
+        Backend::Postgresql => Command::new("psql")
+            .arg(format!("{server}/postgres"))
+            .args(["-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output(),
+        Backend::Mysql => {
+            // mysql://user@host:port
+            let rest = server.trim_start_matches("mysql://");
+            let (user, hostport) = rest.split_once('@').unwrap_or(("root", rest));
+            let (host, port) = hostport.split_once(':').unwrap_or((hostport, "3306"));
+            Command::new("mariadb")
+                .args([
+                    "--no-defaults",
+                    "-h",
+                    host,
+                    "-P",
+                    port,
+                    "-u",
+                    user,
+                    "-e",
+                    sql,
+                ])
+                .output()
+        }
+        Backend::Sqlite => return,
+    }
+    .expect("run the database client");
+    assert!(
+        output.status.success(),
+        "{sql} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Runs `plughost ARGS` (a management command) on `data` with `env`;
+/// returns (success, stdout + stderr).
+pub fn cli(data: &DataDir, env: &[(&str, String)], args: &[&str]) -> (bool, String) {
+    let output = Command::new(binary("plughost"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("PLUGHOST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run plughost");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
 }

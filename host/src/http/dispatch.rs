@@ -7,7 +7,7 @@
 //! into the plugin with borrowed request data: headers are read lazily
 //! through a callback, the body is passed as a slice, nothing is copied.
 
-use std::panic::AssertUnwindSafe;
+use std::{panic::AssertUnwindSafe, sync::Arc};
 
 use abi_stable::std_types::{ROption, RSlice, RStr, RVec, Tuple2};
 use actix_web::{
@@ -23,9 +23,11 @@ use actix_web::{
 };
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
-use plugin_api::abi::{HeaderSource, OwnedPair, RawRequest, RawResponse, StrPair};
+use plugin_api::abi::{
+    HeaderSource, OwnedPair, Principal as AbiPrincipal, RawRequest, RawResponse, StrPair,
+};
 
-use super::{AppState, envelope};
+use super::{AppState, envelope, envelope::ApiError};
 use crate::plugin::router::Scope;
 
 /// Whether the status gate runs (off only to measure its cost).
@@ -120,6 +122,30 @@ async fn answer(scope: Scope, req: &HttpRequest, payload: &mut Payload) -> HttpR
             ),
         );
     }
+    // Authentication: the admin scope's guard has already run; an app-level
+    // route that asks for it authenticates here.
+    let caller = if target.auth {
+        let found = match scope {
+            Scope::Admin => super::auth::caller(req).map(|c| c.principal),
+            Scope::App => state
+                .auth
+                .authenticate(super::auth::authorization(req))
+                .await
+                .map(|(principal, _, _)| Arc::new(principal))
+                .map_err(ApiError::from),
+        };
+        match found {
+            Ok(principal) => Some(principal),
+            Err(e) => return actix_web::ResponseError::error_response(&e),
+        }
+    } else {
+        None
+    };
+    if let (Some(permission), Some(principal)) = (&target.permission, &caller)
+        && let Err(e) = principal.require(permission)
+    {
+        return actix_web::ResponseError::error_response(&ApiError::from(e));
+    }
     let body = if may_have_body(req) {
         match read_body(payload, state.max_body).await {
             Ok(body) => body,
@@ -136,6 +162,19 @@ async fn answer(scope: Scope, req: &HttpRequest, payload: &mut Payload) -> HttpR
             value: RStr::from_str(value),
         })
         .collect();
+    let permissions: Vec<RStr<'_>> = caller
+        .as_ref()
+        .map(|p| p.permissions.iter().map(|s| RStr::from_str(s)).collect())
+        .unwrap_or_default();
+    let principal = match &caller {
+        Some(p) => ROption::RSome(AbiPrincipal {
+            user_id: p.user_id,
+            username: RStr::from_str(&p.username),
+            superuser: p.superuser,
+            permissions: RSlice::from_slice(&permissions),
+        }),
+        None => ROption::RNone,
+    };
     let trace = envelope::trace_id();
     let raw = RawRequest {
         method: RStr::from_str(req.method().as_str()),
@@ -144,7 +183,7 @@ async fn answer(scope: Scope, req: &HttpRequest, payload: &mut Payload) -> HttpR
         params: RSlice::from_slice(&params),
         headers: header_source(req.headers()),
         body: RSlice::from_slice(&body),
-        principal: ROption::RNone,
+        principal,
         trace_id: RStr::from_str(trace.as_str()),
         extensions: RSlice::from_slice(&[]),
     };

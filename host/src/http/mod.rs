@@ -1,5 +1,6 @@
 //! HTTP: app assembly, the envelope, the plugin dispatcher, core routes.
 
+pub mod auth;
 mod baseline;
 pub mod dispatch;
 pub mod envelope;
@@ -8,11 +9,14 @@ mod plugins;
 use std::sync::Arc;
 
 use actix_web::{
-    App, HttpRequest, HttpResponse, HttpServer, error::InternalError, http::StatusCode, web,
+    App, HttpRequest, HttpResponse, HttpServer, error::InternalError, http::StatusCode,
+    middleware::from_fn, web,
 };
 
 use crate::{
+    auth::{AuthService, load_or_create_secret},
     config::Settings,
+    db::Db,
     plugin::{PluginHost, router::Scope},
 };
 use dispatch::StatusCheck;
@@ -21,6 +25,8 @@ use dispatch::StatusCheck;
 pub struct AppState {
     /// The plugin system.
     pub plugins: Arc<PluginHost>,
+    /// Users, roles, tokens.
+    pub auth: Arc<AuthService>,
     /// Whether the status gate runs.
     pub status_check: StatusCheck,
     /// Largest request body for plugin routes.
@@ -56,6 +62,16 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
         web::QueryConfig::default()
             .error_handler(|e, _| extractor_error(format!("invalid query string: {e}"))),
     )
+    .app_data(web::JsonConfig::default().error_handler(|e, _| {
+        let status = match &e {
+            actix_web::error::JsonPayloadError::Deserialize(d) if d.is_data() => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let message = format!("invalid JSON body: {e}");
+        InternalError::from_response(message.clone(), envelope::error(status, &message)).into()
+    }))
     .service(
         web::resource("/health")
             .route(web::get().to(health))
@@ -63,6 +79,17 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
     )
     .service(
         web::scope("/admin/v1")
+            .wrap(from_fn(auth::guard))
+            .service(
+                web::resource("/auth/login")
+                    .route(web::post().to(auth::login))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/auth/logout")
+                    .route(web::post().to(auth::logout))
+                    .default_service(web::to(method_not_allowed)),
+            )
             .service(
                 web::resource("/sys/plugins")
                     .route(web::get().to(plugins::list))
@@ -86,12 +113,37 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
     cfg.default_service(dispatch::service(Scope::App));
 }
 
+/// Opens the database (migrating it), makes sure an administrator exists,
+/// and returns the auth service.
+pub async fn open_auth(settings: &Settings) -> anyhow::Result<Arc<AuthService>> {
+    std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create data dir {}: {e}",
+            settings.data_dir.display()
+        )
+    })?;
+    let db =
+        Arc::new(Db::open(&settings.database_url, settings.pk_mode, settings.worker_id).await?);
+    let secret = load_or_create_secret(settings.jwt_secret.as_deref(), &settings.data_dir)?;
+    Ok(Arc::new(AuthService::new(db, &secret, settings.token_ttl)))
+}
+
 /// Loads the plugins and serves until SIGINT/SIGTERM; in-flight requests
 /// get `shutdown_timeout` to finish.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let auth = open_auth(&settings).await?;
+    let admin_password = std::env::var("PLUGHOST_ADMIN_PASSWORD").ok();
+    if let Some(generated) = auth.ensure_admin(admin_password).await? {
+        // Printed once, on the console only: it is not stored anywhere.
+        eprintln!(
+            "\nplughost: created the superuser 'admin' with password: {generated}\n\
+             Change it with `plughost user passwd admin --password NEW`.\n"
+        );
+    }
     let plugins = PluginHost::start(&settings)?;
     let state = web::Data::new(AppState {
         plugins,
+        auth,
         status_check: settings.status_check,
         max_body: settings.max_body,
     });

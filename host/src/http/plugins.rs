@@ -1,10 +1,11 @@
 //! `/admin/v1/sys/plugins`: list, changed, status toggle.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
 use super::{
     AppState,
+    auth::caller,
     envelope::{ApiError, ok},
 };
 
@@ -18,11 +19,14 @@ pub(crate) async fn changed(state: web::Data<AppState>) -> HttpResponse {
     ok(state.plugins.changed())
 }
 
-/// `PUT /admin/v1/sys/plugins/{plugin}/status`: flips the enable flag.
+/// `PUT /admin/v1/sys/plugins/{plugin}/status`: flips the enable flag
+/// (permission `sys:plugin:edit`).
 pub(crate) async fn toggle(
     state: web::Data<AppState>,
+    req: HttpRequest,
     plugin: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    caller(&req)?.principal.require("sys:plugin:edit")?;
     let name = plugin.into_inner();
     let plugins = state.plugins.clone();
     let enabled = web::block(move || plugins.toggle(&name).map(|e| (name, e)))

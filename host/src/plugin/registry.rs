@@ -232,11 +232,26 @@ pub fn plugin_routes(
                     .contains(m)
                 })
                 .ok_or_else(|| format!("router '{name}': unsupported method '{}'", route.method))?;
+            let permission = route
+                .permission
+                .as_ref()
+                .map(|p| p.as_str().to_owned())
+                .into_option();
+            if let Some(p) = permission
+                .as_deref()
+                .filter(|p| !crate::auth::is_permission(p))
+            {
+                return Err(format!(
+                    "router '{name}': '{p}' is not a permission string (like sys:dict:add)"
+                ));
+            }
             routes.push(MountedRoute {
                 method,
                 path: join_path(&prefix, path),
                 handler: route.handler,
                 scope,
+                auth: route.auth || permission.is_some(),
+                permission,
             });
         }
     }

@@ -50,6 +50,10 @@ pub struct MountedRoute {
     pub handler: u32,
     /// Which dispatcher serves it.
     pub scope: Scope,
+    /// Whether the caller must be authenticated.
+    pub auth: bool,
+    /// The permission the caller must hold.
+    pub permission: Option<String>,
 }
 
 /// The plugin and handler a request is dispatched to.
@@ -58,6 +62,10 @@ pub struct Target {
     pub plugin: Arc<LoadedPlugin>,
     /// Handler id.
     pub handler: u32,
+    /// Whether the caller must be authenticated (always, in the admin scope).
+    pub auth: bool,
+    /// The permission the caller must hold.
+    pub permission: Option<String>,
 }
 
 /// Every method mounted at one path pattern.
@@ -260,6 +268,8 @@ impl RouteTableBuilder {
                         Target {
                             plugin: plugin.clone(),
                             handler: route.handler,
+                            auth: route.auth || route.scope == Scope::Admin,
+                            permission: route.permission.clone(),
                         },
                     ));
             }

@@ -1,0 +1,407 @@
+//! The host's database: connection (SQLite, PostgreSQL or MySQL/MariaDB,
+//! chosen by `DATABASE_URL`), schema migrations, primary-key mode.
+
+pub mod entity;
+pub mod split;
+
+use std::{
+    path::Path,
+    sync::Mutex,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement,
+    TransactionTrait,
+};
+
+/// A database backend plughost supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite (the default: a file in the data dir).
+    Sqlite,
+    /// PostgreSQL.
+    Postgresql,
+    /// MySQL or MariaDB.
+    Mysql,
+}
+
+impl Backend {
+    /// The name used in manifests and script paths.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgresql => "postgresql",
+            Self::Mysql => "mysql",
+        }
+    }
+
+    fn from_db(backend: DbBackend) -> Self {
+        match backend {
+            DbBackend::Sqlite => Self::Sqlite,
+            DbBackend::Postgres => Self::Postgresql,
+            DbBackend::MySql => Self::Mysql,
+        }
+    }
+
+    /// How the backend escapes quotes in strings (for the script splitter).
+    pub fn escapes(self) -> split::Escapes {
+        match self {
+            Self::Mysql => split::Escapes::Backslash,
+            _ => split::Escapes::Standard,
+        }
+    }
+}
+
+/// How primary keys are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PkMode {
+    /// The database assigns increasing integers.
+    Autoincrement,
+    /// The host assigns 64-bit snowflake ids (time, worker, sequence).
+    Snowflake,
+}
+
+impl PkMode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Autoincrement => "autoincrement",
+            Self::Snowflake => "snowflake",
+        }
+    }
+}
+
+/// The database cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Connecting failed.
+    #[error("cannot connect to the database {url}: {message}")]
+    Connect {
+        /// The URL, without its password.
+        url: String,
+        /// The driver's message.
+        message: String,
+    },
+    /// A migration failed; the database is as it was before it.
+    #[error("schema migration {name} failed at statement {statement} (line {line}): {message}")]
+    Migration {
+        /// The migration.
+        name: String,
+        /// The statement's number in its script (1-based).
+        statement: usize,
+        /// Its line.
+        line: usize,
+        /// The database's message.
+        message: String,
+    },
+    /// The database was set up in another primary-key mode.
+    #[error(
+        "the database was created with {found} primary keys but the host runs with {expected}; set PLUGHOST_PK_MODE={found}"
+    )]
+    PkMode {
+        /// The configured mode.
+        expected: &'static str,
+        /// The mode recorded in the database.
+        found: String,
+    },
+    /// A query failed.
+    #[error("database error: {0}")]
+    Query(#[from] DbErr),
+}
+
+/// The host's database.
+pub struct Db {
+    conn: DatabaseConnection,
+    backend: Backend,
+    pk_mode: PkMode,
+    ids: Snowflake,
+}
+
+/// Hides the password of a database URL for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The SQLite URL of the default database file in `data_dir`.
+pub fn default_url(data_dir: &Path) -> String {
+    format!(
+        "sqlite://{}?mode=rwc",
+        data_dir.join("plughost.db").display()
+    )
+}
+
+impl Db {
+    /// Connects and brings the schema up to date.
+    pub async fn open(url: &str, pk_mode: PkMode, worker_id: u16) -> Result<Self, DbError> {
+        let mut options = ConnectOptions::new(url.to_owned());
+        options
+            .max_connections(16)
+            .connect_timeout(Duration::from_secs(10))
+            .sqlx_logging(false);
+        let conn = sea_orm::Database::connect(options)
+            .await
+            .map_err(|e| DbError::Connect {
+                url: redact_url(url),
+                message: e.to_string(),
+            })?;
+        let backend = Backend::from_db(conn.get_database_backend());
+        if backend == Backend::Sqlite {
+            // Several instances (and the CLI) may share one SQLite file.
+            conn.execute_unprepared("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;")
+                .await?;
+        }
+        let db = Self {
+            conn,
+            backend,
+            pk_mode,
+            ids: Snowflake::new(worker_id),
+        };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// The connection pool.
+    pub fn conn(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The primary-key mode.
+    pub fn pk_mode(&self) -> PkMode {
+        self.pk_mode
+    }
+
+    /// The id a new row gets from the host: `Some` in snowflake mode,
+    /// `None` when the database assigns it.
+    pub fn next_id(&self) -> Option<i64> {
+        (self.pk_mode == PkMode::Snowflake).then(|| self.ids.next())
+    }
+
+    /// Runs a query with bound values and returns its rows.
+    pub async fn query(
+        &self,
+        sql: &str,
+        values: Vec<sea_orm::Value>,
+    ) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
+        self.conn
+            .query_all(Statement::from_sql_and_values(
+                self.conn.get_database_backend(),
+                sql,
+                values,
+            ))
+            .await
+    }
+
+    async fn migrate(&self) -> Result<(), DbError> {
+        self.conn
+            .execute_unprepared(
+                "CREATE TABLE IF NOT EXISTS plughost_migration (\
+                 version BIGINT NOT NULL PRIMARY KEY, \
+                 name VARCHAR(128) NOT NULL, \
+                 pk_mode VARCHAR(16) NOT NULL)",
+            )
+            .await?;
+        let applied = self
+            .query(
+                "SELECT version, pk_mode FROM plughost_migration ORDER BY version",
+                vec![],
+            )
+            .await?;
+        let mut done = Vec::new();
+        for row in applied {
+            let version: i64 = row.try_get("", "version")?;
+            let mode: String = row.try_get("", "pk_mode")?;
+            if mode != self.pk_mode.name() {
+                return Err(DbError::PkMode {
+                    expected: self.pk_mode.name(),
+                    found: mode,
+                });
+            }
+            done.push(version);
+        }
+        for (version, name, script) in migrations(self.backend, self.pk_mode) {
+            if done.contains(&version) {
+                continue;
+            }
+            self.run_migration(version, name, script).await?;
+            tracing::info!(
+                migration = name,
+                backend = self.backend.name(),
+                "schema migrated"
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs one migration and records it, in one transaction (MySQL commits
+    /// DDL implicitly, so there a failed migration may leave earlier
+    /// statements of it applied; the message names the statement).
+    async fn run_migration(&self, version: i64, name: &str, script: &str) -> Result<(), DbError> {
+        let statements =
+            split::split(script, self.backend.escapes()).map_err(|e| DbError::Migration {
+                name: name.to_owned(),
+                statement: 0,
+                line: e.line,
+                message: e.to_string(),
+            })?;
+        let txn = self.conn.begin().await?;
+        for (i, statement) in statements.iter().enumerate() {
+            if let Err(e) = txn.execute_unprepared(&statement.text).await {
+                return Err(DbError::Migration {
+                    name: name.to_owned(),
+                    statement: i + 1,
+                    line: statement.line,
+                    message: e.to_string(),
+                });
+            }
+        }
+        txn.execute(Statement::from_sql_and_values(
+            self.conn.get_database_backend(),
+            placeholders(
+                self.backend,
+                "INSERT INTO plughost_migration (version, name, pk_mode) VALUES (?, ?, ?)",
+            ),
+            [version.into(), name.into(), self.pk_mode.name().into()],
+        ))
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+}
+
+/// Rewrites `?` placeholders to `$1, $2, …` for PostgreSQL. Only for the
+/// host's own fixed statements (no `?` inside their literals).
+pub fn placeholders(backend: Backend, sql: &str) -> String {
+    if backend != Backend::Postgresql {
+        return sql.to_owned();
+    }
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The host's migrations for a backend and key mode, in order.
+fn migrations(backend: Backend, pk_mode: PkMode) -> Vec<(i64, &'static str, &'static str)> {
+    let init = match (backend, pk_mode) {
+        (Backend::Sqlite, PkMode::Autoincrement) => include_str!("../../../sql/sqlite/init.sql"),
+        (Backend::Sqlite, PkMode::Snowflake) => {
+            include_str!("../../../sql/sqlite/init_snowflake.sql")
+        }
+        (Backend::Postgresql, PkMode::Autoincrement) => {
+            include_str!("../../../sql/postgresql/init.sql")
+        }
+        (Backend::Postgresql, PkMode::Snowflake) => {
+            include_str!("../../../sql/postgresql/init_snowflake.sql")
+        }
+        (Backend::Mysql, PkMode::Autoincrement) => include_str!("../../../sql/mysql/init.sql"),
+        (Backend::Mysql, PkMode::Snowflake) => {
+            include_str!("../../../sql/mysql/init_snowflake.sql")
+        }
+    };
+    vec![(1, "0001_init", init)]
+}
+
+/// 64-bit snowflake ids: 41 bits of milliseconds since 2020-01-01, 10 bits
+/// of worker id, 12 bits of sequence.
+struct Snowflake {
+    worker: i64,
+    state: Mutex<(i64, i64)>,
+}
+
+const SNOWFLAKE_EPOCH_MS: i64 = 1_577_836_800_000;
+
+impl Snowflake {
+    fn new(worker: u16) -> Self {
+        Self {
+            worker: i64::from(worker & 0x3ff),
+            state: Mutex::new((0, 0)),
+        }
+    }
+
+    fn now_ms() -> i64 {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        i64::try_from(ms).unwrap_or(i64::MAX) - SNOWFLAKE_EPOCH_MS
+    }
+
+    fn next(&self) -> i64 {
+        let mut state = self.state.lock().expect("snowflake lock");
+        let (last, seq) = *state;
+        let mut now = Self::now_ms().max(last);
+        let seq = if now == last { (seq + 1) & 0xfff } else { 0 };
+        if now == last && seq == 0 {
+            // 4,096 ids in this millisecond: take the next one.
+            now += 1;
+        }
+        *state = (now, seq);
+        (now << 22) | (self.worker << 12) | seq
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snowflake_ids_increase_and_carry_the_worker() {
+        let ids = Snowflake::new(7);
+        let mut last = 0;
+        for _ in 0..10_000 {
+            let id = ids.next();
+            assert!(id > last);
+            assert_eq!((id >> 12) & 0x3ff, 7);
+            last = id;
+        }
+    }
+
+    #[test]
+    fn placeholders_are_numbered_for_postgresql_only() {
+        assert_eq!(
+            placeholders(Backend::Postgresql, "a = ? and b = ?"),
+            "a = $1 and b = $2"
+        );
+        assert_eq!(placeholders(Backend::Mysql, "a = ?"), "a = ?");
+    }
+
+    #[test]
+    fn passwords_are_hidden_in_urls() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    #[test]
+    fn every_host_script_splits() {
+        for backend in [Backend::Sqlite, Backend::Postgresql, Backend::Mysql] {
+            for mode in [PkMode::Autoincrement, PkMode::Snowflake] {
+                for (_, name, script) in migrations(backend, mode) {
+                    let n = split::split(script, backend.escapes()).unwrap().len();
+                    assert_eq!(n, 5, "{name} for {backend:?}/{mode:?}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! `/admin/v1/auth`: login and logout, and the admin scope's guard.
+
+use std::sync::Arc;
+
+use actix_web::{
+    Error, HttpMessage, HttpRequest, HttpResponse,
+    body::{EitherBody, MessageBody},
+    dev::{ServiceRequest, ServiceResponse},
+    http::{StatusCode, header::AUTHORIZATION},
+    middleware::Next,
+    web,
+};
+use serde::Deserialize;
+
+use super::{
+    AppState,
+    envelope::{ApiError, ok},
+};
+use crate::auth::{AuthError, Principal};
+
+/// The login path, the one admin route that needs no token.
+pub const LOGIN_PATH: &str = "/admin/v1/auth/login";
+
+/// What the guard leaves in the request for handlers.
+#[derive(Clone)]
+pub struct Caller {
+    /// Who is calling.
+    pub principal: Arc<Principal>,
+    /// The token's id and expiry (for logout).
+    pub token: (String, i64),
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError::new(status, e.to_string())
+    }
+}
+
+/// The `Authorization` header as text, if any.
+pub fn authorization(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// The caller the guard authenticated (every admin route but login has one).
+pub fn caller(req: &HttpRequest) -> Result<Caller, ApiError> {
+    req.extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| AuthError::Missing.into())
+}
+
+/// Guards the admin scope: every route but login needs a valid token.
+pub async fn guard(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+    if req.path() == LOGIN_PATH {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body);
+    }
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .expect("AppState is registered")
+        .clone();
+    match state.auth.authenticate(authorization(req.request())).await {
+        Ok((principal, jti, exp)) => {
+            req.extensions_mut().insert(Caller {
+                principal: Arc::new(principal),
+                token: (jti, exp),
+            });
+            next.call(req)
+                .await
+                .map(ServiceResponse::map_into_left_body)
+        }
+        Err(e) => {
+            let response = actix_web::ResponseError::error_response(&ApiError::from(e));
+            Ok(req.into_response(response).map_into_right_body())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Login {
+    username: String,
+    password: String,
+}
+
+/// `POST /admin/v1/auth/login`: `{"username", "password"}` to a token.
+pub(crate) async fn login(
+    state: web::Data<AppState>,
+    body: web::Json<Login>,
+) -> Result<HttpResponse, ApiError> {
+    let issued = state.auth.login(&body.username, &body.password).await?;
+    Ok(ok(issued))
+}
+
+/// `POST /admin/v1/auth/logout`: revokes the caller's token.
+pub(crate) async fn logout(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let caller = caller(&req)?;
+    let (jti, exp) = caller.token;
+    state.auth.logout(jti, exp).await?;
+    Ok(ok(serde_json::Value::Null))
+}
