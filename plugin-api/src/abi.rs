@@ -176,8 +176,48 @@ pub struct HostServices {
     /// How many plugins are loaded right now.
     pub loaded_plugins: extern "C" fn() -> u32,
     /// A future that completes after `millis` milliseconds, on the host's timer.
-    #[sabi(last_prefix_field)]
     pub sleep: extern "C" fn(millis: u64) -> FfiFuture<()>,
+    /// The host database's backend: `sqlite`, `postgresql` or `mysql`.
+    pub db_backend: extern "C" fn() -> RStr<'static>,
+    /// Runs a query on the host's pool (or inside transaction `tx`, 0 for
+    /// none). `params` is a JSON array bound to `?` placeholders; the rows
+    /// come back as a JSON array of objects. Errors are JSON
+    /// `{"kind": "unique"|"foreign_key"|"other", "message": "…"}`.
+    pub sql_query: extern "C" fn(
+        plugin: RStr<'_>,
+        tx: u64,
+        sql: RString,
+        params: RString,
+    ) -> FfiFuture<RResult<RString, RString>>,
+    /// Executes a statement like [`sql_query`](Self::sql_query); answers JSON
+    /// `{"rows_affected": N, "last_insert_id": M}`.
+    pub sql_execute: extern "C" fn(
+        plugin: RStr<'_>,
+        tx: u64,
+        sql: RString,
+        params: RString,
+    ) -> FfiFuture<RResult<RString, RString>>,
+    /// Begins a transaction and answers its handle.
+    pub sql_begin: extern "C" fn(plugin: RStr<'_>) -> FfiFuture<RResult<u64, RString>>,
+    /// Commits (`commit` true) or rolls back a transaction.
+    pub sql_finish: extern "C" fn(tx: u64, commit: bool) -> FfiFuture<RResult<(), RString>>,
+    /// The id for a new row in snowflake mode; `RNone` in autoincrement mode.
+    pub next_id: extern "C" fn() -> ROption<i64>,
+    /// Reads a key of the plugin's key-value namespace.
+    pub kv_get: extern "C" fn(
+        plugin: RStr<'_>,
+        key: RString,
+    ) -> FfiFuture<RResult<ROption<RString>, RString>>,
+    /// Writes a key; `ttl_ms` 0 means no expiry.
+    pub kv_set: extern "C" fn(
+        plugin: RStr<'_>,
+        key: RString,
+        value: RString,
+        ttl_ms: u64,
+    ) -> FfiFuture<RResult<(), RString>>,
+    /// Deletes a key; answers whether it existed.
+    #[sabi(last_prefix_field)]
+    pub kv_del: extern "C" fn(plugin: RStr<'_>, key: RString) -> FfiFuture<RResult<bool, RString>>,
 }
 
 /// The root module every plugin library exports.

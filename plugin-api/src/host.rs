@@ -34,6 +34,10 @@ pub(crate) fn install(services: HostRef, plugin: &'static str) -> &'static Host 
 }
 
 impl Host {
+    pub(crate) fn services(&self) -> HostRef {
+        self.services
+    }
+
     /// The name of the plugin these services are bound to.
     pub fn plugin(&self) -> &'static str {
         self.plugin

@@ -41,6 +41,7 @@
 //! [`Host`] services (see [`host`]).
 
 pub mod abi;
+mod db;
 mod export;
 mod host;
 mod request;
@@ -50,6 +51,7 @@ mod router;
 #[doc(hidden)]
 pub mod __private;
 
+pub use db::{DbError, DbErrorKind, Executed, Transaction};
 pub use host::{Host, host};
 pub use request::{Principal, Request};
 pub use response::{Error, IntoResponse, Json, Response};

@@ -61,6 +61,19 @@ pub fn source_dir(name: &str) -> PathBuf {
     )
 }
 
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy file");
+        }
+    }
+}
+
 /// A temporary data dir with a plugin dir inside.
 pub struct DataDir {
     dir: tempfile::TempDir,
@@ -104,6 +117,10 @@ impl DataDir {
             }
         }
         std::fs::copy(library(name), dir.join(format!("lib{name}.so"))).expect("copy library");
+        let sql = src.join("sql");
+        if sql.is_dir() {
+            copy_tree(&sql, &dir.join("sql"));
+        }
         dir
     }
 

@@ -230,6 +230,11 @@ impl AuthService {
         }
     }
 
+    /// The database the service works on.
+    pub fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
     /// Checks a username and password and issues a token.
     pub async fn login(&self, username: &str, password: &str) -> Result<Issued, AuthError> {
         let found = user::Entity::find()
@@ -370,10 +375,17 @@ impl AuthService {
             status: Set(1),
             ..Default::default()
         };
-        if let Some(id) = self.db.next_id() {
-            model.id = Set(id);
+        match self.db.next_id() {
+            // With the id given, MySQL reports no insert id: do not ask for one.
+            Some(id) => {
+                model.id = Set(id);
+                user::Entity::insert(model)
+                    .exec_without_returning(self.db.conn())
+                    .await?;
+                Ok(id)
+            }
+            None => Ok(model.insert(self.db.conn()).await?.id),
         }
-        Ok(model.insert(self.db.conn()).await?.id)
     }
 
     /// Creates a user, with roles.
@@ -483,10 +495,16 @@ impl AuthService {
             name: Set(name.to_owned()),
             ..Default::default()
         };
-        if let Some(id) = self.db.next_id() {
-            model.id = Set(id);
+        match self.db.next_id() {
+            Some(id) => {
+                model.id = Set(id);
+                role::Entity::insert(model)
+                    .exec_without_returning(self.db.conn())
+                    .await?;
+                Ok(id)
+            }
+            None => Ok(model.insert(self.db.conn()).await?.id),
         }
-        Ok(model.insert(self.db.conn()).await?.id)
     }
 
     /// Adds permissions to a role (already held ones are kept once).

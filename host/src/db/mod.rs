@@ -281,21 +281,30 @@ impl Db {
     }
 }
 
-/// Rewrites `?` placeholders to `$1, $2, …` for PostgreSQL. Only for the
-/// host's own fixed statements (no `?` inside their literals).
+/// Rewrites `?` placeholders to `$1, $2, …` for PostgreSQL, leaving `?`
+/// inside quotes and comments alone.
 pub fn placeholders(backend: Backend, sql: &str) -> String {
     if backend != Backend::Postgresql {
         return sql.to_owned();
     }
     let mut out = String::with_capacity(sql.len() + 8);
     let mut n = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push_str(&format!("${n}"));
-        } else {
-            out.push(c);
+    let mut quote: Option<char> = None;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '-') if chars.peek() == Some(&'-') => quote = Some('\n'),
+            (None, '?') => {
+                n += 1;
+                out.push_str(&format!("${n}"));
+                continue;
+            }
+            _ => {}
         }
+        out.push(c);
     }
     out
 }
@@ -318,7 +327,12 @@ fn migrations(backend: Backend, pk_mode: PkMode) -> Vec<(i64, &'static str, &'st
             include_str!("../../../sql/mysql/init_snowflake.sql")
         }
     };
-    vec![(1, "0001_init", init)]
+    let plugins = match backend {
+        Backend::Sqlite => include_str!("../../../sql/sqlite/0002_plugins.sql"),
+        Backend::Postgresql => include_str!("../../../sql/postgresql/0002_plugins.sql"),
+        Backend::Mysql => include_str!("../../../sql/mysql/0002_plugins.sql"),
+    };
+    vec![(1, "0001_init", init), (2, "0002_plugins", plugins)]
 }
 
 /// 64-bit snowflake ids: 41 bits of milliseconds since 2020-01-01, 10 bits
@@ -382,6 +396,13 @@ mod tests {
             "a = $1 and b = $2"
         );
         assert_eq!(placeholders(Backend::Mysql, "a = ?"), "a = ?");
+        assert_eq!(
+            placeholders(
+                Backend::Postgresql,
+                "a = '?' and b = ? -- c?\nand d = \"?\" and e = ?"
+            ),
+            "a = '?' and b = $1 -- c?\nand d = \"?\" and e = $2"
+        );
     }
 
     #[test]
@@ -397,10 +418,11 @@ mod tests {
     fn every_host_script_splits() {
         for backend in [Backend::Sqlite, Backend::Postgresql, Backend::Mysql] {
             for mode in [PkMode::Autoincrement, PkMode::Snowflake] {
-                for (_, name, script) in migrations(backend, mode) {
-                    let n = split::split(script, backend.escapes()).unwrap().len();
-                    assert_eq!(n, 5, "{name} for {backend:?}/{mode:?}");
-                }
+                let counts: Vec<usize> = migrations(backend, mode)
+                    .into_iter()
+                    .map(|(_, _, script)| split::split(script, backend.escapes()).unwrap().len())
+                    .collect();
+                assert_eq!(counts, [5, 2], "{backend:?}/{mode:?}");
             }
         }
     }

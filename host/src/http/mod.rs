@@ -140,7 +140,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
              Change it with `plughost user passwd admin --password NEW`.\n"
         );
     }
-    let plugins = PluginHost::start(&settings)?;
+    crate::plugin::services::set_db(auth.db().clone());
+    let plugins = PluginHost::start(&settings, Some(auth.db())).await?;
     let state = web::Data::new(AppState {
         plugins,
         auth,

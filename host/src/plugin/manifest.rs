@@ -31,6 +31,8 @@ pub struct PluginManifest {
     pub version: Version,
     /// `[plugin] depends_on`.
     pub depends_on: Vec<String>,
+    /// `[plugin] database`: the backends the plugin supports (empty: any).
+    pub databases: Vec<String>,
     /// Extend-level or app-level, with its routers.
     pub kind: PluginKind,
     /// `[settings]`, values rendered as strings.
@@ -213,18 +215,21 @@ impl PluginManifest {
                 }
             }
         }
-        if let Some(dbs) = plugin.get("database") {
-            for db in string_list(dbs, "plugin.database")? {
-                if !DATABASES.contains(&db.as_str()) {
-                    return Err(err(
-                        "plugin.database",
-                        format!(
-                            "unknown database '{db}' (allowed: {})",
-                            DATABASES.join(", ")
-                        ),
-                    ));
-                }
-            }
+        let databases = match plugin.get("database") {
+            Some(dbs) => string_list(dbs, "plugin.database")?,
+            None => Vec::new(),
+        };
+        if let Some(db) = databases
+            .iter()
+            .find(|db| !DATABASES.contains(&db.as_str()))
+        {
+            return Err(err(
+                "plugin.database",
+                format!(
+                    "unknown database '{db}' (allowed: {})",
+                    DATABASES.join(", ")
+                ),
+            ));
         }
         if let Some(icon) = plugin.get("icon")
             && !icon.is_str()
@@ -281,6 +286,7 @@ impl PluginManifest {
         Ok(Self {
             version,
             depends_on,
+            databases,
             kind,
             settings,
             json,

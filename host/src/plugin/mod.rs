@@ -8,6 +8,7 @@ pub mod manifest;
 pub mod registry;
 pub mod router;
 pub mod services;
+pub mod sql;
 pub mod status;
 
 use std::{
@@ -18,7 +19,7 @@ use std::{
 use arc_swap::ArcSwap;
 use serde_json::Value;
 
-use crate::config::Settings;
+use crate::{config::Settings, db::Db};
 use manifest::{PLUGIN_NAME_PATTERN, is_valid_plugin_name, placeholder_value};
 use registry::{PluginRecord, PluginState};
 use router::RouteTable;
@@ -75,7 +76,7 @@ pub struct PluginHost {
 impl PluginHost {
     /// Discovers and loads the plugin dir; plugins that fail are recorded
     /// with their reason and the rest serve.
-    pub fn start(settings: &Settings) -> Result<Arc<Self>, StartError> {
+    pub async fn start(settings: &Settings, db: Option<&Db>) -> Result<Arc<Self>, StartError> {
         for (what, path) in [
             ("data dir", &settings.data_dir),
             ("plugin dir", &settings.plugin_dir),
@@ -93,7 +94,8 @@ impl PluginHost {
                 path: settings.plugin_dir.clone(),
                 source,
             })?;
-        let outcome = registry::load_all(&candidates, &|name| flags.enabled(name).unwrap_or(true));
+        let outcome =
+            registry::load_all(&candidates, &|name| flags.enabled(name).unwrap_or(true), db).await;
 
         let loaded: Vec<_> = outcome
             .records

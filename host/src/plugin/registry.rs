@@ -27,7 +27,9 @@ use super::{
         check_route_path, join_path,
     },
     services::host_services,
+    sql,
 };
+use crate::db::Db;
 
 /// A plugin whose library is loaded and initialised.
 pub struct LoadedPlugin {
@@ -104,6 +106,8 @@ struct Loaded {
     module: PluginModRef,
     library: PathBuf,
     manifest: PluginManifest,
+    /// The plugin's directory (lone libraries have none, and so no scripts).
+    dir: Option<PathBuf>,
 }
 
 fn read_dir_manifest(dir: &Path) -> Result<PluginManifest, String> {
@@ -169,10 +173,15 @@ fn open_candidate(candidate: &Candidate) -> (Option<PluginManifest>, Result<Load
             Err(e) => return (None, Err(format!("embedded manifest: {e}"))),
         },
     };
+    let dir = match &candidate.source {
+        Source::Directory(dir) => Some(dir.clone()),
+        Source::Library(_) => None,
+    };
     let loaded = Loaded {
         module,
         library,
         manifest: manifest.clone(),
+        dir,
     };
     (Some(manifest), Ok(loaded))
 }
@@ -325,7 +334,11 @@ fn dependency_order(
 }
 
 /// Loads every candidate and mounts what can be mounted.
-pub fn load_all(candidates: &[Candidate], flags: &dyn Fn(&str) -> bool) -> LoadOutcome {
+pub async fn load_all(
+    candidates: &[Candidate],
+    flags: &dyn Fn(&str) -> bool,
+    db: Option<&Db>,
+) -> LoadOutcome {
     let mut pending: BTreeMap<String, Pending> = BTreeMap::new();
     let mut duplicates = Vec::new();
     for candidate in candidates {
@@ -380,17 +393,18 @@ pub fn load_all(candidates: &[Candidate], flags: &dyn Fn(&str) -> bool) -> LoadO
     let mut loaded_ok: BTreeSet<String> = BTreeSet::new();
     for name in &order {
         let p = pending.remove(name).expect("ordered names are pending");
-        let outcome = p.result.and_then(|l| {
-            if let Some(dep) = l
+        let outcome = match p.result {
+            Err(e) => Err(e),
+            Ok(l) => match l
                 .manifest
                 .depends_on
                 .iter()
                 .find(|d| !loaded_ok.contains(*d))
             {
-                return Err(format!("depends on '{dep}', which failed to load"));
-            }
-            mount(&p.name, l, &mut builder, flags(&p.name))
-        });
+                Some(dep) => Err(format!("depends on '{dep}', which failed to load")),
+                None => mount(&p.name, l, &mut builder, flags(&p.name), db).await,
+            },
+        };
         let state = match outcome {
             Ok(plugin) => {
                 loaded_ok.insert(p.name.clone());
@@ -431,13 +445,25 @@ pub fn load_all(candidates: &[Candidate], flags: &dyn Fn(&str) -> bool) -> LoadO
     }
 }
 
-/// Checks a plugin's routes, reserves them, runs its init and returns it.
-fn mount(
+/// Checks a plugin's routes, reserves them, runs its SQL init script and
+/// its init hook, and returns it.
+async fn mount(
     name: &str,
     loaded: Loaded,
     builder: &mut RouteTableBuilder,
     enabled: bool,
+    db: Option<&Db>,
 ) -> Result<Arc<LoadedPlugin>, String> {
+    if let Some(db) = db {
+        let backend = db.backend().name();
+        let declared = &loaded.manifest.databases;
+        if !declared.is_empty() && !declared.iter().any(|d| d == backend) {
+            return Err(format!(
+                "the plugin supports {} but this host runs on {backend}",
+                declared.join(", ")
+            ));
+        }
+    }
     let routers: Vec<RouterSpec> = (loaded.module.routers())().into_vec();
     let routes = plugin_routes(&loaded.manifest, &routers)?;
     let plugin = Arc::new(LoadedPlugin {
@@ -449,6 +475,13 @@ fn mount(
     });
     // Reserve the routes first: a colliding plugin's code never runs.
     builder.add(plugin.clone(), routes)?;
+    if let (Some(db), Some(dir)) = (db, &loaded.dir) {
+        let version = plugin.manifest.version.to_string();
+        if let Err(e) = sql::init_once(db, name, &version, dir).await {
+            builder.remove_last();
+            return Err(e);
+        }
+    }
     match (plugin.module.init())(host_services()) {
         RResult::ROk(()) => Ok(plugin),
         RResult::RErr(message) => {

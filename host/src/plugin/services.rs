@@ -7,15 +7,22 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
-        OnceLock, RwLock,
-        atomic::{AtomicU32, Ordering},
+        Arc, Mutex, OnceLock, RwLock,
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
 };
 
 use abi_stable::{
     prefix_type::PrefixTypeTrait,
-    std_types::{ROption, RStr, RString},
+    std_types::{ROption, RResult, RStr, RString},
 };
+use futures_util::FutureExt as _;
+use sea_orm::{
+    ConnectionTrait, DatabaseTransaction, DbErr, FromQueryResult, SqlErr, Statement,
+    TransactionTrait,
+};
+
+use crate::db::{Backend, Db, placeholders};
 use async_ffi::{FfiFuture, FutureExt};
 use plugin_api::abi::{HostRef, HostServices, level};
 
@@ -64,6 +71,297 @@ extern "C" fn sleep(millis: u64) -> FfiFuture<()> {
     actix_web::rt::time::sleep(std::time::Duration::from_millis(millis)).into_ffi()
 }
 
+static DB: OnceLock<Arc<Db>> = OnceLock::new();
+static TRANSACTIONS: Mutex<BTreeMap<u64, Arc<tokio::sync::Mutex<Option<DatabaseTransaction>>>>> =
+    Mutex::new(BTreeMap::new());
+static NEXT_TX: AtomicU64 = AtomicU64::new(1);
+
+/// Gives the services the host's database (once, at start-up).
+pub fn set_db(db: Arc<Db>) {
+    let _ = DB.set(db);
+}
+
+fn db() -> Result<&'static Arc<Db>, RString> {
+    DB.get()
+        .ok_or_else(|| db_error("other", "the host has no database".into()))
+}
+
+/// A database error as the contract carries it: JSON with a kind.
+fn db_error(kind: &str, message: String) -> RString {
+    RString::from(serde_json::json!({ "kind": kind, "message": message }).to_string())
+}
+
+fn from_db_err(e: DbErr) -> RString {
+    match e.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(m)) => db_error("unique", m),
+        Some(SqlErr::ForeignKeyConstraintViolation(m)) => db_error("foreign_key", m),
+        _ => db_error("other", e.to_string()),
+    }
+}
+
+/// JSON parameters to bound values (`null` binds as a NULL string).
+fn bind_values(params: &str) -> Result<Vec<sea_orm::Value>, RString> {
+    let parsed: Vec<serde_json::Value> = if params.trim().is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_str(params)
+            .map_err(|e| db_error("other", format!("parameters must be a JSON array: {e}")))?
+    };
+    Ok(parsed
+        .into_iter()
+        .map(|v| match v {
+            serde_json::Value::Null => sea_orm::Value::String(None),
+            serde_json::Value::Bool(b) => sea_orm::Value::Bool(Some(b)),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => sea_orm::Value::BigInt(Some(i)),
+                None => sea_orm::Value::Double(n.as_f64()),
+            },
+            serde_json::Value::String(s) => sea_orm::Value::String(Some(Box::new(s))),
+            other => sea_orm::Value::String(Some(Box::new(other.to_string()))),
+        })
+        .collect())
+}
+
+fn statement(db: &Db, sql: &str, params: &str) -> Result<Statement, RString> {
+    Ok(Statement::from_sql_and_values(
+        db.conn().get_database_backend(),
+        placeholders(db.backend(), sql),
+        bind_values(params)?,
+    ))
+}
+
+fn transaction(tx: u64) -> Result<Arc<tokio::sync::Mutex<Option<DatabaseTransaction>>>, RString> {
+    TRANSACTIONS
+        .lock()
+        .expect("transactions lock")
+        .get(&tx)
+        .cloned()
+        .ok_or_else(|| db_error("other", format!("transaction {tx} is not open")))
+}
+
+async fn run_query(tx: u64, sql: String, params: String) -> Result<RString, RString> {
+    let db = db()?;
+    let stmt = statement(db, &sql, &params)?;
+    let rows = if tx == 0 {
+        serde_json::Value::find_by_statement(stmt)
+            .all(db.conn())
+            .await
+    } else {
+        let handle = transaction(tx)?;
+        let guard = handle.lock().await;
+        let txn = guard
+            .as_ref()
+            .ok_or_else(|| db_error("other", format!("transaction {tx} is finished")))?;
+        serde_json::Value::find_by_statement(stmt).all(txn).await
+    }
+    .map_err(from_db_err)?;
+    Ok(RString::from(serde_json::Value::Array(rows).to_string()))
+}
+
+async fn run_execute(tx: u64, sql: String, params: String) -> Result<RString, RString> {
+    let db = db()?;
+    let stmt = statement(db, &sql, &params)?;
+    let result = if tx == 0 {
+        db.conn().execute(stmt).await
+    } else {
+        let handle = transaction(tx)?;
+        let guard = handle.lock().await;
+        let txn = guard
+            .as_ref()
+            .ok_or_else(|| db_error("other", format!("transaction {tx} is finished")))?;
+        txn.execute(stmt).await
+    }
+    .map_err(from_db_err)?;
+    // PostgreSQL reports no insert id: use `RETURNING id` with a query there.
+    let last_insert_id = match db.backend() {
+        Backend::Postgresql => serde_json::Value::Null,
+        _ => serde_json::Value::from(result.last_insert_id()),
+    };
+    Ok(RString::from(
+        serde_json::json!({
+            "rows_affected": result.rows_affected(),
+            "last_insert_id": last_insert_id,
+        })
+        .to_string(),
+    ))
+}
+
+extern "C" fn db_backend() -> RStr<'static> {
+    RStr::from_str(DB.get().map_or("none", |db| db.backend().name()))
+}
+
+extern "C" fn sql_query(
+    plugin: RStr<'_>,
+    tx: u64,
+    sql: RString,
+    params: RString,
+) -> FfiFuture<RResult<RString, RString>> {
+    tracing::trace!(plugin = plugin.as_str(), sql = sql.as_str(), "plugin query");
+    async move {
+        run_query(tx, sql.into_string(), params.into_string())
+            .await
+            .into()
+    }
+    .into_ffi()
+}
+
+extern "C" fn sql_execute(
+    plugin: RStr<'_>,
+    tx: u64,
+    sql: RString,
+    params: RString,
+) -> FfiFuture<RResult<RString, RString>> {
+    tracing::trace!(
+        plugin = plugin.as_str(),
+        sql = sql.as_str(),
+        "plugin statement"
+    );
+    async move {
+        run_execute(tx, sql.into_string(), params.into_string())
+            .await
+            .into()
+    }
+    .into_ffi()
+}
+
+extern "C" fn sql_begin(_plugin: RStr<'_>) -> FfiFuture<RResult<u64, RString>> {
+    async move {
+        let db = db()?;
+        let txn = db.conn().begin().await.map_err(from_db_err)?;
+        let id = NEXT_TX.fetch_add(1, Ordering::Relaxed);
+        TRANSACTIONS
+            .lock()
+            .expect("transactions lock")
+            .insert(id, Arc::new(tokio::sync::Mutex::new(Some(txn))));
+        Ok(id)
+    }
+    .map(RResult::from)
+    .into_ffi()
+}
+
+extern "C" fn sql_finish(tx: u64, commit: bool) -> FfiFuture<RResult<(), RString>> {
+    // Detached, so that a transaction dropped by a plugin without awaiting
+    // its rollback is still rolled back.
+    let handle = TRANSACTIONS.lock().expect("transactions lock").remove(&tx);
+    let work = actix_web::rt::spawn(async move {
+        let handle =
+            handle.ok_or_else(|| db_error("other", format!("transaction {tx} is not open")))?;
+        let txn = handle
+            .lock()
+            .await
+            .take()
+            .ok_or_else(|| db_error("other", format!("transaction {tx} is finished")))?;
+        if commit {
+            txn.commit().await
+        } else {
+            txn.rollback().await
+        }
+        .map_err(from_db_err)
+    });
+    async move {
+        work.await
+            .unwrap_or_else(|e| Err(db_error("other", format!("transaction task failed: {e}"))))
+            .into()
+    }
+    .into_ffi()
+}
+
+extern "C" fn next_id() -> ROption<i64> {
+    DB.get().and_then(|db| db.next_id()).into()
+}
+
+fn kv_key(plugin: &str, key: &str) -> String {
+    format!("{plugin}:{key}")
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+extern "C" fn kv_get(
+    plugin: RStr<'_>,
+    key: RString,
+) -> FfiFuture<RResult<ROption<RString>, RString>> {
+    let key = kv_key(plugin.as_str(), &key);
+    async move {
+        let db = db()?;
+        let rows = db
+            .query(
+                &placeholders(
+                    db.backend(),
+                    "SELECT kv_value FROM sys_kv WHERE kv_key = ? AND (expires_at IS NULL OR expires_at > ?)",
+                ),
+                vec![key.into(), now_ms().into()],
+            )
+            .await
+            .map_err(from_db_err)?;
+        let value = match rows.first() {
+            Some(row) => Some(RString::from(
+                row.try_get::<String>("", "kv_value").map_err(from_db_err)?,
+            )),
+            None => None,
+        };
+        Ok(ROption::from(value))
+    }
+    .map(RResult::from)
+    .into_ffi()
+}
+
+extern "C" fn kv_set(
+    plugin: RStr<'_>,
+    key: RString,
+    value: RString,
+    ttl_ms: u64,
+) -> FfiFuture<RResult<(), RString>> {
+    let key = kv_key(plugin.as_str(), &key);
+    async move {
+        let db = db()?;
+        let expires = (ttl_ms > 0).then(|| now_ms().saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX)));
+        let sql = match db.backend() {
+            Backend::Mysql => {
+                "INSERT INTO sys_kv (kv_key, kv_value, expires_at) VALUES (?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE kv_value = VALUES(kv_value), expires_at = VALUES(expires_at)"
+            }
+            _ => {
+                "INSERT INTO sys_kv (kv_key, kv_value, expires_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (kv_key) DO UPDATE SET kv_value = excluded.kv_value, expires_at = excluded.expires_at"
+            }
+        };
+        db.conn()
+            .execute(Statement::from_sql_and_values(
+                db.conn().get_database_backend(),
+                placeholders(db.backend(), sql),
+                vec![key.into(), value.into_string().into(), expires.into()],
+            ))
+            .await
+            .map_err(from_db_err)?;
+        Ok(())
+    }
+    .map(RResult::from)
+    .into_ffi()
+}
+
+extern "C" fn kv_del(plugin: RStr<'_>, key: RString) -> FfiFuture<RResult<bool, RString>> {
+    let key = kv_key(plugin.as_str(), &key);
+    async move {
+        let db = db()?;
+        let result = db
+            .conn()
+            .execute(Statement::from_sql_and_values(
+                db.conn().get_database_backend(),
+                placeholders(db.backend(), "DELETE FROM sys_kv WHERE kv_key = ? AND (expires_at IS NULL OR expires_at > ?)"),
+                vec![key.into(), now_ms().into()],
+            ))
+            .await
+            .map_err(from_db_err)?;
+        Ok(result.rows_affected() > 0)
+    }
+    .map(RResult::from)
+    .into_ffi()
+}
+
 extern "C" fn loaded_plugins() -> u32 {
     LOADED.load(Ordering::Relaxed)
 }
@@ -78,6 +376,15 @@ pub fn host_services() -> HostRef {
             host_version,
             loaded_plugins,
             sleep,
+            db_backend,
+            sql_query,
+            sql_execute,
+            sql_begin,
+            sql_finish,
+            next_id,
+            kv_get,
+            kv_set,
+            kv_del,
         }
         .leak_into_prefix()
     })

@@ -1,0 +1,276 @@
+//! The host's database and key-value store, as a plugin sees them.
+//!
+//! Statements use `?` placeholders on every backend (the host numbers them
+//! for PostgreSQL) and take their parameters as JSON values, never spliced
+//! into the SQL. Rows come back as JSON objects, or deserialized into a
+//! type.
+
+use std::time::Duration;
+
+use abi_stable::std_types::{ROption, RResult, RStr, RString};
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::Value;
+
+use crate::{Error, Host};
+
+/// What kind of database error happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbErrorKind {
+    /// A unique constraint (or primary key) was violated.
+    Unique,
+    /// A foreign key constraint was violated.
+    ForeignKey,
+    /// Anything else.
+    Other,
+}
+
+/// A database error, with the database's message.
+#[derive(Debug, Clone)]
+pub struct DbError {
+    /// The kind.
+    pub kind: DbErrorKind,
+    /// The database's message.
+    pub message: String,
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for DbError {}
+
+impl From<DbError> for Error {
+    /// Unique violations answer 409, the rest 500.
+    fn from(e: DbError) -> Self {
+        match e.kind {
+            DbErrorKind::Unique => Error::new(
+                409,
+                format!("conflicts with an existing row: {}", e.message),
+            ),
+            DbErrorKind::ForeignKey => {
+                Error::new(409, format!("refers to a missing row: {}", e.message))
+            }
+            DbErrorKind::Other => Error::internal(format!("database error: {}", e.message)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WireError {
+    kind: String,
+    message: String,
+}
+
+fn decode_error(text: RString) -> DbError {
+    match serde_json::from_str::<WireError>(&text) {
+        Ok(w) => DbError {
+            kind: match w.kind.as_str() {
+                "unique" => DbErrorKind::Unique,
+                "foreign_key" => DbErrorKind::ForeignKey,
+                _ => DbErrorKind::Other,
+            },
+            message: w.message,
+        },
+        Err(_) => DbError {
+            kind: DbErrorKind::Other,
+            message: text.into_string(),
+        },
+    }
+}
+
+fn other(message: String) -> DbError {
+    DbError {
+        kind: DbErrorKind::Other,
+        message,
+    }
+}
+
+/// What a statement did.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct Executed {
+    /// Rows inserted, updated or deleted.
+    pub rows_affected: u64,
+    /// The id of an inserted row (SQLite, MySQL; on PostgreSQL use
+    /// `RETURNING id` with a query instead).
+    pub last_insert_id: Option<i64>,
+}
+
+fn encode(params: &[Value]) -> RString {
+    RString::from(Value::Array(params.to_vec()).to_string())
+}
+
+impl Host {
+    /// The database backend: `sqlite`, `postgresql` or `mysql`.
+    pub fn db_backend(&self) -> &'static str {
+        (self.services().db_backend())().as_str()
+    }
+
+    /// The id for a new row when the host runs in snowflake mode; `None`
+    /// when the database assigns ids.
+    pub fn next_id(&self) -> Option<i64> {
+        (self.services().next_id())().into_option()
+    }
+
+    async fn raw_query(&self, tx: u64, sql: &str, params: &[Value]) -> Result<Vec<Value>, DbError> {
+        let answer = (self.services().sql_query())(
+            RStr::from(self.plugin()),
+            tx,
+            RString::from(sql),
+            encode(params),
+        )
+        .await;
+        match answer {
+            RResult::ROk(rows) => serde_json::from_str(&rows).map_err(|e| other(e.to_string())),
+            RResult::RErr(e) => Err(decode_error(e)),
+        }
+    }
+
+    async fn raw_execute(&self, tx: u64, sql: &str, params: &[Value]) -> Result<Executed, DbError> {
+        let answer = (self.services().sql_execute())(
+            RStr::from(self.plugin()),
+            tx,
+            RString::from(sql),
+            encode(params),
+        )
+        .await;
+        match answer {
+            RResult::ROk(done) => serde_json::from_str(&done).map_err(|e| other(e.to_string())),
+            RResult::RErr(e) => Err(decode_error(e)),
+        }
+    }
+
+    /// Runs a query; rows as JSON objects.
+    pub async fn query_json(&self, sql: &str, params: &[Value]) -> Result<Vec<Value>, DbError> {
+        self.raw_query(0, sql, params).await
+    }
+
+    /// Runs a query; rows deserialized into `T`.
+    pub async fn query<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Vec<T>, DbError> {
+        rows_into(self.raw_query(0, sql, params).await?)
+    }
+
+    /// Executes a statement.
+    pub async fn execute(&self, sql: &str, params: &[Value]) -> Result<Executed, DbError> {
+        self.raw_execute(0, sql, params).await
+    }
+
+    /// Begins a transaction; it rolls back unless committed.
+    pub async fn begin(&self) -> Result<Transaction, DbError> {
+        match (self.services().sql_begin())(RStr::from(self.plugin())).await {
+            RResult::ROk(id) => Ok(Transaction {
+                host: *self,
+                id,
+                open: true,
+            }),
+            RResult::RErr(e) => Err(decode_error(e)),
+        }
+    }
+
+    /// Reads a key of this plugin's key-value namespace.
+    pub async fn kv_get(&self, key: &str) -> Result<Option<String>, DbError> {
+        match (self.services().kv_get())(RStr::from(self.plugin()), RString::from(key)).await {
+            RResult::ROk(ROption::RSome(v)) => Ok(Some(v.into_string())),
+            RResult::ROk(ROption::RNone) => Ok(None),
+            RResult::RErr(e) => Err(decode_error(e)),
+        }
+    }
+
+    /// Writes a key, with an optional time to live.
+    pub async fn kv_set(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(), DbError> {
+        let ttl_ms = ttl.map_or(0, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
+        match (self.services().kv_set())(
+            RStr::from(self.plugin()),
+            RString::from(key),
+            RString::from(value),
+            ttl_ms,
+        )
+        .await
+        {
+            RResult::ROk(()) => Ok(()),
+            RResult::RErr(e) => Err(decode_error(e)),
+        }
+    }
+
+    /// Deletes a key; whether it existed.
+    pub async fn kv_del(&self, key: &str) -> Result<bool, DbError> {
+        match (self.services().kv_del())(RStr::from(self.plugin()), RString::from(key)).await {
+            RResult::ROk(existed) => Ok(existed),
+            RResult::RErr(e) => Err(decode_error(e)),
+        }
+    }
+}
+
+fn rows_into<T: DeserializeOwned>(rows: Vec<Value>) -> Result<Vec<T>, DbError> {
+    rows.into_iter()
+        .map(|row| serde_json::from_value(row).map_err(|e| other(format!("row does not fit: {e}"))))
+        .collect()
+}
+
+/// An open transaction. Dropped without [`commit`](Self::commit), it rolls back.
+pub struct Transaction {
+    host: Host,
+    id: u64,
+    open: bool,
+}
+
+impl Transaction {
+    /// Runs a query inside the transaction; rows deserialized into `T`.
+    pub async fn query<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Vec<T>, DbError> {
+        rows_into(self.host.raw_query(self.id, sql, params).await?)
+    }
+
+    /// Runs a query inside the transaction; rows as JSON objects.
+    pub async fn query_json(&self, sql: &str, params: &[Value]) -> Result<Vec<Value>, DbError> {
+        self.host.raw_query(self.id, sql, params).await
+    }
+
+    /// Executes a statement inside the transaction.
+    pub async fn execute(&self, sql: &str, params: &[Value]) -> Result<Executed, DbError> {
+        self.host.raw_execute(self.id, sql, params).await
+    }
+
+    /// Commits.
+    pub async fn commit(mut self) -> Result<(), DbError> {
+        self.open = false;
+        self.finish(true).await
+    }
+
+    /// Rolls back.
+    pub async fn rollback(mut self) -> Result<(), DbError> {
+        self.open = false;
+        self.finish(false).await
+    }
+
+    async fn finish(&self, commit: bool) -> Result<(), DbError> {
+        match (self.host.services().sql_finish())(self.id, commit).await {
+            RResult::ROk(()) => Ok(()),
+            RResult::RErr(e) => Err(decode_error(e)),
+        }
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        if self.open {
+            // The host rolls back on its own task; the future need not be awaited.
+            drop((self.host.services().sql_finish())(self.id, false));
+        }
+    }
+}
