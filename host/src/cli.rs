@@ -22,6 +22,17 @@ struct Cli {
 enum Command {
     /// Load the plugin dir and serve HTTP until SIGINT/SIGTERM.
     Serve(SettingsArgs),
+    /// Run a SQL script on the host database in one transaction. Allowed:
+    /// SELECT, INSERT, SET, DO; with --destroy also DROP, DELETE, ALTER.
+    Sql {
+        /// The script.
+        file: std::path::PathBuf,
+        /// Also allow DROP, DELETE and ALTER (for destroy scripts).
+        #[arg(long)]
+        destroy: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
     /// Manage users (same --data-dir and DATABASE_URL as `serve`).
     User {
         #[command(subcommand)]
@@ -132,6 +143,38 @@ async fn user(auth: Arc<AuthService>, action: UserAction) -> anyhow::Result<()> 
     Ok(())
 }
 
+async fn sql(
+    auth: Arc<AuthService>,
+    file: std::path::PathBuf,
+    destroy: bool,
+) -> anyhow::Result<()> {
+    use crate::plugin::sql::{DESTROY_KINDS, INIT_KINDS, check_kinds, run_script};
+    let db = auth.db();
+    let script = std::fs::read_to_string(&file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let statements = crate::db::split::split(&script, db.backend().escapes())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let allowed: Vec<&str> = if destroy {
+        INIT_KINDS.iter().chain(DESTROY_KINDS).copied().collect()
+    } else {
+        INIT_KINDS.to_vec()
+    };
+    check_kinds(&statements, &allowed)
+        .map_err(|e| anyhow::anyhow!("{}: {e}; nothing was run", file.display()))?;
+    let n = run_script(db, &script).await.map_err(|e| {
+        anyhow::anyhow!(
+            "{} failed {e}; the transaction was rolled back",
+            file.display()
+        )
+    })?;
+    println!(
+        "ran {n} statements from {} on {}",
+        file.display(),
+        db.backend().name()
+    );
+    Ok(())
+}
+
 async fn role(auth: Arc<AuthService>, action: RoleAction) -> anyhow::Result<()> {
     match action {
         RoleAction::Add { name } => {
@@ -162,6 +205,11 @@ pub fn main() -> ExitCode {
             .and_then(|settings| {
                 actix_web::rt::System::new().block_on(crate::http::serve(settings))
             }),
+        Command::Sql {
+            file,
+            destroy,
+            settings,
+        } => manage(&settings, |auth| Box::pin(sql(auth, file, destroy))),
         Command::User { action, settings } => {
             manage(&settings, |auth| Box::pin(user(auth, action)))
         }

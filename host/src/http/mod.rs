@@ -8,6 +8,8 @@ mod plugins;
 
 use std::sync::Arc;
 
+use tokio::signal::unix::{SignalKind, signal};
+
 use actix_web::{
     App, HttpRequest, HttpResponse, HttpServer, error::InternalError, http::StatusCode,
     middleware::from_fn, web,
@@ -156,12 +158,29 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     })
     .workers(settings.workers)
     .shutdown_timeout(settings.shutdown_timeout.as_secs())
+    .disable_signals()
     .bind(settings.bind)
     .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.bind))?;
-    for addr in server.addrs() {
+    let addrs = server.addrs();
+    let server = server.run();
+    // Signal handlers are in place before "listening" is logged, so a
+    // SIGTERM right after start-up is a graceful stop, not a kill.
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let handle = server.handle();
+    let grace = settings.shutdown_timeout.as_secs();
+    actix_web::rt::spawn(async move {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        tracing::info!("{name} received: finishing in-flight requests (up to {grace} s)");
+        handle.stop(true).await;
+    });
+    for addr in addrs {
         tracing::info!("listening on http://{addr}");
     }
-    server.run().await?;
+    server.await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -75,40 +75,37 @@ pub async fn init_once(db: &Db, plugin: &str, version: &str, dir: &Path) -> Resu
     Ok(())
 }
 
-/// Runs a script: all or nothing where the backend allows it.
+/// Runs a script in one transaction. On MySQL and MariaDB, where DDL
+/// commits implicitly, the tables the script created before failing are
+/// dropped again.
 pub async fn run_script(db: &Db, script: &str) -> Result<usize, String> {
     let statements =
         split::split(script, db.backend().escapes()).map_err(|e| format!("to parse: {e}"))?;
-    let failed = |i: usize, line: usize, e: sea_orm::DbErr| {
-        format!("at statement {} (line {line}): {e}", i + 1)
-    };
-    if db.backend() == Backend::Mysql {
-        let mut created = Vec::new();
-        for (i, statement) in statements.iter().enumerate() {
-            if let Err(e) = db.conn().execute_unprepared(&statement.text).await {
+    let txn = db
+        .conn()
+        .begin()
+        .await
+        .map_err(|e| format!("to begin: {e}"))?;
+    let mut created = Vec::new();
+    for (i, statement) in statements.iter().enumerate() {
+        if let Err(e) = txn.execute_unprepared(&statement.text).await {
+            let _ = txn.rollback().await;
+            if db.backend() == Backend::Mysql {
                 for table in created.iter().rev() {
                     let _ = db
                         .conn()
                         .execute_unprepared(&format!("DROP TABLE IF EXISTS {table}"))
                         .await;
                 }
-                return Err(failed(i, statement.line, e));
             }
-            if let Some(table) = created_table(&statement.text) {
-                created.push(table);
-            }
+            return Err(format!(
+                "at statement {} (line {}): {e}",
+                i + 1,
+                statement.line
+            ));
         }
-        return Ok(statements.len());
-    }
-    let txn = db
-        .conn()
-        .begin()
-        .await
-        .map_err(|e| format!("to begin: {e}"))?;
-    for (i, statement) in statements.iter().enumerate() {
-        if let Err(e) = txn.execute_unprepared(&statement.text).await {
-            let _ = txn.rollback().await;
-            return Err(failed(i, statement.line, e));
+        if let Some(table) = created_table(&statement.text) {
+            created.push(table);
         }
     }
     txn.commit().await.map_err(|e| format!("to commit: {e}"))?;
@@ -167,5 +164,72 @@ mod tests {
             Some("`c`")
         );
         assert_eq!(created_table("INSERT INTO a VALUES (1)"), None);
+    }
+}
+
+/// Statement kinds `plughost sql` runs by default.
+pub const INIT_KINDS: &[&str] = &["SELECT", "INSERT", "SET", "DO"];
+/// Statement kinds `plughost sql --destroy` runs besides those.
+pub const DESTROY_KINDS: &[&str] = &["DROP", "DELETE", "ALTER"];
+
+/// The first keyword of a statement (comments and parentheses skipped).
+pub fn statement_kind(text: &str) -> String {
+    let mut rest = text;
+    loop {
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, r)| r);
+        } else {
+            break;
+        }
+    }
+    rest.chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_uppercase()
+}
+
+/// Checks every statement's kind against `allowed`; the refusal names the
+/// statement, its line and its kind.
+pub fn check_kinds(statements: &[split::Statement], allowed: &[&str]) -> Result<(), String> {
+    for (i, statement) in statements.iter().enumerate() {
+        let kind = statement_kind(&statement.text);
+        if !allowed.contains(&kind.as_str()) {
+            return Err(format!(
+                "statement {} (line {}) is a {} statement; allowed here: {}",
+                i + 1,
+                statement.line,
+                if kind.is_empty() { "malformed" } else { &kind },
+                allowed.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::*;
+
+    #[test]
+    fn statement_kinds_are_read_past_comments_and_checked() {
+        assert_eq!(
+            statement_kind("-- c\n/* d */ insert into t values (1)"),
+            "INSERT"
+        );
+        assert_eq!(statement_kind("(select 1)"), "SELECT");
+        let statements = split::split(
+            "insert into a values (1);\n\ndrop table a;",
+            split::Escapes::Standard,
+        )
+        .unwrap();
+        assert_eq!(
+            check_kinds(&statements, INIT_KINDS).unwrap_err(),
+            "statement 2 (line 3) is a DROP statement; allowed here: SELECT, INSERT, SET, DO"
+        );
+        let all: Vec<&str> = INIT_KINDS.iter().chain(DESTROY_KINDS).copied().collect();
+        assert!(check_kinds(&statements, &all).is_ok());
     }
 }
