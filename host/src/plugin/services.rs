@@ -18,7 +18,7 @@ use abi_stable::{
 };
 use futures_util::FutureExt as _;
 use sea_orm::{
-    ConnectionTrait, DatabaseTransaction, DbErr, FromQueryResult, SqlErr, Statement,
+    ConnectionTrait, DatabaseTransaction, DbErr, FromQueryResult, QueryResult, SqlErr, Statement,
     TransactionTrait,
 };
 
@@ -139,22 +139,54 @@ fn transaction(tx: u64) -> Result<Arc<tokio::sync::Mutex<Option<DatabaseTransact
         .ok_or_else(|| db_error("other", format!("transaction {tx} is not open")))
 }
 
+/// One row as a JSON object. sea-orm converts columns by their declared
+/// type; SQLite expressions (`COUNT(*)`, `CAST(…)`) have none, so those
+/// are read by their value instead.
+fn row_json(row: &QueryResult, backend: Backend) -> Result<serde_json::Value, DbErr> {
+    let mut value = serde_json::Value::from_query_result(row, "")?;
+    if backend == Backend::Sqlite
+        && let serde_json::Value::Object(map) = &mut value
+    {
+        for (i, name) in row.column_names().into_iter().enumerate() {
+            if map.contains_key(&name) {
+                continue;
+            }
+            let found = if let Ok(v) = row.try_get_by_index::<Option<i64>>(i) {
+                serde_json::json!(v)
+            } else if let Ok(v) = row.try_get_by_index::<Option<f64>>(i) {
+                serde_json::json!(v)
+            } else if let Ok(v) = row.try_get_by_index::<Option<String>>(i) {
+                serde_json::json!(v)
+            } else if let Ok(v) = row.try_get_by_index::<Option<Vec<u8>>>(i) {
+                serde_json::json!(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+            } else {
+                serde_json::Value::Null
+            };
+            map.insert(name, found);
+        }
+    }
+    Ok(value)
+}
+
 async fn run_query(tx: u64, sql: String, params: String) -> Result<RString, RString> {
     let db = db()?;
     let stmt = statement(db, &sql, &params)?;
     let rows = if tx == 0 {
-        serde_json::Value::find_by_statement(stmt)
-            .all(db.conn())
-            .await
+        db.conn().query_all(stmt).await
     } else {
         let handle = transaction(tx)?;
         let guard = handle.lock().await;
         let txn = guard
             .as_ref()
             .ok_or_else(|| db_error("other", format!("transaction {tx} is finished")))?;
-        serde_json::Value::find_by_statement(stmt).all(txn).await
+        txn.query_all(stmt).await
     }
     .map_err(from_db_err)?;
+    let rows = rows
+        .iter()
+        .map(|row| row_json(row, db.backend()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(from_db_err)?;
     Ok(RString::from(serde_json::Value::Array(rows).to_string()))
 }
 

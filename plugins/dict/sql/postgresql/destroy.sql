@@ -1,0 +1,2 @@
+DROP TABLE sys_dict_data;
+DROP TABLE sys_dict_type;
