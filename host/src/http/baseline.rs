@@ -1,6 +1,7 @@
-//! A native copy of the `hello` plugin's greet handler, compiled into the
-//! host. Mounted only with `--bench-baseline`, so that `scripts/bench` can
-//! measure plugin dispatch against the same work done natively.
+//! Native copies of plugin handlers, compiled into the host: the `hello`
+//! plugin's greet and the `dict` plugin's type list. Mounted only with
+//! `--bench-baseline`, so that `scripts/bench` can measure plugin dispatch
+//! against the same work done natively.
 
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode};
 use serde::Serialize;
@@ -27,5 +28,57 @@ pub(crate) async fn greet(req: HttpRequest) -> HttpResponse {
             StatusCode::BAD_REQUEST,
             &format!("invalid query string: {e}"),
         ),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct PageQuery {
+    page: Option<u64>,
+    size: Option<u64>,
+}
+
+/// `GET /admin/v1/native/dict-types?page=&size=`: the `dict` plugin's list,
+/// same queries, same answer, behind the same admin guard.
+pub(crate) async fn dict_types(
+    state: actix_web::web::Data<super::AppState>,
+    req: HttpRequest,
+) -> HttpResponse {
+    let Ok(q) = serde_urlencoded::from_str::<PageQuery>(req.query_string()) else {
+        return envelope::error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "page and size must be integers",
+        );
+    };
+    let (page, size) = (
+        q.page.unwrap_or(1).max(1),
+        q.size.unwrap_or(20).clamp(1, 200),
+    );
+    let db = state.auth.db();
+    let backend = db.backend();
+    let rows = |sql: &'static str, values: Vec<sea_orm::Value>| async move {
+        let found = db
+            .query(&crate::db::placeholders(backend, sql), values)
+            .await?;
+        found
+            .iter()
+            .map(|row| crate::plugin::services::row_json(row, backend))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let total = match rows("SELECT COUNT(*) AS total FROM sys_dict_type", vec![]).await {
+        Ok(r) => r.first().and_then(|r| r["total"].as_i64()).unwrap_or(0),
+        Err(e) => return envelope::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let limit = i64::try_from(size).unwrap_or(20);
+    let offset = i64::try_from((page - 1) * size).unwrap_or(0);
+    match rows(
+        "SELECT id, name, code, status, remark FROM sys_dict_type ORDER BY id LIMIT ? OFFSET ?",
+        vec![limit.into(), offset.into()],
+    )
+    .await
+    {
+        Ok(items) => envelope::ok(serde_json::json!({
+            "items": items, "total": total, "page": page, "size": size,
+        })),
+        Err(e) => envelope::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }

@@ -107,6 +107,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
                     .route(web::put().to(plugins::toggle))
                     .default_service(web::to(method_not_allowed)),
             )
+            .configure(|admin| {
+                if bench_baseline {
+                    admin.route("/native/dict-types", web::get().to(baseline::dict_types));
+                }
+            })
             .default_service(dispatch::service(Scope::Admin)),
     );
     if bench_baseline {

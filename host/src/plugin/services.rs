@@ -142,7 +142,7 @@ fn transaction(tx: u64) -> Result<Arc<tokio::sync::Mutex<Option<DatabaseTransact
 /// One row as a JSON object. sea-orm converts columns by their declared
 /// type; SQLite expressions (`COUNT(*)`, `CAST(…)`) have none, so those
 /// are read by their value instead.
-fn row_json(row: &QueryResult, backend: Backend) -> Result<serde_json::Value, DbErr> {
+pub(crate) fn row_json(row: &QueryResult, backend: Backend) -> Result<serde_json::Value, DbErr> {
     let mut value = serde_json::Value::from_query_result(row, "")?;
     if backend == Backend::Sqlite
         && let serde_json::Value::Object(map) = &mut value
