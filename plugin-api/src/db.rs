@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use abi_stable::std_types::{ROption, RResult, RStr, RString};
 use serde::{Deserialize, de::DeserializeOwned};
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 
 use crate::{Error, Host};
 
@@ -144,6 +144,24 @@ impl Host {
     /// Runs a query; rows as JSON objects.
     pub async fn query_json(&self, sql: &str, params: &[Value]) -> Result<Vec<Value>, DbError> {
         self.raw_query(0, sql, params).await
+    }
+
+    /// Runs a query; rows as the host's JSON text (an array of objects),
+    /// to pass on into a response without building values.
+    pub async fn query_raw(&self, sql: &str, params: &[Value]) -> Result<Box<RawValue>, DbError> {
+        let answer = (self.services().sql_query())(
+            RStr::from(self.plugin()),
+            0,
+            RString::from(sql),
+            encode(params),
+        )
+        .await;
+        match answer {
+            RResult::ROk(rows) => {
+                RawValue::from_string(rows.into_string()).map_err(|e| other(e.to_string()))
+            }
+            RResult::RErr(e) => Err(decode_error(e)),
+        }
     }
 
     /// Runs a query; rows deserialized into `T`.

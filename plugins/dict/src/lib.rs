@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use plugin_api::{Error, Json, Request, Router, Transaction, host};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json, value::RawValue};
 
 /// One dictionary table served by the generic CRUD handlers below.
 trait Resource: 'static {
@@ -225,7 +225,7 @@ async fn fetch<R: Resource>(id: i64) -> Result<Value, Error> {
 }
 
 /// `GET ?page=&size=&…filters`: `{"items", "total", "page", "size"}`.
-async fn list<R: Resource>(req: Request<'_>) -> Result<Json<Value>, Error> {
+async fn list<R: Resource>(req: Request<'_>) -> Result<Json<Page>, Error> {
     let mut query: BTreeMap<String, String> = req.query()?;
     let page: u64 = match query.remove("page") {
         None => 1,
@@ -263,7 +263,7 @@ async fn list<R: Resource>(req: Request<'_>) -> Result<Json<Value>, Error> {
     params.push(json!(size));
     params.push(json!((page - 1) * size));
     let items = host
-        .query_json(
+        .query_raw(
             &format!(
                 "SELECT {} FROM {}{filter} ORDER BY {} LIMIT ? OFFSET ?",
                 R::COLUMNS,
@@ -273,9 +273,21 @@ async fn list<R: Resource>(req: Request<'_>) -> Result<Json<Value>, Error> {
             &params,
         )
         .await?;
-    Ok(Json(
-        json!({ "items": items, "total": total, "page": page, "size": size }),
-    ))
+    Ok(Json(Page {
+        items,
+        total,
+        page,
+        size,
+    }))
+}
+
+/// A page of rows, passed on as the host's JSON.
+#[derive(Serialize)]
+struct Page {
+    items: Box<RawValue>,
+    total: i64,
+    page: u64,
+    size: u64,
 }
 
 /// `GET /{id}`.
