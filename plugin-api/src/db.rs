@@ -113,18 +113,24 @@ impl Host {
         (self.services().next_id())().into_option()
     }
 
-    async fn raw_query(&self, tx: u64, sql: &str, params: &[Value]) -> Result<Vec<Value>, DbError> {
-        let answer = (self.services().sql_query())(
+    /// The rows of a query as the host's JSON text.
+    async fn rows_text(&self, tx: u64, sql: &str, params: &[Value]) -> Result<RString, DbError> {
+        match (self.services().sql_query())(
             RStr::from(self.plugin()),
             tx,
             RString::from(sql),
             encode(params),
         )
-        .await;
-        match answer {
-            RResult::ROk(rows) => serde_json::from_str(&rows).map_err(|e| other(e.to_string())),
+        .await
+        {
+            RResult::ROk(rows) => Ok(rows),
             RResult::RErr(e) => Err(decode_error(e)),
         }
+    }
+
+    async fn raw_query(&self, tx: u64, sql: &str, params: &[Value]) -> Result<Vec<Value>, DbError> {
+        let rows = self.rows_text(tx, sql, params).await?;
+        serde_json::from_str(&rows).map_err(|e| other(e.to_string()))
     }
 
     async fn raw_execute(&self, tx: u64, sql: &str, params: &[Value]) -> Result<Executed, DbError> {
@@ -149,19 +155,8 @@ impl Host {
     /// Runs a query; rows as the host's JSON text (an array of objects),
     /// to pass on into a response without building values.
     pub async fn query_raw(&self, sql: &str, params: &[Value]) -> Result<Box<RawValue>, DbError> {
-        let answer = (self.services().sql_query())(
-            RStr::from(self.plugin()),
-            0,
-            RString::from(sql),
-            encode(params),
-        )
-        .await;
-        match answer {
-            RResult::ROk(rows) => {
-                RawValue::from_string(rows.into_string()).map_err(|e| other(e.to_string()))
-            }
-            RResult::RErr(e) => Err(decode_error(e)),
-        }
+        let rows = self.rows_text(0, sql, params).await?;
+        RawValue::from_string(rows.into_string()).map_err(|e| other(e.to_string()))
     }
 
     /// Runs a query; rows deserialized into `T`.

@@ -168,20 +168,29 @@ pub(crate) fn row_json(row: &QueryResult, backend: Backend) -> Result<serde_json
     Ok(value)
 }
 
+/// Evaluates `$work` with `$conn` bound to the pool, or to the open
+/// transaction `$tx` (0 for none).
+macro_rules! on_connection {
+    ($tx:expr, |$conn:ident| $work:expr) => {{
+        let tx: u64 = $tx;
+        if tx == 0 {
+            let $conn = db()?.conn();
+            $work
+        } else {
+            let handle = transaction(tx)?;
+            let guard = handle.lock().await;
+            let $conn = guard
+                .as_ref()
+                .ok_or_else(|| db_error("other", format!("transaction {tx} is finished")))?;
+            $work
+        }
+    }};
+}
+
 async fn run_query(tx: u64, sql: String, params: String) -> Result<RString, RString> {
     let db = db()?;
     let stmt = statement(db, &sql, &params)?;
-    let rows = if tx == 0 {
-        db.conn().query_all(stmt).await
-    } else {
-        let handle = transaction(tx)?;
-        let guard = handle.lock().await;
-        let txn = guard
-            .as_ref()
-            .ok_or_else(|| db_error("other", format!("transaction {tx} is finished")))?;
-        txn.query_all(stmt).await
-    }
-    .map_err(from_db_err)?;
+    let rows = on_connection!(tx, |conn| conn.query_all(stmt).await).map_err(from_db_err)?;
     let rows = rows
         .iter()
         .map(|row| row_json(row, db.backend()))
@@ -193,17 +202,7 @@ async fn run_query(tx: u64, sql: String, params: String) -> Result<RString, RStr
 async fn run_execute(tx: u64, sql: String, params: String) -> Result<RString, RString> {
     let db = db()?;
     let stmt = statement(db, &sql, &params)?;
-    let result = if tx == 0 {
-        db.conn().execute(stmt).await
-    } else {
-        let handle = transaction(tx)?;
-        let guard = handle.lock().await;
-        let txn = guard
-            .as_ref()
-            .ok_or_else(|| db_error("other", format!("transaction {tx} is finished")))?;
-        txn.execute(stmt).await
-    }
-    .map_err(from_db_err)?;
+    let result = on_connection!(tx, |conn| conn.execute(stmt).await).map_err(from_db_err)?;
     // PostgreSQL reports no insert id: use `RETURNING id` with a query there.
     let last_insert_id = match db.backend() {
         Backend::Postgresql => serde_json::Value::Null,
