@@ -426,7 +426,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_declared_settings_are_visible_and_the_environment_overrides_them() {
+    fn only_declared_settings_are_visible_to_their_plugin() {
         let mut declared = BTreeMap::new();
         declared.insert("PLUGHOST_TEST_GREETING".to_owned(), "hi".to_owned());
         declared.insert("PLUGHOST_TEST_OTHER".to_owned(), "x".to_owned());
