@@ -42,6 +42,14 @@ pub struct SettingsArgs {
     /// Status gate on plugin routes: `cached` (default) or `off` (benchmarks only).
     #[arg(long, global = true, env = "STATUS_CHECK", value_enum)]
     pub status_check: Option<StatusCheck>,
+    /// Plugins that may not be uninstalled, comma-separated (default: dict).
+    #[arg(
+        long,
+        global = true,
+        env = "PLUGHOST_REQUIRED_PLUGINS",
+        value_delimiter = ','
+    )]
+    pub required_plugins: Option<Vec<String>>,
     /// Database URL: sqlite://FILE, postgres://… or mysql://… (default: SQLite in the data dir).
     #[arg(long, global = true, env = "DATABASE_URL")]
     pub database_url: Option<String>,
@@ -80,6 +88,7 @@ struct FileSettings {
     plugin_redis_prefix: Option<String>,
     status_check: Option<StatusCheck>,
     bench_baseline: Option<bool>,
+    required_plugins: Option<Vec<String>>,
     database_url: Option<String>,
     pk_mode: Option<PkMode>,
     worker_id: Option<u16>,
@@ -108,6 +117,8 @@ pub struct Settings {
     pub status_check: StatusCheck,
     /// Whether the native baseline route is mounted.
     pub bench_baseline: bool,
+    /// Plugins that may not be uninstalled.
+    pub required_plugins: Vec<String>,
     /// Database URL.
     pub database_url: String,
     /// Primary-key mode.
@@ -207,6 +218,11 @@ impl Settings {
                 .or(file.status_check)
                 .unwrap_or(StatusCheck::Cached),
             bench_baseline: args.bench_baseline || file.bench_baseline.unwrap_or(false),
+            required_plugins: args
+                .required_plugins
+                .clone()
+                .or(file.required_plugins)
+                .unwrap_or_else(|| vec!["dict".to_owned()]),
             database_url: args
                 .database_url
                 .clone()

@@ -195,6 +195,25 @@ fn dict_crud_works_on_every_backend() {
 }
 
 #[test]
+fn dict_is_listed_as_required_unless_configured_otherwise() {
+    let database = TestDatabase::create(Backend::Sqlite);
+    let data = DataDir::new();
+    data.install_dir("dict");
+    data.install_dir("hello");
+    let host = Host::start_on(&data, &database, &[]);
+    assert_eq!(host.plugin("dict")["required"], true);
+    assert_eq!(host.plugin("hello")["required"], false);
+    assert!(host.stop().success());
+    let host = Host::start_on(
+        &data,
+        &database,
+        &[("PLUGHOST_REQUIRED_PLUGINS", "hello,sysinfo")],
+    );
+    assert_eq!(host.plugin("dict")["required"], false);
+    assert_eq!(host.plugin("hello")["required"], true);
+}
+
+#[test]
 fn dict_crud_works_with_snowflake_keys_on_postgresql() {
     let database = TestDatabase::create(Backend::Postgresql);
     let (_data, host) = dict_host(&database, &[("PLUGHOST_PK_MODE", "snowflake")]);

@@ -71,6 +71,7 @@ pub struct PluginHost {
     records: RwLock<BTreeMap<String, PluginRecord>>,
     flags: FlagStore,
     toggle_lock: Mutex<()>,
+    required: Vec<String>,
 }
 
 impl PluginHost {
@@ -122,6 +123,7 @@ impl PluginHost {
             records: RwLock::new(outcome.records),
             flags,
             toggle_lock: Mutex::new(()),
+            required: settings.required_plugins.clone(),
         });
         host.publish_services();
         Ok(host)
@@ -147,7 +149,15 @@ impl PluginHost {
     /// Every plugin found, sorted by name, in the list endpoint's shape.
     pub fn list(&self) -> Vec<Value> {
         let records = self.records.read().expect("records lock");
-        records.values().map(list_item).collect()
+        records
+            .values()
+            .map(|record| list_item(record, self.is_required(&record.name)))
+            .collect()
+    }
+
+    /// Whether `name` is a required plugin (it may not be uninstalled).
+    pub fn is_required(&self, name: &str) -> bool {
+        self.required.iter().any(|r| r == name)
     }
 
     /// Whether a restart would change what is served.
@@ -185,8 +195,9 @@ impl PluginHost {
 }
 
 /// One list entry: the manifest with `plugin.name`/`plugin.enable`, plus
-/// `state` (`loaded`, `disabled` or `error`), `error` and `path`.
-fn list_item(record: &PluginRecord) -> Value {
+/// `state` (`loaded`, `disabled` or `error`), `error`, `path` and
+/// `required`.
+fn list_item(record: &PluginRecord, required: bool) -> Value {
     let (mut item, state, error) = match (&record.state, &record.manifest) {
         (PluginState::Loaded(p), _) => {
             let enabled = p.enabled();
@@ -214,6 +225,7 @@ fn list_item(record: &PluginRecord) -> Value {
             "path".into(),
             Value::from(record.source.display().to_string()),
         );
+        map.insert("required".into(), Value::from(required));
     }
     item
 }
