@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::db::{
     Db,
     entity::{role, role_permission, token_revocation, user, user_role},
+    placeholders,
 };
 pub use secret::{SecretError, load_or_create_secret, random_password};
 
@@ -292,57 +293,62 @@ impl AuthService {
             })
     }
 
-    /// The caller of a request with this `Authorization` header.
+    /// The caller of a request with this `Authorization` header: one
+    /// query reads the revocation, the user and their permissions.
     pub async fn authenticate(
         &self,
         authorization: Option<&str>,
     ) -> Result<(Principal, String, i64), AuthError> {
         let claims = self.decode(authorization)?;
-        let revoked = token_revocation::Entity::find_by_id(claims.jti.clone())
-            .one(self.db.conn())
-            .await?;
-        if revoked.is_some() {
-            return Err(AuthError::Revoked);
-        }
         let user_id: i64 = claims
             .sub
             .parse()
             .map_err(|_| AuthError::Invalid("bad subject".into()))?;
-        let principal = self.principal(user_id).await?;
+        let principal = self.load_principal(user_id, Some(&claims.jti)).await?;
         Ok((principal, claims.jti, claims.exp))
     }
 
     /// Loads a user's principal (roles and their permissions).
     pub async fn principal(&self, user_id: i64) -> Result<Principal, AuthError> {
-        let found = user::Entity::find_by_id(user_id)
-            .one(self.db.conn())
-            .await?
-            .filter(|u| u.status == 1)
-            .ok_or(AuthError::UserGone)?;
-        let role_ids: Vec<i64> = user_role::Entity::find()
-            .filter(user_role::Column::UserId.eq(user_id))
-            .all(self.db.conn())
-            .await?
-            .into_iter()
-            .map(|r| r.role_id)
-            .collect();
-        let mut permissions: Vec<String> = if role_ids.is_empty() {
-            Vec::new()
-        } else {
-            role_permission::Entity::find()
-                .filter(role_permission::Column::RoleId.is_in(role_ids))
-                .all(self.db.conn())
-                .await?
-                .into_iter()
-                .map(|p| p.permission)
-                .collect()
-        };
+        self.load_principal(user_id, None).await
+    }
+
+    /// One row per permission of an active user (one row with NULL for a
+    /// user without any), each saying whether token `jti` is revoked.
+    async fn load_principal(
+        &self,
+        user_id: i64,
+        jti: Option<&str>,
+    ) -> Result<Principal, AuthError> {
+        let sql = placeholders(
+            self.db.backend(),
+            "SELECT u.username, u.is_superuser, rp.permission, \
+             (SELECT COUNT(*) FROM sys_token_revocation r WHERE r.jti = ?) AS revoked \
+             FROM sys_user u \
+             LEFT JOIN sys_user_role ur ON ur.user_id = u.id \
+             LEFT JOIN sys_role_permission rp ON rp.role_id = ur.role_id \
+             WHERE u.id = ? AND u.status = 1",
+        );
+        let rows = self
+            .db
+            .query(&sql, vec![jti.unwrap_or("").into(), user_id.into()])
+            .await?;
+        let first = rows.first().ok_or(AuthError::UserGone)?;
+        if first.try_get::<i64>("", "revoked")? > 0 {
+            return Err(AuthError::Revoked);
+        }
+        let mut permissions = Vec::new();
+        for row in &rows {
+            if let Some(p) = row.try_get::<Option<String>>("", "permission")? {
+                permissions.push(p);
+            }
+        }
         permissions.sort();
         permissions.dedup();
         Ok(Principal {
             user_id,
-            username: found.username,
-            superuser: found.is_superuser,
+            username: first.try_get("", "username")?,
+            superuser: first.try_get("", "is_superuser")?,
             permissions,
         })
     }
