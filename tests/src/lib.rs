@@ -444,6 +444,32 @@ pub enum Backend {
     Mysql,
 }
 
+impl Backend {
+    /// The backend's name, as the host and script paths spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgresql => "postgresql",
+            Self::Mysql => "mysql",
+        }
+    }
+}
+
+/// The string at JSON `pointer` (e.g. `/plugin/name`) of every element of
+/// the array `rows`; panics naming the pointer when one is missing.
+pub fn strings(rows: &Value, pointer: &str) -> Vec<String> {
+    rows.as_array()
+        .unwrap_or_else(|| panic!("not an array: {rows}"))
+        .iter()
+        .map(|row| {
+            row.pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_else(|| panic!("no string at {pointer} in {row}"))
+                .to_owned()
+        })
+        .collect()
+}
+
 /// Every backend, SQLite first.
 pub const BACKENDS: [Backend; 3] = [Backend::Sqlite, Backend::Postgresql, Backend::Mysql];
 

@@ -46,13 +46,7 @@ fn sysinfo_reports_host_version_and_loaded_plugins_through_host_services() {
 fn the_list_shows_every_plugin_sorted_in_the_fba_shape() {
     let (_data, host) = host_with_bundled();
     let list = host.get("/admin/v1/sys/plugins").data().clone();
-    let names: Vec<_> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["plugin"]["name"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(names, ["hello", "sysinfo"]);
+    assert_eq!(e2e::strings(&list, "/plugin/name"), ["hello", "sysinfo"]);
     let sysinfo = host.plugin("sysinfo");
     assert_eq!(sysinfo["plugin"]["enable"], "1");
     assert_eq!(sysinfo["plugin"]["version"], "0.1.0");

@@ -64,14 +64,8 @@ fn crud_round_trip(host: &Host, label: &str) {
         .get(&format!("{TYPES}?name=Type%201&status=1"))
         .data()
         .clone();
-    let names: Vec<&str> = filtered["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        names,
+        e2e::strings(&filtered["items"], "/name"),
         [
             "Type 11", "Type 12", "Type 13", "Type 14", "Type 16", "Type 17", "Type 18", "Type 19"
         ],
@@ -132,13 +126,11 @@ fn crud_round_trip(host: &Host, label: &str) {
         .get(&format!("{DATAS}?type_id={type_id}"))
         .data()
         .clone();
-    let labels: Vec<&str> = entries["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["label"].as_str().unwrap())
-        .collect();
-    assert_eq!(labels, ["Female", "Male"], "{label}: sorted by sort");
+    assert_eq!(
+        e2e::strings(&entries["items"], "/label"),
+        ["Female", "Male"],
+        "{label}: sorted by sort"
+    );
     let changed = host
         .request(
             "PUT",

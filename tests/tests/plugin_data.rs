@@ -18,12 +18,7 @@ fn a_plugin_queries_inserts_and_rolls_back_through_host_services_on_every_backen
         let database = TestDatabase::create(backend);
         let (_data, host) = notes_host(&database, &[]);
         let info = host.get("/notes/v1/backend").data().clone();
-        let name = match backend {
-            Backend::Sqlite => "sqlite",
-            Backend::Postgresql => "postgresql",
-            Backend::Mysql => "mysql",
-        };
-        assert_eq!(info["backend"], name);
+        assert_eq!(info["backend"], backend.name());
         assert!(
             info["next_id"].is_null(),
             "autoincrement mode has no host ids"
@@ -55,14 +50,7 @@ fn a_plugin_queries_inserts_and_rolls_back_through_host_services_on_every_backen
                 .status,
             418
         );
-        let texts: Vec<String> = host
-            .get("/notes/v1/notes")
-            .data()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["text"].as_str().unwrap().to_owned())
-            .collect();
+        let texts = e2e::strings(host.get("/notes/v1/notes").data(), "/text");
         assert_eq!(texts, ["seeded; by init", "second", tricky], "{backend:?}");
     }
 }
@@ -140,14 +128,7 @@ fn a_failing_init_script_leaves_no_table_behind_and_names_the_database_error() {
         let entry = host.plugin("badinit");
         assert_eq!(entry["state"], "error");
         let error = entry["error"].as_str().unwrap();
-        let script = format!(
-            "sql/{}/init.sql",
-            match backend {
-                Backend::Sqlite => "sqlite",
-                Backend::Postgresql => "postgresql",
-                Backend::Mysql => "mysql",
-            }
-        );
+        let script = format!("sql/{}/init.sql", backend.name());
         assert!(
             error.contains(&format!(
                 "init script {script} failed at statement 3 (line 3)"

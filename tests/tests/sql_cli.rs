@@ -67,14 +67,7 @@ fn plughost_sql_runs_allowed_scripts_whole_and_refuses_the_rest_on_every_backend
         );
 
         let host = Host::start_on(&data, &database, &[]);
-        let texts: Vec<String> = host
-            .get("/notes/v1/notes")
-            .data()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["text"].as_str().unwrap().to_owned())
-            .collect();
+        let texts = e2e::strings(host.get("/notes/v1/notes").data(), "/text");
         assert_eq!(
             texts,
             ["seeded; by init", "one; two", "it's three"],

@@ -374,24 +374,14 @@ impl AuthService {
         hash: String,
         superuser: bool,
     ) -> Result<i64, AuthError> {
-        let mut model = user::ActiveModel {
+        let model = user::ActiveModel {
             username: Set(username.to_owned()),
             password_hash: Set(hash),
             is_superuser: Set(superuser),
             status: Set(1),
             ..Default::default()
         };
-        match self.db.next_id() {
-            // With the id given, MySQL reports no insert id: do not ask for one.
-            Some(id) => {
-                model.id = Set(id);
-                user::Entity::insert(model)
-                    .exec_without_returning(self.db.conn())
-                    .await?;
-                Ok(id)
-            }
-            None => Ok(model.insert(self.db.conn()).await?.id),
-        }
+        Ok(self.db.insert_keyed(model, user::Column::Id).await?)
     }
 
     /// Creates a user, with roles.
@@ -497,20 +487,11 @@ impl AuthService {
         {
             return Err(AuthError::Exists(format!("role '{name}'")));
         }
-        let mut model = role::ActiveModel {
+        let model = role::ActiveModel {
             name: Set(name.to_owned()),
             ..Default::default()
         };
-        match self.db.next_id() {
-            Some(id) => {
-                model.id = Set(id);
-                role::Entity::insert(model)
-                    .exec_without_returning(self.db.conn())
-                    .await?;
-                Ok(id)
-            }
-            None => Ok(model.insert(self.db.conn()).await?.id),
-        }
+        Ok(self.db.insert_keyed(model, role::Column::Id).await?)
     }
 
     /// Adds permissions to a role (already held ones are kept once).

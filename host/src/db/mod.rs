@@ -11,8 +11,8 @@ use std::{
 };
 
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement,
-    TransactionTrait,
+    ActiveModelBehavior, ActiveModelTrait, ConnectOptions, ConnectionTrait, DatabaseConnection,
+    DbBackend, DbErr, EntityTrait, IntoActiveModel, PrimaryKeyTrait, Statement, TransactionTrait,
 };
 
 /// A database backend plughost supports.
@@ -187,6 +187,35 @@ impl Db {
     /// `None` when the database assigns it.
     pub fn next_id(&self) -> Option<i64> {
         (self.pk_mode == PkMode::Snowflake).then(|| self.ids.next())
+    }
+
+    /// Inserts a row whose key column `id` the database assigns, or in
+    /// snowflake mode the host; answers the new id. (With the id given,
+    /// MySQL reports no insert id, so none is asked for.)
+    pub async fn insert_keyed<A>(
+        &self,
+        mut model: A,
+        id: <A::Entity as EntityTrait>::Column,
+    ) -> Result<i64, DbErr>
+    where
+        A: ActiveModelTrait + ActiveModelBehavior + Send,
+        <A::Entity as EntityTrait>::Model: IntoActiveModel<A>,
+        <<A::Entity as EntityTrait>::PrimaryKey as PrimaryKeyTrait>::ValueType: Into<i64>,
+    {
+        match self.next_id() {
+            Some(next) => {
+                model.set(id, next.into());
+                A::Entity::insert(model)
+                    .exec_without_returning(&self.conn)
+                    .await?;
+                Ok(next)
+            }
+            None => Ok(A::Entity::insert(model)
+                .exec(&self.conn)
+                .await?
+                .last_insert_id
+                .into()),
+        }
     }
 
     /// Runs a query with bound values and returns its rows.
