@@ -39,7 +39,13 @@ pub struct SettingsArgs {
     /// Key prefix of the plugin flags (FBA's `PLUGIN_REDIS_PREFIX`).
     #[arg(long, global = true, env = "PLUGIN_REDIS_PREFIX")]
     pub plugin_redis_prefix: Option<String>,
-    /// Status gate on plugin routes: `cached` (default) or `off` (benchmarks only).
+    /// Redis for the plugin flags across instances, the lifecycle lock and the key-value service (default: none).
+    #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Seconds between reconciles of the plugin flags with the database (and Redis).
+    #[arg(long, global = true, env = "PLUGHOST_FLAG_RECONCILE")]
+    pub flag_reconcile: Option<f64>,
+    /// Status gate on plugin routes: `cached` (default), `redis` (one Redis GET per request, as FBA) or `off` (benchmarks only).
     #[arg(long, global = true, env = "STATUS_CHECK", value_enum)]
     pub status_check: Option<StatusCheck>,
     /// Plugins that may not be uninstalled, comma-separated (default: dict).
@@ -86,6 +92,8 @@ struct FileSettings {
     shutdown_timeout: Option<u64>,
     max_body: Option<usize>,
     plugin_redis_prefix: Option<String>,
+    redis_url: Option<String>,
+    flag_reconcile: Option<f64>,
     status_check: Option<StatusCheck>,
     bench_baseline: Option<bool>,
     required_plugins: Option<Vec<String>>,
@@ -113,6 +121,10 @@ pub struct Settings {
     pub max_body: usize,
     /// Flag key prefix, without the trailing colon.
     pub flag_prefix: String,
+    /// Redis URL, when flags are shared through Redis.
+    pub redis_url: Option<String>,
+    /// Interval of the flag reconcile.
+    pub flag_reconcile: Duration,
     /// Status gate mode.
     pub status_check: StatusCheck,
     /// Whether the native baseline route is mounted.
@@ -199,6 +211,25 @@ impl Settings {
                 message: "must not be empty".into(),
             });
         }
+        let flag_reconcile = args.flag_reconcile.or(file.flag_reconcile).unwrap_or(5.0);
+        if !(0.05..=3600.0).contains(&flag_reconcile) {
+            return Err(ConfigError::Invalid {
+                name: "flag_reconcile",
+                message: format!("{flag_reconcile} s is out of range 0.05-3600"),
+            });
+        }
+        let redis_url = args.redis_url.clone().or(file.redis_url);
+        let status_check = args
+            .status_check
+            .or(file.status_check)
+            .unwrap_or(StatusCheck::Cached);
+        if status_check == StatusCheck::Redis && redis_url.is_none() {
+            return Err(ConfigError::Invalid {
+                name: "status_check",
+                message: "`redis` reads the flags from Redis on every request and needs REDIS_URL"
+                    .into(),
+            });
+        }
         Ok(Self {
             bind: args
                 .bind
@@ -213,10 +244,9 @@ impl Settings {
             ),
             max_body: args.max_body.or(file.max_body).unwrap_or(16 * 1024 * 1024),
             flag_prefix,
-            status_check: args
-                .status_check
-                .or(file.status_check)
-                .unwrap_or(StatusCheck::Cached),
+            redis_url,
+            flag_reconcile: Duration::from_secs_f64(flag_reconcile),
+            status_check,
             bench_baseline: args.bench_baseline || file.bench_baseline.unwrap_or(false),
             required_plugins: args
                 .required_plugins

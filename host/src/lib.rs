@@ -9,3 +9,4 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod plugin;
+pub mod redis;

@@ -218,6 +218,20 @@ impl Db {
         }
     }
 
+    /// A statement with `?` placeholders (numbered for PostgreSQL) and
+    /// bound values, for this connection or a transaction of it.
+    pub fn statement(
+        &self,
+        sql: &str,
+        values: impl IntoIterator<Item = sea_orm::Value>,
+    ) -> Statement {
+        Statement::from_sql_and_values(
+            self.conn.get_database_backend(),
+            placeholders(self.backend, sql),
+            values,
+        )
+    }
+
     /// Runs a query with bound values and returns its rows.
     pub async fn query(
         &self,
@@ -361,7 +375,16 @@ fn migrations(backend: Backend, pk_mode: PkMode) -> Vec<(i64, &'static str, &'st
         Backend::Postgresql => include_str!("../../../sql/postgresql/0002_plugins.sql"),
         Backend::Mysql => include_str!("../../../sql/mysql/0002_plugins.sql"),
     };
-    vec![(1, "0001_init", init), (2, "0002_plugins", plugins)]
+    let flags = match backend {
+        Backend::Sqlite => include_str!("../../../sql/sqlite/0003_flags.sql"),
+        Backend::Postgresql => include_str!("../../../sql/postgresql/0003_flags.sql"),
+        Backend::Mysql => include_str!("../../../sql/mysql/0003_flags.sql"),
+    };
+    vec![
+        (1, "0001_init", init),
+        (2, "0002_plugins", plugins),
+        (3, "0003_flags", flags),
+    ]
 }
 
 /// 64-bit snowflake ids: 41 bits of milliseconds since 2020-01-01, 10 bits
@@ -451,7 +474,7 @@ mod tests {
                     .into_iter()
                     .map(|(_, _, script)| split::split(script, backend.escapes()).unwrap().len())
                     .collect();
-                assert_eq!(counts, [5, 2], "{backend:?}/{mode:?}");
+                assert_eq!(counts, [5, 2, 1], "{backend:?}/{mode:?}");
             }
         }
     }

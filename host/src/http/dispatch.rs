@@ -36,6 +36,9 @@ use crate::plugin::router::Scope;
 pub enum StatusCheck {
     /// Read the in-process flag cache on every request.
     Cached,
+    /// Read the flag from Redis on every request, as FBA does (falling back
+    /// to the cache when Redis cannot answer); for comparison.
+    Redis,
     /// Skip the gate (benchmarks only).
     Off,
 }
@@ -113,7 +116,17 @@ async fn answer(scope: Scope, req: &HttpRequest, payload: &mut Payload) -> HttpR
         );
     };
     let plugin = &target.plugin;
-    if state.status_check == StatusCheck::Cached && !plugin.enabled() {
+    let enabled = match state.status_check {
+        StatusCheck::Cached => plugin.enabled(),
+        StatusCheck::Off => true,
+        StatusCheck::Redis => state
+            .plugins
+            .flags()
+            .remote_enabled(&plugin.name)
+            .await
+            .unwrap_or_else(|| plugin.enabled()),
+    };
+    if !enabled {
         return envelope::error(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!(

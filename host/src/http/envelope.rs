@@ -12,7 +12,10 @@ use actix_web::{
 };
 use serde::Serialize;
 
-use crate::plugin::PluginError;
+use crate::{
+    plugin::{PluginError, status::FlagError},
+    redis::RedisError,
+};
 
 /// A fresh trace id: 16 hex digits, unique enough to find a request in the
 /// log, cheap enough for every request (no syscall, no allocation).
@@ -125,6 +128,9 @@ impl From<PluginError> for ApiError {
             PluginError::InvalidName(_) => StatusCode::BAD_REQUEST,
             PluginError::NotFound(_) => StatusCode::NOT_FOUND,
             PluginError::NotLoaded { .. } => StatusCode::CONFLICT,
+            PluginError::Flags(FlagError::Redis(RedisError::Unavailable { .. })) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             PluginError::Flags(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, e.to_string())

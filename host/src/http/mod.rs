@@ -148,7 +148,15 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         );
     }
     crate::plugin::services::set_db(auth.db().clone());
-    let plugins = PluginHost::start(&settings, Some(auth.db())).await?;
+    let redis = settings
+        .redis_url
+        .as_deref()
+        .map(crate::redis::Redis::open)
+        .transpose()?;
+    if let Some(redis) = &redis {
+        crate::plugin::services::set_redis(redis.clone(), &settings.flag_prefix);
+    }
+    let plugins = PluginHost::start(&settings, auth.db().clone(), redis).await?;
     let state = web::Data::new(AppState {
         plugins,
         auth,

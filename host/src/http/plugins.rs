@@ -28,16 +28,7 @@ pub(crate) async fn toggle(
 ) -> Result<HttpResponse, ApiError> {
     caller(&req)?.principal.require("sys:plugin:edit")?;
     let name = plugin.into_inner();
-    let plugins = state.plugins.clone();
-    let enabled = web::block(move || plugins.toggle(&name).map(|e| (name, e)))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
-                e.to_string(),
-            )
-        })??;
-    let (name, enabled) = enabled;
+    let enabled = state.plugins.toggle(&name).await?;
     Ok(ok(json!({
         "name": name,
         "enable": if enabled { "1" } else { "0" },

@@ -4,6 +4,7 @@
 
 pub mod discover;
 pub mod loader;
+pub mod lock;
 pub mod manifest;
 pub mod registry;
 pub mod router;
@@ -13,17 +14,23 @@ pub mod status;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, RwLock, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use arc_swap::ArcSwap;
+use futures_util::StreamExt as _;
 use serde_json::Value;
 
-use crate::{config::Settings, db::Db};
+use crate::{config::Settings, db::Db, redis::Redis};
+use lock::LifecycleLock;
 use manifest::{PLUGIN_NAME_PATTERN, is_valid_plugin_name, placeholder_value};
-use registry::{PluginRecord, PluginState};
+use registry::{LoadedPlugin, PluginRecord, PluginState};
 use router::RouteTable;
-use status::{FlagError, FlagStore};
+use status::{Flag, FlagError, FlagEvent, FlagStore};
 
 /// A plugin operation that cannot be done.
 #[derive(Debug, thiserror::Error)]
@@ -65,19 +72,30 @@ pub enum StartError {
     Flags(#[from] FlagError),
 }
 
+/// How long a lifecycle lock outlives a holder that stopped renewing it.
+const LOCK_TTL: Duration = Duration::from_secs(30);
+
 /// The plugin system of one running host.
 pub struct PluginHost {
     routes: ArcSwap<RouteTable>,
     records: RwLock<BTreeMap<String, PluginRecord>>,
     flags: FlagStore,
-    toggle_lock: Mutex<()>,
+    lock: LifecycleLock,
     required: Vec<String>,
+    db_reachable: AtomicBool,
 }
 
 impl PluginHost {
     /// Discovers and loads the plugin dir; plugins that fail are recorded
-    /// with their reason and the rest serve.
-    pub async fn start(settings: &Settings, db: Option<&Db>) -> Result<Arc<Self>, StartError> {
+    /// with their reason and the rest serve. Flags come from the database
+    /// (mirrored to `redis` when given); background tasks keep them in step
+    /// with the other instances (events at once, a reconcile every
+    /// `settings.flag_reconcile`).
+    pub async fn start(
+        settings: &Settings,
+        db: Arc<Db>,
+        redis: Option<Arc<Redis>>,
+    ) -> Result<Arc<Self>, StartError> {
         for (what, path) in [
             ("data dir", &settings.data_dir),
             ("plugin dir", &settings.plugin_dir),
@@ -88,44 +106,63 @@ impl PluginHost {
                 source,
             })?;
         }
-        let flags = FlagStore::open(&settings.data_dir, &settings.flag_prefix)?;
+        let flags = FlagStore::new(db.clone(), redis.clone(), &settings.flag_prefix);
+        flags.import_legacy(&settings.data_dir).await?;
+        let recorded: HashMap<String, bool> = flags
+            .all()
+            .await?
+            .into_iter()
+            .map(|f| (f.name, f.enabled))
+            .collect();
         let candidates =
             discover::discover(&settings.plugin_dir).map_err(|source| StartError::Dir {
                 what: "plugin dir",
                 path: settings.plugin_dir.clone(),
                 source,
             })?;
-        let outcome =
-            registry::load_all(&candidates, &|name| flags.enabled(name).unwrap_or(true), db).await;
+        let outcome = registry::load_all(
+            &candidates,
+            &|name| recorded.get(name).copied().unwrap_or(true),
+            Some(&db),
+        )
+        .await;
 
         let loaded: Vec<_> = outcome
             .records
             .values()
             .filter_map(PluginRecord::loaded)
             .collect();
-        let synced = flags.sync(
-            loaded
-                .iter()
-                .map(|p| (p.name.clone(), p.manifest.flag_value(&p.name, true)))
-                .collect(),
-        )?;
+        let synced: HashMap<String, bool> = flags
+            .sync(
+                &loaded
+                    .iter()
+                    .map(|p| (p.name.clone(), p.manifest.flag_value(&p.name, true)))
+                    .collect::<Vec<_>>(),
+            )
+            .await?
+            .into_iter()
+            .map(|f| (f.name, f.enabled))
+            .collect();
         for plugin in &loaded {
-            plugin.set_enabled(synced[&plugin.name]);
+            plugin.set_enabled(synced.get(&plugin.name).copied().unwrap_or(true));
         }
         tracing::info!(
             loaded = loaded.len(),
             failed = outcome.records.len() - loaded.len(),
             plugin_dir = %settings.plugin_dir.display(),
+            flags = redis.as_ref().map_or("database", |_| "database + Redis"),
             "plugins discovered"
         );
         let host = Arc::new(Self {
             routes: ArcSwap::from_pointee(outcome.table),
             records: RwLock::new(outcome.records),
+            lock: LifecycleLock::new(redis, format!("{}_lock", settings.flag_prefix), LOCK_TTL),
             flags,
-            toggle_lock: Mutex::new(()),
             required: settings.required_plugins.clone(),
+            db_reachable: AtomicBool::new(true),
         });
         host.publish_services();
+        host.spawn_flag_tasks(settings.flag_reconcile);
         Ok(host)
     }
 
@@ -146,12 +183,28 @@ impl PluginHost {
         self.routes.load_full()
     }
 
+    /// The flag store.
+    pub fn flags(&self) -> &FlagStore {
+        &self.flags
+    }
+
+    /// The lock that serialises lifecycle operations.
+    pub fn lifecycle_lock(&self) -> &LifecycleLock {
+        &self.lock
+    }
+
     /// Every plugin found, sorted by name, in the list endpoint's shape.
     pub fn list(&self) -> Vec<Value> {
         let records = self.records.read().expect("records lock");
         records
             .values()
-            .map(|record| list_item(record, self.is_required(&record.name)))
+            .map(|record| {
+                list_item(
+                    record,
+                    self.is_required(&record.name),
+                    self.flags.applied(&record.name),
+                )
+            })
             .collect()
     }
 
@@ -162,42 +215,145 @@ impl PluginHost {
 
     /// Whether a restart would change what is served.
     pub fn changed(&self) -> bool {
-        self.flags.changed()
+        false
     }
 
-    /// Flips a plugin's enable flag: stored first, then applied to the gate.
-    /// Returns the new state.
-    pub fn toggle(&self, name: &str) -> Result<bool, PluginError> {
+    fn loaded(&self, name: &str) -> Result<Arc<LoadedPlugin>, PluginError> {
         if !is_valid_plugin_name(name) {
             return Err(PluginError::InvalidName(name.to_owned()));
         }
-        let _serial = self.toggle_lock.lock().expect("toggle lock");
         let records = self.records.read().expect("records lock");
         let record = records
             .get(name)
             .ok_or_else(|| PluginError::NotFound(name.to_owned()))?;
-        let plugin = match &record.state {
-            PluginState::Loaded(p) => p.clone(),
-            PluginState::Failed(reason) => {
-                return Err(PluginError::NotLoaded {
-                    name: name.to_owned(),
-                    reason: reason.clone(),
-                });
-            }
+        match &record.state {
+            PluginState::Loaded(p) => Ok(p.clone()),
+            PluginState::Failed(reason) => Err(PluginError::NotLoaded {
+                name: name.to_owned(),
+                reason: reason.clone(),
+            }),
+        }
+    }
+
+    /// Flips a plugin's enable flag: recorded (and published) first, then
+    /// applied to this instance's gate. Returns the new state.
+    pub async fn toggle(&self, name: &str) -> Result<bool, PluginError> {
+        let plugin = self.loaded(name)?;
+        let current = Flag {
+            name: name.to_owned(),
+            enabled: plugin.enabled(),
+            revision: self.flags.applied(name),
+            value: plugin
+                .manifest
+                .flag_value(name, plugin.enabled())
+                .to_string(),
         };
-        let enabled = !plugin.enabled();
-        self.flags
-            .set(name, plugin.manifest.flag_value(name, enabled))?;
-        plugin.set_enabled(enabled);
-        tracing::info!(plugin = name, enabled, "plugin status changed");
-        Ok(enabled)
+        let flag = self.flags.toggle(name, &current).await?;
+        self.apply(&flag.name, flag.enabled, flag.revision);
+        tracing::info!(
+            plugin = name,
+            enabled = flag.enabled,
+            revision = flag.revision,
+            "plugin status changed"
+        );
+        Ok(flag.enabled)
+    }
+
+    /// Applies a flag to the gate if its revision is newer than the one
+    /// this instance has.
+    fn apply(&self, name: &str, enabled: bool, revision: i64) {
+        let records = self.records.read().expect("records lock");
+        let Some(plugin) = records.get(name).and_then(PluginRecord::loaded) else {
+            return;
+        };
+        self.flags.advance(name, revision, || {
+            if plugin.enabled() != enabled {
+                plugin.set_enabled(enabled);
+                tracing::info!(plugin = name, enabled, revision, "plugin status applied");
+            }
+        });
+    }
+
+    /// Brings this instance's flags (and Redis, when configured) in step
+    /// with the database.
+    pub async fn reconcile(&self) {
+        match self.flags.all().await {
+            Ok(flags) => {
+                if !self.db_reachable.swap(true, Ordering::AcqRel) {
+                    tracing::info!("plugin flags readable again");
+                }
+                for flag in &flags {
+                    self.apply(&flag.name, flag.enabled, flag.revision);
+                }
+                if let Err(e) = self.flags.seed_redis(&flags).await {
+                    // Outages are logged once by the Redis handle itself.
+                    tracing::debug!("flag reconcile could not reach Redis: {e}");
+                }
+            }
+            Err(e) => {
+                if self.db_reachable.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(
+                        "plugin flags cannot be reconciled ({e}); serving the last known flags"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Starts the periodic reconcile and, with Redis, the event subscriber.
+    /// Both stop when the host is dropped.
+    fn spawn_flag_tasks(self: &Arc<Self>, every: Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(host) = weak.upgrade() else { return };
+                host.reconcile().await;
+            }
+        });
+        if let Some(redis) = self.flags.redis().cloned() {
+            tokio::spawn(subscribe(Arc::downgrade(self), redis, self.flags.channel()));
+        }
+    }
+}
+
+/// Applies the flag events other instances publish; on every (re)subscribe
+/// it reconciles first, so nothing published while it was away is missed.
+async fn subscribe(host: Weak<PluginHost>, redis: Arc<Redis>, channel: String) {
+    loop {
+        if let Ok(mut pubsub) = redis.pubsub().await {
+            let subscribed = pubsub.subscribe(&channel).await;
+            if redis.check(subscribed).is_ok() {
+                let Some(h) = host.upgrade() else { return };
+                h.reconcile().await;
+                drop(h);
+                let mut events = pubsub.on_message();
+                while let Some(message) = events.next().await {
+                    let Some(h) = host.upgrade() else { return };
+                    let event = message
+                        .get_payload::<String>()
+                        .ok()
+                        .and_then(|p| serde_json::from_str::<FlagEvent>(&p).ok());
+                    match event {
+                        Some(e) => h.apply(&e.name, e.enabled, e.revision),
+                        None => tracing::warn!(channel, "ignored a flag event that is not one"),
+                    }
+                }
+                redis.down("the flag event subscription was closed");
+            }
+        }
+        if host.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
 /// One list entry: the manifest with `plugin.name`/`plugin.enable`, plus
-/// `state` (`loaded`, `disabled` or `error`), `error`, `path` and
-/// `required`.
-fn list_item(record: &PluginRecord, required: bool) -> Value {
+/// `state` (`loaded`, `disabled` or `error`), `error`, `path`, `required`
+/// and `revision` (of the flag this instance applies; instances that agree
+/// show the same).
+fn list_item(record: &PluginRecord, required: bool, revision: i64) -> Value {
     let (mut item, state, error) = match (&record.state, &record.manifest) {
         (PluginState::Loaded(p), _) => {
             let enabled = p.enabled();
@@ -226,6 +382,7 @@ fn list_item(record: &PluginRecord, required: bool) -> Value {
             Value::from(record.source.display().to_string()),
         );
         map.insert("required".into(), Value::from(required));
+        map.insert("revision".into(), Value::from(revision));
     }
     item
 }

@@ -22,7 +22,11 @@ use sea_orm::{
     TransactionTrait,
 };
 
-use crate::db::{Backend, Db, placeholders};
+use crate::{
+    db::{Backend, Db, placeholders},
+    redis::{Redis, RedisError},
+};
+use deadpool_redis::redis::{self, AsyncCommands};
 use async_ffi::{FfiFuture, FutureExt};
 use plugin_api::abi::{HostRef, HostServices, level};
 
@@ -305,6 +309,25 @@ fn kv_key(plugin: &str, key: &str) -> String {
     format!("{plugin}:{key}")
 }
 
+static KV_REDIS: OnceLock<(Arc<Redis>, String)> = OnceLock::new();
+
+/// Moves the key-value service to Redis, keys under `{prefix}_kv:` (once,
+/// at start-up).
+pub fn set_redis(redis: Arc<Redis>, prefix: &str) {
+    let _ = KV_REDIS.set((redis, format!("{prefix}_kv:")));
+}
+
+/// The Redis behind the key-value service, if configured, and the full key.
+fn kv_redis(key: &str) -> Option<(&'static Redis, String)> {
+    KV_REDIS
+        .get()
+        .map(|(redis, prefix)| (&**redis, format!("{prefix}{key}")))
+}
+
+fn from_redis_err(e: RedisError) -> RString {
+    db_error("other", e.to_string())
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -317,6 +340,12 @@ extern "C" fn kv_get(
 ) -> FfiFuture<RResult<ROption<RString>, RString>> {
     let key = kv_key(plugin.as_str(), &key);
     async move {
+        if let Some((redis, key)) = kv_redis(&key) {
+            let mut conn = redis.conn().await.map_err(from_redis_err)?;
+            let got: redis::RedisResult<Option<String>> = conn.get(key).await;
+            let value = redis.check(got).map_err(from_redis_err)?;
+            return Ok(ROption::from(value.map(RString::from)));
+        }
         let db = db()?;
         let rows = db
             .query(
@@ -348,6 +377,15 @@ extern "C" fn kv_set(
 ) -> FfiFuture<RResult<(), RString>> {
     let key = kv_key(plugin.as_str(), &key);
     async move {
+        if let Some((redis, key)) = kv_redis(&key) {
+            let mut conn = redis.conn().await.map_err(from_redis_err)?;
+            let set: redis::RedisResult<()> = if ttl_ms > 0 {
+                conn.pset_ex(key, value.into_string(), ttl_ms).await
+            } else {
+                conn.set(key, value.into_string()).await
+            };
+            return redis.check(set).map_err(from_redis_err);
+        }
         let db = db()?;
         let expires = (ttl_ms > 0).then(|| now_ms().saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX)));
         let sql = match db.backend() {
@@ -377,6 +415,11 @@ extern "C" fn kv_set(
 extern "C" fn kv_del(plugin: RStr<'_>, key: RString) -> FfiFuture<RResult<bool, RString>> {
     let key = kv_key(plugin.as_str(), &key);
     async move {
+        if let Some((redis, key)) = kv_redis(&key) {
+            let mut conn = redis.conn().await.map_err(from_redis_err)?;
+            let deleted: redis::RedisResult<i64> = conn.del(key).await;
+            return Ok(redis.check(deleted).map_err(from_redis_err)? > 0);
+        }
         let db = db()?;
         let result = db
             .conn()

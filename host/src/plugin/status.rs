@@ -1,53 +1,85 @@
-//! Enable flags: the embedded store and the in-process cache the gate reads.
+//! Enable flags: the database as their source of truth, Redis (when
+//! configured) as their FBA-compatible mirror and event channel, and the
+//! in-process cache the gate reads.
 //!
-//! Values are FBA-compatible: under `{prefix}:{name}` the manifest as JSON
-//! with `plugin.name` and `plugin.enable` ("1"/"0"), and `{prefix}:changed`.
-//! The embedded store is one JSON file in the data dir, replaced atomically
-//! (write, fsync, rename) on every change, so a crash leaves the old or the
-//! new flags, never a torn file. The request path never reads it: each
-//! loaded plugin carries its flag in an atomic (see `LoadedPlugin::enabled`).
+//! - The database table `sys_plugin_flag` holds each plugin's flag, a
+//!   revision that grows by one on every change, and its manifest JSON.
+//! - Under `{prefix}:{name}` Redis holds what FBA stores there: the manifest
+//!   as JSON with `plugin.name` and `plugin.enable` ("1"/"0").
+//! - A toggle flips the row and bumps its revision in one transaction; while
+//!   the row is locked it writes the Redis key (so concurrent toggles reach
+//!   Redis in the database's order), and after the commit it publishes
+//!   `{name, enabled, revision}` on `{prefix}_events`. Every instance
+//!   applies an event whose revision is newer than the one it has.
+//! - A periodic reconcile reads the table, applies what is newer, and
+//!   re-seeds Redis keys that are missing or disagree (a flushed or replaced
+//!   Redis), each under the row's lock so it never overwrites a newer toggle.
+//!
+//! The request path never reads any of this: each loaded plugin carries its
+//! flag in an atomic (see `LoadedPlugin::enabled`).
 
 use std::{
-    collections::BTreeMap,
-    fs::File,
-    io::Write,
-    path::{Path, PathBuf},
-    sync::Mutex,
+    collections::{BTreeMap, HashMap},
+    path::Path,
+    sync::{Arc, Mutex},
 };
 
+use deadpool_redis::redis::{self, AsyncCommands};
+use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The store's file name inside the data dir.
-pub const FLAGS_FILE: &str = "flags.json";
+use crate::{
+    db::{Backend, Db},
+    redis::{Redis, RedisError},
+};
 
-/// The flag store cannot be read or written.
+/// The flag file earlier versions kept in the data dir; imported once.
+pub const LEGACY_FLAGS_FILE: &str = "flags.json";
+
+/// The flags cannot be read or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum FlagError {
-    /// Reading or writing the file failed.
-    #[error("flag store {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not the JSON object it should be.
+    /// The database failed.
+    #[error("plugin flags: database error: {0}")]
+    Db(#[from] DbErr),
+    /// Redis is configured and failed.
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    /// The legacy flag file cannot be imported.
     #[error(
-        "flag store {path} is corrupt ({message}); fix or delete it (plugins then start enabled)"
+        "cannot import the flag file {path} ({message}); fix or delete it (its plugins then start enabled)"
     )]
-    Corrupt {
+    Legacy {
         /// The file.
-        path: PathBuf,
+        path: String,
         /// What is wrong.
         message: String,
     },
 }
 
-/// The embedded flag store.
-pub struct FlagStore {
-    path: PathBuf,
-    prefix: String,
-    values: Mutex<BTreeMap<String, Value>>,
+/// One plugin's recorded flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flag {
+    /// The plugin.
+    pub name: String,
+    /// Enabled or not.
+    pub enabled: bool,
+    /// Grows by one on every change.
+    pub revision: i64,
+    /// The manifest JSON (FBA shape, `plugin.enable` as recorded).
+    pub value: String,
+}
+
+/// A change, as published to the other instances.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FlagEvent {
+    /// The plugin.
+    pub name: String,
+    /// Its new state.
+    pub enabled: bool,
+    /// The revision that state has.
+    pub revision: i64,
 }
 
 /// Writes `plugin.enable` into a flag value.
@@ -60,8 +92,9 @@ pub fn set_enable(value: &mut Value, enabled: bool) {
     }
 }
 
-/// Whether a stored flag value says enabled.
-fn enable_of(value: &Value) -> Option<bool> {
+/// What a stored flag value (JSON text) says, if it says anything.
+pub fn enable_of(text: &str) -> Option<bool> {
+    let value: Value = serde_json::from_str(text).ok()?;
     match value.pointer("/plugin/enable")?.as_str()? {
         "1" => Some(true),
         "0" => Some(false),
@@ -69,130 +102,394 @@ fn enable_of(value: &Value) -> Option<bool> {
     }
 }
 
+fn with_enable(value: &str, enabled: bool) -> String {
+    match serde_json::from_str::<Value>(value) {
+        Ok(mut json) => {
+            set_enable(&mut json, enabled);
+            json.to_string()
+        }
+        Err(_) => value.to_owned(),
+    }
+}
+
+/// The flags of one host.
+pub struct FlagStore {
+    db: Arc<Db>,
+    redis: Option<Arc<Redis>>,
+    prefix: String,
+    applied: Mutex<HashMap<String, i64>>,
+}
+
 impl FlagStore {
-    /// Opens (or starts) the store in `data_dir`, keys prefixed with `prefix:`.
-    pub fn open(data_dir: &Path, prefix: &str) -> Result<Self, FlagError> {
-        let path = data_dir.join(FLAGS_FILE);
-        let values = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| FlagError::Corrupt {
-                path: path.clone(),
-                message: e.to_string(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(source) => return Err(FlagError::Io { path, source }),
-        };
-        Ok(Self {
-            path,
+    /// A store on `db`, mirrored to `redis` under `prefix:` when given.
+    pub fn new(db: Arc<Db>, redis: Option<Arc<Redis>>, prefix: &str) -> Self {
+        Self {
+            db,
+            redis,
             prefix: prefix.to_owned(),
-            values: Mutex::new(values),
-        })
+            applied: Mutex::new(HashMap::new()),
+        }
     }
 
-    fn key(&self, name: &str) -> String {
+    /// The Redis key of a plugin's flag.
+    pub fn key(&self, name: &str) -> String {
         format!("{}:{name}", self.prefix)
     }
 
-    fn changed_key(&self) -> String {
-        format!("{}:changed", self.prefix)
+    /// The channel changes are published on.
+    pub fn channel(&self) -> String {
+        format!("{}_events", self.prefix)
     }
 
-    /// The stored flag of `name`, if any.
-    pub fn enabled(&self, name: &str) -> Option<bool> {
-        let values = self.values.lock().expect("flag store lock");
-        values.get(&self.key(name)).and_then(enable_of)
+    /// The Redis mirror, when configured.
+    pub fn redis(&self) -> Option<&Arc<Redis>> {
+        self.redis.as_ref()
     }
 
-    /// Start-up sync: every plugin gets its manifest value (`plugin.enable`
-    /// is filled in here) stored, keeping an existing flag (new plugins start
-    /// enabled); `changed` is cleared. Keys of plugins not given here are
-    /// kept. Returns the flags.
-    pub fn sync(&self, plugins: Vec<(String, Value)>) -> Result<BTreeMap<String, bool>, FlagError> {
-        let mut values = self.values.lock().expect("flag store lock");
-        let mut next = values.clone();
-        let mut flags = BTreeMap::new();
-        for (name, mut value) in plugins {
-            let key = self.key(&name);
-            let enabled = next.get(&key).and_then(enable_of).unwrap_or(true);
-            set_enable(&mut value, enabled);
-            next.insert(key, value);
-            flags.insert(name, enabled);
+    /// Every recorded flag.
+    pub async fn all(&self) -> Result<Vec<Flag>, FlagError> {
+        let rows = self
+            .db
+            .conn()
+            .query_all(self.db.statement(
+                "SELECT name, enabled, revision, value FROM sys_plugin_flag ORDER BY name",
+                [],
+            ))
+            .await?;
+        rows.iter().map(flag_of).collect::<Result<_, _>>().map_err(Into::into)
+    }
+
+    /// Records `name` with `enabled` unless it has a flag already.
+    async fn insert_missing(&self, name: &str, enabled: bool, value: &str) -> Result<(), DbErr> {
+        let sql = match self.db.backend() {
+            Backend::Mysql => {
+                "INSERT IGNORE INTO sys_plugin_flag (name, enabled, revision, value) VALUES (?, ?, 1, ?)"
+            }
+            _ => {
+                "INSERT INTO sys_plugin_flag (name, enabled, revision, value) VALUES (?, ?, 1, ?) \
+                 ON CONFLICT (name) DO NOTHING"
+            }
+        };
+        self.db
+            .conn()
+            .execute(self.db.statement(
+                sql,
+                [name.into(), i16::from(enabled).into(), value.into()],
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// Imports the flags of a `flags.json` an earlier version left in the
+    /// data dir (flags already in the database win), then renames it to
+    /// `flags.json.imported`.
+    pub async fn import_legacy(&self, data_dir: &Path) -> Result<(), FlagError> {
+        let path = data_dir.join(LEGACY_FLAGS_FILE);
+        let legacy = |message: String| FlagError::Legacy {
+            path: path.display().to_string(),
+            message,
+        };
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(legacy(e.to_string())),
+        };
+        let values: BTreeMap<String, Value> =
+            serde_json::from_slice(&bytes).map_err(|e| legacy(e.to_string()))?;
+        let own = format!("{}:", self.prefix);
+        for (key, value) in values {
+            let Some(name) = key.strip_prefix(&own).filter(|n| *n != "changed") else {
+                continue;
+            };
+            if let Some(enabled) = enable_of(&value.to_string()) {
+                self.insert_missing(name, enabled, &value.to_string())
+                    .await?;
+            }
         }
-        next.remove(&self.changed_key());
-        if next != *values {
-            self.persist(&next)?;
-            *values = next;
+        let done = path.with_extension("json.imported");
+        std::fs::rename(&path, &done).map_err(|e| legacy(e.to_string()))?;
+        tracing::info!(from = %path.display(), to = %done.display(), "imported plugin flags into the database");
+        Ok(())
+    }
+
+    /// Start-up: every given plugin gets a flag (new plugins start enabled,
+    /// recorded flags are kept) and its current manifest; nothing is
+    /// deleted. Redis is seeded when reachable (a host whose Redis is down
+    /// still starts, with the database's flags). Returns every flag.
+    pub async fn sync(&self, plugins: &[(String, Value)]) -> Result<Vec<Flag>, FlagError> {
+        let recorded: HashMap<String, Flag> = self
+            .all()
+            .await?
+            .into_iter()
+            .map(|f| (f.name.clone(), f))
+            .collect();
+        for (name, value) in plugins {
+            let text = value.to_string();
+            match recorded.get(name) {
+                None => self.insert_missing(name, true, &text).await?,
+                Some(flag) if with_enable(&flag.value, true) != with_enable(&text, true) => {
+                    self.db
+                        .conn()
+                        .execute(self.db.statement(
+                            "UPDATE sys_plugin_flag SET value = ? WHERE name = ?",
+                            [text.into(), name.as_str().into()],
+                        ))
+                        .await?;
+                }
+                Some(_) => {}
+            }
+        }
+        let flags = self.all().await?;
+        for flag in &flags {
+            self.advance(&flag.name, flag.revision, || {});
+        }
+        if let Err(e) = self.seed_redis(&flags).await {
+            tracing::warn!("plugin flags not mirrored to Redis at start-up: {e}");
         }
         Ok(flags)
     }
 
-    /// Stores `value` (carrying `plugin.enable`) for `name`.
-    pub fn set(&self, name: &str, value: Value) -> Result<(), FlagError> {
-        let mut values = self.values.lock().expect("flag store lock");
-        let mut next = values.clone();
-        next.insert(self.key(name), value);
-        self.persist(&next)?;
-        *values = next;
-        Ok(())
+    /// If `revision` of `name` is newer than what this instance has
+    /// applied, runs `apply` and records it (under one lock, so two changes
+    /// arriving at once are applied in revision order). Returns whether it
+    /// was newer.
+    pub fn advance(&self, name: &str, revision: i64, apply: impl FnOnce()) -> bool {
+        let mut applied = self.applied.lock().expect("flag revisions lock");
+        match applied.get(name) {
+            Some(&have) if have >= revision => false,
+            _ => {
+                apply();
+                applied.insert(name.to_owned(), revision);
+                true
+            }
+        }
     }
 
-    /// Whether a restart would change what is served.
-    pub fn changed(&self) -> bool {
-        let values = self.values.lock().expect("flag store lock");
-        values
-            .get(&self.changed_key())
-            .is_some_and(|v| v.as_str() == Some("1") || v.as_bool() == Some(true))
+    /// The revision of `name` this instance has applied (0: none).
+    pub fn applied(&self, name: &str) -> i64 {
+        let applied = self.applied.lock().expect("flag revisions lock");
+        applied.get(name).copied().unwrap_or(0)
     }
 
-    fn persist(&self, values: &BTreeMap<String, Value>) -> Result<(), FlagError> {
-        let io = |source| FlagError::Io {
-            path: self.path.clone(),
-            source,
+    /// Flips a plugin's flag: the row first (locked until the commit), the
+    /// Redis key while it is locked, the event after the commit. With Redis
+    /// configured and unreachable nothing changes and the error says so.
+    /// `current` is the value to record when the plugin has no row yet.
+    pub async fn toggle(&self, name: &str, current: &Flag) -> Result<Flag, FlagError> {
+        let mut conn = match &self.redis {
+            Some(redis) => Some(redis.conn().await?),
+            None => None,
         };
-        let tmp = self.path.with_extension("json.tmp");
-        let mut file = File::create(&tmp).map_err(io)?;
-        file.write_all(&serde_json::to_vec_pretty(values).expect("JSON values serialize"))
-            .map_err(io)?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        let txn = self.db.conn().begin().await?;
+        let updated = txn
+            .execute(self.db.statement(
+                "UPDATE sys_plugin_flag SET enabled = 1 - enabled, revision = revision + 1, \
+                 updated_at = CURRENT_TIMESTAMP WHERE name = ?",
+                [name.into()],
+            ))
+            .await?;
+        if updated.rows_affected() == 0 {
+            txn.execute(self.db.statement(
+                "INSERT INTO sys_plugin_flag (name, enabled, revision, value) VALUES (?, ?, ?, ?)",
+                [
+                    name.into(),
+                    i16::from(!current.enabled).into(),
+                    (current.revision + 1).into(),
+                    current.value.as_str().into(),
+                ],
+            ))
+            .await?;
+        }
+        let row = txn
+            .query_one(self.db.statement(
+                "SELECT name, enabled, revision, value FROM sys_plugin_flag WHERE name = ?",
+                [name.into()],
+            ))
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound(format!("flag of plugin '{name}'")))?;
+        let flag = flag_of(&row)?;
+        if let (Some(redis), Some(conn)) = (&self.redis, conn.as_mut()) {
+            let result: redis::RedisResult<()> = conn
+                .set(self.key(name), with_enable(&flag.value, flag.enabled))
+                .await;
+            redis.check(result)?;
+        }
+        txn.commit().await?;
+        if let (Some(redis), Some(conn)) = (&self.redis, conn.as_mut()) {
+            let event = FlagEvent {
+                name: flag.name.clone(),
+                enabled: flag.enabled,
+                revision: flag.revision,
+            };
+            let payload = serde_json::to_string(&event).expect("events serialize");
+            let result: redis::RedisResult<i64> = conn.publish(self.channel(), payload).await;
+            if let Err(e) = redis.check(result) {
+                tracing::warn!(
+                    plugin = name,
+                    "flag change recorded but not published ({e}); other instances apply it at their next reconcile"
+                );
+            }
+        }
+        Ok(flag)
+    }
+
+    /// Re-seeds Redis from `flags`: a missing key is written, a key that
+    /// disagrees is rewritten from the locked row. Keys of plugins without
+    /// a row are left alone.
+    pub async fn seed_redis(&self, flags: &[Flag]) -> Result<(), FlagError> {
+        let Some(redis) = &self.redis else {
+            return Ok(());
+        };
+        if flags.is_empty() {
+            return Ok(());
+        }
+        let mut conn = redis.conn().await?;
+        let keys: Vec<String> = flags.iter().map(|f| self.key(&f.name)).collect();
+        let result: redis::RedisResult<Vec<Option<String>>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await;
+        let current = redis.check(result)?;
+        for ((flag, key), stored) in flags.iter().zip(&keys).zip(current) {
+            match stored {
+                None => {
+                    let result: redis::RedisResult<bool> = conn
+                        .set_nx(key, with_enable(&flag.value, flag.enabled))
+                        .await;
+                    if redis.check(result)? {
+                        tracing::info!(plugin = %flag.name, enabled = flag.enabled, "flag re-seeded into Redis from the database");
+                    }
+                }
+                Some(text) if enable_of(&text) != Some(flag.enabled) => {
+                    self.repair(&mut conn, redis, &flag.name).await?;
+                }
+                Some(_) => {}
+            }
         }
         Ok(())
     }
+
+    /// Rewrites one Redis key from its row, holding the row's lock so a
+    /// toggle in progress is not overwritten with an older state.
+    async fn repair(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+        redis: &Redis,
+        name: &str,
+    ) -> Result<(), FlagError> {
+        let txn = self.db.conn().begin().await?;
+        txn.execute(self.db.statement(
+            "UPDATE sys_plugin_flag SET revision = revision WHERE name = ?",
+            [name.into()],
+        ))
+        .await?;
+        let row = txn
+            .query_one(self.db.statement(
+                "SELECT name, enabled, revision, value FROM sys_plugin_flag WHERE name = ?",
+                [name.into()],
+            ))
+            .await?;
+        if let Some(row) = row {
+            let flag = flag_of(&row)?;
+            let result: redis::RedisResult<()> = conn
+                .set(self.key(name), with_enable(&flag.value, flag.enabled))
+                .await;
+            redis.check(result)?;
+            tracing::info!(plugin = name, enabled = flag.enabled, "Redis flag disagreed with the database and was rewritten");
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// The flag as Redis has it (`STATUS_CHECK=redis`: one GET, as FBA
+    /// does per request); `None` when Redis is unreachable or has no usable
+    /// value, and the caller falls back to the cached flag.
+    pub async fn remote_enabled(&self, name: &str) -> Option<bool> {
+        let redis = self.redis.as_ref()?;
+        let mut conn = redis.conn().await.ok()?;
+        let result: redis::RedisResult<Option<String>> = conn.get(self.key(name)).await;
+        enable_of(&redis.check(result).ok()??)
+    }
+}
+
+fn flag_of(row: &sea_orm::QueryResult) -> Result<Flag, DbErr> {
+    Ok(Flag {
+        name: row.try_get("", "name")?,
+        enabled: row.try_get::<i16>("", "enabled")? != 0,
+        revision: row.try_get("", "revision")?,
+        value: row.try_get("", "value")?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn value(enabled: bool) -> Value {
-        serde_json::json!({"plugin": {"name": "a", "enable": if enabled {"1"} else {"0"}}})
+    #[test]
+    fn enable_is_read_from_fba_shaped_values_only() {
+        assert_eq!(enable_of(r#"{"plugin":{"enable":"1"}}"#), Some(true));
+        assert_eq!(enable_of(r#"{"plugin":{"enable":"0"}}"#), Some(false));
+        assert_eq!(enable_of(r#"{"plugin":{"enable":"ture"}}"#), None);
+        assert_eq!(enable_of(r#"{"plugin":{}}"#), None);
+        assert_eq!(enable_of("not json"), None);
+        assert_eq!(
+            with_enable(r#"{"plugin":{"name":"a","enable":"1"}}"#, false),
+            r#"{"plugin":{"enable":"0","name":"a"}}"#
+        );
     }
 
-    #[test]
-    fn flags_survive_reopening_and_sync_keeps_them() {
+    #[tokio::test]
+    async fn flags_live_in_the_database_and_toggles_bump_the_revision() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FlagStore::open(dir.path(), "fba:plugin").unwrap();
-        let flags = store.sync(vec![("a".into(), value(true))]).unwrap();
-        assert!(flags["a"]);
-        store.set("a", value(false)).unwrap();
+        let db = Arc::new(
+            Db::open(
+                &crate::db::default_url(dir.path()),
+                crate::db::PkMode::Autoincrement,
+                0,
+            )
+            .await
+            .unwrap(),
+        );
+        let value = serde_json::json!({"plugin": {"name": "a", "enable": "1"}});
+        let store = FlagStore::new(db.clone(), None, "fba:plugin");
+        let flags = store.sync(&[("a".into(), value.clone())]).await.unwrap();
+        assert_eq!((flags[0].enabled, flags[0].revision), (true, 1));
+        let off = store.toggle("a", &flags[0]).await.unwrap();
+        assert_eq!((off.enabled, off.revision), (false, 2));
+        assert_eq!(enable_of(&with_enable(&off.value, off.enabled)), Some(false));
 
-        let store = FlagStore::open(dir.path(), "fba:plugin").unwrap();
-        assert_eq!(store.enabled("a"), Some(false));
-        let flags = store
-            .sync(vec![("a".into(), value(true)), ("b".into(), value(true))])
-            .unwrap();
-        assert!(!flags["a"]);
-        assert!(flags["b"]);
-        let text = std::fs::read_to_string(dir.path().join(FLAGS_FILE)).unwrap();
-        assert!(text.contains("\"fba:plugin:a\""), "{text}");
+        // A second store on the same database (another instance) keeps it.
+        let other = FlagStore::new(db, None, "fba:plugin");
+        let flags = other.sync(&[("a".into(), value)]).await.unwrap();
+        assert_eq!((flags[0].enabled, flags[0].revision), (false, 2));
+        assert!(!other.advance("a", 2, || panic!("revision 2 is not newer")));
+        let mut applied = false;
+        assert!(other.advance("a", 3, || applied = true));
+        assert!(applied);
+        assert_eq!(other.applied("a"), 3);
     }
 
-    #[test]
-    fn a_corrupt_store_is_reported_with_its_path() {
+    #[tokio::test]
+    async fn a_legacy_flag_file_is_imported_once() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(FLAGS_FILE), b"{not json").unwrap();
-        let err = FlagStore::open(dir.path(), "p").err().unwrap().to_string();
-        assert!(err.contains(FLAGS_FILE) && err.contains("delete"), "{err}");
+        std::fs::write(
+            dir.path().join(LEGACY_FLAGS_FILE),
+            r#"{"fba:plugin:a": {"plugin": {"name": "a", "enable": "0"}}, "fba:plugin:changed": "true"}"#,
+        )
+        .unwrap();
+        let db = Arc::new(
+            Db::open(
+                &crate::db::default_url(dir.path()),
+                crate::db::PkMode::Autoincrement,
+                0,
+            )
+            .await
+            .unwrap(),
+        );
+        let store = FlagStore::new(db, None, "fba:plugin");
+        store.import_legacy(dir.path()).await.unwrap();
+        let flags = store.all().await.unwrap();
+        assert_eq!(flags.len(), 1);
+        assert!(!flags[0].enabled);
+        assert!(!dir.path().join(LEGACY_FLAGS_FILE).exists());
+        assert!(dir.path().join("flags.json.imported").exists());
     }
 }

@@ -1,0 +1,294 @@
+//! The lifecycle lock: one install, upgrade or uninstall at a time, across
+//! every instance when Redis is configured, within this process otherwise.
+//!
+//! The Redis lock is a key holding a random token, set only if absent and
+//! with an expiry, so a crashed holder cannot block the others for longer
+//! than the expiry. While held, a task renews the expiry every third of it,
+//! and only while the key still holds the token. Failing to take the lock is
+//! an error; losing it (the key expired or was taken, or Redis stayed
+//! unreachable for a whole expiry) is recorded and every later
+//! [`LockGuard::ensure_held`] fails, so the operation stops instead of
+//! carrying on unprotected.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use deadpool_redis::redis::{self, AsyncCommands};
+use tokio::task::JoinHandle;
+
+use crate::redis::{Redis, RedisError};
+
+/// The lock cannot be taken or was lost.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LockError {
+    /// Another operation holds it.
+    #[error(
+        "another plugin operation is in progress ({holder}); try again when it has finished"
+    )]
+    Busy {
+        /// What the holder recorded about itself.
+        holder: String,
+    },
+    /// Redis failed while taking or releasing it.
+    #[error("the plugin lifecycle lock is unavailable: {0}")]
+    Redis(#[from] RedisError),
+    /// The lock was lost while held.
+    #[error("the plugin lifecycle lock was lost during {operation} ({reason}); the operation was stopped")]
+    Lost {
+        /// The operation that held it.
+        operation: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// Compare-and-extend: renews the expiry only while the key holds our token.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0";
+
+/// Compare-and-delete: releases only our own lock.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// The lock of one host.
+pub enum LifecycleLock {
+    /// Within this process.
+    Local(Arc<tokio::sync::Mutex<()>>),
+    /// Across instances, in Redis.
+    Redis {
+        /// The server.
+        redis: Arc<Redis>,
+        /// The lock's key.
+        key: String,
+        /// How long the lock outlives a holder that stopped renewing it.
+        ttl: Duration,
+    },
+}
+
+/// A held lock; released by [`LockGuard::release`] (or, as a fallback, when
+/// dropped).
+pub struct LockGuard {
+    operation: String,
+    held: Held,
+}
+
+enum Held {
+    Local {
+        _guard: tokio::sync::OwnedMutexGuard<()>,
+    },
+    Redis {
+        redis: Arc<Redis>,
+        key: String,
+        token: String,
+        lost: Arc<Mutex<Option<String>>>,
+        renewer: JoinHandle<()>,
+    },
+    Released,
+}
+
+impl LifecycleLock {
+    /// The lock for this host: in Redis under `key` when given, else local.
+    pub fn new(redis: Option<Arc<Redis>>, key: String, ttl: Duration) -> Self {
+        match redis {
+            Some(redis) => Self::Redis { redis, key, ttl },
+            None => Self::Local(Arc::new(tokio::sync::Mutex::new(()))),
+        }
+    }
+
+    /// Takes the lock for `operation`, waiting up to `wait` for a holder
+    /// to finish.
+    pub async fn acquire(&self, operation: &str, wait: Duration) -> Result<LockGuard, LockError> {
+        let held = match self {
+            Self::Local(mutex) => {
+                match tokio::time::timeout(wait, mutex.clone().lock_owned()).await {
+                    Ok(guard) => Held::Local { _guard: guard },
+                    Err(_) => {
+                        return Err(LockError::Busy {
+                            holder: "another operation in this instance".into(),
+                        });
+                    }
+                }
+            }
+            Self::Redis { redis, key, ttl } => {
+                let token = format!(
+                    "{} {operation} (pid {})",
+                    uuid::Uuid::new_v4(),
+                    std::process::id()
+                );
+                let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+                let deadline = tokio::time::Instant::now() + wait;
+                let mut conn = redis.conn().await?;
+                loop {
+                    let taken: redis::RedisResult<Option<String>> = redis::cmd("SET")
+                        .arg(key)
+                        .arg(&token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl_ms)
+                        .query_async(&mut conn)
+                        .await;
+                    if redis.check(taken)?.is_some() {
+                        break;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        let holder: redis::RedisResult<Option<String>> = conn.get(key).await;
+                        let holder = redis.check(holder)?.unwrap_or_else(|| "just released".into());
+                        return Err(LockError::Busy { holder });
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let lost = Arc::new(Mutex::new(None));
+                let renewer = tokio::spawn(renew(
+                    redis.clone(),
+                    key.clone(),
+                    token.clone(),
+                    *ttl,
+                    lost.clone(),
+                ));
+                Held::Redis {
+                    redis: redis.clone(),
+                    key: key.clone(),
+                    token,
+                    lost,
+                    renewer,
+                }
+            }
+        };
+        tracing::debug!(operation, "lifecycle lock taken");
+        Ok(LockGuard {
+            operation: operation.to_owned(),
+            held,
+        })
+    }
+}
+
+/// Renews the lock every third of its expiry while it holds our token.
+async fn renew(
+    redis: Arc<Redis>,
+    key: String,
+    token: String,
+    ttl: Duration,
+    lost: Arc<Mutex<Option<String>>>,
+) {
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+    let script = redis::Script::new(RENEW);
+    let mut renewed_at = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        let result = match redis.conn().await {
+            Ok(mut conn) => {
+                let r: redis::RedisResult<i64> = script
+                    .key(&key)
+                    .arg(&token)
+                    .arg(ttl_ms)
+                    .invoke_async(&mut conn)
+                    .await;
+                redis.check(r).map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let reason = match result {
+            Ok(1) => {
+                renewed_at = tokio::time::Instant::now();
+                continue;
+            }
+            Ok(_) => "it expired or another holder took it".to_owned(),
+            Err(e) if renewed_at.elapsed() < ttl => {
+                tracing::warn!("lifecycle lock not renewed, retrying: {e}");
+                continue;
+            }
+            Err(e) => format!("it could not be renewed within its expiry: {e}"),
+        };
+        tracing::error!("lifecycle lock lost: {reason}");
+        *lost.lock().expect("lock state") = Some(reason);
+        return;
+    }
+}
+
+impl LockGuard {
+    /// Fails if the lock was lost; call it before every step that must be
+    /// protected.
+    pub fn ensure_held(&self) -> Result<(), LockError> {
+        if let Held::Redis { lost, .. } = &self.held
+            && let Some(reason) = lost.lock().expect("lock state").clone()
+        {
+            return Err(LockError::Lost {
+                operation: self.operation.clone(),
+                reason,
+            });
+        }
+        Ok(())
+    }
+
+    /// Releases the lock; fails if it had been lost meanwhile.
+    pub async fn release(mut self) -> Result<(), LockError> {
+        let held = std::mem::replace(&mut self.held, Held::Released);
+        let Held::Redis {
+            redis,
+            key,
+            token,
+            lost,
+            renewer,
+        } = held
+        else {
+            return Ok(());
+        };
+        renewer.abort();
+        if let Some(reason) = lost.lock().expect("lock state").clone() {
+            return Err(LockError::Lost {
+                operation: self.operation.clone(),
+                reason,
+            });
+        }
+        let mut conn = redis.conn().await?;
+        let released: redis::RedisResult<i64> = redis::Script::new(RELEASE)
+            .key(&key)
+            .arg(&token)
+            .invoke_async(&mut conn)
+            .await;
+        if redis.check(released)? == 0 {
+            return Err(LockError::Lost {
+                operation: self.operation.clone(),
+                reason: "it expired or another holder took it".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Held::Redis {
+            redis,
+            key,
+            token,
+            renewer,
+            ..
+        } = std::mem::replace(&mut self.held, Held::Released)
+        {
+            renewer.abort();
+            // Not released explicitly (an early return): release it anyway,
+            // or it would block every other operation until it expires.
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            runtime.spawn(async move {
+                if let Ok(mut conn) = redis.conn().await {
+                    let _: redis::RedisResult<i64> = redis::Script::new(RELEASE)
+                        .key(&key)
+                        .arg(&token)
+                        .invoke_async(&mut conn)
+                        .await;
+                }
+            });
+        }
+    }
+}
