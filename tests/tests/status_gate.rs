@@ -37,12 +37,25 @@ fn a_disabled_flag_survives_a_restart() {
     assert_eq!(host.plugin("sysinfo")["plugin"]["enable"], "0");
     assert_eq!(host.get("/hello/v1/greet").status, 200);
 
-    // The store holds FBA-shaped values under the default prefix.
-    let store: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data.path().join("flags.json")).unwrap()).unwrap();
-    assert_eq!(store["fba:plugin:sysinfo"]["plugin"]["enable"], "0");
-    assert_eq!(store["fba:plugin:hello"]["plugin"]["enable"], "1");
-    assert_eq!(store["fba:plugin:hello"]["app"]["router"][0], "router_v1");
+    assert_eq!(host.plugin("sysinfo")["revision"], 2);
+}
+
+#[test]
+fn flags_an_earlier_version_kept_in_flags_json_are_imported_once() {
+    let data = DataDir::new();
+    data.install_dir("hello");
+    data.install_dir("sysinfo");
+    std::fs::write(
+        data.path().join("flags.json"),
+        r#"{"fba:plugin:sysinfo": {"plugin": {"name": "sysinfo", "enable": "0"}}}"#,
+    )
+    .unwrap();
+    let host = Host::start(&data);
+    host.get("/admin/v1/sys/sysinfo").assert_error(503, "sysinfo");
+    assert_eq!(host.get("/hello/v1/greet").status, 200);
+    assert!(!data.path().join("flags.json").exists());
+    assert!(data.path().join("flags.json.imported").exists());
+    assert!(host.log().contains("imported plugin flags"), "{}", host.log());
 }
 
 #[test]
