@@ -638,12 +638,18 @@ impl TestRedis {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot run {server} ({e}): install redis-server (scripts/services start does)")
+                panic!(
+                    "cannot run {server} ({e}): install redis-server (scripts/services start does)"
+                )
             });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.try_cli(&["PING"]).as_deref() != Some("PONG") {
-            assert!(Instant::now() < deadline, "redis-server did not start on {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

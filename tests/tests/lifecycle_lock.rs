@@ -25,14 +25,22 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn one_holder_at_a_time_and_the_lock_outlives_its_expiry_while_held() {
     let redis = TestRedis::start();
-    let (a, b) = (lock(&redis, Duration::from_millis(300)), lock(&redis, Duration::from_millis(300)));
+    let (a, b) = (
+        lock(&redis, Duration::from_millis(300)),
+        lock(&redis, Duration::from_millis(300)),
+    );
     runtime().block_on(async {
         let held = a.acquire("install hello", Duration::ZERO).await.unwrap();
         // Held for well past its expiry: renewal keeps it.
         tokio::time::sleep(Duration::from_millis(900)).await;
         held.ensure_held().unwrap();
-        match b.acquire("uninstall hello", Duration::from_millis(200)).await {
-            Err(LockError::Busy { holder }) => assert!(holder.contains("install hello"), "{holder}"),
+        match b
+            .acquire("uninstall hello", Duration::from_millis(200))
+            .await
+        {
+            Err(LockError::Busy { holder }) => {
+                assert!(holder.contains("install hello"), "{holder}")
+            }
             other => panic!("expected busy, got {:?}", other.map(|_| ())),
         }
         held.release().await.unwrap();
@@ -50,7 +58,10 @@ fn a_crashed_holder_blocks_only_until_the_expiry() {
     let a = lock(&redis, Duration::from_secs(5));
     runtime().block_on(async {
         let started = std::time::Instant::now();
-        let held = a.acquire("install hello", Duration::from_secs(3)).await.unwrap();
+        let held = a
+            .acquire("install hello", Duration::from_secs(3))
+            .await
+            .unwrap();
         assert!(started.elapsed() >= Duration::from_millis(300));
         held.release().await.unwrap();
     });
@@ -83,7 +94,12 @@ fn losing_redis_while_holding_the_lock_is_reported_as_lost() {
         let err = held.ensure_held().unwrap_err().to_string();
         assert!(err.contains("could not be renewed"), "{err}");
         // Without Redis it cannot be taken either.
-        let err = a.acquire("install sysinfo", Duration::ZERO).await.err().unwrap().to_string();
+        let err = a
+            .acquire("install sysinfo", Duration::ZERO)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("unavailable"), "{err}");
     });
 }
@@ -94,7 +110,8 @@ fn without_redis_the_lock_is_local() {
     runtime().block_on(async {
         let held = a.acquire("install hello", Duration::ZERO).await.unwrap();
         assert!(matches!(
-            a.acquire("install sysinfo", Duration::from_millis(50)).await,
+            a.acquire("install sysinfo", Duration::from_millis(50))
+                .await,
             Err(LockError::Busy { .. })
         ));
         held.release().await.unwrap();

@@ -58,9 +58,15 @@ fn a_toggle_on_one_instance_is_enforced_by_the_other_at_once() {
     let (_da, a) = instance(&["hello", "sysinfo"], &redis, Some(&url), &[]);
     // B serves only hello: its start-up must not delete sysinfo's key.
     let (_db, b) = instance(&["hello"], &redis, Some(&url), &[]);
-    assert_eq!(redis.json("fba:plugin:sysinfo").unwrap()["plugin"]["enable"], "1");
+    assert_eq!(
+        redis.json("fba:plugin:sysinfo").unwrap()["plugin"]["enable"],
+        "1"
+    );
 
-    assert_eq!(a.put("/admin/v1/sys/plugins/hello/status").data()["enable"], "0");
+    assert_eq!(
+        a.put("/admin/v1/sys/plugins/hello/status").data()["enable"],
+        "0"
+    );
     assert!(
         eventually(Duration::from_secs(2), || greet(&b) == 503),
         "B still serves hello:\n{}",
@@ -72,7 +78,10 @@ fn a_toggle_on_one_instance_is_enforced_by_the_other_at_once() {
     assert_eq!(stored["plugin"]["name"], "hello");
     assert_eq!(stored["app"]["router"][0], "router_v1");
 
-    assert_eq!(b.put("/admin/v1/sys/plugins/hello/status").data()["enable"], "1");
+    assert_eq!(
+        b.put("/admin/v1/sys/plugins/hello/status").data()["enable"],
+        "1"
+    );
     assert!(eventually(Duration::from_secs(2), || greet(&a) == 200));
     assert_eq!(revision(&a, "hello"), 3);
     assert_eq!(revision(&b, "hello"), 3);
@@ -121,13 +130,19 @@ fn fifty_concurrent_toggles_from_both_sides_end_in_the_state_the_count_implies()
         assert_eq!(host.plugin("hello")["plugin"]["enable"], "1");
         assert_eq!(greet(host), 200);
     }
-    assert_eq!(redis.json("fba:plugin:hello").unwrap()["plugin"]["enable"], "1");
+    assert_eq!(
+        redis.json("fba:plugin:hello").unwrap()["plugin"]["enable"],
+        "1"
+    );
 
     toggle_concurrently(&a, &b, 1);
     for host in [&a, &b] {
         assert!(eventually(Duration::from_secs(2), || greet(host) == 503));
     }
-    assert_eq!(redis.json("fba:plugin:hello").unwrap()["plugin"]["enable"], "0");
+    assert_eq!(
+        redis.json("fba:plugin:hello").unwrap()["plugin"]["enable"],
+        "0"
+    );
 }
 
 #[test]
@@ -145,7 +160,9 @@ fn two_instances_on_one_sqlite_file_agree_too() {
     assert!(eventually(Duration::from_secs(2), || greet(&b) == 503));
     toggle_concurrently(&a, &b, 21);
     for host in [&a, &b] {
-        assert!(eventually(Duration::from_secs(2), || revision(host, "hello") == 23));
+        assert!(eventually(Duration::from_secs(2), || revision(
+            host, "hello"
+        ) == 23));
         assert_eq!(greet(host), 200);
     }
 }
@@ -185,10 +202,8 @@ fn a_redis_outage_keeps_the_gate_serving_and_everything_reconverges() {
         std::thread::sleep(Duration::from_secs(1));
 
         // Toggles need Redis to reach the other instances: refused, clearly.
-        a.put("/admin/v1/sys/plugins/hello/status").assert_error(
-            503,
-            &format!("Redis at {} is unavailable", redis.url()),
-        );
+        a.put("/admin/v1/sys/plugins/hello/status")
+            .assert_error(503, &format!("Redis at {} is unavailable", redis.url()));
         assert_eq!(a.get("/admin/v1/sys/sysinfo").status, 503);
         assert_eq!(b.plugin("sysinfo")["plugin"]["enable"], "0");
 
@@ -209,8 +224,15 @@ fn a_redis_outage_keeps_the_gate_serving_and_everything_reconverges() {
         std::thread::sleep(Duration::from_millis(300));
         stop.store(true, Ordering::Relaxed);
     });
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "gate errors during the outage");
-    assert!(served.load(Ordering::Relaxed) > 50, "too little traffic to tell");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "gate errors during the outage"
+    );
+    assert!(
+        served.load(Ordering::Relaxed) > 50,
+        "too little traffic to tell"
+    );
 
     for host in [&a, &b] {
         let log = host.log();
@@ -242,7 +264,8 @@ fn the_redis_status_check_reads_redis_per_request_and_falls_back_to_the_cache() 
         "fba:plugin:hello",
         r#"{"plugin":{"name":"hello","enable":"0"}}"#,
     ]);
-    host.get("/hello/v1/greet").assert_error(503, "plugin 'hello' is disabled");
+    host.get("/hello/v1/greet")
+        .assert_error(503, "plugin 'hello' is disabled");
     // A missing key or an unreachable Redis: the cached flag (FBA answers 500).
     redis.cli(&["DEL", "fba:plugin:hello"]);
     assert_eq!(greet(&host), 200);
@@ -259,7 +282,50 @@ fn the_redis_status_check_needs_a_redis_url() {
         &["user", "list"],
     );
     assert!(!ok);
-    assert!(out.contains("status_check") && out.contains("REDIS_URL"), "{out}");
+    assert!(
+        out.contains("status_check") && out.contains("REDIS_URL"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_host_starts_while_redis_is_down_and_seeds_it_when_it_comes() {
+    let mut redis = TestRedis::start();
+    redis.stop();
+    let (_data, host) = instance(
+        &["hello"],
+        &redis,
+        None,
+        &[("PLUGHOST_FLAG_RECONCILE", "0.2")],
+    );
+    assert_eq!(greet(&host), 200);
+    host.put("/admin/v1/sys/plugins/hello/status")
+        .assert_error(503, "is unavailable");
+    redis.restart();
+    assert!(
+        eventually(Duration::from_secs(5), || redis
+            .json("fba:plugin:hello")
+            .is_some_and(|v| v["plugin"]["enable"] == "1")),
+        "{}",
+        host.log()
+    );
+    assert_eq!(host.put("/admin/v1/sys/plugins/hello/status").status, 200);
+    assert_eq!(greet(&host), 503);
+}
+
+#[test]
+fn a_bad_redis_url_stops_start_up_naming_it() {
+    let data = DataDir::new();
+    let (ok, out) = e2e::cli(
+        &data,
+        &[("REDIS_URL", "http://127.0.0.1:1".into())],
+        &["serve", "--bind", "127.0.0.1:0"],
+    );
+    assert!(!ok);
+    assert!(
+        out.contains("REDIS_URL http://127.0.0.1:1 is not a Redis URL"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -275,16 +341,25 @@ fn the_key_value_service_lives_in_redis_when_configured() {
     };
     put(&a, "/notes/v1/kv/shared", "from-a");
     assert_eq!(b.get("/notes/v1/kv/shared").data(), "from-a");
-    assert_eq!(redis.cli(&["--raw", "GET", "fba:plugin_kv:notes:shared"]), "from-a");
+    assert_eq!(
+        redis.cli(&["--raw", "GET", "fba:plugin_kv:notes:shared"]),
+        "from-a"
+    );
 
     put(&a, "/notes/v1/kv/brief?ttl_ms=300", "soon gone");
-    let ttl: i64 = redis.cli(&["PTTL", "fba:plugin_kv:notes:brief"]).parse().unwrap();
+    let ttl: i64 = redis
+        .cli(&["PTTL", "fba:plugin_kv:notes:brief"])
+        .parse()
+        .unwrap();
     assert!((1..=300).contains(&ttl), "ttl {ttl}");
     assert!(eventually(Duration::from_secs(2), || b
         .get("/notes/v1/kv/brief")
         .data()
         .is_null()));
-    assert_eq!(b.request("DELETE", "/notes/v1/kv/shared", None).data(), true);
+    assert_eq!(
+        b.request("DELETE", "/notes/v1/kv/shared", None).data(),
+        true
+    );
     assert!(a.get("/notes/v1/kv/shared").data().is_null());
 
     redis.stop();

@@ -60,6 +60,11 @@ fn bad_manifests() -> Vec<(&'static str, String, &'static str)> {
             format!("{VALID_HEAD}[app]\nrouter = [\"r\"]\n"),
             "is not a valid plugin name",
         ),
+        (
+            "changed",
+            format!("{VALID_HEAD}[app]\nrouter = [\"r\"]\n"),
+            "'changed' is a reserved name",
+        ),
     ]
 }
 

@@ -51,11 +51,16 @@ fn flags_an_earlier_version_kept_in_flags_json_are_imported_once() {
     )
     .unwrap();
     let host = Host::start(&data);
-    host.get("/admin/v1/sys/sysinfo").assert_error(503, "sysinfo");
+    host.get("/admin/v1/sys/sysinfo")
+        .assert_error(503, "sysinfo");
     assert_eq!(host.get("/hello/v1/greet").status, 200);
     assert!(!data.path().join("flags.json").exists());
     assert!(data.path().join("flags.json.imported").exists());
-    assert!(host.log().contains("imported plugin flags"), "{}", host.log());
+    assert!(
+        host.log().contains("imported plugin flags"),
+        "{}",
+        host.log()
+    );
 }
 
 #[test]

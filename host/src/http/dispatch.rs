@@ -119,10 +119,8 @@ async fn answer(scope: Scope, req: &HttpRequest, payload: &mut Payload) -> HttpR
     let enabled = match state.status_check {
         StatusCheck::Cached => plugin.enabled(),
         StatusCheck::Off => true,
-        StatusCheck::Redis => state
-            .plugins
-            .flags()
-            .remote_enabled(&plugin.name)
+        // Boxed: the Redis read's state stays out of every request's future.
+        StatusCheck::Redis => Box::pin(state.plugins.flags().remote_enabled(&plugin.name))
             .await
             .unwrap_or_else(|| plugin.enabled()),
     };

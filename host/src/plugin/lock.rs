@@ -24,9 +24,7 @@ use crate::redis::{Redis, RedisError};
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LockError {
     /// Another operation holds it.
-    #[error(
-        "another plugin operation is in progress ({holder}); try again when it has finished"
-    )]
+    #[error("another plugin operation is in progress ({holder}); try again when it has finished")]
     Busy {
         /// What the holder recorded about itself.
         holder: String,
@@ -35,7 +33,9 @@ pub enum LockError {
     #[error("the plugin lifecycle lock is unavailable: {0}")]
     Redis(#[from] RedisError),
     /// The lock was lost while held.
-    #[error("the plugin lifecycle lock was lost during {operation} ({reason}); the operation was stopped")]
+    #[error(
+        "the plugin lifecycle lock was lost during {operation} ({reason}); the operation was stopped"
+    )]
     Lost {
         /// The operation that held it.
         operation: String,
@@ -140,7 +140,9 @@ impl LifecycleLock {
                     }
                     if tokio::time::Instant::now() >= deadline {
                         let holder: redis::RedisResult<Option<String>> = conn.get(key).await;
-                        let holder = redis.check(holder)?.unwrap_or_else(|| "just released".into());
+                        let holder = redis
+                            .check(holder)?
+                            .unwrap_or_else(|| "just released".into());
                         return Err(LockError::Busy { holder });
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;

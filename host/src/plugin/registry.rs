@@ -117,6 +117,9 @@ fn read_dir_manifest(dir: &Path) -> Result<PluginManifest, String> {
     PluginManifest::parse(&text).map_err(|e| e.to_string())
 }
 
+/// Names no plugin may have: their flag key is taken.
+const RESERVED_NAMES: [&str; 1] = ["changed"];
+
 /// Opens one candidate: manifest first (no plugin code runs for a bad
 /// one), then the library, then the name and router checks.
 fn open_candidate(candidate: &Candidate) -> (Option<PluginManifest>, Result<Loaded, String>) {
@@ -125,6 +128,15 @@ fn open_candidate(candidate: &Candidate) -> (Option<PluginManifest>, Result<Load
             None,
             Err(format!(
                 "'{}' is not a valid plugin name ({PLUGIN_NAME_PATTERN}); rename it",
+                candidate.name
+            )),
+        );
+    }
+    if RESERVED_NAMES.contains(&candidate.name.as_str()) {
+        return (
+            None,
+            Err(format!(
+                "'{}' is a reserved name (FBA keeps its restart flag under {{prefix}}:changed); rename the plugin",
                 candidate.name
             )),
         );

@@ -26,8 +26,8 @@ use crate::{
     db::{Backend, Db, placeholders},
     redis::{Redis, RedisError},
 };
-use deadpool_redis::redis::{self, AsyncCommands};
 use async_ffi::{FfiFuture, FutureExt};
+use deadpool_redis::redis::{self, AsyncCommands};
 use plugin_api::abi::{HostRef, HostServices, level};
 
 static LOADED: AtomicU32 = AtomicU32::new(0);

@@ -156,7 +156,10 @@ impl FlagStore {
                 [],
             ))
             .await?;
-        rows.iter().map(flag_of).collect::<Result<_, _>>().map_err(Into::into)
+        rows.iter()
+            .map(flag_of)
+            .collect::<Result<_, _>>()
+            .map_err(Into::into)
     }
 
     /// Records `name` with `enabled` unless it has a flag already.
@@ -172,10 +175,10 @@ impl FlagStore {
         };
         self.db
             .conn()
-            .execute(self.db.statement(
-                sql,
-                [name.into(), i16::from(enabled).into(), value.into()],
-            ))
+            .execute(
+                self.db
+                    .statement(sql, [name.into(), i16::from(enabled).into(), value.into()]),
+            )
             .await?;
         Ok(())
     }
@@ -393,7 +396,11 @@ impl FlagStore {
                 .set(self.key(name), with_enable(&flag.value, flag.enabled))
                 .await;
             redis.check(result)?;
-            tracing::info!(plugin = name, enabled = flag.enabled, "Redis flag disagreed with the database and was rewritten");
+            tracing::info!(
+                plugin = name,
+                enabled = flag.enabled,
+                "Redis flag disagreed with the database and was rewritten"
+            );
         }
         txn.commit().await?;
         Ok(())
@@ -454,7 +461,10 @@ mod tests {
         assert_eq!((flags[0].enabled, flags[0].revision), (true, 1));
         let off = store.toggle("a", &flags[0]).await.unwrap();
         assert_eq!((off.enabled, off.revision), (false, 2));
-        assert_eq!(enable_of(&with_enable(&off.value, off.enabled)), Some(false));
+        assert_eq!(
+            enable_of(&with_enable(&off.value, off.enabled)),
+            Some(false)
+        );
 
         // A second store on the same database (another instance) keeps it.
         let other = FlagStore::new(db, None, "fba:plugin");
