@@ -443,18 +443,16 @@ mod tests {
         );
     }
 
+    async fn sqlite_in(dir: &Path) -> Arc<Db> {
+        let url = crate::db::default_url(dir);
+        let db = Db::open(&url, crate::db::PkMode::Autoincrement, 0).await;
+        Arc::new(db.unwrap())
+    }
+
     #[tokio::test]
     async fn flags_live_in_the_database_and_toggles_bump_the_revision() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(
-            Db::open(
-                &crate::db::default_url(dir.path()),
-                crate::db::PkMode::Autoincrement,
-                0,
-            )
-            .await
-            .unwrap(),
-        );
+        let db = sqlite_in(dir.path()).await;
         let value = serde_json::json!({"plugin": {"name": "a", "enable": "1"}});
         let store = FlagStore::new(db.clone(), None, "fba:plugin");
         let flags = store.sync(&[("a".into(), value.clone())]).await.unwrap();
@@ -485,15 +483,7 @@ mod tests {
             r#"{"fba:plugin:a": {"plugin": {"name": "a", "enable": "0"}}, "fba:plugin:changed": "true"}"#,
         )
         .unwrap();
-        let db = Arc::new(
-            Db::open(
-                &crate::db::default_url(dir.path()),
-                crate::db::PkMode::Autoincrement,
-                0,
-            )
-            .await
-            .unwrap(),
-        );
+        let db = sqlite_in(dir.path()).await;
         let store = FlagStore::new(db, None, "fba:plugin");
         store.import_legacy(dir.path()).await.unwrap();
         let flags = store.all().await.unwrap();
