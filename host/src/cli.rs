@@ -47,6 +47,80 @@ enum Command {
         #[command(flatten)]
         settings: SettingsArgs,
     },
+    /// Manage plugins in the plugin dir, with the same checks, rollback and
+    /// lifecycle lock as the HTTP API (a running server with the same plugin
+    /// dir serves CLI installs from its next start; use the HTTP API to
+    /// change a running server live).
+    Plugin {
+        #[command(subcommand)]
+        action: PluginAction,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginAction {
+    /// List every plugin found, with its state.
+    List,
+    /// Install (or upgrade) a plugin from a ZIP package or a Git repository.
+    Add {
+        /// The package.
+        #[arg(long, conflicts_with = "git", required_unless_present = "git")]
+        zip: Option<std::path::PathBuf>,
+        /// The repository URL (https://, or a local path with --git-allow-local).
+        #[arg(long)]
+        git: Option<String>,
+        /// Branch, tag or commit to install.
+        #[arg(long = "ref", requires = "git")]
+        reference: Option<String>,
+        /// Replace an installed older version.
+        #[arg(long)]
+        upgrade: bool,
+        /// Replace it even with an older or the same version.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Uninstall a plugin (a backup is kept).
+    Remove {
+        /// The plugin.
+        name: String,
+        /// Also drop its tables (runs its destroy script).
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Enable a plugin.
+    Enable {
+        /// The plugin.
+        name: String,
+    },
+    /// Disable a plugin.
+    Disable {
+        /// The plugin.
+        name: String,
+    },
+    /// Write a plugin's installable ZIP.
+    Pack {
+        /// The plugin.
+        name: String,
+        /// The file to write.
+        #[arg(short, long)]
+        output: std::path::PathBuf,
+    },
+    /// Create a new plugin crate that builds and loads as is.
+    New {
+        /// The plugin's name.
+        name: String,
+        /// App-level (own top-level routes) or extend-level (inside the admin app).
+        #[arg(long, value_enum, default_value = "app")]
+        kind: crate::plugin::scaffold::Kind,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// The plugin-api dependency: a path to the plugin-api crate, or a version.
+        #[arg(long)]
+        plugin_api: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -189,6 +263,110 @@ async fn role(auth: Arc<AuthService>, action: RoleAction) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Runs a plugin action on the plugin dir, through the same plugin host a
+/// server runs.
+fn plugin(args: &SettingsArgs, action: PluginAction) -> anyhow::Result<()> {
+    use crate::plugin::{PluginHost, lifecycle::InstallOptions};
+    let settings = Settings::resolve(args)?;
+    actix_web::rt::System::new().block_on(async move {
+        let auth = crate::http::open_auth(&settings).await?;
+        let redis = settings
+            .redis_url
+            .as_deref()
+            .map(crate::redis::Redis::open)
+            .transpose()?;
+        let host = PluginHost::start(&settings, auth.db().clone(), redis).await?;
+        match action {
+            PluginAction::List => {
+                println!("{:<24} {:<10} {:<9} {:<8} error", "name", "version", "state", "enabled");
+                for item in host.list() {
+                    let text = |p: &str| item.pointer(p).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+                    println!(
+                        "{:<24} {:<10} {:<9} {:<8} {}",
+                        text("/plugin/name"),
+                        text("/plugin/version"),
+                        text("/state"),
+                        if text("/plugin/enable") == "1" { "yes" } else { "no" },
+                        text("/error"),
+                    );
+                }
+            }
+            PluginAction::Add {
+                zip,
+                git,
+                reference,
+                upgrade,
+                force,
+            } => {
+                let options = InstallOptions { upgrade, force };
+                let installed = match (zip, git) {
+                    (Some(file), _) => {
+                        let size = std::fs::metadata(&file)
+                            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?
+                            .len();
+                        if size > host.package_limit() {
+                            anyhow::bail!(
+                                "{} is {size} bytes, more than the limit of {} (PLUGHOST_MAX_PACKAGE)",
+                                file.display(),
+                                host.package_limit()
+                            );
+                        }
+                        eprintln!("installing {} ({size} bytes)", file.display());
+                        let bytes = std::fs::read(&file)
+                            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+                        host.install_zip(bytes, &options).await?
+                    }
+                    (None, Some(url)) => {
+                        eprintln!("cloning {} (progress in the log)", crate::db::redact_url(&url));
+                        host.install_git(&url, reference.as_deref(), &options).await?
+                    }
+                    (None, None) => anyhow::bail!("give --zip FILE or --git URL"),
+                };
+                match installed.previous {
+                    Some(previous) => println!(
+                        "upgraded plugin '{}' from {previous} to {}",
+                        installed.name, installed.version
+                    ),
+                    None => println!("installed plugin '{}' {}", installed.name, installed.version),
+                }
+            }
+            PluginAction::Remove { name, purge } => {
+                let done = host.uninstall(&name, purge).await?;
+                println!(
+                    "removed plugin '{name}' (backup: {}{})",
+                    done.backup.display(),
+                    if done.purged { "; tables dropped" } else { "" }
+                );
+            }
+            PluginAction::Enable { name } => set_enabled(&host, &name, true).await?,
+            PluginAction::Disable { name } => set_enabled(&host, &name, false).await?,
+            PluginAction::Pack { name, output } => {
+                let bytes = host.pack(&name)?;
+                std::fs::write(&output, &bytes)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", output.display()))?;
+                println!("wrote {} ({} bytes)", output.display(), bytes.len());
+            }
+            PluginAction::New { .. } => unreachable!("handled without a host"),
+        }
+        Ok(())
+    })
+}
+
+async fn set_enabled(
+    host: &crate::plugin::PluginHost,
+    name: &str,
+    enabled: bool,
+) -> anyhow::Result<()> {
+    let word = if enabled { "enabled" } else { "disabled" };
+    if host.is_enabled(name)? == enabled {
+        println!("plugin '{name}' is {word} already");
+    } else {
+        host.toggle(name).await?;
+        println!("plugin '{name}' {word}");
+    }
+    Ok(())
+}
+
 /// Runs the command line; the exit code says whether it worked.
 pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -216,6 +394,21 @@ pub fn main() -> ExitCode {
         Command::Role { action, settings } => {
             manage(&settings, |auth| Box::pin(role(auth, action)))
         }
+        Command::Plugin {
+            action: PluginAction::New {
+                name,
+                kind,
+                dir,
+                plugin_api,
+            },
+            ..
+        } => crate::plugin::scaffold::create(&name, kind, dir, plugin_api).map(|dir| {
+            println!(
+                "created plugin crate '{name}' in {}; build it with `cargo build --release` and install the package, or push it to Git and `plughost plugin add --git URL`",
+                dir.display()
+            );
+        }),
+        Command::Plugin { action, settings } => plugin(&settings, action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -76,6 +76,39 @@ pub struct SettingsArgs {
     /// Access token lifetime in seconds.
     #[arg(long, global = true, env = "PLUGHOST_TOKEN_TTL")]
     pub token_ttl: Option<u64>,
+    /// `dev` (uninstalling allowed) or any other name, e.g. `prod` (FBA's `ENVIRONMENT`).
+    #[arg(long, global = true, env = "PLUGHOST_ENVIRONMENT")]
+    pub environment: Option<String>,
+    /// Directory of uninstall backups (default: <data-dir>/backups).
+    #[arg(long, global = true, env = "PLUGHOST_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// Backups kept per plugin.
+    #[arg(long, global = true, env = "PLUGHOST_BACKUP_KEEP")]
+    pub backup_keep: Option<usize>,
+    /// Largest plugin package accepted, in bytes.
+    #[arg(long, global = true, env = "PLUGHOST_MAX_PACKAGE")]
+    pub max_package: Option<u64>,
+    /// Most entries in a plugin package.
+    #[arg(long, global = true, env = "PLUGHOST_MAX_PACKAGE_ENTRIES")]
+    pub max_package_entries: Option<usize>,
+    /// Largest total a plugin package unpacks to, in bytes.
+    #[arg(long, global = true, env = "PLUGHOST_MAX_UNPACKED")]
+    pub max_unpacked: Option<u64>,
+    /// Largest unpacked-to-packed ratio of a package entry.
+    #[arg(long, global = true, env = "PLUGHOST_MAX_RATIO")]
+    pub max_ratio: Option<u64>,
+    /// Hosts `https://` Git installs may name, comma-separated.
+    #[arg(long, global = true, env = "PLUGHOST_GIT_HOSTS", value_delimiter = ',')]
+    pub git_hosts: Option<Vec<String>>,
+    /// Allow Git installs from file:// URLs and local paths.
+    #[arg(long, global = true, env = "PLUGHOST_GIT_ALLOW_LOCAL", value_parser = clap::builder::FalseyValueParser::new())]
+    pub git_allow_local: bool,
+    /// Seconds a plugin crate's build may take.
+    #[arg(long, global = true, env = "PLUGHOST_BUILD_TIMEOUT")]
+    pub build_timeout: Option<u64>,
+    /// Cargo target dir for plugin builds (default: <data-dir>/build).
+    #[arg(long, global = true, env = "PLUGHOST_BUILD_DIR")]
+    pub build_dir: Option<PathBuf>,
     /// Also mount the native baseline route `/native/hello/v1/greet` (benchmarks).
     #[arg(long, global = true, env = "PLUGHOST_BENCH_BASELINE", value_parser = clap::builder::FalseyValueParser::new())]
     pub bench_baseline: bool,
@@ -102,6 +135,17 @@ struct FileSettings {
     worker_id: Option<u16>,
     jwt_secret: Option<String>,
     token_ttl: Option<u64>,
+    environment: Option<String>,
+    backup_dir: Option<PathBuf>,
+    backup_keep: Option<usize>,
+    max_package: Option<u64>,
+    max_package_entries: Option<usize>,
+    max_unpacked: Option<u64>,
+    max_ratio: Option<u64>,
+    git_hosts: Option<Vec<String>>,
+    git_allow_local: Option<bool>,
+    build_timeout: Option<u64>,
+    build_dir: Option<PathBuf>,
 }
 
 /// The resolved settings the host runs with.
@@ -141,6 +185,16 @@ pub struct Settings {
     pub jwt_secret: Option<String>,
     /// Access token lifetime.
     pub token_ttl: Duration,
+    /// `dev` allows uninstalling.
+    pub environment: String,
+    /// Where uninstall backups go.
+    pub backup_dir: PathBuf,
+    /// Backups kept per plugin.
+    pub backup_keep: usize,
+    /// Limits on plugin packages.
+    pub package_limits: crate::plugin::package::Limits,
+    /// Where Git installs may come from, and plugin builds.
+    pub git: crate::plugin::git::GitPolicy,
 }
 
 /// A settings file that cannot be used.
@@ -265,6 +319,59 @@ impl Settings {
             worker_id: worker_id(args.worker_id.or(file.worker_id))?,
             jwt_secret: args.jwt_secret.clone().or(file.jwt_secret),
             token_ttl: Duration::from_secs(args.token_ttl.or(file.token_ttl).unwrap_or(86_400)),
+            environment: args
+                .environment
+                .clone()
+                .or(file.environment)
+                .unwrap_or_else(|| "dev".into()),
+            backup_dir: args
+                .backup_dir
+                .clone()
+                .or(file.backup_dir)
+                .unwrap_or_else(|| data_dir.join("backups")),
+            backup_keep: args.backup_keep.or(file.backup_keep).unwrap_or(10).max(1),
+            package_limits: {
+                let default = crate::plugin::package::Limits::default();
+                crate::plugin::package::Limits {
+                    max_archive: args
+                        .max_package
+                        .or(file.max_package)
+                        .unwrap_or(default.max_archive),
+                    max_entries: args
+                        .max_package_entries
+                        .or(file.max_package_entries)
+                        .unwrap_or(default.max_entries),
+                    max_unpacked: args
+                        .max_unpacked
+                        .or(file.max_unpacked)
+                        .unwrap_or(default.max_unpacked),
+                    max_ratio: args
+                        .max_ratio
+                        .or(file.max_ratio)
+                        .unwrap_or(default.max_ratio)
+                        .max(1),
+                }
+            },
+            git: crate::plugin::git::GitPolicy {
+                hosts: args
+                    .git_hosts
+                    .clone()
+                    .or(file.git_hosts)
+                    .unwrap_or_else(|| {
+                        ["github.com", "gitlab.com", "gitee.com", "codeberg.org"]
+                            .map(String::from)
+                            .to_vec()
+                    }),
+                allow_local: args.git_allow_local || file.git_allow_local.unwrap_or(false),
+                build_timeout: Duration::from_secs(
+                    args.build_timeout.or(file.build_timeout).unwrap_or(600),
+                ),
+                build_dir: args
+                    .build_dir
+                    .clone()
+                    .or(file.build_dir)
+                    .unwrap_or_else(|| data_dir.join("build")),
+            },
             data_dir,
         })
     }

@@ -311,6 +311,62 @@ impl Host {
         }
     }
 
+    fn admin_header(&self) -> String {
+        let token = self
+            .admin_token
+            .get_or_init(|| self.token("admin", ADMIN_PASSWORD));
+        format!("Bearer {token}")
+    }
+
+    /// Uploads `archive` as the multipart field `file` to
+    /// `POST /admin/v1/sys/plugins?{query}`, as the admin.
+    pub fn upload(&self, archive: &[u8], query: &str) -> Reply {
+        let boundary = "plughost-test-boundary-7d1c9a";
+        let mut body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"plugin.zip\"\r\n\
+             Content-Type: application/zip\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(archive);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let request = self
+            .agent
+            .post(&format!("{}/admin/v1/sys/plugins?{query}", self.base))
+            .set("Authorization", &self.admin_header())
+            .set(
+                "Content-Type",
+                &format!("multipart/form-data; boundary={boundary}"),
+            );
+        match request.send_bytes(&body) {
+            Ok(response) | Err(ureq::Error::Status(_, response)) => Reply::from_response(response),
+            Err(e) => panic!("upload failed: {e}\nhost log:\n{}", self.log()),
+        }
+    }
+
+    /// `GET path` as the admin, raw: status, content type, content
+    /// disposition, body.
+    pub fn download(&self, path: &str) -> (u16, String, String, Vec<u8>) {
+        let request = self
+            .agent
+            .get(&format!("{}{path}", self.base))
+            .set("Authorization", &self.admin_header());
+        match request.call() {
+            Ok(response) | Err(ureq::Error::Status(_, response)) => {
+                let status = response.status();
+                let kind = response.content_type().to_owned();
+                let disposition = response
+                    .header("content-disposition")
+                    .unwrap_or_default()
+                    .to_owned();
+                let mut body = Vec::new();
+                std::io::Read::read_to_end(&mut response.into_reader(), &mut body)
+                    .expect("read body");
+                (status, kind, disposition, body)
+            }
+            Err(e) => panic!("download failed: {e}"),
+        }
+    }
+
     /// Logs in and returns the access token.
     pub fn login(&self, username: &str, password: &str) -> Reply {
         self.request_as(
@@ -334,12 +390,7 @@ impl Host {
     pub fn request_as(&self, who: As<'_>, method: &str, path: &str, body: Option<&Value>) -> Reply {
         let mut request = self.agent.request(method, &format!("{}{path}", self.base));
         match who {
-            As::Admin => {
-                let token = self
-                    .admin_token
-                    .get_or_init(|| self.token("admin", ADMIN_PASSWORD));
-                request = request.set("Authorization", &format!("Bearer {token}"));
-            }
+            As::Admin => request = request.set("Authorization", &self.admin_header()),
             As::Header(value) => request = request.set("Authorization", value),
             As::Anonymous => {}
         }
@@ -382,6 +433,16 @@ impl Host {
             .find(|p| p["plugin"]["name"] == name)
             .unwrap_or_else(|| panic!("plugin {name} not listed: {:?}", list.json))
             .clone()
+    }
+
+    /// Kills the process with SIGKILL, as a crash would (it is reaped when
+    /// the `Host` is dropped).
+    pub fn kill(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-KILL", &child.id().to_string()])
+                .status();
+        }
     }
 
     /// Sends SIGTERM and waits for the process to exit.
@@ -707,4 +768,91 @@ pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A plugin package: the ZIP `POST /admin/v1/sys/plugins?type=zip` takes,
+/// with `files` (path inside the archive, contents) in order.
+pub fn zip_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, bytes) in files {
+        zip.start_file(*name, options).expect("zip entry");
+        zip.write_all(bytes).expect("zip write");
+    }
+    zip.finish().expect("zip finish").into_inner()
+}
+
+/// The package files of fixture or bundled plugin `source` (built as
+/// `lib{library}.so`), under the top directory `top`.
+pub fn package_files(top: &str, source: &str, library: &str) -> Vec<(String, Vec<u8>)> {
+    let src = source_dir(source);
+    let mut files = vec![
+        (
+            format!("{top}/plugin.toml"),
+            std::fs::read(src.join("plugin.toml")).expect("plugin.toml"),
+        ),
+        (
+            format!("{top}/README.md"),
+            format!("# {top}\n").into_bytes(),
+        ),
+        (
+            format!("{top}/lib{top}.so"),
+            std::fs::read(crate::library(library)).expect("library"),
+        ),
+    ];
+    let sql = src.join("sql");
+    if sql.is_dir() {
+        for backend in std::fs::read_dir(&sql).expect("sql dir") {
+            let backend = backend.expect("entry").path();
+            for script in std::fs::read_dir(&backend).expect("backend dir") {
+                let script = script.expect("entry").path();
+                files.push((
+                    format!(
+                        "{top}/sql/{}/{}",
+                        backend.file_name().unwrap().to_string_lossy(),
+                        script.file_name().unwrap().to_string_lossy()
+                    ),
+                    std::fs::read(&script).expect("script"),
+                ));
+            }
+        }
+    }
+    files
+}
+
+/// [`package_files`] zipped.
+pub fn package(top: &str, source: &str, library: &str) -> Vec<u8> {
+    let files = package_files(top, source, library);
+    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    zip_of(&refs)
+}
+
+/// Every file and directory under `dir` with its contents (directories as
+/// empty), to show a directory is byte-identical before and after.
+pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir") {
+            let path = entry.expect("entry").path();
+            let relative = path.strip_prefix(dir).expect("inside").to_owned();
+            if path.is_dir() {
+                stack.push(path);
+                out.insert(relative, Vec::new());
+            } else {
+                out.insert(relative, std::fs::read(&path).expect("read file"));
+            }
+        }
+    }
+    out
+}
+
+/// The entry names of a ZIP archive.
+pub fn zip_names(archive: &[u8]) -> Vec<String> {
+    let zip = zip::ZipArchive::new(std::io::Cursor::new(archive)).expect("a ZIP archive");
+    let mut names: Vec<String> = zip.file_names().map(str::to_owned).collect();
+    names.sort();
+    names
 }

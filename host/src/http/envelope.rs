@@ -13,7 +13,10 @@ use actix_web::{
 use serde::Serialize;
 
 use crate::{
-    plugin::{PluginError, status::FlagError},
+    plugin::{
+        PluginError, lifecycle::LifecycleError, lock::LockError, package::PackageError,
+        status::FlagError,
+    },
     redis::RedisError,
 };
 
@@ -64,9 +67,14 @@ struct Envelope<'a, T: Serialize> {
 
 /// A 200 envelope around `data`.
 pub fn ok<T: Serialize>(data: T) -> HttpResponse {
+    ok_saying("Request success", data)
+}
+
+/// A 200 envelope around `data` with its own message.
+pub fn ok_saying<T: Serialize>(msg: &str, data: T) -> HttpResponse {
     HttpResponse::Ok().json(Envelope {
         code: 200,
-        msg: "Request success",
+        msg,
         data,
         trace_id: None,
     })
@@ -122,9 +130,41 @@ impl ResponseError for ApiError {
     }
 }
 
+impl From<LifecycleError> for ApiError {
+    fn from(e: LifecycleError) -> Self {
+        let status = match &e {
+            LifecycleError::Package(
+                PackageError::TooLarge { .. } | PackageError::TooMuch { .. },
+            ) => StatusCode::PAYLOAD_TOO_LARGE,
+            LifecycleError::Package(PackageError::Io { .. }) | LifecycleError::Io(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            LifecycleError::Package(_) => StatusCode::BAD_REQUEST,
+            LifecycleError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            LifecycleError::Conflict(_) | LifecycleError::Lock(LockError::Busy { .. }) => {
+                StatusCode::CONFLICT
+            }
+            LifecycleError::Forbidden(_) => StatusCode::FORBIDDEN,
+            LifecycleError::Plugin(e) => return Self::from_plugin_error(e),
+            LifecycleError::Lock(LockError::Redis(RedisError::Unavailable { .. }))
+            | LifecycleError::Flags(FlagError::Redis(RedisError::Unavailable { .. })) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            LifecycleError::Lock(_) | LifecycleError::Flags(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
 impl From<PluginError> for ApiError {
     fn from(e: PluginError) -> Self {
-        let status = match &e {
+        Self::from_plugin_error(&e)
+    }
+}
+
+impl ApiError {
+    fn from_plugin_error(e: &PluginError) -> Self {
+        let status = match e {
             PluginError::InvalidName(_) => StatusCode::BAD_REQUEST,
             PluginError::NotFound(_) => StatusCode::NOT_FOUND,
             PluginError::NotLoaded { .. } => StatusCode::CONFLICT,

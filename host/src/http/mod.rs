@@ -95,6 +95,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
             .service(
                 web::resource("/sys/plugins")
                     .route(web::get().to(plugins::list))
+                    .route(web::post().to(plugins::install))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(
@@ -105,6 +106,12 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
             .service(
                 web::resource("/sys/plugins/{plugin}/status")
                     .route(web::put().to(plugins::toggle))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/sys/plugins/{plugin}")
+                    .route(web::get().to(plugins::download))
+                    .route(web::delete().to(plugins::uninstall))
                     .default_service(web::to(method_not_allowed)),
             )
             .configure(|admin| {

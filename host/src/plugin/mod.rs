@@ -3,17 +3,22 @@
 //! [`PluginHost`] is the one facade the HTTP layer and the CLI use.
 
 pub mod discover;
+pub mod git;
+pub mod lifecycle;
 pub mod loader;
 pub mod lock;
 pub mod manifest;
+pub mod package;
 pub mod registry;
 pub mod router;
+pub mod scaffold;
 pub mod services;
 pub mod sql;
 pub mod status;
 
 use std::{
     collections::{BTreeMap, HashMap},
+    path::PathBuf,
     sync::{
         Arc, RwLock, Weak,
         atomic::{AtomicBool, Ordering},
@@ -83,6 +88,14 @@ pub struct PluginHost {
     lock: LifecycleLock,
     required: Vec<String>,
     db_reachable: AtomicBool,
+    db: Arc<Db>,
+    plugin_dir: PathBuf,
+    backup_dir: PathBuf,
+    backup_keep: usize,
+    environment: String,
+    dev: bool,
+    limits: package::Limits,
+    git: git::GitPolicy,
 }
 
 impl PluginHost {
@@ -106,6 +119,7 @@ impl PluginHost {
                 source,
             })?;
         }
+        lifecycle::remove_leftovers(&settings.plugin_dir);
         let flags = FlagStore::new(db.clone(), redis.clone(), &settings.flag_prefix);
         flags.import_legacy(&settings.data_dir).await?;
         let recorded: HashMap<String, bool> = flags
@@ -160,6 +174,14 @@ impl PluginHost {
             flags,
             required: settings.required_plugins.clone(),
             db_reachable: AtomicBool::new(true),
+            db,
+            plugin_dir: settings.plugin_dir.clone(),
+            backup_dir: settings.backup_dir.clone(),
+            backup_keep: settings.backup_keep,
+            dev: settings.environment == "dev",
+            environment: settings.environment.clone(),
+            limits: settings.package_limits,
+            git: settings.git.clone(),
         });
         host.publish_services();
         host.spawn_flag_tasks(settings.flag_reconcile);
@@ -181,6 +203,11 @@ impl PluginHost {
     #[inline]
     pub fn routes(&self) -> Arc<RouteTable> {
         self.routes.load_full()
+    }
+
+    /// The largest package an upload may be.
+    pub fn package_limit(&self) -> u64 {
+        self.limits.max_archive
     }
 
     /// The flag store.
@@ -213,9 +240,31 @@ impl PluginHost {
         self.required.iter().any(|r| r == name)
     }
 
-    /// Whether a restart would change what is served.
+    /// Whether a restart would change what is served: the plugin dir holds
+    /// plugins (or versions) other than the ones loaded, e.g. after a CLI
+    /// install next to a running server or a file dropped in by hand.
     pub fn changed(&self) -> bool {
-        false
+        let Ok(found) = discover::discover(&self.plugin_dir) else {
+            return false;
+        };
+        let records = self.records.read().expect("records lock");
+        if found.len() != records.len() {
+            return true;
+        }
+        found.iter().any(|candidate| {
+            let Some(record) = records.get(&candidate.name) else {
+                return true;
+            };
+            if record.source != candidate.source.path() {
+                return true;
+            }
+            let on_disk = std::fs::read_to_string(candidate.source.path().join("plugin.toml"))
+                .ok()
+                .and_then(|text| manifest::PluginManifest::parse(&text).ok())
+                .map(|m| m.version);
+            candidate.source.path().is_dir()
+                && on_disk != record.manifest.as_ref().map(|m| m.version)
+        })
     }
 
     fn loaded(&self, name: &str) -> Result<Arc<LoadedPlugin>, PluginError> {
@@ -233,6 +282,11 @@ impl PluginHost {
                 reason: reason.clone(),
             }),
         }
+    }
+
+    /// Whether a loaded plugin is enabled.
+    pub fn is_enabled(&self, name: &str) -> Result<bool, PluginError> {
+        Ok(self.loaded(name)?.enabled())
     }
 
     /// Flips a plugin's enable flag: recorded (and published) first, then

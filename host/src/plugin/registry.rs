@@ -102,12 +102,25 @@ struct Pending {
     result: Result<Loaded, String>,
 }
 
-struct Loaded {
-    module: PluginModRef,
-    library: PathBuf,
-    manifest: PluginManifest,
+/// A plugin whose library is open and checked, not yet mounted.
+pub(crate) struct Loaded {
+    pub(crate) module: PluginModRef,
+    pub(crate) library: PathBuf,
+    pub(crate) manifest: PluginManifest,
     /// The plugin's directory (lone libraries have none, and so no scripts).
-    dir: Option<PathBuf>,
+    pub(crate) dir: Option<PathBuf>,
+}
+
+/// A stand-in for `loaded`, to try its routes against a table before
+/// anything is mounted (disabled, never served).
+pub(crate) fn probe_plugin(name: &str, loaded: &Loaded) -> Arc<LoadedPlugin> {
+    Arc::new(LoadedPlugin {
+        name: name.to_owned(),
+        manifest: loaded.manifest.clone(),
+        module: loaded.module,
+        library: loaded.library.clone(),
+        enabled: AtomicBool::new(false),
+    })
 }
 
 fn read_dir_manifest(dir: &Path) -> Result<PluginManifest, String> {
@@ -122,7 +135,9 @@ const RESERVED_NAMES: [&str; 1] = ["changed"];
 
 /// Opens one candidate: manifest first (no plugin code runs for a bad
 /// one), then the library, then the name and router checks.
-fn open_candidate(candidate: &Candidate) -> (Option<PluginManifest>, Result<Loaded, String>) {
+pub(crate) fn open_candidate(
+    candidate: &Candidate,
+) -> (Option<PluginManifest>, Result<Loaded, String>) {
     if !is_valid_plugin_name(&candidate.name) {
         return (
             None,
@@ -459,7 +474,7 @@ pub async fn load_all(
 
 /// Checks a plugin's routes, reserves them, runs its SQL init script and
 /// its init hook, and returns it.
-async fn mount(
+pub(crate) async fn mount(
     name: &str,
     loaded: Loaded,
     builder: &mut RouteTableBuilder,

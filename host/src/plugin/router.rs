@@ -98,14 +98,14 @@ impl PathRoutes {
 /// The immutable table the dispatcher reads.
 pub struct RouteTable {
     router: matchit::Router<PathRoutes>,
-    plugins: Vec<Arc<LoadedPlugin>>,
+    accepted: Vec<(Arc<LoadedPlugin>, Vec<MountedRoute>)>,
 }
 
 impl Default for RouteTable {
     fn default() -> Self {
         Self {
             router: matchit::Router::new(),
-            plugins: Vec::new(),
+            accepted: Vec::new(),
         }
     }
 }
@@ -125,8 +125,8 @@ impl RouteTable {
     }
 
     /// The plugins this table mounts.
-    pub fn plugins(&self) -> &[Arc<LoadedPlugin>] {
-        &self.plugins
+    pub fn plugins(&self) -> impl Iterator<Item = &Arc<LoadedPlugin>> {
+        self.accepted.iter().map(|(p, _)| p)
     }
 }
 
@@ -199,6 +199,19 @@ pub struct RouteTableBuilder {
 }
 
 impl RouteTableBuilder {
+    /// Starts from `table`'s plugins, without plugin `except` (the one an
+    /// install replaces or an uninstall removes).
+    pub fn from_table(table: &RouteTable, except: Option<&str>) -> Self {
+        Self {
+            accepted: table
+                .accepted
+                .iter()
+                .filter(|(p, _)| Some(p.name.as_str()) != except)
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// Adds every route of `plugin`, or none of them with the reason.
     pub fn add(
         &mut self,
@@ -280,7 +293,7 @@ impl RouteTableBuilder {
         }
         Ok(RouteTable {
             router,
-            plugins: self.accepted.iter().map(|(p, _)| p.clone()).collect(),
+            accepted: self.accepted.clone(),
         })
     }
 

@@ -75,6 +75,29 @@ pub async fn init_once(db: &Db, plugin: &str, version: &str, dir: &Path) -> Resu
     Ok(())
 }
 
+/// Runs `plugin`'s destroy script from `dir`, if it has one, and forgets
+/// its init (a later install runs it again). Returns whether a script ran.
+pub async fn destroy(db: &Db, plugin: &str, dir: &Path) -> Result<bool, String> {
+    let relative = script_path(Script::Destroy, db.backend(), db.pk_mode());
+    let path = dir.join(&relative);
+    let ran = if path.is_file() {
+        let script =
+            std::fs::read_to_string(&path).map_err(|e| format!("cannot read {relative}: {e}"))?;
+        run_script(db, &script)
+            .await
+            .map_err(|e| format!("destroy script {relative} failed {e}"))?;
+        tracing::info!(plugin, script = %relative, "plugin destroy script ran");
+        true
+    } else {
+        false
+    };
+    db.conn()
+        .execute(db.statement("DELETE FROM sys_plugin WHERE name = ?", [plugin.into()]))
+        .await
+        .map_err(|e| format!("cannot forget the init of {plugin}: {e}"))?;
+    Ok(ran)
+}
+
 /// Runs a script in one transaction. On MySQL and MariaDB, where DDL
 /// commits implicitly, the tables the script created before failing are
 /// dropped again.

@@ -162,6 +162,43 @@ impl FlagStore {
             .map_err(Into::into)
     }
 
+    /// The recorded flag of `name`, if any.
+    pub async fn recorded(&self, name: &str) -> Result<Option<bool>, FlagError> {
+        let row = self
+            .db
+            .conn()
+            .query_one(self.db.statement(
+                "SELECT name, enabled, revision, value FROM sys_plugin_flag WHERE name = ?",
+                [name.into()],
+            ))
+            .await?;
+        Ok(row.map(|r| flag_of(&r)).transpose()?.map(|f| f.enabled))
+    }
+
+    /// Forgets `name`'s flag (an uninstall): the row, the Redis key, and
+    /// this instance's revision.
+    pub async fn remove(&self, name: &str) -> Result<(), FlagError> {
+        // Redis first: if it is down nothing changes; a key deleted whose
+        // row stays would be re-seeded by the next reconcile.
+        if let Some(redis) = &self.redis {
+            let mut conn = redis.conn().await?;
+            let result: redis::RedisResult<i64> = conn.del(self.key(name)).await;
+            redis.check(result)?;
+        }
+        self.db
+            .conn()
+            .execute(
+                self.db
+                    .statement("DELETE FROM sys_plugin_flag WHERE name = ?", [name.into()]),
+            )
+            .await?;
+        self.applied
+            .lock()
+            .expect("flag revisions lock")
+            .remove(name);
+        Ok(())
+    }
+
     /// Records `name` with `enabled` unless it has a flag already.
     async fn insert_missing(&self, name: &str, enabled: bool, value: &str) -> Result<(), DbErr> {
         let sql = match self.db.backend() {

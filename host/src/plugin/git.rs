@@ -1,0 +1,340 @@
+//! Installing from a Git repository.
+//!
+//! The repository is cloned (libgit2) into a staging directory, checked out
+//! at the requested ref (branch, tag or commit) or its default branch, and
+//! holds either a prebuilt library for this platform next to its
+//! `plugin.toml` and `README.md`, or a plugin crate, which is built with
+//! cargo under a time limit. Either at the repository's root or in its one
+//! subdirectory with a `plugin.toml`. Only the package files are copied
+//! into the plugin dir (never `.git`, so never credentials); the source
+//! (URL without credentials, ref, commit) is recorded in `.source.json`.
+
+use std::{
+    io::BufRead,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::{
+    PluginHost,
+    discover::{library_file_name, name_from_library_file},
+    lifecycle::{InstallOptions, Installed, LifecycleError, Staging},
+};
+use crate::db::redact_url;
+
+/// Where Git installs may come from, and how plugin crates are built.
+#[derive(Debug, Clone)]
+pub struct GitPolicy {
+    /// Hosts `https://` URLs may name.
+    pub hosts: Vec<String>,
+    /// Whether `file://` URLs and local paths are allowed.
+    pub allow_local: bool,
+    /// How long a plugin crate's build may take.
+    pub build_timeout: Duration,
+    /// Cargo's target dir for plugin builds (kept between builds).
+    pub build_dir: PathBuf,
+}
+
+fn refused(message: String) -> LifecycleError {
+    LifecycleError::Refused(message)
+}
+
+/// Checks `url` against the policy.
+fn check_url(url: &str, policy: &GitPolicy) -> Result<(), LifecycleError> {
+    if let Some(rest) = url.strip_prefix("https://") {
+        let authority = rest.split('/').next().unwrap_or_default();
+        let host = authority
+            .rsplit('@')
+            .next()
+            .unwrap_or_default()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if policy.hosts.iter().any(|h| h.eq_ignore_ascii_case(&host)) {
+            return Ok(());
+        }
+        return Err(LifecycleError::Forbidden(format!(
+            "Git host '{host}' is not allowed; allowed: {} (PLUGHOST_GIT_HOSTS)",
+            policy.hosts.join(", ")
+        )));
+    }
+    let local = url.starts_with("file://") || url.starts_with('/');
+    if local && policy.allow_local {
+        return Ok(());
+    }
+    if local {
+        return Err(LifecycleError::Forbidden(
+            "local repositories are not allowed; set PLUGHOST_GIT_ALLOW_LOCAL=true to allow file:// URLs and paths".into(),
+        ));
+    }
+    Err(refused(format!(
+        "'{}' is not an https:// repository URL",
+        redact_url(url)
+    )))
+}
+
+/// Clones `url` into `dest` and checks out `reference` (or the default
+/// branch); returns the commit id.
+fn clone(url: &str, reference: Option<&str>, dest: &Path) -> Result<String, LifecycleError> {
+    let shown = redact_url(url);
+    tracing::info!(repo = %shown, reference, "cloning");
+    let repo = git2::Repository::clone(url, dest)
+        .map_err(|e| refused(format!("cannot clone {shown}: {}", e.message())))?;
+    let commit = match reference {
+        None => repo
+            .head()
+            .and_then(|h| h.peel_to_commit())
+            .map_err(|e| refused(format!("{shown} has no commit to install: {}", e.message())))?,
+        Some(r) => {
+            let object = repo
+                .revparse_single(&format!("origin/{r}"))
+                .or_else(|_| repo.revparse_single(r))
+                .map_err(|_| {
+                    refused(format!(
+                        "ref '{r}' is neither a branch, a tag nor a commit of {shown}"
+                    ))
+                })?;
+            object
+                .peel_to_commit()
+                .map_err(|e| refused(format!("ref '{r}' of {shown}: {}", e.message())))?
+        }
+    };
+    repo.checkout_tree(
+        commit.as_object(),
+        Some(git2::build::CheckoutBuilder::new().force()),
+    )
+    .and_then(|()| repo.set_head_detached(commit.id()))
+    .map_err(|e| refused(format!("cannot check out {}: {}", commit.id(), e.message())))?;
+    Ok(commit.id().to_string())
+}
+
+/// The directory of the clone that holds the plugin.
+fn plugin_root(clone: &Path) -> Result<PathBuf, LifecycleError> {
+    if clone.join("plugin.toml").is_file() {
+        return Ok(clone.to_owned());
+    }
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(clone).map_err(|e| LifecycleError::Io(e.to_string()))? {
+        let path = entry.map_err(|e| LifecycleError::Io(e.to_string()))?.path();
+        if path.is_dir() && path.join("plugin.toml").is_file() {
+            found.push(path);
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(refused(
+            "the repository has no plugin.toml at its root or in a subdirectory".into(),
+        )),
+        _ => Err(refused(
+            "the repository has several subdirectories with a plugin.toml; install one at a time"
+                .into(),
+        )),
+    }
+}
+
+/// The one plugin library file in `dir`, if any.
+fn library_in(dir: &Path) -> Result<Option<PathBuf>, LifecycleError> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| LifecycleError::Io(e.to_string()))? {
+        let path = entry.map_err(|e| LifecycleError::Io(e.to_string()))?.path();
+        let is_library = path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .and_then(name_from_library_file)
+            .is_some();
+        if is_library && path.is_file() {
+            found.push(path);
+        }
+    }
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => Err(refused(format!(
+            "{} holds several libraries; a plugin has one",
+            dir.display()
+        ))),
+    }
+}
+
+/// Builds the plugin crate in `dir` with cargo (release), logging its
+/// progress, killed after the policy's time limit; returns the library.
+fn build(dir: &Path, policy: &GitPolicy) -> Result<PathBuf, LifecycleError> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    tracing::info!(crate_dir = %dir.display(), timeout_s = policy.build_timeout.as_secs(), "building the plugin crate");
+    let mut child = Command::new(&cargo)
+        .args(["build", "--release", "--lib", "--message-format", "short"])
+        .arg("--manifest-path")
+        .arg(dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&policy.build_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| refused(format!("cannot run {cargo} to build the plugin crate: {e}")))?;
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let tail = std::thread::spawn(move || {
+        let mut last = std::collections::VecDeque::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            tracing::info!(target: "plugin_build", "{line}");
+            last.push_back(line);
+            if last.len() > 20 {
+                last.pop_front();
+            }
+        }
+        last.into_iter().collect::<Vec<_>>().join("\n")
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| LifecycleError::Io(e.to_string()))?
+        {
+            break status;
+        }
+        if started.elapsed() > policy.build_timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(refused(format!(
+                "building the plugin crate took longer than {} s (PLUGHOST_BUILD_TIMEOUT); it was stopped",
+                policy.build_timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = tail.join().unwrap_or_default();
+    if !status.success() {
+        return Err(refused(format!(
+            "building the plugin crate failed:\n{output}"
+        )));
+    }
+    tracing::info!(seconds = started.elapsed().as_secs(), "plugin crate built");
+    library_in(&policy.build_dir.join("release"))?.ok_or_else(|| {
+        refused("the plugin crate built no library (crate-type = [\"cdylib\"] is needed)".into())
+    })
+}
+
+/// Copies the package files of `root` (library `library`) into `dest/<name>/`.
+fn stage(root: &Path, library: &Path, dest: &Path) -> Result<String, LifecycleError> {
+    let file = library
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or_default();
+    let name = name_from_library_file(file)
+        .ok_or_else(|| refused(format!("{} is not a plugin library", library.display())))?
+        .to_owned();
+    let target = dest.join(&name);
+    let io = |e: std::io::Error| LifecycleError::Io(format!("cannot stage {name}: {e}"));
+    std::fs::create_dir_all(&target).map_err(io)?;
+    for required in ["plugin.toml", "README.md"] {
+        let from = root.join(required);
+        if !from.is_file() {
+            return Err(refused(format!("the repository's plugin lacks {required}")));
+        }
+        std::fs::copy(&from, target.join(required)).map_err(io)?;
+    }
+    std::fs::copy(library, target.join(library_file_name(&name))).map_err(io)?;
+    let sql = root.join("sql");
+    if sql.is_dir() {
+        for backend in std::fs::read_dir(&sql).map_err(io)? {
+            let backend = backend.map_err(io)?;
+            if !backend.path().is_dir() {
+                continue;
+            }
+            let into = target.join("sql").join(backend.file_name());
+            std::fs::create_dir_all(&into).map_err(io)?;
+            for script in std::fs::read_dir(backend.path()).map_err(io)? {
+                let script = script.map_err(io)?.path();
+                if script.is_file() && script.extension().is_some_and(|e| e == "sql") {
+                    std::fs::copy(&script, into.join(script.file_name().expect("a file")))
+                        .map_err(io)?;
+                }
+            }
+        }
+    }
+    Ok(name)
+}
+
+impl PluginHost {
+    /// Installs (or upgrades) a plugin from a Git repository.
+    pub async fn install_git(
+        &self,
+        url: &str,
+        reference: Option<&str>,
+        options: &InstallOptions,
+    ) -> Result<Installed, LifecycleError> {
+        check_url(url, &self.git)?;
+        let guard = self.take_lock("install from Git").await?;
+        let staging = Staging::new(&self.plugin_dir)?;
+        let work = staging.path().to_owned();
+        let (url_owned, reference_owned, policy) = (
+            url.to_owned(),
+            reference.map(str::to_owned),
+            self.git.clone(),
+        );
+        let name = tokio::task::spawn_blocking(move || -> Result<String, LifecycleError> {
+            let checkout = work.join(".clone");
+            let commit = clone(&url_owned, reference_owned.as_deref(), &checkout)?;
+            let root = plugin_root(&checkout)?;
+            let library = match library_in(&root)? {
+                Some(prebuilt) => prebuilt,
+                None if root.join("Cargo.toml").is_file() => build(&root, &policy)?,
+                None => {
+                    return Err(refused(format!(
+                        "the repository holds neither a {} library nor a plugin crate (Cargo.toml)",
+                        std::env::consts::DLL_SUFFIX
+                    )));
+                }
+            };
+            let name = stage(&root, &library, &work)?;
+            let source = serde_json::json!({
+                "url": redact_url(&url_owned),
+                "ref": reference_owned,
+                "commit": commit,
+            });
+            std::fs::write(work.join(&name).join(".source.json"), source.to_string())
+                .map_err(|e| LifecycleError::Io(e.to_string()))?;
+            std::fs::remove_dir_all(&checkout).map_err(|e| LifecycleError::Io(e.to_string()))?;
+            tracing::info!(plugin = %name, commit, "plugin staged from Git");
+            Ok(name)
+        })
+        .await
+        .map_err(|e| LifecycleError::Io(format!("the Git install task failed: {e}")))??;
+        let result = self.install_staged(&guard, &staging, &name, options).await;
+        drop(staging);
+        Self::release(guard).await;
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(allow_local: bool) -> GitPolicy {
+        GitPolicy {
+            hosts: vec!["github.com".into()],
+            allow_local,
+            build_timeout: Duration::from_secs(1),
+            build_dir: PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn urls_are_checked_against_the_policy() {
+        assert!(check_url("https://github.com/a/b.git", &policy(false)).is_ok());
+        assert!(check_url("https://user:token@github.com/a/b.git", &policy(false)).is_ok());
+        let err = check_url("https://evil.example/a/b.git", &policy(false))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'evil.example' is not allowed"), "{err}");
+        assert!(check_url("http://github.com/a/b.git", &policy(true)).is_err());
+        assert!(check_url("git@github.com:a/b.git", &policy(true)).is_err());
+        assert!(check_url("file:///srv/repo", &policy(false)).is_err());
+        assert!(check_url("/srv/repo", &policy(true)).is_ok());
+    }
+}

@@ -1,0 +1,542 @@
+//! Install, upgrade and uninstall while serving, and packing for download.
+//!
+//! An install checks everything before the plugin dir is touched: the
+//! package (see [`super::package`]), the manifest, the library (loaded and
+//! ABI-checked from the staging directory), the name it declares, the
+//! installed version, its dependencies and its routes. Then, under the
+//! lifecycle lock: one atomic rename (an exchange, for an upgrade) moves the
+//! staged directory into place, the init SQL and the plugin's init run, and
+//! a new route table is swapped in. A failure after the rename renames back.
+//! A process killed at any point leaves the old plugin or the new one:
+//! staging directories (`.staging-*`, ignored by discovery) are removed at
+//! start-up, and a plugin renamed into place whose init never ran gets it at
+//! the next start.
+//!
+//! Requests in flight keep the route table they started with, and with it
+//! the plugin version they started on; libraries are never unloaded, and a
+//! new version is always loaded from a new file.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use super::{
+    PluginError, PluginHost,
+    discover::{Candidate, Source},
+    lock::{LockError, LockGuard},
+    manifest::is_valid_plugin_name,
+    package::{self, PackageError},
+    registry::{self, PluginRecord, PluginState},
+    router::RouteTableBuilder,
+    sql,
+    status::FlagError,
+};
+
+/// How long an operation waits for another one to finish.
+pub(super) const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Prefix of the staging directories inside the plugin dir.
+pub const STAGING_PREFIX: &str = ".staging-";
+
+/// A lifecycle operation that cannot be done.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// The package is refused.
+    #[error(transparent)]
+    Package(#[from] PackageError),
+    /// The plugin in the package is refused (manifest, library, name,
+    /// dependencies, routes, init).
+    #[error("{0}")]
+    Refused(String),
+    /// The operation conflicts with what is installed.
+    #[error("{0}")]
+    Conflict(String),
+    /// The operation is not allowed here.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The plugin named is not there or not a name.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    /// The lifecycle lock failed.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The flags could not be recorded.
+    #[error(transparent)]
+    Flags(#[from] FlagError),
+    /// A file operation failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> LifecycleError {
+    LifecycleError::Io(format!("cannot {what} {}: {e}", path.display()))
+}
+
+/// What an install asks for.
+#[derive(Debug, Clone, Default)]
+pub struct InstallOptions {
+    /// Replace an installed plugin with a newer version.
+    pub upgrade: bool,
+    /// Also replace it with an older or the same version.
+    pub force: bool,
+}
+
+/// What an install did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Installed {
+    /// The plugin.
+    pub name: String,
+    /// Its version now.
+    pub version: String,
+    /// The version it replaced.
+    pub previous: Option<String>,
+}
+
+/// What an uninstall did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Uninstalled {
+    /// The plugin.
+    pub name: String,
+    /// The backup of what was removed.
+    pub backup: PathBuf,
+    /// Whether its tables were dropped.
+    pub purged: bool,
+}
+
+/// A staging directory in the plugin dir, removed when dropped.
+pub struct Staging {
+    path: PathBuf,
+}
+
+impl Staging {
+    /// Creates a fresh one in `plugin_dir` (same filesystem, so renames
+    /// into place are atomic).
+    pub fn new(plugin_dir: &Path) -> Result<Self, LifecycleError> {
+        let path = plugin_dir.join(format!("{STAGING_PREFIX}{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir(&path).map_err(|e| io_error("create", &path, e))?;
+        Ok(Self { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.path.display(), "cannot remove staging directory: {e}");
+        }
+    }
+}
+
+/// Removes staging directories an interrupted operation left behind.
+pub fn remove_leftovers(plugin_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(plugin_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with(STAGING_PREFIX) {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed a staging directory an interrupted operation left")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), "cannot remove staging directory: {e}")
+                }
+            }
+        }
+    }
+}
+
+/// Swaps two paths atomically (both must exist).
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        a,
+        rustix::fs::CWD,
+        b,
+        rustix::fs::RenameFlags::EXCHANGE,
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// Makes a rename durable.
+fn sync_dir(dir: &Path) {
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(dir = %dir.display(), "cannot sync directory: {e}");
+    }
+}
+
+impl PluginHost {
+    pub(super) async fn take_lock(&self, operation: &str) -> Result<LockGuard, LifecycleError> {
+        Ok(self.lock.acquire(operation, LOCK_WAIT).await?)
+    }
+
+    /// Releases the lock after a completed operation; losing it by then is
+    /// logged (the operation checked it before its commit point).
+    pub(super) async fn release(guard: LockGuard) {
+        if let Err(e) = guard.release().await {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// Installs (or upgrades) a plugin from a ZIP package.
+    pub async fn install_zip(
+        &self,
+        archive: Vec<u8>,
+        options: &InstallOptions,
+    ) -> Result<Installed, LifecycleError> {
+        let guard = self.take_lock("install").await?;
+        let staging = Staging::new(&self.plugin_dir)?;
+        let dest = staging.path().to_owned();
+        let limits = self.limits;
+        let started = std::time::Instant::now();
+        let name = tokio::task::spawn_blocking(move || package::unpack(&archive, &limits, &dest))
+            .await
+            .map_err(|e| LifecycleError::Io(format!("unpacking failed: {e}")))??;
+        tracing::debug!(plugin = %name, ms = started.elapsed().as_millis(), "package unpacked");
+        let result = self.install_staged(&guard, &staging, &name, options).await;
+        drop(staging);
+        Self::release(guard).await;
+        result
+    }
+
+    /// Installs the plugin staged as `staging/<name>/`.
+    pub(crate) async fn install_staged(
+        &self,
+        guard: &LockGuard,
+        staging: &Staging,
+        name: &str,
+        options: &InstallOptions,
+    ) -> Result<Installed, LifecycleError> {
+        let staged = staging.path().join(name);
+        let candidate = Candidate {
+            name: name.to_owned(),
+            source: Source::Directory(staged.clone()),
+        };
+        let started = std::time::Instant::now();
+        let (_, opened) = registry::open_candidate(&candidate);
+        tracing::debug!(
+            plugin = name,
+            ms = started.elapsed().as_millis(),
+            "library opened"
+        );
+        let mut loaded =
+            opened.map_err(|e| LifecycleError::Refused(format!("plugin '{name}': {e}")))?;
+        let version = loaded.manifest.version;
+
+        // What is installed under that name now.
+        let (previous, previous_enabled, replaced) = {
+            let records = self.records.read().expect("records lock");
+            match records.get(name) {
+                None => (None, None, None),
+                Some(record) => {
+                    let installed = record.manifest.as_ref().map(|m| m.version);
+                    let shown = installed
+                        .as_ref()
+                        .map_or_else(|| "(unreadable)".to_owned(), ToString::to_string);
+                    if !options.upgrade {
+                        return Err(LifecycleError::Conflict(format!(
+                            "plugin '{name}' {shown} is installed; to replace it with {version}, install with upgrade=true"
+                        )));
+                    }
+                    if !record.source.is_dir() {
+                        return Err(LifecycleError::Conflict(format!(
+                            "plugin '{name}' was dropped in as the lone library {}; remove it (or uninstall the plugin) and install again",
+                            record.source.display()
+                        )));
+                    }
+                    if let Some(installed) = &installed
+                        && version <= *installed
+                        && !options.force
+                    {
+                        return Err(LifecycleError::Conflict(format!(
+                            "plugin '{name}' {installed} is installed and {version} is not newer; install with force=true to replace it anyway"
+                        )));
+                    }
+                    let enabled = record.loaded().map(|p| p.enabled());
+                    (
+                        installed.map(|v| v.to_string()),
+                        enabled,
+                        Some(record.source.clone()),
+                    )
+                }
+            }
+        };
+        {
+            let records = self.records.read().expect("records lock");
+            if let Some(missing) = loaded
+                .manifest
+                .depends_on
+                .iter()
+                .find(|d| records.get(*d).and_then(PluginRecord::loaded).is_none())
+            {
+                return Err(LifecycleError::Refused(format!(
+                    "plugin '{name}' depends on '{missing}', which is not installed (or not loaded); install it first"
+                )));
+            }
+        }
+        // Routes: checked against everything else before anything moves.
+        let routers = (loaded.module.routers())().into_vec();
+        let routes =
+            registry::plugin_routes(&loaded.manifest, &routers).map_err(LifecycleError::Refused)?;
+        let table = self.routes();
+        let mut trial = RouteTableBuilder::from_table(&table, Some(name));
+        let probe = registry::probe_plugin(name, &loaded);
+        trial
+            .add(probe, routes)
+            .map_err(|e| LifecycleError::Refused(format!("plugin '{name}': {e}")))?;
+        guard.ensure_held()?;
+
+        // The commit point: into place in one rename (an exchange for an upgrade).
+        let target = self.plugin_dir.join(name);
+        match &replaced {
+            Some(old) => exchange(&staged, old).map_err(|e| io_error("replace", old, e))?,
+            None => {
+                if target.exists() {
+                    return Err(LifecycleError::Conflict(format!(
+                        "{} exists but is not an installed plugin; remove it first",
+                        target.display()
+                    )));
+                }
+                std::fs::rename(&staged, &target)
+                    .map_err(|e| io_error("move into place", &target, e))?;
+            }
+        }
+        sync_dir(&self.plugin_dir);
+        let undo = || {
+            let result = match &replaced {
+                Some(old) => exchange(&staged, old),
+                None => std::fs::rename(&target, &staged),
+            };
+            if let Err(e) = result {
+                tracing::error!(plugin = name, "cannot roll the plugin dir back: {e}");
+            }
+            sync_dir(&self.plugin_dir);
+        };
+
+        // Init SQL and the plugin's init, against the table without the old version.
+        loaded.dir = Some(target.clone());
+        let enabled = match previous_enabled {
+            Some(enabled) => enabled,
+            None => self.flags.recorded(name).await?.unwrap_or(true),
+        };
+        let mut builder = RouteTableBuilder::from_table(&table, Some(name));
+        let started = std::time::Instant::now();
+        let plugin =
+            match registry::mount(name, loaded, &mut builder, enabled, Some(&self.db)).await {
+                Ok(plugin) => plugin,
+                Err(reason) => {
+                    undo();
+                    return Err(LifecycleError::Refused(format!(
+                        "plugin '{name}': {reason}"
+                    )));
+                }
+            };
+        tracing::debug!(
+            plugin = name,
+            ms = started.elapsed().as_millis(),
+            "plugin mounted"
+        );
+        if let Err(e) = self
+            .flags
+            .sync(&[(name.to_owned(), plugin.manifest.flag_value(name, true))])
+            .await
+        {
+            undo();
+            return Err(e.into());
+        }
+        let manifest = plugin.manifest.clone();
+        {
+            let mut records = self.records.write().expect("records lock");
+            records.insert(
+                name.to_owned(),
+                PluginRecord {
+                    name: name.to_owned(),
+                    source: target,
+                    manifest: Some(manifest),
+                    state: PluginState::Loaded(plugin),
+                },
+            );
+            self.routes.store(Arc::new(builder.build()));
+        }
+        self.publish_services();
+        tracing::info!(plugin = name, %version, previous = ?previous, "plugin installed; its routes are live");
+        Ok(Installed {
+            name: name.to_owned(),
+            version: version.to_string(),
+            previous,
+        })
+    }
+
+    /// Uninstalls a plugin: backup, routes gone, files removed, flag
+    /// removed; its tables are dropped (destroy script) only with `purge`.
+    pub async fn uninstall(&self, name: &str, purge: bool) -> Result<Uninstalled, LifecycleError> {
+        if !is_valid_plugin_name(name) {
+            return Err(PluginError::InvalidName(name.to_owned()).into());
+        }
+        if !self.dev {
+            return Err(LifecycleError::Forbidden(format!(
+                "uninstalling is allowed only in the dev environment (PLUGHOST_ENVIRONMENT=dev); this host runs in '{}'",
+                self.environment
+            )));
+        }
+        if self.is_required(name) {
+            return Err(LifecycleError::Conflict(format!(
+                "plugin '{name}' is required (PLUGHOST_REQUIRED_PLUGINS) and cannot be uninstalled"
+            )));
+        }
+        let guard = self.take_lock("uninstall").await?;
+        let result = self.uninstall_locked(&guard, name, purge).await;
+        Self::release(guard).await;
+        result
+    }
+
+    async fn uninstall_locked(
+        &self,
+        guard: &LockGuard,
+        name: &str,
+        purge: bool,
+    ) -> Result<Uninstalled, LifecycleError> {
+        let source = {
+            let records = self.records.read().expect("records lock");
+            let record = records
+                .get(name)
+                .ok_or_else(|| PluginError::NotFound(name.to_owned()))?;
+            let dependents: Vec<&str> = records
+                .values()
+                .filter_map(PluginRecord::loaded)
+                .filter(|p| p.manifest.depends_on.iter().any(|d| d == name))
+                .map(|p| p.name.as_str())
+                .collect();
+            if !dependents.is_empty() {
+                return Err(LifecycleError::Conflict(format!(
+                    "plugin '{name}' is needed by {}; uninstall those first",
+                    dependents
+                        .iter()
+                        .map(|d| format!("'{d}'"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            record.source.clone()
+        };
+        let backup = self.backup(name).await?;
+        guard.ensure_held()?;
+        self.flags.remove(name).await?;
+
+        // Routes go first, then the files: from here on nothing serves it.
+        {
+            let mut records = self.records.write().expect("records lock");
+            let table = self.routes();
+            self.routes.store(Arc::new(
+                RouteTableBuilder::from_table(&table, Some(name)).build(),
+            ));
+            records.remove(name);
+        }
+        self.publish_services();
+        let staging = Staging::new(&self.plugin_dir)?;
+        let moved = staging.path().join(name);
+        std::fs::rename(&source, &moved).map_err(|e| io_error("remove", &source, e))?;
+        sync_dir(&self.plugin_dir);
+        let purged = if purge && moved.is_dir() {
+            sql::destroy(&self.db, name, &moved)
+                .await
+                .map_err(LifecycleError::Refused)?
+        } else {
+            false
+        };
+        drop(staging);
+        tracing::info!(plugin = name, backup = %backup.display(), purged, "plugin uninstalled");
+        Ok(Uninstalled {
+            name: name.to_owned(),
+            backup,
+            purged,
+        })
+    }
+
+    /// The installable ZIP of an installed plugin, and its file name.
+    pub fn pack(&self, name: &str) -> Result<Vec<u8>, LifecycleError> {
+        if !is_valid_plugin_name(name) {
+            return Err(PluginError::InvalidName(name.to_owned()).into());
+        }
+        let (source, manifest, summary) = {
+            let records = self.records.read().expect("records lock");
+            let record = records
+                .get(name)
+                .ok_or_else(|| PluginError::NotFound(name.to_owned()))?;
+            let (manifest, summary) = match record.loaded() {
+                Some(p) => (
+                    p.module.manifest().as_str().to_owned(),
+                    p.manifest
+                        .json
+                        .pointer("/plugin/summary")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                ),
+                None if record.source.is_dir() => (String::new(), String::new()),
+                None => {
+                    return Err(LifecycleError::Conflict(format!(
+                        "plugin '{name}' failed to load and has no readable manifest to pack"
+                    )));
+                }
+            };
+            (record.source.clone(), manifest, summary)
+        };
+        package::pack(&source, name, &manifest, &summary).map_err(|e| io_error("pack", &source, e))
+    }
+
+    /// Writes `{name}.{YYYYMMDDHHMMSS}.backup.zip` into the backups dir
+    /// (temporary file, then rename) and keeps the newest `backup_keep`.
+    async fn backup(&self, name: &str) -> Result<PathBuf, LifecycleError> {
+        let bytes = self.pack(name)?;
+        let dir = self.backup_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
+        let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S");
+        let mut path = dir.join(format!("{name}.{stamp}.backup.zip"));
+        let mut n = 1;
+        while path.exists() {
+            path = dir.join(format!("{name}.{stamp}-{n}.backup.zip"));
+            n += 1;
+        }
+        let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&tmp, &bytes).map_err(|e| io_error("write", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io_error("write", &path, e))?;
+        sync_dir(&dir);
+        self.prune_backups(name);
+        Ok(path)
+    }
+
+    fn prune_backups(&self, name: &str) {
+        let prefix = format!("{name}.");
+        let Ok(entries) = std::fs::read_dir(&self.backup_dir) else {
+            return;
+        };
+        let mut backups: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name().and_then(|f| f.to_str()).is_some_and(|f| {
+                    f.starts_with(&prefix)
+                        && f.ends_with(".backup.zip")
+                        && f[prefix.len()..].starts_with(|c: char| c.is_ascii_digit())
+                })
+            })
+            .collect();
+        backups.sort();
+        let excess = backups.len().saturating_sub(self.backup_keep);
+        for old in &backups[..excess] {
+            if let Err(e) = std::fs::remove_file(old) {
+                tracing::warn!(path = %old.display(), "cannot remove an old backup: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! `plughost plugin new`: a plugin crate that builds and loads as is.
+
+use std::path::{Path, PathBuf};
+
+use super::manifest::{PLUGIN_NAME_PATTERN, is_valid_plugin_name};
+
+/// Which kind of plugin to create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// Its own top-level routes (`/<name>/v1/...`).
+    App,
+    /// Routes inside the admin app (`/admin/v1/sys/<name>`).
+    Extend,
+}
+
+/// The plugin-api dependency line: a path when `spec` is an existing
+/// directory (or, by default, the plugin-api this host was built from, if
+/// it is still there), else a version.
+fn dependency(spec: Option<String>) -> String {
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-api");
+    match spec {
+        Some(s) if Path::new(&s).is_dir() => path_dependency(Path::new(&s)),
+        Some(version) => format!("plugin-api = \"{version}\""),
+        None if local.is_dir() => path_dependency(&local),
+        None => "plugin-api = \"1\"".into(),
+    }
+}
+
+fn path_dependency(path: &Path) -> String {
+    let absolute = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+    format!(
+        "plugin-api = {{ path = {:?} }}",
+        absolute.display().to_string()
+    )
+}
+
+fn manifest(name: &str, kind: Kind) -> String {
+    let head = format!(
+        "[plugin]\nsummary = \"{name}\"\nversion = \"0.1.0\"\ndescription = \"The {name} plugin.\"\nauthor = \"you\"\ntags = [\"other\"]\n\n"
+    );
+    match kind {
+        Kind::App => format!("{head}[app]\nrouter = [\"router_v1\"]\n"),
+        Kind::Extend => format!(
+            "{head}[app]\nextend = \"admin\"\n\n[api.{name}]\nprefix = \"/{name}\"\ntags = \"{name}\"\n"
+        ),
+    }
+}
+
+fn source(name: &str, kind: Kind) -> String {
+    let (router, route_doc) = match kind {
+        Kind::App => (
+            format!("Router::new(\"router_v1\").prefix(\"/{name}/v1\")"),
+            format!("GET /{name}/v1/hello"),
+        ),
+        // The manifest's [api.{name}] prefix places it under /admin/v1/sys.
+        Kind::Extend => (
+            format!("Router::new(\"{name}\")"),
+            format!("GET /admin/v1/sys/{name}/hello (needs a token)"),
+        ),
+    };
+    format!(
+        r#"//! `{name}`: a plughost plugin.
+
+use plugin_api::{{Error, Json, Request, Router}};
+
+/// `{route_doc}`
+async fn hello(_req: Request<'_>) -> Result<Json<String>, Error> {{
+    Ok(Json("Hello from {name}!".to_owned()))
+}}
+
+fn routers() -> Vec<Router> {{
+    vec![{router}.get("/hello", hello)]
+}}
+
+plugin_api::export_plugin! {{
+    name: "{name}",
+    manifest: include_str!("../plugin.toml"),
+    routers: routers,
+}}
+"#
+    )
+}
+
+/// Writes the crate into `dir` (default `./NAME`); returns the directory.
+pub fn create(
+    name: &str,
+    kind: Kind,
+    dir: Option<PathBuf>,
+    plugin_api: Option<String>,
+) -> anyhow::Result<PathBuf> {
+    if !is_valid_plugin_name(name) {
+        anyhow::bail!("'{name}' is not a valid plugin name: it must match {PLUGIN_NAME_PATTERN}");
+    }
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
+        anyhow::bail!(
+            "{} exists and is not empty; choose another --dir",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir.join("src"))?;
+    let cargo = format!(
+        "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n\
+         [lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\n{}\n\n\
+         # A plugin is its own workspace, whatever directory it sits in.\n[workspace]\n",
+        dependency(plugin_api)
+    );
+    let files = [
+        ("Cargo.toml", cargo),
+        ("plugin.toml", manifest(name, kind)),
+        (
+            "README.md",
+            format!(
+                "# {name}\n\nA plughost plugin. Build with `cargo build --release`; the library is `target/release/lib{name}.so`.\n"
+            ),
+        ),
+        ("src/lib.rs", source(name, kind)),
+        (".gitignore", "/target\n".into()),
+    ];
+    for (file, text) in files {
+        std::fs::write(dir.join(file), text)?;
+    }
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_manifests_it_writes_are_valid() {
+        for kind in [Kind::App, Kind::Extend] {
+            super::super::manifest::PluginManifest::parse(&manifest("demo", kind)).unwrap();
+        }
+    }
+}
