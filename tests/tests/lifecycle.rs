@@ -478,7 +478,9 @@ fn package_limits_are_enforced_while_reading() {
 fn a_process_killed_during_install_restarts_with_all_of_the_plugin_or_none() {
     let archive = greeter(1);
     let (mut whole, mut none) = (0, 0);
-    for i in 0..10u64 {
+    // Kill points from before the upload starts to after it has finished
+    // (an install takes some 150 ms here).
+    for i in 0..12u64 {
         let data = DataDir::new();
         data.install_dir("hello");
         let host = Host::start(&data);
@@ -490,7 +492,7 @@ fn a_process_killed_during_install_restarts_with_all_of_the_plugin_or_none() {
                     host.upload(&archive, "type=zip")
                 }));
             });
-            std::thread::sleep(Duration::from_millis(i * 7));
+            std::thread::sleep(Duration::from_millis(i * 35));
             host.kill();
         });
         drop(host);
@@ -522,4 +524,8 @@ fn a_process_killed_during_install_restarts_with_all_of_the_plugin_or_none() {
         assert!(leftovers.is_empty(), "run {i}: {leftovers:?}");
     }
     eprintln!("killed installs: {whole} complete, {none} absent");
+    assert!(
+        whole > 0 && none > 0,
+        "the kills hit only one side: {whole} complete, {none} absent"
+    );
 }
