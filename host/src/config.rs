@@ -97,6 +97,9 @@ pub struct SettingsArgs {
     /// Largest unpacked-to-packed ratio of a package entry.
     #[arg(long, global = true, env = "PLUGHOST_MAX_RATIO")]
     pub max_ratio: Option<u64>,
+    /// Seconds a plugin operation waits for another one to finish.
+    #[arg(long, global = true, env = "PLUGHOST_LOCK_WAIT")]
+    pub lock_wait: Option<u64>,
     /// Hosts `https://` Git installs may name, comma-separated.
     #[arg(long, global = true, env = "PLUGHOST_GIT_HOSTS", value_delimiter = ',')]
     pub git_hosts: Option<Vec<String>>,
@@ -142,6 +145,7 @@ struct FileSettings {
     max_package_entries: Option<usize>,
     max_unpacked: Option<u64>,
     max_ratio: Option<u64>,
+    lock_wait: Option<u64>,
     git_hosts: Option<Vec<String>>,
     git_allow_local: Option<bool>,
     build_timeout: Option<u64>,
@@ -195,6 +199,8 @@ pub struct Settings {
     pub package_limits: crate::plugin::package::Limits,
     /// Where Git installs may come from, and plugin builds.
     pub git: crate::plugin::git::GitPolicy,
+    /// How long a plugin operation waits for another one.
+    pub lock_wait: Duration,
 }
 
 /// A settings file that cannot be used.
@@ -352,6 +358,7 @@ impl Settings {
                         .max(1),
                 }
             },
+            lock_wait: Duration::from_secs(args.lock_wait.or(file.lock_wait).unwrap_or(10)),
             git: crate::plugin::git::GitPolicy {
                 hosts: args
                     .git_hosts

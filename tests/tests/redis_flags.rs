@@ -366,3 +366,40 @@ fn the_key_value_service_lives_in_redis_when_configured() {
     a.get("/notes/v1/kv/shared")
         .assert_error(500, &format!("Redis at {} is unavailable", redis.url()));
 }
+
+#[test]
+fn plugin_operations_take_the_lifecycle_lock_in_redis() {
+    let redis = TestRedis::start();
+    let (data, host) = instance(&["hello"], &redis, None, &[("PLUGHOST_LOCK_WAIT", "1")]);
+    // Another instance's operation holds the lock.
+    redis.cli(&[
+        "SET",
+        "fba:plugin_lock",
+        "token install (pid 1)",
+        "PX",
+        "60000",
+    ]);
+    let before = e2e::snapshot(&data.plugins());
+    host.upload(
+        &e2e::package("greeter", "greeter_v1", "greeter_v1"),
+        "type=zip",
+    )
+    .assert_error(
+        409,
+        "another plugin operation is in progress (token install (pid 1))",
+    );
+    host.request("DELETE", "/admin/v1/sys/plugins/hello", None)
+        .assert_error(409, "another plugin operation is in progress");
+    assert!(e2e::snapshot(&data.plugins()) == before);
+    redis.cli(&["DEL", "fba:plugin_lock"]);
+    assert_eq!(
+        host.upload(
+            &e2e::package("greeter", "greeter_v1", "greeter_v1"),
+            "type=zip"
+        )
+        .status,
+        200
+    );
+    // Released after the operation.
+    assert_eq!(redis.cli(&["EXISTS", "fba:plugin_lock"]), "0");
+}

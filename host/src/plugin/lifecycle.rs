@@ -19,7 +19,6 @@
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
 };
 
 use super::{
@@ -33,9 +32,6 @@ use super::{
     sql,
     status::FlagError,
 };
-
-/// How long an operation waits for another one to finish.
-pub(super) const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// Prefix of the staging directories inside the plugin dir.
 pub const STAGING_PREFIX: &str = ".staging-";
@@ -176,7 +172,7 @@ fn sync_dir(dir: &Path) {
 
 impl PluginHost {
     pub(super) async fn take_lock(&self, operation: &str) -> Result<LockGuard, LifecycleError> {
-        Ok(self.lock.acquire(operation, LOCK_WAIT).await?)
+        Ok(self.lock.acquire(operation, self.lock_wait).await?)
     }
 
     /// Releases the lock after a completed operation; losing it by then is
@@ -222,7 +218,11 @@ impl PluginHost {
             source: Source::Directory(staged.clone()),
         };
         let started = std::time::Instant::now();
-        let (_, opened) = registry::open_candidate(&candidate);
+        // Loading a library (dlopen, relocations, ABI check) blocks: off the
+        // HTTP workers, which keep serving meanwhile.
+        let (_, opened) = tokio::task::spawn_blocking(move || registry::open_candidate(&candidate))
+            .await
+            .map_err(|e| LifecycleError::Io(format!("loading the library failed: {e}")))?;
         tracing::debug!(
             plugin = name,
             ms = started.elapsed().as_millis(),
@@ -462,8 +462,15 @@ impl PluginHost {
         })
     }
 
-    /// The installable ZIP of an installed plugin, and its file name.
+    /// The installable ZIP of an installed plugin.
     pub fn pack(&self, name: &str) -> Result<Vec<u8>, LifecycleError> {
+        let (source, manifest, summary) = self.pack_parts(name)?;
+        package::pack(&source, name, &manifest, &summary).map_err(|e| io_error("pack", &source, e))
+    }
+
+    /// What a package of `name` is made from: its directory or library,
+    /// its manifest text and summary.
+    fn pack_parts(&self, name: &str) -> Result<(PathBuf, String, String), LifecycleError> {
         if !is_valid_plugin_name(name) {
             return Err(PluginError::InvalidName(name.to_owned()).into());
         }
@@ -491,13 +498,20 @@ impl PluginHost {
             };
             (record.source.clone(), manifest, summary)
         };
-        package::pack(&source, name, &manifest, &summary).map_err(|e| io_error("pack", &source, e))
+        Ok((source, manifest, summary))
     }
 
     /// Writes `{name}.{YYYYMMDDHHMMSS}.backup.zip` into the backups dir
     /// (temporary file, then rename) and keeps the newest `backup_keep`.
     async fn backup(&self, name: &str) -> Result<PathBuf, LifecycleError> {
-        let bytes = self.pack(name)?;
+        let (source, manifest, summary) = self.pack_parts(name)?;
+        let owned = name.to_owned();
+        let bytes = tokio::task::spawn_blocking(move || {
+            package::pack(&source, &owned, &manifest, &summary)
+                .map_err(|e| io_error("pack", &source, e))
+        })
+        .await
+        .map_err(|e| LifecycleError::Io(format!("packing the backup failed: {e}")))??;
         let dir = self.backup_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
         let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S");

@@ -96,6 +96,7 @@ pub struct PluginHost {
     dev: bool,
     limits: package::Limits,
     git: git::GitPolicy,
+    lock_wait: Duration,
 }
 
 impl PluginHost {
@@ -182,6 +183,7 @@ impl PluginHost {
             environment: settings.environment.clone(),
             limits: settings.package_limits,
             git: settings.git.clone(),
+            lock_wait: settings.lock_wait,
         });
         host.publish_services();
         host.spawn_flag_tasks(settings.flag_reconcile);

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Lifecycle timings against a running host on loopback.
+
+    scripts/lifecycle_bench.py install URL PASSWORD PKG_V1 [ROUNDS]
+        Installs PKG_V1 (the greeter plugin), measures the time from sending
+        the install request to the first 200 from GET /greeter/v1/version,
+        uninstalls it again; ROUNDS times (default 20). Prints JSON.
+    scripts/lifecycle_bench.py upgrades URL PASSWORD PKG_V1 PKG_V2 SECONDS
+        Upgrades greeter back and forth (v2, then v1 with force) for SECONDS,
+        for a load generator running meanwhile. Prints JSON (count, times).
+
+Loopback only; stops by itself.
+"""
+import http.client, json, statistics, sys, time, urllib.parse
+
+
+def conn(url):
+    u = urllib.parse.urlparse(url)
+    assert u.hostname in ("127.0.0.1", "::1", "localhost"), "loopback only"
+    return http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+
+
+def call(c, method, path, body=None, headers=None):
+    c.request(method, path, body=body, headers=headers or {})
+    r = c.getresponse()
+    return r.status, r.read()
+
+
+def login(c, password):
+    status, body = call(c, "POST", "/admin/v1/auth/login",
+                        json.dumps({"username": "admin", "password": password}),
+                        {"content-type": "application/json"})
+    assert status == 200, body
+    return {"Authorization": "Bearer " + json.loads(body)["data"]["access_token"]}
+
+
+def upload(c, auth, archive, query):
+    boundary = "plughost-bench-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"p.zip\"\r\n"
+            "Content-Type: application/zip\r\n\r\n").encode() + archive + f"\r\n--{boundary}--\r\n".encode()
+    headers = dict(auth, **{"content-type": f"multipart/form-data; boundary={boundary}"})
+    status, reply = call(c, "POST", "/admin/v1/sys/plugins?" + query, body, headers)
+    assert status == 200, reply
+    return reply
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def summary(xs):
+    return {"p50": round(statistics.median(xs), 1), "p99": round(pct(xs, 99), 1), "max": round(max(xs), 1)}
+
+
+def install(url, password, pkg, rounds=20):
+    c, probe = conn(url), conn(url)
+    auth = login(c, password)
+    archive = open(pkg, "rb").read()
+    first = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        upload(c, auth, archive, "type=zip")
+        while call(probe, "GET", "/greeter/v1/version")[0] != 200:
+            assert time.perf_counter() - t0 < 30, "never served"
+        first.append((time.perf_counter() - t0) * 1000)
+        status, body = call(c, "DELETE", "/admin/v1/sys/plugins/greeter", headers=auth)
+        assert status == 200, body
+    print(json.dumps({"rounds": rounds, "install_to_first_served_ms": summary(first)}))
+
+
+def upgrades(url, password, v1, v2, seconds):
+    c = conn(url)
+    auth = login(c, password)
+    archives = [open(v2, "rb").read(), open(v1, "rb").read()]
+    took, n, end = [], 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        upload(c, auth, archives[n % 2], "type=zip&upgrade=true&force=true")
+        took.append((time.perf_counter() - t0) * 1000)
+        n += 1
+        time.sleep(0.2)
+    print(json.dumps({"upgrades": n, "upgrade_ms": summary(took)}))
+
+
+mode = sys.argv[1]
+if mode == "install":
+    install(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]) if len(sys.argv) > 5 else 20)
+elif mode == "upgrades":
+    upgrades(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], float(sys.argv[6]))
+else:
+    sys.exit(__doc__)
