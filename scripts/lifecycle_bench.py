@@ -11,27 +11,9 @@
 
 Loopback only; stops by itself.
 """
-import http.client, json, statistics, sys, time, urllib.parse
+import json, sys, time
 
-
-def conn(url):
-    u = urllib.parse.urlparse(url)
-    assert u.hostname in ("127.0.0.1", "::1", "localhost"), "loopback only"
-    return http.client.HTTPConnection(u.hostname, u.port, timeout=30)
-
-
-def call(c, method, path, body=None, headers=None):
-    c.request(method, path, body=body, headers=headers or {})
-    r = c.getresponse()
-    return r.status, r.read()
-
-
-def login(c, password):
-    status, body = call(c, "POST", "/admin/v1/auth/login",
-                        json.dumps({"username": "admin", "password": password}),
-                        {"content-type": "application/json"})
-    assert status == 200, body
-    return {"Authorization": "Bearer " + json.loads(body)["data"]["access_token"]}
+from benchlib import call, conn, login, summary
 
 
 def upload(c, auth, archive, query):
@@ -42,15 +24,6 @@ def upload(c, auth, archive, query):
     status, reply = call(c, "POST", "/admin/v1/sys/plugins?" + query, body, headers)
     assert status == 200, reply
     return reply
-
-
-def pct(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
-
-
-def summary(xs):
-    return {"p50": round(statistics.median(xs), 1), "p99": round(pct(xs, 99), 1), "max": round(max(xs), 1)}
 
 
 def install(url, password, pkg, rounds=20):
