@@ -12,7 +12,7 @@ use host::{
 fn lock(redis: &TestRedis, ttl: Duration) -> LifecycleLock {
     // One Redis handle per lock: two "instances".
     let handle: Arc<Redis> = Redis::open(&redis.url()).unwrap();
-    LifecycleLock::new(Some(handle), "fba:plugin_lock".into(), ttl)
+    LifecycleLock::new(Some(handle), "fba:plugin_lock".into(), ttl, "unused".into())
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -105,16 +105,24 @@ fn losing_redis_while_holding_the_lock_is_reported_as_lost() {
 }
 
 #[test]
-fn without_redis_the_lock_is_local() {
-    let a = LifecycleLock::new(None, String::new(), Duration::from_secs(1));
+fn without_redis_the_lock_is_a_file_shared_by_the_processes_of_a_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lifecycle.lock");
+    // Two holders on one file, as a server and a CLI would be.
+    let a = LifecycleLock::new(None, String::new(), Duration::from_secs(1), file.clone());
+    let b = LifecycleLock::new(None, String::new(), Duration::from_secs(1), file);
     runtime().block_on(async {
         let held = a.acquire("install hello", Duration::ZERO).await.unwrap();
-        assert!(matches!(
-            a.acquire("install sysinfo", Duration::from_millis(50))
-                .await,
-            Err(LockError::Busy { .. })
-        ));
+        match b
+            .acquire("install sysinfo", Duration::from_millis(100))
+            .await
+        {
+            Err(LockError::Busy { holder }) => {
+                assert!(holder.starts_with("install hello (pid "), "{holder}")
+            }
+            other => panic!("expected busy, got {:?}", other.map(|_| ())),
+        }
         held.release().await.unwrap();
-        a.acquire("install sysinfo", Duration::ZERO).await.unwrap();
+        b.acquire("install sysinfo", Duration::ZERO).await.unwrap();
     });
 }

@@ -345,14 +345,17 @@ impl PluginHost {
             ms = started.elapsed().as_millis(),
             "plugin mounted"
         );
-        if let Err(e) = self
+        let flags = match self
             .flags
             .sync(&[(name.to_owned(), plugin.manifest.flag_value(name, true))])
             .await
         {
-            undo();
-            return Err(e.into());
-        }
+            Ok(flags) => flags,
+            Err(e) => {
+                undo();
+                return Err(e.into());
+            }
+        };
         let manifest = plugin.manifest.clone();
         {
             let mut records = self.records.write().expect("records lock");
@@ -366,6 +369,9 @@ impl PluginHost {
                 },
             );
             self.routes.store(Arc::new(builder.build()));
+        }
+        for flag in flags.iter().filter(|f| f.name == name) {
+            self.apply(&flag.name, flag.enabled, flag.revision);
         }
         self.publish_services();
         tracing::info!(plugin = name, %version, previous = ?previous, "plugin installed; its routes are live");

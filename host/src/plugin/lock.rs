@@ -1,5 +1,6 @@
 //! The lifecycle lock: one install, upgrade or uninstall at a time, across
-//! every instance when Redis is configured, within this process otherwise.
+//! every instance when Redis is configured, otherwise across the processes
+//! (server and CLI) sharing a data dir, through a lock file (`flock`).
 //!
 //! The Redis lock is a key holding a random token, set only if absent and
 //! with an expiry, so a crashed holder cannot block the others for longer
@@ -11,6 +12,7 @@
 //! carrying on unprotected.
 
 use std::{
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -32,6 +34,14 @@ pub enum LockError {
     /// Redis failed while taking or releasing it.
     #[error("the plugin lifecycle lock is unavailable: {0}")]
     Redis(#[from] RedisError),
+    /// The lock file cannot be used.
+    #[error("the plugin lifecycle lock file {path} cannot be used: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
     /// The lock was lost while held.
     #[error(
         "the plugin lifecycle lock was lost during {operation} ({reason}); the operation was stopped"
@@ -60,8 +70,8 @@ return 0";
 
 /// The lock of one host.
 pub enum LifecycleLock {
-    /// Within this process.
-    Local(Arc<tokio::sync::Mutex<()>>),
+    /// A lock file, for the processes sharing a data dir.
+    File(PathBuf),
     /// Across instances, in Redis.
     Redis {
         /// The server.
@@ -81,8 +91,8 @@ pub struct LockGuard {
 }
 
 enum Held {
-    Local {
-        _guard: tokio::sync::OwnedMutexGuard<()>,
+    File {
+        _file: std::fs::File,
     },
     Redis {
         redis: Arc<Redis>,
@@ -95,11 +105,12 @@ enum Held {
 }
 
 impl LifecycleLock {
-    /// The lock for this host: in Redis under `key` when given, else local.
-    pub fn new(redis: Option<Arc<Redis>>, key: String, ttl: Duration) -> Self {
+    /// The lock for this host: in Redis under `key` when given, else on
+    /// the lock file `file`.
+    pub fn new(redis: Option<Arc<Redis>>, key: String, ttl: Duration, file: PathBuf) -> Self {
         match redis {
             Some(redis) => Self::Redis { redis, key, ttl },
-            None => Self::Local(Arc::new(tokio::sync::Mutex::new(()))),
+            None => Self::File(file),
         }
     }
 
@@ -107,16 +118,7 @@ impl LifecycleLock {
     /// to finish.
     pub async fn acquire(&self, operation: &str, wait: Duration) -> Result<LockGuard, LockError> {
         let held = match self {
-            Self::Local(mutex) => {
-                match tokio::time::timeout(wait, mutex.clone().lock_owned()).await {
-                    Ok(guard) => Held::Local { _guard: guard },
-                    Err(_) => {
-                        return Err(LockError::Busy {
-                            holder: "another operation in this instance".into(),
-                        });
-                    }
-                }
-            }
+            Self::File(path) => lock_file(path, operation, wait).await?,
             Self::Redis { redis, key, ttl } => {
                 let token = format!(
                     "{} {operation} (pid {})",
@@ -170,6 +172,52 @@ impl LifecycleLock {
             held,
         })
     }
+}
+
+/// Takes the lock file, waiting up to `wait`; the holder writes what it is
+/// doing into it, for the message another process gets.
+async fn lock_file(path: &Path, operation: &str, wait: Duration) -> Result<Held, LockError> {
+    let failed = |e: &dyn std::fmt::Display| LockError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| failed(&e))?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => break,
+            Err(rustix::io::Errno::WOULDBLOCK) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let holder = std::fs::read_to_string(path).unwrap_or_default();
+                return Err(LockError::Busy {
+                    holder: if holder.is_empty() {
+                        "another process on this data dir".into()
+                    } else {
+                        holder
+                    },
+                });
+            }
+            Err(e) => return Err(failed(&e)),
+        }
+    }
+    let mut writer = &file;
+    file.set_len(0)
+        .and_then(|()| {
+            std::io::Write::write_all(
+                &mut writer,
+                format!("{operation} (pid {})", std::process::id()).as_bytes(),
+            )
+        })
+        .map_err(|e| failed(&e))?;
+    Ok(Held::File { _file: file })
 }
 
 /// Renews the lock every third of its expiry while it holds our token.

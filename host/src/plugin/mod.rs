@@ -120,7 +120,23 @@ impl PluginHost {
                 source,
             })?;
         }
-        lifecycle::remove_leftovers(&settings.plugin_dir);
+        let lock = LifecycleLock::new(
+            redis.clone(),
+            format!("{}_lock", settings.flag_prefix),
+            LOCK_TTL,
+            settings.data_dir.join("lifecycle.lock"),
+        );
+        // Staging directories are leftovers only if no operation runs now
+        // (the CLI may start while a server installs).
+        match lock.acquire("start-up cleanup", Duration::ZERO).await {
+            Ok(guard) => {
+                lifecycle::remove_leftovers(&settings.plugin_dir);
+                if let Err(e) = guard.release().await {
+                    tracing::warn!("{e}");
+                }
+            }
+            Err(e) => tracing::info!("staging directories not cleaned up now: {e}"),
+        }
         let flags = FlagStore::new(db.clone(), redis.clone(), &settings.flag_prefix);
         flags.import_legacy(&settings.data_dir).await?;
         let recorded: HashMap<String, bool> = flags
@@ -156,7 +172,10 @@ impl PluginHost {
             )
             .await?
             .into_iter()
-            .map(|f| (f.name, f.enabled))
+            .map(|f| {
+                flags.advance(&f.name, f.revision, || {});
+                (f.name, f.enabled)
+            })
             .collect();
         for plugin in &loaded {
             plugin.set_enabled(synced.get(&plugin.name).copied().unwrap_or(true));
@@ -171,7 +190,7 @@ impl PluginHost {
         let host = Arc::new(Self {
             routes: ArcSwap::from_pointee(outcome.table),
             records: RwLock::new(outcome.records),
-            lock: LifecycleLock::new(redis, format!("{}_lock", settings.flag_prefix), LOCK_TTL),
+            lock,
             flags,
             required: settings.required_plugins.clone(),
             db_reachable: AtomicBool::new(true),
@@ -317,7 +336,7 @@ impl PluginHost {
 
     /// Applies a flag to the gate if its revision is newer than the one
     /// this instance has.
-    fn apply(&self, name: &str, enabled: bool, revision: i64) {
+    pub(crate) fn apply(&self, name: &str, enabled: bool, revision: i64) {
         let records = self.records.read().expect("records lock");
         let Some(plugin) = records.get(name).and_then(PluginRecord::loaded) else {
             return;

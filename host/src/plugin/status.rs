@@ -255,7 +255,8 @@ impl FlagStore {
     /// Start-up: every given plugin gets a flag (new plugins start enabled,
     /// recorded flags are kept) and its current manifest; nothing is
     /// deleted. Redis is seeded when reachable (a host whose Redis is down
-    /// still starts, with the database's flags). Returns every flag.
+    /// still starts, with the database's flags). Returns every flag, for
+    /// the caller to apply.
     pub async fn sync(&self, plugins: &[(String, Value)]) -> Result<Vec<Flag>, FlagError> {
         let recorded: HashMap<String, Flag> = self
             .all()
@@ -280,9 +281,6 @@ impl FlagStore {
             }
         }
         let flags = self.all().await?;
-        for flag in &flags {
-            self.advance(&flag.name, flag.revision, || {});
-        }
         if let Err(e) = self.seed_redis(&flags).await {
             tracing::warn!("plugin flags not mirrored to Redis at start-up: {e}");
         }
@@ -494,6 +492,7 @@ mod tests {
         let store = FlagStore::new(db.clone(), None, "fba:plugin");
         let flags = store.sync(&[("a".into(), value.clone())]).await.unwrap();
         assert_eq!((flags[0].enabled, flags[0].revision), (true, 1));
+        assert!(store.advance("a", 1, || {}));
         let off = store.toggle("a", &flags[0]).await.unwrap();
         assert_eq!((off.enabled, off.revision), (false, 2));
         assert_eq!(
@@ -505,6 +504,7 @@ mod tests {
         let other = FlagStore::new(db, None, "fba:plugin");
         let flags = other.sync(&[("a".into(), value)]).await.unwrap();
         assert_eq!((flags[0].enabled, flags[0].revision), (false, 2));
+        assert!(other.advance("a", 2, || {}));
         assert!(!other.advance("a", 2, || panic!("revision 2 is not newer")));
         let mut applied = false;
         assert!(other.advance("a", 3, || applied = true));
