@@ -3,7 +3,7 @@
 
 use std::{
     sync::atomic::{AtomicBool, AtomicU32, Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use e2e::{DataDir, Host, package, package_files, snapshot, zip_names, zip_of};
@@ -95,14 +95,14 @@ fn upgrades_need_asking_keep_the_flag_and_refuse_downgrades_unless_forced() {
 fn a_live_upgrade_under_load_fails_no_request_and_in_flight_ones_finish_on_the_old_build() {
     let (_data, host) = e2e::serve(&["hello"]);
     assert_eq!(host.upload(&greeter(1), "type=zip").status, 200);
+    let build2 = greeter(2);
     let stop = AtomicBool::new(false);
-    let (served, failed, old_after) = (AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0));
-    let upgraded = AtomicBool::new(false);
-    std::thread::scope(|scope| {
+    let (served, failed) = (AtomicU32::new(0), AtomicU32::new(0));
+    let (upgrade_started, upgrade_done, slow) = std::thread::scope(|scope| {
         for _ in 0..4 {
             scope.spawn(|| {
-                let deadline = std::time::Instant::now() + Duration::from_secs(30);
-                while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     match version(&host) {
                         Some(_) => served.fetch_add(1, Ordering::Relaxed),
                         None => failed.fetch_add(1, Ordering::Relaxed),
@@ -110,34 +110,26 @@ fn a_live_upgrade_under_load_fails_no_request_and_in_flight_ones_finish_on_the_o
                 }
             });
         }
-        // Slow requests in flight across the upgrade.
+        // Slow requests (5 s) in flight across the upgrade: when each
+        // started and ended, and which build answered it.
         let slow: Vec<_> = (0..4)
             .map(|_| {
                 scope.spawn(|| {
-                    let reply = host.get("/greeter/v1/slow?ms=3000");
-                    if upgraded.load(Ordering::SeqCst) && reply.json["data"] == "1" {
-                        old_after.fetch_add(1, Ordering::Relaxed);
-                    }
-                    reply.status
+                    let started = Instant::now();
+                    let reply = host.get("/greeter/v1/slow?ms=5000");
+                    assert_eq!(reply.status, 200, "{:?}", reply.json);
+                    (started, Instant::now(), reply.json["data"].clone())
                 })
             })
             .collect();
-        let build2 = greeter(2);
         std::thread::sleep(Duration::from_millis(200));
-        let started = std::time::Instant::now();
+        let upgrade_started = Instant::now();
         let reply = host.upload(&build2, "type=zip&upgrade=true");
-        upgraded.store(true, Ordering::SeqCst);
-        assert!(
-            started.elapsed() < Duration::from_millis(2500),
-            "the upgrade took {:?}; the slow requests would not be in flight across it",
-            started.elapsed()
-        );
+        let upgrade_done = Instant::now();
         assert_eq!(reply.status, 200, "{:?}", reply.json);
-        for s in slow {
-            assert_eq!(s.join().unwrap(), 200);
-        }
-        std::thread::sleep(Duration::from_millis(200));
+        let slow: Vec<_> = slow.into_iter().map(|s| s.join().unwrap()).collect();
         stop.store(true, Ordering::Relaxed);
+        (upgrade_started, upgrade_done, slow)
     });
     assert_eq!(
         failed.load(Ordering::Relaxed),
@@ -145,11 +137,22 @@ fn a_live_upgrade_under_load_fails_no_request_and_in_flight_ones_finish_on_the_o
         "failed requests during the upgrade"
     );
     assert!(served.load(Ordering::Relaxed) > 50);
+    let across: Vec<_> = slow
+        .iter()
+        .filter(|(started, ended, _)| *started < upgrade_started && *ended > upgrade_done)
+        .collect();
     assert_eq!(
-        old_after.load(Ordering::Relaxed),
+        across.len(),
         4,
-        "in-flight requests finish on build 1"
+        "every slow request was in flight across the upgrade (it took {:?})",
+        upgrade_done - upgrade_started
     );
+    for (_, _, build) in across {
+        assert_eq!(
+            build, "1",
+            "an in-flight request finishes on the build it started on"
+        );
+    }
     assert_eq!(version(&host).as_deref(), Some("2"));
 }
 
@@ -486,13 +489,18 @@ fn a_process_killed_during_install_restarts_with_all_of_the_plugin_or_none() {
         let host = Host::start(&data);
         host.plugin("hello"); // logged in before the race
         std::thread::scope(|scope| {
-            scope.spawn(|| {
+            let upload = scope.spawn(|| {
                 // The host may die under it: any outcome is fine here.
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     host.upload(&archive, "type=zip")
                 }));
             });
-            std::thread::sleep(Duration::from_millis(i * 35));
+            if i == 11 {
+                // The last kill comes after the install has answered.
+                let _ = upload.join();
+            } else {
+                std::thread::sleep(Duration::from_millis(i * 35));
+            }
             host.kill();
         });
         drop(host);

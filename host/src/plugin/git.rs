@@ -19,7 +19,8 @@ use std::{
 use super::{
     PluginHost,
     discover::{library_file_name, name_from_library_file},
-    lifecycle::{InstallOptions, Installed, LifecycleError, Staging},
+    lifecycle::{InstallOptions, Installed, LifecycleError, Staging, blocking},
+    package::packable,
 };
 use crate::db::redact_url;
 
@@ -229,33 +230,21 @@ fn stage(root: &Path, library: &Path, dest: &Path) -> Result<String, LifecycleEr
         .to_owned();
     let target = dest.join(&name);
     let io = |e: std::io::Error| LifecycleError::Io(format!("cannot stage {name}: {e}"));
-    std::fs::create_dir_all(&target).map_err(io)?;
     for required in ["plugin.toml", "README.md"] {
-        let from = root.join(required);
-        if !from.is_file() {
+        if !root.join(required).is_file() {
             return Err(refused(format!("the repository's plugin lacks {required}")));
         }
-        std::fs::copy(&from, target.join(required)).map_err(io)?;
     }
-    std::fs::copy(library, target.join(library_file_name(&name))).map_err(io)?;
-    let sql = root.join("sql");
-    if sql.is_dir() {
-        for backend in std::fs::read_dir(&sql).map_err(io)? {
-            let backend = backend.map_err(io)?;
-            if !backend.path().is_dir() {
-                continue;
-            }
-            let into = target.join("sql").join(backend.file_name());
-            std::fs::create_dir_all(&into).map_err(io)?;
-            for script in std::fs::read_dir(backend.path()).map_err(io)? {
-                let script = script.map_err(io)?.path();
-                if script.is_file() && script.extension().is_some_and(|e| e == "sql") {
-                    std::fs::copy(&script, into.join(script.file_name().expect("a file")))
-                        .map_err(io)?;
-                }
-            }
+    // The package's files only (never .git): the same list a download packs.
+    let library_name = library_file_name(&name);
+    for file in packable(root, &name).map_err(io)? {
+        if file != library_name {
+            let into = target.join(&file);
+            std::fs::create_dir_all(into.parent().expect("inside the target")).map_err(io)?;
+            std::fs::copy(root.join(&file), into).map_err(io)?;
         }
     }
+    std::fs::copy(library, target.join(library_name)).map_err(io)?;
     Ok(name)
 }
 
@@ -276,7 +265,7 @@ impl PluginHost {
             reference.map(str::to_owned),
             self.git.clone(),
         );
-        let name = tokio::task::spawn_blocking(move || -> Result<String, LifecycleError> {
+        let name = blocking(move || {
             let checkout = work.join(".clone");
             let commit = clone(&url_owned, reference_owned.as_deref(), &checkout)?;
             let root = plugin_root(&checkout)?;
@@ -302,10 +291,9 @@ impl PluginHost {
             tracing::info!(plugin = %name, commit, "plugin staged from Git");
             Ok(name)
         })
-        .await
-        .map_err(|e| LifecycleError::Io(format!("the Git install task failed: {e}")))??;
+        .await?;
         let result = self.install_staged(&guard, &staging, &name, options).await;
-        drop(staging);
+        Self::discard(staging).await;
         Self::release(guard).await;
         result
     }

@@ -163,6 +163,15 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     .map_err(std::io::Error::from)
 }
 
+/// Runs file work on a blocking thread, off the HTTP workers.
+pub(super) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, LifecycleError> + Send + 'static,
+) -> Result<T, LifecycleError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| LifecycleError::Io(format!("a file operation failed: {e}")))?
+}
+
 /// Makes a rename durable.
 fn sync_dir(dir: &Path) {
     if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
@@ -173,6 +182,12 @@ fn sync_dir(dir: &Path) {
 impl PluginHost {
     pub(super) async fn take_lock(&self, operation: &str) -> Result<LockGuard, LifecycleError> {
         Ok(self.lock.acquire(operation, self.lock_wait).await?)
+    }
+
+    /// Removes a staging directory (and what it holds: an old version, a
+    /// clone) on a blocking thread.
+    pub(super) async fn discard(staging: Staging) {
+        let _ = tokio::task::spawn_blocking(move || drop(staging)).await;
     }
 
     /// Releases the lock after a completed operation; losing it by then is
@@ -194,12 +209,10 @@ impl PluginHost {
         let dest = staging.path().to_owned();
         let limits = self.limits;
         let started = std::time::Instant::now();
-        let name = tokio::task::spawn_blocking(move || package::unpack(&archive, &limits, &dest))
-            .await
-            .map_err(|e| LifecycleError::Io(format!("unpacking failed: {e}")))??;
+        let name = blocking(move || Ok(package::unpack(&archive, &limits, &dest)?)).await?;
         tracing::debug!(plugin = %name, ms = started.elapsed().as_millis(), "package unpacked");
         let result = self.install_staged(&guard, &staging, &name, options).await;
-        drop(staging);
+        Self::discard(staging).await;
         Self::release(guard).await;
         result
     }
@@ -220,9 +233,7 @@ impl PluginHost {
         let started = std::time::Instant::now();
         // Loading a library (dlopen, relocations, ABI check) blocks: off the
         // HTTP workers, which keep serving meanwhile.
-        let (_, opened) = tokio::task::spawn_blocking(move || registry::open_candidate(&candidate))
-            .await
-            .map_err(|e| LifecycleError::Io(format!("loading the library failed: {e}")))?;
+        let (_, opened) = blocking(move || Ok(registry::open_candidate(&candidate))).await?;
         tracing::debug!(
             plugin = name,
             ms = started.elapsed().as_millis(),
@@ -295,22 +306,32 @@ impl PluginHost {
             .map_err(|e| LifecycleError::Refused(format!("plugin '{name}': {e}")))?;
         guard.ensure_held()?;
 
-        // The commit point: into place in one rename (an exchange for an upgrade).
+        // The commit point: into place in one rename (an exchange for an
+        // upgrade), made durable; on a blocking thread, like every file step.
         let target = self.plugin_dir.join(name);
-        match &replaced {
-            Some(old) => exchange(&staged, old).map_err(|e| io_error("replace", old, e))?,
-            None => {
-                if target.exists() {
-                    return Err(LifecycleError::Conflict(format!(
-                        "{} exists but is not an installed plugin; remove it first",
-                        target.display()
-                    )));
+        let (from, to, old, dir) = (
+            staged.clone(),
+            target.clone(),
+            replaced.clone(),
+            self.plugin_dir.clone(),
+        );
+        blocking(move || {
+            match &old {
+                Some(old) => exchange(&from, old).map_err(|e| io_error("replace", old, e))?,
+                None => {
+                    if to.exists() {
+                        return Err(LifecycleError::Conflict(format!(
+                            "{} exists but is not an installed plugin; remove it first",
+                            to.display()
+                        )));
+                    }
+                    std::fs::rename(&from, &to).map_err(|e| io_error("move into place", &to, e))?;
                 }
-                std::fs::rename(&staged, &target)
-                    .map_err(|e| io_error("move into place", &target, e))?;
             }
-        }
-        sync_dir(&self.plugin_dir);
+            sync_dir(&dir);
+            Ok(())
+        })
+        .await?;
         let undo = || {
             let result = match &replaced {
                 Some(old) => exchange(&staged, old),
@@ -450,8 +471,13 @@ impl PluginHost {
         self.publish_services();
         let staging = Staging::new(&self.plugin_dir)?;
         let moved = staging.path().join(name);
-        std::fs::rename(&source, &moved).map_err(|e| io_error("remove", &source, e))?;
-        sync_dir(&self.plugin_dir);
+        let (from, to, dir) = (source.clone(), moved.clone(), self.plugin_dir.clone());
+        blocking(move || {
+            std::fs::rename(&from, &to).map_err(|e| io_error("remove", &from, e))?;
+            sync_dir(&dir);
+            Ok(())
+        })
+        .await?;
         let purged = if purge && moved.is_dir() {
             sql::destroy(&self.db, name, &moved)
                 .await
@@ -459,7 +485,7 @@ impl PluginHost {
         } else {
             false
         };
-        drop(staging);
+        Self::discard(staging).await;
         tracing::info!(plugin = name, backup = %backup.display(), purged, "plugin uninstalled");
         Ok(Uninstalled {
             name: name.to_owned(),
@@ -512,12 +538,11 @@ impl PluginHost {
     async fn backup(&self, name: &str) -> Result<PathBuf, LifecycleError> {
         let (source, manifest, summary) = self.pack_parts(name)?;
         let owned = name.to_owned();
-        let bytes = tokio::task::spawn_blocking(move || {
+        let bytes = blocking(move || {
             package::pack(&source, &owned, &manifest, &summary)
                 .map_err(|e| io_error("pack", &source, e))
         })
-        .await
-        .map_err(|e| LifecycleError::Io(format!("packing the backup failed: {e}")))??;
+        .await?;
         let dir = self.backup_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
         let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S");

@@ -352,10 +352,10 @@ pub fn unpack(archive: &[u8], limits: &Limits, dest: &Path) -> Result<String, Pa
     Ok(top)
 }
 
-/// The files of a plugin directory a package carries: the manifest, the
-/// README, the library and the SQL scripts. Nothing else (build
-/// artefacts, editor files, credentials) is ever packed.
-fn packable(dir: &Path, name: &str) -> std::io::Result<Vec<String>> {
+/// The files of a plugin directory a package carries, relative to it: the
+/// manifest, the README, the library and the SQL scripts. Nothing else
+/// (build artefacts, editor files, credentials) is ever packed or staged.
+pub fn packable(dir: &Path, name: &str) -> std::io::Result<Vec<String>> {
     let mut files = Vec::new();
     for fixed in ["plugin.toml", "README.md", &library_file_name(name)] {
         if dir.join(fixed).is_file() {
