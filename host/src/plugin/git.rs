@@ -159,6 +159,24 @@ fn library_in(dir: &Path) -> Result<Option<PathBuf>, LifecycleError> {
     }
 }
 
+/// The name of the library a crate builds: `[lib] name`, else the package
+/// name with `-` as `_`.
+fn crate_library_name(dir: &Path) -> Result<String, LifecycleError> {
+    let path = dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| refused(format!("cannot read {}: {e}", path.display())))?;
+    let manifest: toml::Table = text
+        .parse()
+        .map_err(|e| refused(format!("the crate's Cargo.toml is invalid: {e}")))?;
+    let name = manifest
+        .get("lib")
+        .and_then(|l| l.get("name"))
+        .or_else(|| manifest.get("package").and_then(|p| p.get("name")))
+        .and_then(toml::Value::as_str)
+        .ok_or_else(|| refused("the crate's Cargo.toml names no package".into()))?;
+    Ok(name.replace('-', "_"))
+}
+
 /// Builds the plugin crate in `dir` with cargo (release), logging its
 /// progress, killed after the policy's time limit; returns the library.
 fn build(dir: &Path, policy: &GitPolicy) -> Result<PathBuf, LifecycleError> {
@@ -214,9 +232,18 @@ fn build(dir: &Path, policy: &GitPolicy) -> Result<PathBuf, LifecycleError> {
         )));
     }
     tracing::info!(seconds = started.elapsed().as_secs(), "plugin crate built");
-    library_in(&policy.build_dir.join("release"))?.ok_or_else(|| {
-        refused("the plugin crate built no library (crate-type = [\"cdylib\"] is needed)".into())
-    })
+    // The target dir is shared between builds: take this crate's library.
+    let built = policy
+        .build_dir
+        .join("release")
+        .join(library_file_name(&crate_library_name(dir)?));
+    if !built.is_file() {
+        return Err(refused(format!(
+            "the plugin crate built no {} (crate-type = [\"cdylib\"] is needed)",
+            built.display()
+        )));
+    }
+    Ok(built)
 }
 
 /// Copies the package files of `root` (library `library`) into `dest/<name>/`.
@@ -310,6 +337,22 @@ mod tests {
             build_timeout: Duration::from_secs(1),
             build_dir: PathBuf::new(),
         }
+    }
+
+    #[test]
+    fn the_library_a_crate_builds_is_named_from_its_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cargo = dir.path().join("Cargo.toml");
+        std::fs::write(&cargo, "[package]\nname = \"my-plugin\"\n").unwrap();
+        assert_eq!(crate_library_name(dir.path()).unwrap(), "my_plugin");
+        std::fs::write(
+            &cargo,
+            "[package]\nname = \"x\"\n[lib]\nname = \"greeter\"\n",
+        )
+        .unwrap();
+        assert_eq!(crate_library_name(dir.path()).unwrap(), "greeter");
+        std::fs::write(&cargo, "not toml [").unwrap();
+        assert!(crate_library_name(dir.path()).is_err());
     }
 
     #[test]
