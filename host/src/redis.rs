@@ -78,16 +78,6 @@ impl Redis {
         }))
     }
 
-    /// The URL, without its password.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// Whether the last command reached Redis.
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
-    }
-
     /// A pooled connection.
     pub async fn conn(&self) -> Result<Connection, RedisError> {
         match self.pool.get().await {

@@ -236,11 +236,6 @@ impl PluginHost {
         &self.flags
     }
 
-    /// The lock that serialises lifecycle operations.
-    pub fn lifecycle_lock(&self) -> &LifecycleLock {
-        &self.lock
-    }
-
     /// Every plugin found, sorted by name, in the list endpoint's shape.
     pub fn list(&self) -> Vec<Value> {
         let records = self.records.read().expect("records lock");

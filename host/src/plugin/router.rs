@@ -123,11 +123,6 @@ impl RouteTable {
         };
         self.router.at(path).ok()
     }
-
-    /// The plugins this table mounts.
-    pub fn plugins(&self) -> impl Iterator<Item = &Arc<LoadedPlugin>> {
-        self.accepted.iter().map(|(p, _)| p)
-    }
 }
 
 /// Splits a pattern into segments.
