@@ -57,6 +57,13 @@ enum Command {
         #[command(flatten)]
         settings: SettingsArgs,
     },
+    /// Opens one library and prints the plugin it declares (the host runs
+    /// this in a child process before it maps a library itself).
+    #[command(name = crate::plugin::libcache::PROBE_COMMAND, hide = true)]
+    ProbeLibrary {
+        /// The library.
+        library: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -235,7 +242,7 @@ async fn sql(
     };
     check_kinds(&statements, &allowed)
         .map_err(|e| anyhow::anyhow!("{}: {e}; nothing was run", file.display()))?;
-    let n = run_script(db, &script).await.map_err(|e| {
+    let n = run_script(db, &script, None).await.map_err(|e| {
         anyhow::anyhow!(
             "{} failed {e}; the transaction was rolled back",
             file.display()
@@ -378,6 +385,9 @@ pub fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::ProbeLibrary { library } => {
+            return crate::plugin::libcache::run_probe(&library);
+        }
         Command::Serve(args) => Settings::resolve(&args)
             .map_err(anyhow::Error::from)
             .and_then(|settings| {

@@ -112,6 +112,21 @@ pub struct SettingsArgs {
     /// Cargo target dir for plugin builds (default: <data-dir>/build).
     #[arg(long, global = true, env = "PLUGHOST_BUILD_DIR")]
     pub build_dir: Option<PathBuf>,
+    /// Seconds a request body may stall (no bytes arriving) before the request is answered 408.
+    #[arg(long, global = true, env = "PLUGHOST_BODY_TIMEOUT")]
+    pub body_timeout: Option<u64>,
+    /// Password hashes computed at once (logins beyond wait briefly, then answer 503).
+    #[arg(long, global = true, env = "PLUGHOST_PASSWORD_HASHES")]
+    pub password_hashes: Option<usize>,
+    /// Failed logins for one user name before it answers 429 until the lockout ends.
+    #[arg(long, global = true, env = "PLUGHOST_LOGIN_FAILURES")]
+    pub login_failures: Option<u32>,
+    /// Failed logins from one client address before it answers 429 until the lockout ends.
+    #[arg(long, global = true, env = "PLUGHOST_LOGIN_ADDRESS_FAILURES")]
+    pub login_address_failures: Option<u32>,
+    /// Seconds a throttled user name or address waits after its last failed login.
+    #[arg(long, global = true, env = "PLUGHOST_LOGIN_LOCKOUT")]
+    pub login_lockout: Option<u64>,
     /// Also mount the native baseline route `/native/hello/v1/greet` (benchmarks).
     #[arg(long, global = true, env = "PLUGHOST_BENCH_BASELINE", value_parser = clap::builder::FalseyValueParser::new())]
     pub bench_baseline: bool,
@@ -150,6 +165,11 @@ struct FileSettings {
     git_allow_local: Option<bool>,
     build_timeout: Option<u64>,
     build_dir: Option<PathBuf>,
+    body_timeout: Option<u64>,
+    password_hashes: Option<usize>,
+    login_failures: Option<u32>,
+    login_address_failures: Option<u32>,
+    login_lockout: Option<u64>,
 }
 
 /// The resolved settings the host runs with.
@@ -201,6 +221,10 @@ pub struct Settings {
     pub git: crate::plugin::git::GitPolicy,
     /// How long a plugin operation waits for another one.
     pub lock_wait: Duration,
+    /// How long a request body may stall.
+    pub body_timeout: Duration,
+    /// How logins are limited.
+    pub login: crate::auth::LoginLimits,
 }
 
 /// A settings file that cannot be used.
@@ -290,7 +314,40 @@ impl Settings {
                     .into(),
             });
         }
+        let body_timeout = args.body_timeout.or(file.body_timeout).unwrap_or(15);
+        if body_timeout == 0 {
+            return Err(ConfigError::Invalid {
+                name: "body_timeout",
+                message: "must be at least 1 second".into(),
+            });
+        }
+        let login = {
+            let default = crate::auth::LoginLimits::default();
+            crate::auth::LoginLimits {
+                concurrent_hashes: args
+                    .password_hashes
+                    .or(file.password_hashes)
+                    .unwrap_or(default.concurrent_hashes)
+                    .max(1),
+                failures_per_user: args
+                    .login_failures
+                    .or(file.login_failures)
+                    .unwrap_or(default.failures_per_user)
+                    .max(1),
+                failures_per_address: args
+                    .login_address_failures
+                    .or(file.login_address_failures)
+                    .unwrap_or(default.failures_per_address)
+                    .max(1),
+                lockout: args
+                    .login_lockout
+                    .or(file.login_lockout)
+                    .map_or(default.lockout, Duration::from_secs),
+            }
+        };
         Ok(Self {
+            body_timeout: Duration::from_secs(body_timeout),
+            login,
             bind: args
                 .bind
                 .or(file.bind)

@@ -53,7 +53,7 @@ pub mod __private;
 
 pub use db::{DbError, DbErrorKind, Executed, Transaction};
 pub use host::{Host, host};
-pub use request::{Principal, Request};
+pub use request::{Paging, Principal, Request};
 pub use response::{Error, IntoResponse, Json, Response};
 pub use router::Router;
 

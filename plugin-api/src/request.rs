@@ -16,6 +16,30 @@ pub struct Request<'a> {
     raw: &'a RawRequest<'a>,
 }
 
+/// A page of a list, from [`Request::paging`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Paging {
+    /// The page number, from 1.
+    pub page: u64,
+    /// Rows per page.
+    pub size: u64,
+    /// The first row of the page (`(page - 1) * size`, known to fit).
+    pub offset: i64,
+}
+
+/// Whether a `Content-Type` value names JSON (`application/json`,
+/// `application/*+json`, with or without parameters).
+fn is_json_media_type(value: &str) -> bool {
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
 /// The authenticated caller of a route behind authentication.
 #[derive(Clone, Copy, Debug)]
 pub struct Principal<'a> {
@@ -110,15 +134,72 @@ impl<'a> Request<'a> {
         self.raw.body.as_slice()
     }
 
-    /// The body parsed as JSON into `T`: 400 when it is not JSON,
-    /// 422 naming the field when it does not fit `T`.
+    /// The body parsed as JSON into `T`: 415 when the request declares
+    /// another content type, 400 when it is not JSON, 422 naming the field
+    /// when it does not fit `T`. A request without `Content-Type` is read
+    /// as JSON.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        if let Some(declared) = self.header("content-type")
+            && !is_json_media_type(declared)
+        {
+            return Err(Error::new(
+                415,
+                format!(
+                    "request body must be JSON (Content-Type: application/json), not {declared}"
+                ),
+            ));
+        }
         serde_json::from_slice(self.body()).map_err(|e| match e.classify() {
             serde_json::error::Category::Data => {
                 Error::new(422, format!("request body does not fit: {e}"))
             }
             _ => Error::bad_request(format!("request body is not valid JSON: {e}")),
         })
+    }
+
+    /// The page asked for by the `page` (from 1, default 1) and `size`
+    /// (from 1 to `max_size`, default `default_size`) query parameters,
+    /// with the row offset it starts at; 422 naming the parameter when one
+    /// is not a whole number in range, or the page lies beyond any row a
+    /// database can address.
+    ///
+    /// ```
+    /// # fn list(req: plugin_api::Request<'_>) -> Result<(), plugin_api::Error> {
+    /// let page = req.paging(20, 200)?;
+    /// let sql = "SELECT id, name FROM t ORDER BY id LIMIT ? OFFSET ?";
+    /// let params = [serde_json::json!(page.size), serde_json::json!(page.offset)];
+    /// # Ok(()) }
+    /// ```
+    pub fn paging(&self, default_size: u64, max_size: u64) -> Result<Paging, Error> {
+        let number = |name: &str, default: u64, max: u64| -> Result<u64, Error> {
+            match self.query_param(name) {
+                None => Ok(default),
+                Some(text) => text
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (1..=max).contains(n))
+                    .ok_or_else(|| {
+                        Error::new(
+                            422,
+                            format!("{name}: must be a whole number from 1 to {max}, not '{text}'"),
+                        )
+                    }),
+            }
+        };
+        let size = number("size", default_size.clamp(1, max_size), max_size)?;
+        let page = number("page", 1, u64::MAX)?;
+        let offset = (page - 1)
+            .checked_mul(size)
+            .and_then(|o| i64::try_from(o).ok())
+            .ok_or_else(|| {
+                Error::new(
+                    422,
+                    format!(
+                        "page: {page} lies beyond the last page any table can have at size {size}"
+                    ),
+                )
+            })?;
+        Ok(Paging { page, size, offset })
     }
 
     /// The authenticated caller, when the route sits behind authentication.
@@ -137,5 +218,25 @@ impl<'a> Request<'a> {
     /// This request's trace id (sent back as `x-request-id` on errors).
     pub fn trace_id(&self) -> &'a str {
         self.raw.trace_id.as_str()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json_media_type;
+
+    #[test]
+    fn json_media_types_are_recognised_with_parameters_and_suffixes() {
+        for (value, json) in [
+            ("application/json", true),
+            ("Application/JSON; charset=utf-8", true),
+            ("application/problem+json", true),
+            ("text/plain", false),
+            ("application/x-www-form-urlencoded", false),
+            ("text/json+xml", false),
+            ("", false),
+        ] {
+            assert_eq!(is_json_media_type(value), json, "{value}");
+        }
     }
 }

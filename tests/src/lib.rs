@@ -148,17 +148,21 @@ pub struct Reply {
     pub json: Value,
     /// The `x-request-id` header, if any.
     pub request_id: Option<String>,
+    /// The `retry-after` header, if any.
+    pub retry_after: Option<String>,
 }
 
 impl Reply {
     fn from_response(response: ureq::Response) -> Self {
         let status = response.status();
         let request_id = response.header("x-request-id").map(str::to_owned);
+        let retry_after = response.header("retry-after").map(str::to_owned);
         let text = response.into_string().unwrap_or_default();
         Self {
             status,
             json: serde_json::from_str(&text).unwrap_or(Value::Null),
             request_id,
+            retry_after,
         }
     }
 
@@ -433,6 +437,11 @@ impl Host {
             .find(|p| p["plugin"]["name"] == name)
             .unwrap_or_else(|| panic!("plugin {name} not listed: {:?}", list.json))
             .clone()
+    }
+
+    /// The process id of the running host.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// Kills the process with SIGKILL, as a crash would (it is reaped when

@@ -398,7 +398,7 @@ fn hostile() -> Vec<(&'static str, Vec<u8>, u16, &'static str)> {
             "bad library",
             replaced("libgreeter.so", b"\x7fELF not really"),
             422,
-            "not a loadable library",
+            "not an ELF shared object",
         ),
         (
             "wrong top directory",

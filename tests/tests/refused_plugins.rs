@@ -109,7 +109,7 @@ fn every_refused_plugin_is_listed_with_its_reason_while_the_good_ones_serve() {
     let mut expected: Vec<(String, String)> = vec![
         (
             "garbage".into(),
-            "libgarbage.so: not a loadable library for this platform".into(),
+            "libgarbage.so: refused before loading: not an ELF shared object".into(),
         ),
         (
             "not_a_plugin".into(),

@@ -2,11 +2,12 @@
 //! tokens (revocable), roles carrying permission strings.
 
 mod secret;
+mod throttle;
 
 use std::{sync::Arc, time::Duration};
 
 use argon2::{
-    Argon2, PasswordHash, PasswordHasher, PasswordVerifier,
+    Argon2, PasswordHash, PasswordHasher,
     password_hash::{SaltString, rand_core::OsRng},
 };
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
@@ -22,6 +23,8 @@ use crate::db::{
     placeholders,
 };
 pub use secret::{SecretError, load_or_create_secret, random_password};
+use throttle::{HashGate, LoginThrottle};
+pub use throttle::{LoginLimits, Throttled};
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +78,15 @@ pub enum AuthError {
     /// The token's user was deleted or disabled.
     #[error("the token's user no longer exists or is disabled")]
     UserGone,
+    /// Issued before the user's password changed.
+    #[error("token was issued before the user's password changed; log in again")]
+    Superseded,
+    /// Too many failed logins for the name or from the address.
+    #[error("{}", throttled_message(*.0))]
+    Throttled(Throttled),
+    /// Too many logins at once.
+    #[error("too many logins at once; try again in a second")]
+    Busy,
     /// Wrong username or password.
     #[error("wrong username or password")]
     BadCredentials,
@@ -105,7 +117,10 @@ impl AuthError {
             | Self::Expired
             | Self::Revoked
             | Self::UserGone
+            | Self::Superseded
             | Self::BadCredentials => 401,
+            Self::Throttled(_) => 429,
+            Self::Busy => 503,
             Self::Forbidden(_) => 403,
             Self::Exists(_) => 409,
             Self::Unknown(_) => 404,
@@ -113,6 +128,23 @@ impl AuthError {
             Self::Db(_) => 500,
         }
     }
+
+    /// Seconds a client should wait before trying again, for answers that say so.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::Throttled(t) => Some(t.retry_after()),
+            Self::Busy => Some(1),
+            _ => None,
+        }
+    }
+}
+
+fn throttled_message(t: Throttled) -> String {
+    let (what, seconds) = match t {
+        Throttled::User(_) => ("for this user name", t.retry_after()),
+        Throttled::Address(_) => ("from this address", t.retry_after()),
+    };
+    format!("too many failed logins {what}; try again in {seconds} s")
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -122,6 +154,9 @@ struct Claims {
     jti: String,
     iat: i64,
     exp: i64,
+    /// The user's token version at issue (tokens from before it had one: 0).
+    #[serde(default)]
+    ver: i64,
 }
 
 /// A token handed out at login.
@@ -153,6 +188,8 @@ pub struct UserInfo {
 /// Users, roles, tokens.
 pub struct AuthService {
     db: Arc<Db>,
+    hashes: HashGate,
+    throttle: LoginThrottle,
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
@@ -165,31 +202,81 @@ fn now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// Hashes a password with argon2 (slow on purpose: run off the async workers).
-async fn hash_password(password: String) -> Result<String, AuthError> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| AuthError::Rejected(format!("cannot hash password: {e}")))
-    })
-    .await
-    .map_err(|e| AuthError::Rejected(format!("password hashing failed: {e}")))?
+fn hash_now(password: &str) -> Result<String, AuthError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Rejected(format!("cannot hash password: {e}")))
 }
 
-async fn verify_password(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .map(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
-            .unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false)
+/// Whether `password` matches the argon2 PHC string `phc`, hashing in
+/// `memory` (grown once to the hash's memory cost, then reused).
+fn verify_in(memory: &mut Vec<argon2::Block>, password: &str, phc: &str) -> bool {
+    let mut check = || -> Option<bool> {
+        let parsed = PasswordHash::new(phc).ok()?;
+        let algorithm = argon2::Algorithm::try_from(parsed.algorithm).ok()?;
+        let version = argon2::Version::try_from(parsed.version.unwrap_or(0x13)).ok()?;
+        let params = argon2::Params::try_from(&parsed).ok()?;
+        let expected = parsed.hash?;
+        let mut salt = [0u8; 64];
+        let salt = parsed.salt?.decode_b64(&mut salt).ok()?;
+        let blocks = params.block_count();
+        if memory.len() < blocks {
+            memory.resize(blocks, argon2::Block::default());
+        }
+        let mut out = vec![0u8; expected.len()];
+        Argon2::new(algorithm, version, params)
+            .hash_password_into_with_memory(
+                password.as_bytes(),
+                salt,
+                &mut out,
+                &mut memory[..blocks],
+            )
+            .ok()?;
+        // Output compares in constant time.
+        Some(argon2::password_hash::Output::new(&out).ok()? == expected)
+    };
+    check().unwrap_or(false)
+}
+
+/// A hash no password matches, verified for unknown users so that a
+/// login takes as long whether the name exists or not.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| hash_now(&random_password()).expect("argon2 hashes a random password"))
+}
+
+impl AuthService {
+    /// Hashes a password with argon2 (slow on purpose, 19 MiB while it
+    /// runs: off the async workers, and never more at once than the gate
+    /// allows). Only user management hashes new passwords.
+    async fn hash_password(&self, password: String) -> Result<String, AuthError> {
+        let _slot = self.hashes.enter().await.ok_or(AuthError::Busy)?;
+        tokio::task::spawn_blocking(move || hash_now(&password))
+            .await
+            .map_err(|e| AuthError::Rejected(format!("password hashing failed: {e}")))?
+    }
+
+    /// Whether `password` matches `hash` (`None`: the dummy hash).
+    async fn verify_password(
+        &self,
+        password: String,
+        hash: Option<String>,
+    ) -> Result<bool, AuthError> {
+        let mut slot = self.hashes.enter().await.ok_or(AuthError::Busy)?;
+        let matched = tokio::task::spawn_blocking(move || {
+            let known = hash.is_some();
+            let hash = hash.unwrap_or_else(|| dummy_hash().to_owned());
+            let matched = verify_in(&mut slot.memory, &password, &hash);
+            // The slot (and its memory) goes back to the gate here.
+            drop(slot);
+            known && matched
+        })
+        .await
+        .unwrap_or(false);
+        Ok(matched)
+    }
 }
 
 fn check_name(kind: &str, name: &str) -> Result<(), AuthError> {
@@ -217,13 +304,16 @@ fn check_password(password: &str) -> Result<(), AuthError> {
 }
 
 impl AuthService {
-    /// A service signing tokens with `secret`, valid for `ttl`.
-    pub fn new(db: Arc<Db>, secret: &[u8], ttl: Duration) -> Self {
+    /// A service signing tokens with `secret`, valid for `ttl`, with
+    /// logins limited by `limits`.
+    pub fn new(db: Arc<Db>, secret: &[u8], ttl: Duration, limits: LoginLimits) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             db,
+            hashes: HashGate::new(limits.concurrent_hashes),
+            throttle: LoginThrottle::new(limits),
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
@@ -236,21 +326,31 @@ impl AuthService {
         &self.db
     }
 
-    /// Checks a username and password and issues a token.
-    pub async fn login(&self, username: &str, password: &str) -> Result<Issued, AuthError> {
+    /// Checks a username and password from a client at `address` and
+    /// issues a token. Names and addresses with too many recent failures
+    /// are refused before any hash is computed; unknown names cost the
+    /// same hash as known ones.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        address: Option<std::net::IpAddr>,
+    ) -> Result<Issued, AuthError> {
+        self.throttle
+            .check(username, address)
+            .map_err(AuthError::Throttled)?;
         let found = user::Entity::find()
             .filter(user::Column::Username.eq(username))
             .one(self.db.conn())
-            .await?;
-        let Some(found) = found.filter(|u| u.status == 1) else {
-            // Spend the same time as a real check, so that timing does not
-            // tell which usernames exist.
-            let _ = hash_password(password.to_owned()).await;
+            .await?
+            .filter(|u| u.status == 1);
+        let hash = found.as_ref().map(|u| u.password_hash.clone());
+        let matched = self.verify_password(password.to_owned(), hash).await?;
+        let Some(found) = found.filter(|_| matched) else {
+            self.throttle.failed(username, address);
             return Err(AuthError::BadCredentials);
         };
-        if !verify_password(password.to_owned(), found.password_hash.clone()).await {
-            return Err(AuthError::BadCredentials);
-        }
+        self.throttle.succeeded(username, address);
         let iat = now();
         let exp = iat + i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2);
         let claims = Claims {
@@ -259,6 +359,7 @@ impl AuthService {
             jti: format!("{:032x}", rand_u128()),
             iat,
             exp,
+            ver: found.token_version,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Rejected(format!("cannot sign token: {e}")))?;
@@ -304,7 +405,9 @@ impl AuthService {
             .sub
             .parse()
             .map_err(|_| AuthError::Invalid("bad subject".into()))?;
-        let principal = self.load_principal(user_id, Some(&claims.jti)).await?;
+        let principal = self
+            .load_principal(user_id, Some((&claims.jti, claims.ver)))
+            .await?;
         Ok((principal, claims.jti, claims.exp))
     }
 
@@ -314,15 +417,16 @@ impl AuthService {
     }
 
     /// One row per permission of an active user (one row with NULL for a
-    /// user without any), each saying whether token `jti` is revoked.
+    /// user without any), each saying whether token `jti` is revoked and
+    /// the user's token version (a token of an older one is superseded).
     async fn load_principal(
         &self,
         user_id: i64,
-        jti: Option<&str>,
+        token: Option<(&str, i64)>,
     ) -> Result<Principal, AuthError> {
         let sql = placeholders(
             self.db.backend(),
-            "SELECT u.username, u.is_superuser, rp.permission, \
+            "SELECT u.username, u.is_superuser, u.token_version, rp.permission, \
              (SELECT COUNT(*) FROM sys_token_revocation r WHERE r.jti = ?) AS revoked \
              FROM sys_user u \
              LEFT JOIN sys_user_role ur ON ur.user_id = u.id \
@@ -331,11 +435,18 @@ impl AuthService {
         );
         let rows = self
             .db
-            .query(&sql, vec![jti.unwrap_or("").into(), user_id.into()])
+            .query(&sql, vec![token.map_or("", |t| t.0).into(), user_id.into()])
             .await?;
         let first = rows.first().ok_or(AuthError::UserGone)?;
         if first.try_get::<i64>("", "revoked")? > 0 {
             return Err(AuthError::Revoked);
+        }
+        if token.is_some_and(|(_, version)| {
+            first
+                .try_get::<i64>("", "token_version")
+                .is_ok_and(|current| version < current)
+        }) {
+            return Err(AuthError::Superseded);
         }
         let mut permissions = Vec::new();
         for row in &rows {
@@ -401,7 +512,7 @@ impl AuthService {
         for name in roles {
             role_ids.push(self.find_role(name).await?.id);
         }
-        let hash = hash_password(password.to_owned()).await?;
+        let hash = self.hash_password(password.to_owned()).await?;
         let id = self.insert_user(username, hash, superuser).await?;
         for role_id in role_ids {
             user_role::ActiveModel {
@@ -441,8 +552,11 @@ impl AuthService {
                 "user '{username}' does not exist; create it with `plughost user add {username}`"
             ))
         })?;
+        let version = found.token_version + 1;
         let mut model: user::ActiveModel = found.into();
-        model.password_hash = Set(hash_password(password.to_owned()).await?);
+        model.password_hash = Set(self.hash_password(password.to_owned()).await?);
+        // Tokens issued before now carry an older version: refused.
+        model.token_version = Set(version);
         model.update(self.db.conn()).await?;
         Ok(())
     }
@@ -591,5 +705,22 @@ mod tests {
             ..p
         };
         assert!(admin.has("anything:at:all"));
+    }
+}
+
+#[cfg(test)]
+mod verify_tests {
+    use super::*;
+
+    #[test]
+    fn pooled_verification_agrees_with_argon2_and_reuses_its_memory() {
+        let hash = hash_now("correct horse").unwrap();
+        let mut memory = Vec::new();
+        assert!(verify_in(&mut memory, "correct horse", &hash));
+        let allocated = memory.as_ptr();
+        assert!(!verify_in(&mut memory, "wrong horse", &hash));
+        assert!(!verify_in(&mut memory, "correct horse", "not a PHC string"));
+        assert_eq!(memory.as_ptr(), allocated, "the buffer is reused");
+        assert_eq!(memory.len(), argon2::Params::DEFAULT.block_count());
     }
 }

@@ -19,6 +19,9 @@ pub mod user {
         pub is_superuser: bool,
         /// 1 active, 0 disabled.
         pub status: i16,
+        /// Grows on every password change; tokens carry the one they were
+        /// issued under.
+        pub token_version: i64,
     }
 
     /// No relations are navigated through the ORM.

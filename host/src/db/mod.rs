@@ -380,10 +380,16 @@ fn migrations(backend: Backend, pk_mode: PkMode) -> Vec<(i64, &'static str, &'st
         Backend::Postgresql => include_str!("../../../sql/postgresql/0003_flags.sql"),
         Backend::Mysql => include_str!("../../../sql/mysql/0003_flags.sql"),
     };
+    let safety = match backend {
+        Backend::Sqlite => include_str!("../../../sql/sqlite/0004_safety.sql"),
+        Backend::Postgresql => include_str!("../../../sql/postgresql/0004_safety.sql"),
+        Backend::Mysql => include_str!("../../../sql/mysql/0004_safety.sql"),
+    };
     vec![
         (1, "0001_init", init),
         (2, "0002_plugins", plugins),
         (3, "0003_flags", flags),
+        (4, "0004_safety", safety),
     ]
 }
 
@@ -474,7 +480,7 @@ mod tests {
                     .into_iter()
                     .map(|(_, _, script)| split::split(script, backend.escapes()).unwrap().len())
                     .collect();
-                assert_eq!(counts, [5, 2, 1], "{backend:?}/{mode:?}");
+                assert_eq!(counts, [5, 2, 1, 2], "{backend:?}/{mode:?}");
             }
         }
     }

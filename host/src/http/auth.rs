@@ -33,7 +33,11 @@ pub struct Caller {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        ApiError::new(status, e.to_string())
+        let error = ApiError::new(status, e.to_string());
+        match e.retry_after() {
+            Some(seconds) => error.retry_after(seconds),
+            None => error,
+        }
     }
 }
 
@@ -93,9 +97,14 @@ pub(crate) struct Login {
 /// `POST /admin/v1/auth/login`: `{"username", "password"}` to a token.
 pub(crate) async fn login(
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: web::Json<Login>,
 ) -> Result<HttpResponse, ApiError> {
-    let issued = state.auth.login(&body.username, &body.password).await?;
+    let address = req.peer_addr().map(|a| a.ip());
+    let issued = state
+        .auth
+        .login(&body.username, &body.password, address)
+        .await?;
     Ok(ok(issued))
 }
 

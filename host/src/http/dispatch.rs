@@ -15,9 +15,7 @@ use actix_web::{
     dev::{Payload, ServiceFactory, ServiceRequest, ServiceResponse, fn_service},
     http::{
         StatusCode,
-        header::{
-            CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
-        },
+        header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue},
     },
     web,
 };
@@ -27,7 +25,11 @@ use plugin_api::abi::{
     HeaderSource, OwnedPair, Principal as AbiPrincipal, RawRequest, RawResponse, StrPair,
 };
 
-use super::{AppState, envelope, envelope::ApiError};
+use super::{
+    AppState, envelope,
+    envelope::ApiError,
+    limits::{Stalling, check_declared_length, may_have_body, payload_status},
+};
 use crate::plugin::router::Scope;
 
 /// Whether the status gate runs (off only to measure its cost).
@@ -57,22 +59,23 @@ pub fn service(
     fn_service(move |req: ServiceRequest| dispatch(scope, req))
 }
 
-/// Whether the request can carry a body at all (HTTP/1.1 framing).
-fn may_have_body(req: &HttpRequest) -> bool {
-    let headers = req.headers();
-    headers.contains_key(TRANSFER_ENCODING)
-        || headers
-            .get(CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
-}
-
-/// Reads the whole request body, refusing more than `limit` bytes.
-async fn read_body(payload: &mut Payload, limit: usize) -> Result<Bytes, HttpResponse> {
+/// Reads the whole request body, refusing more than `limit` bytes (at
+/// once when the declared length says so) and a body that stalls for
+/// `timeout`.
+async fn read_body(
+    req: &HttpRequest,
+    payload: &mut Payload,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, HttpResponse> {
+    check_declared_length(req, limit as u64, "PLUGHOST_MAX_BODY")
+        .map_err(|e| actix_web::ResponseError::error_response(&e))?;
+    let mut payload = Stalling::new(payload.take(), timeout);
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
             envelope::error(
-                StatusCode::BAD_REQUEST,
+                payload_status(&e),
                 &format!("request body could not be read: {e}"),
             )
         })?;
@@ -158,7 +161,7 @@ async fn answer(scope: Scope, req: &HttpRequest, payload: &mut Payload) -> HttpR
         return actix_web::ResponseError::error_response(&ApiError::from(e));
     }
     let body = if may_have_body(req) {
-        match read_body(payload, state.max_body).await {
+        match read_body(req, payload, state.max_body, state.body_timeout).await {
             Ok(body) => body,
             Err(response) => return response,
         }
@@ -204,7 +207,10 @@ async fn answer(scope: Scope, req: &HttpRequest, payload: &mut Payload) -> HttpR
     match AssertUnwindSafe(future).catch_unwind().await {
         Ok(response) => into_http(response, &plugin.name, trace.as_str()),
         Err(_) => {
-            tracing::error!(plugin = %plugin.name, trace_id = trace.as_str(), "plugin future panicked across the boundary");
+            crate::plugin::panic_log::panicked(
+                &plugin.name,
+                "panicked across the boundary (in the handler's future)",
+            );
             envelope::error_traced(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &format!("internal error in plugin '{}'", plugin.name),

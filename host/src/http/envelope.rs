@@ -105,6 +105,7 @@ pub fn error_traced(status: StatusCode, msg: &str, trace_id: &str) -> HttpRespon
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -113,7 +114,14 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, telling the client to try again after `seconds`.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 }
 
@@ -123,10 +131,17 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if self.status.is_server_error() {
+        if self.status.is_server_error() && self.retry_after.is_none() {
             tracing::error!("{}", self.message);
         }
-        error(self.status, &self.message)
+        let mut response = error(self.status, &self.message);
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(
+                actix_web::http::header::RETRY_AFTER,
+                HeaderValue::from(seconds),
+            );
+        }
+        response
     }
 }
 

@@ -4,6 +4,7 @@ pub mod auth;
 mod baseline;
 pub mod dispatch;
 pub mod envelope;
+pub mod limits;
 mod plugins;
 
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub status_check: StatusCheck,
     /// Largest request body for plugin routes.
     pub max_body: usize,
+    /// How long a request body may stall.
+    pub body_timeout: std::time::Duration,
 }
 
 async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
@@ -65,10 +68,14 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
             .error_handler(|e, _| extractor_error(format!("invalid query string: {e}"))),
     )
     .app_data(web::JsonConfig::default().error_handler(|e, _| {
+        use actix_web::error::JsonPayloadError;
         let status = match &e {
-            actix_web::error::JsonPayloadError::Deserialize(d) if d.is_data() => {
-                StatusCode::UNPROCESSABLE_ENTITY
+            JsonPayloadError::Deserialize(d) if d.is_data() => StatusCode::UNPROCESSABLE_ENTITY,
+            JsonPayloadError::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
             }
+            JsonPayloadError::Payload(p) => limits::payload_status(p),
             _ => StatusCode::BAD_REQUEST,
         };
         let message = format!("invalid JSON body: {e}");
@@ -84,6 +91,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
             .wrap(from_fn(auth::guard))
             .service(
                 web::resource("/auth/login")
+                    .wrap(from_fn(limits::stall_guard))
                     .route(web::post().to(auth::login))
                     .default_service(web::to(method_not_allowed)),
             )
@@ -94,6 +102,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
             )
             .service(
                 web::resource("/sys/plugins")
+                    .wrap(from_fn(limits::stall_guard))
                     .route(web::get().to(plugins::list))
                     .route(web::post().to(plugins::install))
                     .default_service(web::to(method_not_allowed)),
@@ -139,7 +148,12 @@ pub async fn open_auth(settings: &Settings) -> anyhow::Result<Arc<AuthService>> 
     let db =
         Arc::new(Db::open(&settings.database_url, settings.pk_mode, settings.worker_id).await?);
     let secret = load_or_create_secret(settings.jwt_secret.as_deref(), &settings.data_dir)?;
-    Ok(Arc::new(AuthService::new(db, &secret, settings.token_ttl)))
+    Ok(Arc::new(AuthService::new(
+        db,
+        &secret,
+        settings.token_ttl,
+        settings.login,
+    )))
 }
 
 /// Loads the plugins and serves until SIGINT/SIGTERM; in-flight requests
@@ -169,6 +183,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         auth,
         status_check: settings.status_check,
         max_body: settings.max_body,
+        body_timeout: settings.body_timeout,
     });
     let bench_baseline = settings.bench_baseline;
     let server = HttpServer::new(move || {

@@ -9,6 +9,7 @@ use super::{
     AppState,
     auth::caller,
     envelope::{ApiError, ok, ok_saying},
+    limits::{check_declared_length, payload_status},
 };
 use crate::plugin::lifecycle::InstallOptions;
 
@@ -58,23 +59,34 @@ async fn read_upload(
     payload: web::Payload,
     limit: u64,
 ) -> Result<Vec<u8>, ApiError> {
+    // The form around the package is small; a declared length beyond the
+    // package limit and that slack is refused before reading.
+    check_declared_length(req, limit.saturating_add(64 * 1024), "PLUGHOST_MAX_PACKAGE")?;
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let unreadable = |e: actix_multipart::MultipartError| match &e {
+        actix_multipart::MultipartError::Payload(p) => ApiError::new(
+            payload_status(p),
+            format!("the upload could not be read: {p}"),
+        ),
+        _ => bad(format!("the upload could not be read: {e}")),
+    };
     let mut form = actix_multipart::Multipart::new(req.headers(), payload);
     while let Some(field) = form.next().await {
-        let mut field = field.map_err(|e| {
-            bad(format!(
+        let mut field = field.map_err(|e| match &e {
+            actix_multipart::MultipartError::Payload(_) => unreadable(e),
+            _ => bad(format!(
                 "expected a multipart/form-data upload with the package in the field 'file' ({e})"
-            ))
+            )),
         })?;
         if field.name() != Some("file") {
             while let Some(chunk) = field.next().await {
-                chunk.map_err(|e| bad(format!("the upload could not be read: {e}")))?;
+                chunk.map_err(unreadable)?;
             }
             continue;
         }
         let mut bytes = Vec::new();
         while let Some(chunk) = field.next().await {
-            let chunk = chunk.map_err(|e| bad(format!("the upload could not be read: {e}")))?;
+            let chunk = chunk.map_err(unreadable)?;
             if (bytes.len() + chunk.len()) as u64 > limit {
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,

@@ -131,6 +131,28 @@ impl Drop for Staging {
     }
 }
 
+/// Removes the temporary files an interrupted backup left in `backup_dir`
+/// (`.{plugin}.{uuid}.tmp`; finished backups never start with a dot).
+pub fn remove_backup_leftovers(backup_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(backup_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed a temporary file an interrupted backup left")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), "cannot remove a temporary backup file: {e}")
+                }
+            }
+        }
+    }
+}
+
 /// Removes staging directories an interrupted operation left behind.
 pub fn remove_leftovers(plugin_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(plugin_dir) else {
@@ -233,7 +255,9 @@ impl PluginHost {
         let started = std::time::Instant::now();
         // Loading a library (dlopen, relocations, ABI check) blocks: off the
         // HTTP workers, which keep serving meanwhile.
-        let (_, opened) = blocking(move || Ok(registry::open_candidate(&candidate))).await?;
+        let cache = self.cache.clone();
+        let (_, opened) =
+            blocking(move || Ok(registry::open_candidate(&candidate, &cache))).await?;
         tracing::debug!(
             plugin = name,
             ms = started.elapsed().as_millis(),
@@ -344,6 +368,7 @@ impl PluginHost {
         };
 
         // Init SQL and the plugin's init, against the table without the old version.
+        loaded.library = target.join(super::discover::library_file_name(name));
         loaded.dir = Some(target.clone());
         let enabled = match previous_enabled {
             Some(enabled) => enabled,
@@ -553,8 +578,15 @@ impl PluginHost {
             n += 1;
         }
         let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-        std::fs::write(&tmp, &bytes).map_err(|e| io_error("write", &tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io_error("write", &path, e))?;
+        let written = std::fs::write(&tmp, &bytes)
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .map_err(|e| io_error("write", &tmp, e))
+            .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| io_error("write", &path, e)));
+        if let Err(e) = written {
+            // A full disk leaves nothing behind.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         sync_dir(&dir);
         self.prune_backups(name);
         Ok(path)

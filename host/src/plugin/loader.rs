@@ -67,6 +67,23 @@ pub enum LoadError {
         /// The first differences.
         summary: String,
     },
+    /// The file is not safe to map: cut short, headers pointing past its
+    /// end, the wrong machine, or it crashed a test process.
+    #[error("{path}: refused before loading: {reason}")]
+    Damaged {
+        /// The library.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The test process that opened the library refused it.
+    #[error("{path}: {reason}")]
+    Probe {
+        /// The library.
+        path: PathBuf,
+        /// The test process's reason.
+        reason: String,
+    },
     /// abi_stable itself differs, or the root module failed to build.
     #[error("{path}: {reason}")]
     Other {
@@ -75,6 +92,23 @@ pub enum LoadError {
         /// What went wrong.
         reason: String,
     },
+}
+
+impl LoadError {
+    /// The same error, naming `path` as the library (the file the operator
+    /// knows, rather than the host's copy that was opened).
+    pub fn naming(mut self, shown: &Path) -> Self {
+        match &mut self {
+            Self::Open { path, .. }
+            | Self::NoRootModule { path }
+            | Self::Version { path, .. }
+            | Self::Layout { path, .. }
+            | Self::Damaged { path, .. }
+            | Self::Probe { path, .. }
+            | Self::Other { path, .. } => shown.clone_into(path),
+        }
+        self
+    }
 }
 
 fn host_version() -> VersionNumber {

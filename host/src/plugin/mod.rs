@@ -4,11 +4,13 @@
 
 pub mod discover;
 pub mod git;
+pub mod libcache;
 pub mod lifecycle;
 pub mod loader;
 pub mod lock;
 pub mod manifest;
 pub mod package;
+pub mod panic_log;
 pub mod registry;
 pub mod router;
 pub mod scaffold;
@@ -84,6 +86,7 @@ const LOCK_TTL: Duration = Duration::from_secs(30);
 pub struct PluginHost {
     routes: ArcSwap<RouteTable>,
     records: RwLock<BTreeMap<String, PluginRecord>>,
+    cache: libcache::LibraryCache,
     flags: FlagStore,
     lock: LifecycleLock,
     required: Vec<String>,
@@ -131,6 +134,7 @@ impl PluginHost {
         match lock.acquire("start-up cleanup", Duration::ZERO).await {
             Ok(guard) => {
                 lifecycle::remove_leftovers(&settings.plugin_dir);
+                lifecycle::remove_backup_leftovers(&settings.backup_dir);
                 if let Err(e) = guard.release().await {
                     tracing::warn!("{e}");
                 }
@@ -151,12 +155,28 @@ impl PluginHost {
                 path: settings.plugin_dir.clone(),
                 source,
             })?;
+        let cache = libcache::LibraryCache::new(settings.data_dir.join("libs"));
         let outcome = registry::load_all(
             &candidates,
+            &cache,
             &|name| recorded.get(name).copied().unwrap_or(true),
             Some(&db),
         )
         .await;
+        // Copies no plugin here uses any more; not while another process
+        // (the CLI, a server on the same data dir) is installing.
+        if let Ok(guard) = lock.acquire("library cache cleanup", Duration::ZERO).await {
+            let keep = outcome
+                .records
+                .values()
+                .filter_map(PluginRecord::loaded)
+                .map(|p| p.digest.clone())
+                .collect();
+            cache.prune(&keep);
+            if let Err(e) = guard.release().await {
+                tracing::warn!("{e}");
+            }
+        }
 
         let loaded: Vec<_> = outcome
             .records
@@ -190,6 +210,7 @@ impl PluginHost {
         let host = Arc::new(Self {
             routes: ArcSwap::from_pointee(outcome.table),
             records: RwLock::new(outcome.records),
+            cache,
             lock,
             flags,
             required: settings.required_plugins.clone(),
@@ -257,8 +278,9 @@ impl PluginHost {
     }
 
     /// Whether a restart would change what is served: the plugin dir holds
-    /// plugins (or versions) other than the ones loaded, e.g. after a CLI
-    /// install next to a running server or a file dropped in by hand.
+    /// plugins, versions or library files other than the ones loaded, e.g.
+    /// after a CLI install next to a running server, a file dropped in or
+    /// overwritten by hand (the host serves its own copy meanwhile).
     pub fn changed(&self) -> bool {
         let Ok(found) = discover::discover(&self.plugin_dir) else {
             return false;
@@ -278,8 +300,18 @@ impl PluginHost {
                 .ok()
                 .and_then(|text| manifest::PluginManifest::parse(&text).ok())
                 .map(|m| m.version);
-            candidate.source.path().is_dir()
-                && on_disk != record.manifest.as_ref().map(|m| m.version)
+            let library = match &candidate.source {
+                discover::Source::Directory(dir) => {
+                    dir.join(discover::library_file_name(&candidate.name))
+                }
+                discover::Source::Library(path) => path.clone(),
+            };
+            let replaced = record
+                .loaded()
+                .is_some_and(|p| libcache::file_digest(&library).as_ref() != Some(&p.digest));
+            replaced
+                || (candidate.source.path().is_dir()
+                    && on_disk != record.manifest.as_ref().map(|m| m.version))
         })
     }
 
@@ -370,9 +402,19 @@ impl PluginHost {
         }
     }
 
-    /// Starts the periodic reconcile and, with Redis, the event subscriber.
-    /// Both stop when the host is dropped.
+    /// Starts the periodic reconcile, the panic-count reports and, with
+    /// Redis, the event subscriber. They stop when the host is dropped.
     fn spawn_flag_tasks(self: &Arc<Self>, every: Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if weak.strong_count() == 0 {
+                    return;
+                }
+                panic_log::flush();
+            }
+        });
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {

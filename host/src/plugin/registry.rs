@@ -20,6 +20,7 @@ use plugin_api::abi::{PluginModRef, RouterSpec};
 
 use super::{
     discover::{Candidate, Source, library_file_name},
+    libcache::LibraryCache,
     loader::load_library,
     manifest::{PLUGIN_NAME_PATTERN, PluginKind, PluginManifest, is_valid_plugin_name},
     router::{
@@ -39,8 +40,10 @@ pub struct LoadedPlugin {
     pub manifest: PluginManifest,
     /// The library's root module.
     pub module: PluginModRef,
-    /// The library file.
+    /// The library file in the plugin dir.
     pub library: PathBuf,
+    /// The sha256 of the library's bytes (its private copy is what is mapped).
+    pub digest: String,
     enabled: AtomicBool,
 }
 
@@ -106,6 +109,7 @@ struct Pending {
 pub(crate) struct Loaded {
     pub(crate) module: PluginModRef,
     pub(crate) library: PathBuf,
+    pub(crate) digest: String,
     pub(crate) manifest: PluginManifest,
     /// The plugin's directory (lone libraries have none, and so no scripts).
     pub(crate) dir: Option<PathBuf>,
@@ -119,6 +123,7 @@ pub(crate) fn probe_plugin(name: &str, loaded: &Loaded) -> Arc<LoadedPlugin> {
         manifest: loaded.manifest.clone(),
         module: loaded.module,
         library: loaded.library.clone(),
+        digest: loaded.digest.clone(),
         enabled: AtomicBool::new(false),
     })
 }
@@ -134,9 +139,11 @@ fn read_dir_manifest(dir: &Path) -> Result<PluginManifest, String> {
 const RESERVED_NAMES: [&str; 1] = ["changed"];
 
 /// Opens one candidate: manifest first (no plugin code runs for a bad
-/// one), then the library, then the name and router checks.
+/// one), then the library (checked, copied and probed by `cache`, then its
+/// private copy opened), then the name and router checks.
 pub(crate) fn open_candidate(
     candidate: &Candidate,
+    cache: &LibraryCache,
 ) -> (Option<PluginManifest>, Result<Loaded, String>) {
     if !is_valid_plugin_name(&candidate.name) {
         return (
@@ -179,8 +186,13 @@ pub(crate) fn open_candidate(
         }
         Source::Library(path) => (None, path.clone()),
     };
-    let module = match load_library(&library) {
-        Ok(m) => m,
+    let opened = cache.prepare(&library).and_then(|copy| {
+        load_library(&copy.path)
+            .map(|module| (module, copy.digest))
+            .map_err(|e| e.naming(&library))
+    });
+    let (module, digest) = match opened {
+        Ok(opened) => opened,
         Err(e) => return (file_manifest, Err(e.to_string())),
     };
     let declared = module.name().as_str();
@@ -207,6 +219,7 @@ pub(crate) fn open_candidate(
     let loaded = Loaded {
         module,
         library,
+        digest,
         manifest: manifest.clone(),
         dir,
     };
@@ -363,6 +376,7 @@ fn dependency_order(
 /// Loads every candidate and mounts what can be mounted.
 pub async fn load_all(
     candidates: &[Candidate],
+    cache: &LibraryCache,
     flags: &dyn Fn(&str) -> bool,
     db: Option<&Db>,
 ) -> LoadOutcome {
@@ -377,7 +391,7 @@ pub async fn load_all(
             ));
             continue;
         }
-        let (manifest, result) = open_candidate(candidate);
+        let (manifest, result) = open_candidate(candidate, cache);
         pending.insert(
             candidate.name.clone(),
             Pending {
@@ -498,6 +512,7 @@ pub(crate) async fn mount(
         manifest: loaded.manifest,
         module: loaded.module,
         library: loaded.library,
+        digest: loaded.digest,
         enabled: AtomicBool::new(enabled),
     });
     // Reserve the routes first: a colliding plugin's code never runs.

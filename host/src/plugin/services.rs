@@ -42,6 +42,10 @@ pub fn publish(loaded: u32, settings: HashMap<String, BTreeMap<String, String>>)
 extern "C" fn log(plugin: RStr<'_>, lvl: u8, message: RStr<'_>) {
     let (plugin, message) = (plugin.as_str(), message.as_str());
     match lvl {
+        // Panic lines come from the plugin's panic hook, once per panic.
+        level::ERROR if message.starts_with("panicked") => {
+            super::panic_log::panicked(plugin, message);
+        }
         level::ERROR => tracing::error!(target: "plugin", plugin, "{message}"),
         level::WARN => tracing::warn!(target: "plugin", plugin, "{message}"),
         level::INFO => tracing::info!(target: "plugin", plugin, "{message}"),

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, TransactionTrait};
 
 use crate::db::{Backend, Db, PkMode, placeholders, split};
 
@@ -36,43 +36,123 @@ pub fn script_path(script: Script, backend: Backend, pk_mode: PkMode) -> String 
 }
 
 /// Runs `plugin`'s init script from `dir` once; returns a reason on failure.
+///
+/// On SQLite and PostgreSQL the script and its record in `sys_plugin`
+/// commit in one transaction, so a kill at any instant leaves both or
+/// neither. MySQL and MariaDB commit DDL implicitly: there an intent row
+/// (`init_state = 'running'`) is committed first and marked `done` after
+/// the script; a restart that finds the intent drops the tables the script
+/// creates and runs it again.
 pub async fn init_once(db: &Db, plugin: &str, version: &str, dir: &Path) -> Result<(), String> {
     let relative = script_path(Script::Init, db.backend(), db.pk_mode());
     let path = dir.join(&relative);
     if !path.is_file() {
         return Ok(());
     }
-    let done = db
+    let recorded = db
         .query(
             &placeholders(
                 db.backend(),
-                "SELECT init_version FROM sys_plugin WHERE name = ?",
+                "SELECT init_state FROM sys_plugin WHERE name = ?",
             ),
             vec![plugin.into()],
         )
         .await
         .map_err(|e| format!("cannot read sys_plugin: {e}"))?;
-    if !done.is_empty() {
+    let state: Option<String> = match recorded.first() {
+        Some(row) => Some(
+            row.try_get("", "init_state")
+                .map_err(|e| format!("cannot read sys_plugin: {e}"))?,
+        ),
+        None => None,
+    };
+    if state.as_deref() == Some(INIT_DONE) {
         return Ok(());
     }
     let script =
         std::fs::read_to_string(&path).map_err(|e| format!("cannot read {relative}: {e}"))?;
-    run_script(db, &script)
-        .await
-        .map_err(|e| format!("init script {relative} failed {e}"))?;
-    db.conn()
-        .execute(Statement::from_sql_and_values(
-            db.conn().get_database_backend(),
-            placeholders(
-                db.backend(),
-                "INSERT INTO sys_plugin (name, init_version) VALUES (?, ?)",
-            ),
-            vec![plugin.into(), version.into()],
-        ))
-        .await
-        .map_err(|e| format!("cannot record the init of {plugin}: {e}"))?;
+    let failed = |e: String| format!("init script {relative} failed {e}");
+    if db.backend() == Backend::Mysql {
+        if state.is_some() {
+            let dropped = drop_created_tables(db, &script).await;
+            tracing::warn!(
+                plugin,
+                tables = dropped.join(", "),
+                "an earlier init of this plugin was interrupted; dropped what its script creates and running it again"
+            );
+        } else {
+            record_init(db, db.conn(), plugin, version, INIT_RUNNING)
+                .await
+                .map_err(|e| format!("cannot record the init of {plugin}: {e}"))?;
+        }
+        if let Err(e) = run_script(db, &script, None).await {
+            let _ = forget_init(db, plugin).await;
+            return Err(failed(e));
+        }
+        db.conn()
+            .execute(db.statement(
+                "UPDATE sys_plugin SET init_state = ? WHERE name = ?",
+                [INIT_DONE.into(), plugin.into()],
+            ))
+            .await
+            .map_err(|e| format!("cannot record the init of {plugin}: {e}"))?;
+    } else {
+        run_script(db, &script, Some((plugin, version)))
+            .await
+            .map_err(failed)?;
+    }
     tracing::info!(plugin, script = %relative, "plugin init script ran");
     Ok(())
+}
+
+/// `sys_plugin.init_state` of a plugin whose init script committed.
+const INIT_DONE: &str = "done";
+/// `sys_plugin.init_state` while a MySQL init script runs.
+const INIT_RUNNING: &str = "running";
+
+async fn record_init(
+    db: &Db,
+    conn: &impl ConnectionTrait,
+    plugin: &str,
+    version: &str,
+    state: &str,
+) -> Result<(), sea_orm::DbErr> {
+    conn.execute(db.statement(
+        "INSERT INTO sys_plugin (name, init_version, init_state) VALUES (?, ?, ?)",
+        [plugin.into(), version.into(), state.into()],
+    ))
+    .await
+    .map(drop)
+}
+
+async fn forget_init(db: &Db, plugin: &str) -> Result<(), sea_orm::DbErr> {
+    db.conn()
+        .execute(db.statement("DELETE FROM sys_plugin WHERE name = ?", [plugin.into()]))
+        .await
+        .map(drop)
+}
+
+/// Drops the tables `script` creates, last first (MySQL: what an
+/// interrupted or failed script left); returns their names.
+async fn drop_created_tables(db: &Db, script: &str) -> Vec<String> {
+    let tables: Vec<String> = split::split(script, db.backend().escapes())
+        .map(|statements| {
+            statements
+                .iter()
+                .filter_map(|s| created_table(&s.text))
+                .collect()
+        })
+        .unwrap_or_default();
+    for table in tables.iter().rev() {
+        if let Err(e) = db
+            .conn()
+            .execute_unprepared(&format!("DROP TABLE IF EXISTS {table}"))
+            .await
+        {
+            tracing::warn!(table, "cannot drop a table of an interrupted init: {e}");
+        }
+    }
+    tables
 }
 
 /// Runs `plugin`'s destroy script from `dir`, if it has one, and forgets
@@ -83,7 +163,7 @@ pub async fn destroy(db: &Db, plugin: &str, dir: &Path) -> Result<bool, String> 
     let ran = if path.is_file() {
         let script =
             std::fs::read_to_string(&path).map_err(|e| format!("cannot read {relative}: {e}"))?;
-        run_script(db, &script)
+        run_script(db, &script, None)
             .await
             .map_err(|e| format!("destroy script {relative} failed {e}"))?;
         tracing::info!(plugin, script = %relative, "plugin destroy script ran");
@@ -91,17 +171,21 @@ pub async fn destroy(db: &Db, plugin: &str, dir: &Path) -> Result<bool, String> 
     } else {
         false
     };
-    db.conn()
-        .execute(db.statement("DELETE FROM sys_plugin WHERE name = ?", [plugin.into()]))
+    forget_init(db, plugin)
         .await
         .map_err(|e| format!("cannot forget the init of {plugin}: {e}"))?;
     Ok(ran)
 }
 
-/// Runs a script in one transaction. On MySQL and MariaDB, where DDL
-/// commits implicitly, the tables the script created before failing are
-/// dropped again.
-pub async fn run_script(db: &Db, script: &str) -> Result<usize, String> {
+/// Runs a script in one transaction, and with `record` (plugin, version)
+/// records that plugin's init as done in the same transaction. On MySQL
+/// and MariaDB, where DDL commits implicitly, the tables the script
+/// created before failing are dropped again.
+pub async fn run_script(
+    db: &Db,
+    script: &str,
+    record: Option<(&str, &str)>,
+) -> Result<usize, String> {
     let statements =
         split::split(script, db.backend().escapes()).map_err(|e| format!("to parse: {e}"))?;
     let txn = db
@@ -130,6 +214,11 @@ pub async fn run_script(db: &Db, script: &str) -> Result<usize, String> {
         if let Some(table) = created_table(&statement.text) {
             created.push(table);
         }
+    }
+    if let Some((plugin, version)) = record {
+        record_init(db, &txn, plugin, version, INIT_DONE)
+            .await
+            .map_err(|e| format!("to record the init of {plugin}: {e}"))?;
     }
     txn.commit().await.map_err(|e| format!("to commit: {e}"))?;
     Ok(statements.len())

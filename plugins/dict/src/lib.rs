@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use plugin_api::{Error, Json, Request, Router, Transaction, host};
+use plugin_api::{Error, Json, Paging, Request, Router, Transaction, host};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json, value::RawValue};
 
@@ -36,7 +36,25 @@ fn invalid(field: &str, message: &str) -> Error {
     Error::new(422, format!("{field}: {message}"))
 }
 
+/// Control characters (NUL among them) are refused in every text field.
+fn printable(field: &str, value: &str) -> Result<(), Error> {
+    match value
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+    {
+        Some(c) => Err(invalid(
+            field,
+            &format!(
+                "must not contain control characters (found U+{:04X})",
+                u32::from(c)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn text(field: &str, value: &str, max: usize) -> Result<Value, Error> {
+    printable(field, value)?;
     let len = value.chars().count();
     if len == 0 || len > max {
         return Err(invalid(
@@ -54,7 +72,7 @@ fn optional_text(field: &str, value: Option<String>, max: usize) -> Result<Value
             field,
             &format!("must be at most {max} characters long"),
         )),
-        Some(v) => Ok(Value::from(v)),
+        Some(v) => printable(field, &v).map(|()| Value::from(v)),
     }
 }
 
@@ -226,23 +244,10 @@ async fn fetch<R: Resource>(id: i64) -> Result<Value, Error> {
 
 /// `GET ?page=&size=&…filters`: `{"items", "total", "page", "size"}`.
 async fn list<R: Resource>(req: Request<'_>) -> Result<Json<Page>, Error> {
+    let Paging { page, size, offset } = req.paging(20, 200)?;
     let mut query: BTreeMap<String, String> = req.query()?;
-    let page: u64 = match query.remove("page") {
-        None => 1,
-        Some(p) => p
-            .parse()
-            .ok()
-            .filter(|p| *p >= 1)
-            .ok_or_else(|| invalid("page", "must be an integer from 1"))?,
-    };
-    let size: u64 = match query.remove("size") {
-        None => 20,
-        Some(s) => s
-            .parse()
-            .ok()
-            .filter(|s| (1..=200).contains(s))
-            .ok_or_else(|| invalid("size", "must be an integer from 1 to 200"))?,
-    };
+    query.remove("page");
+    query.remove("size");
     let (clauses, mut params) = R::filters(&query)?;
     let filter = if clauses.is_empty() {
         String::new()
@@ -261,7 +266,7 @@ async fn list<R: Resource>(req: Request<'_>) -> Result<Json<Page>, Error> {
         .and_then(|r| r["total"].as_i64())
         .unwrap_or(0);
     params.push(json!(size));
-    params.push(json!((page - 1) * size));
+    params.push(json!(offset));
     let items = host
         .query_raw(
             &format!(
