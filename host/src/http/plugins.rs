@@ -18,9 +18,19 @@ pub(crate) async fn list(state: web::Data<AppState>) -> HttpResponse {
     ok(state.plugins.list())
 }
 
-/// `GET /admin/v1/sys/plugins/changed`: whether a restart would change anything.
-pub(crate) async fn changed(state: web::Data<AppState>) -> HttpResponse {
-    ok(state.plugins.changed())
+/// `GET /admin/v1/sys/plugins/changed`: whether a restart would change
+/// anything (it reads and hashes the plugin dir's libraries: off the workers).
+pub(crate) async fn changed(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let plugins = state.plugins.clone();
+    web::block(move || plugins.changed())
+        .await
+        .map(ok)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot compare the plugin dir: {e}"),
+            )
+        })
 }
 
 /// `PUT /admin/v1/sys/plugins/{plugin}/status`: flips the enable flag
