@@ -131,8 +131,23 @@ fn bodies_are_read_whether_sized_or_chunked_and_refused_above_the_limit() {
         .unwrap();
     assert_eq!(chunked["data"], json!({"chunked": true}));
     let big = json!({"text": "x".repeat(100)});
-    host.post("/hello/v1/echo", &big)
-        .assert_error(413, "request body exceeds the limit of 64 bytes");
+    // Declared too large: refused before the body is read.
+    host.post("/hello/v1/echo", &big).assert_error(
+        413,
+        "request body of 111 bytes exceeds the limit of 64 bytes (PLUGHOST_MAX_BODY)",
+    );
+    // Chunked, so undeclared: refused when the limit is passed.
+    let response = ureq::post(&url)
+        .set("content-type", "application/json")
+        .send(big.to_string().as_bytes());
+    let Err(ureq::Error::Status(413, response)) = response else {
+        panic!("a chunked body over the limit was not refused: {response:?}");
+    };
+    let refused: serde_json::Value = response.into_json().unwrap();
+    assert_eq!(
+        refused["msg"],
+        "request body exceeds the limit of 64 bytes (PLUGHOST_MAX_BODY)"
+    );
     // The host keeps serving after refusing a body.
     assert_eq!(host.post("/hello/v1/echo", &json!([1])).data(), &json!([1]));
 }

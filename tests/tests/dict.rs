@@ -72,7 +72,7 @@ fn crud_round_trip(host: &Host, label: &str) {
         "{label}"
     );
     host.get(&format!("{TYPES}?size=500"))
-        .assert_error(422, "size: must be an integer from 1 to 200");
+        .assert_error(422, "size: must be a whole number from 1 to 200");
     host.get(&format!("{TYPES}?status=x"))
         .assert_error(422, "status: must be 0 or 1");
 

@@ -82,7 +82,7 @@ async fn read_body(
         if body.len() + chunk.len() > limit {
             return Err(envelope::error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("request body exceeds the limit of {limit} bytes"),
+                &format!("request body exceeds the limit of {limit} bytes (PLUGHOST_MAX_BODY)"),
             ));
         }
         body.extend_from_slice(&chunk);

@@ -41,15 +41,18 @@ pub fn may_have_body(req: &HttpRequest) -> bool {
             .is_some_and(|v| v.as_bytes() != b"0")
 }
 
+/// The length a request declares (`Content-Length`), if it does.
+pub fn declared_length(req: &HttpRequest) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
 /// The 413 for a request whose declared length exceeds `limit`, before
 /// any of its body is read.
 pub fn check_declared_length(req: &HttpRequest, limit: u64, setting: &str) -> Result<(), ApiError> {
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    match declared {
+    match declared_length(req) {
         Some(length) if length > limit => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(

@@ -9,7 +9,7 @@ use super::{
     AppState,
     auth::caller,
     envelope::{ApiError, ok, ok_saying},
-    limits::{check_declared_length, payload_status},
+    limits::{declared_length, payload_status},
 };
 use crate::plugin::lifecycle::InstallOptions;
 
@@ -71,7 +71,14 @@ async fn read_upload(
 ) -> Result<Vec<u8>, ApiError> {
     // The form around the package is small; a declared length beyond the
     // package limit and that slack is refused before reading.
-    check_declared_length(req, limit.saturating_add(64 * 1024), "PLUGHOST_MAX_PACKAGE")?;
+    if let Some(length) = declared_length(req).filter(|l| *l > limit.saturating_add(64 * 1024)) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the upload of {length} bytes is larger than the limit of {limit} bytes for a package (PLUGHOST_MAX_PACKAGE)"
+            ),
+        ));
+    }
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
     let unreadable = |e: actix_multipart::MultipartError| match &e {
         actix_multipart::MultipartError::Payload(p) => ApiError::new(

@@ -270,6 +270,15 @@ fn probe(exe: &Path, library: &Path) -> Result<(), Probe> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| Probe::Crashed(format!("cannot start {} to check it: {e}", exe.display())))?;
+    // Read while it runs: a library that prints much while loading must
+    // not stall the child on a full pipe.
+    let reader = child.stdout.take().map(|mut stdout| {
+        std::thread::spawn(move || {
+            let mut out = String::new();
+            let _ = stdout.read_to_string(&mut out);
+            out
+        })
+    });
     let started = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -287,10 +296,7 @@ fn probe(exe: &Path, library: &Path) -> Result<(), Probe> {
             }
         }
     };
-    let mut out = String::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        let _ = stdout.read_to_string(&mut out);
-    }
+    let out = reader.and_then(|r| r.join().ok()).unwrap_or_default();
     let out = out.trim();
     if status.success() && out.starts_with(PROBE_OK) {
         return Ok(());

@@ -134,41 +134,39 @@ impl Drop for Staging {
 /// Removes the temporary files an interrupted backup left in `backup_dir`
 /// (`.{plugin}.{uuid}.tmp`; finished backups never start with a dot).
 pub fn remove_backup_leftovers(backup_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(backup_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') && name.ends_with(".tmp") {
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => {
-                    tracing::info!(path = %entry.path().display(), "removed a temporary file an interrupted backup left")
-                }
-                Err(e) => {
-                    tracing::warn!(path = %entry.path().display(), "cannot remove a temporary backup file: {e}")
-                }
-            }
-        }
-    }
+    remove_left_behind(backup_dir, "temporary backup file", |name| {
+        name.starts_with('.') && name.ends_with(".tmp")
+    });
 }
 
 /// Removes staging directories an interrupted operation left behind.
 pub fn remove_leftovers(plugin_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(plugin_dir) else {
+    remove_left_behind(plugin_dir, "staging directory", |name| {
+        name.starts_with(STAGING_PREFIX)
+    });
+}
+
+/// Removes the entries of `dir` whose names say an interrupted operation
+/// left them (`what` names them in the log).
+fn remove_left_behind(dir: &Path, what: &str, left_behind: impl Fn(&str) -> bool) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with(STAGING_PREFIX) {
-            match std::fs::remove_dir_all(entry.path()) {
-                Ok(()) => {
-                    tracing::info!(path = %entry.path().display(), "removed a staging directory an interrupted operation left")
-                }
-                Err(e) => {
-                    tracing::warn!(path = %entry.path().display(), "cannot remove staging directory: {e}")
-                }
+        if !left_behind(&entry.file_name().to_string_lossy()) {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match removed {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed a {what} an interrupted operation left")
             }
+            Err(e) => tracing::warn!(path = %path.display(), "cannot remove a {what}: {e}"),
         }
     }
 }
