@@ -8,6 +8,7 @@ use tracing_subscriber::EnvFilter;
 use crate::{
     auth::AuthService,
     config::{Settings, SettingsArgs},
+    runtime::Core,
 };
 
 /// plughost: a web host that loads plugins as native libraries.
@@ -184,8 +185,8 @@ fn manage(
 ) -> anyhow::Result<()> {
     let settings = Settings::resolve(args)?;
     actix_web::rt::System::new().block_on(async move {
-        let auth = crate::http::open_auth(&settings).await?;
-        action(auth).await
+        let core = Core::open(settings).await?;
+        action(core.auth).await
     })
 }
 
@@ -273,16 +274,10 @@ async fn role(auth: Arc<AuthService>, action: RoleAction) -> anyhow::Result<()> 
 /// Runs a plugin action on the plugin dir, through the same plugin host a
 /// server runs.
 fn plugin(args: &SettingsArgs, action: PluginAction) -> anyhow::Result<()> {
-    use crate::plugin::{PluginHost, lifecycle::InstallOptions};
+    use crate::plugin::lifecycle::InstallOptions;
     let settings = Settings::resolve(args)?;
     actix_web::rt::System::new().block_on(async move {
-        let auth = crate::http::open_auth(&settings).await?;
-        let redis = settings
-            .redis_url
-            .as_deref()
-            .map(crate::redis::Redis::open)
-            .transpose()?;
-        let host = PluginHost::start(&settings, auth.db().clone(), redis).await?;
+        let host = Core::open(settings).await?.plugins().await?;
         match action {
             PluginAction::List => {
                 println!("{:<24} {:<10} {:<9} {:<8} error", "name", "version", "state", "enabled");

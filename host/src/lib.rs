@@ -10,3 +10,4 @@ pub mod db;
 pub mod http;
 pub mod plugin;
 pub mod redis;
+pub mod runtime;

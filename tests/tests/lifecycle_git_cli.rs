@@ -246,3 +246,30 @@ fn the_plugin_commands_manage_the_plugin_dir_with_the_same_rules() {
     assert!(!ok && out.contains("not installed"), "{out}");
     assert!(!data.plugins().join("greeter").exists());
 }
+
+#[test]
+fn plugins_loaded_by_the_cli_get_the_same_host_services_as_the_server() {
+    // notes refuses to start when its init sees no database.
+    let data = DataDir::new();
+    let archive = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(archive.path(), package("notes", "notes", "notes")).unwrap();
+    let (ok, out) = cli(
+        &data,
+        &[],
+        &["plugin", "add", "--zip", archive.path().to_str().unwrap()],
+    );
+    assert!(
+        ok && out.contains("installed plugin 'notes' 0.1.0"),
+        "{out}"
+    );
+    let (ok, out) = cli(&data, &[], &["plugin", "list"]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("notes"))
+        .expect("notes listed");
+    assert!(ok && line.contains("loaded"), "{out}");
+    // Its init script ran once, through the CLI; the server finds its table.
+    let host = Host::start(&data);
+    assert_eq!(host.plugin("notes")["state"], "loaded");
+    assert_eq!(host.get("/notes/v1/notes").status, 200);
+}

@@ -17,9 +17,8 @@ use actix_web::{
 };
 
 use crate::{
-    auth::{AuthService, load_or_create_secret},
+    auth::AuthService,
     config::Settings,
-    db::Db,
     plugin::{PluginHost, router::Scope},
 };
 use dispatch::StatusCheck;
@@ -136,30 +135,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
     cfg.default_service(dispatch::service(Scope::App));
 }
 
-/// Opens the database (migrating it), makes sure an administrator exists,
-/// and returns the auth service.
-pub async fn open_auth(settings: &Settings) -> anyhow::Result<Arc<AuthService>> {
-    std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot create data dir {}: {e}",
-            settings.data_dir.display()
-        )
-    })?;
-    let db =
-        Arc::new(Db::open(&settings.database_url, settings.pk_mode, settings.worker_id).await?);
-    let secret = load_or_create_secret(settings.jwt_secret.as_deref(), &settings.data_dir)?;
-    Ok(Arc::new(AuthService::new(
-        db,
-        &secret,
-        settings.token_ttl,
-        settings.login,
-    )))
-}
-
 /// Loads the plugins and serves until SIGINT/SIGTERM; in-flight requests
 /// get `shutdown_timeout` to finish.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let auth = open_auth(&settings).await?;
+    let core = crate::runtime::Core::open(settings).await?;
+    let auth = core.auth.clone();
     let admin_password = std::env::var("PLUGHOST_ADMIN_PASSWORD").ok();
     if let Some(generated) = auth.ensure_admin(admin_password).await? {
         // Printed once, on the console only: it is not stored anywhere.
@@ -168,16 +148,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
              Change it with `plughost user passwd admin --password NEW`.\n"
         );
     }
-    crate::plugin::services::set_db(auth.db().clone());
-    let redis = settings
-        .redis_url
-        .as_deref()
-        .map(crate::redis::Redis::open)
-        .transpose()?;
-    if let Some(redis) = &redis {
-        crate::plugin::services::set_redis(redis.clone(), &settings.flag_prefix);
-    }
-    let plugins = PluginHost::start(&settings, auth.db().clone(), redis).await?;
+    let plugins = core.plugins().await?;
+    let settings = core.settings;
     let state = web::Data::new(AppState {
         plugins,
         auth,
