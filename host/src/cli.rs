@@ -60,7 +60,7 @@ enum Command {
     },
     /// Opens one library and prints the plugin it declares (the host runs
     /// this in a child process before it maps a library itself).
-    #[command(name = crate::plugin::libcache::PROBE_COMMAND, hide = true)]
+    #[command(name = crate::plugin::loading::libcache::PROBE_COMMAND, hide = true)]
     ProbeLibrary {
         /// The library.
         library: std::path::PathBuf,
@@ -230,7 +230,7 @@ async fn sql(
     file: std::path::PathBuf,
     destroy: bool,
 ) -> anyhow::Result<()> {
-    use crate::plugin::sql::{DESTROY_KINDS, INIT_KINDS, check_kinds, run_script};
+    use crate::plugin::lifecycle::sql::{DESTROY_KINDS, INIT_KINDS, check_kinds, run_script};
     let db = auth.db();
     let script = std::fs::read_to_string(&file)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
@@ -381,7 +381,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::ProbeLibrary { library } => {
-            return crate::plugin::libcache::run_probe(&library);
+            return crate::plugin::loading::libcache::run_probe(&library);
         }
         Command::Serve(args) => Settings::resolve(&args)
             .map_err(anyhow::Error::from)

@@ -10,7 +10,20 @@ use std::{
 use clap::Args;
 use serde::Deserialize;
 
-use crate::{db::PkMode, http::dispatch::StatusCheck};
+use crate::db::PkMode;
+
+/// Whether the status gate runs (off only to measure its cost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusCheck {
+    /// Read the in-process flag cache on every request.
+    Cached,
+    /// Read the flag from Redis on every request, as FBA does (falling back
+    /// to the cache when Redis cannot answer); for comparison.
+    Redis,
+    /// Skip the gate (benchmarks only).
+    Off,
+}
 
 /// Settings a user can give on the command line or in the environment.
 #[derive(Debug, Clone, Default, Args)]
@@ -216,9 +229,9 @@ pub struct Settings {
     /// Backups kept per plugin.
     pub backup_keep: usize,
     /// Limits on plugin packages.
-    pub package_limits: crate::plugin::package::Limits,
+    pub package_limits: crate::plugin::lifecycle::package::Limits,
     /// Where Git installs may come from, and plugin builds.
-    pub git: crate::plugin::git::GitPolicy,
+    pub git: crate::plugin::lifecycle::git::GitPolicy,
     /// How long a plugin operation waits for another one.
     pub lock_wait: Duration,
     /// How long a request body may stall.
@@ -394,8 +407,8 @@ impl Settings {
                 .unwrap_or_else(|| data_dir.join("backups")),
             backup_keep: args.backup_keep.or(file.backup_keep).unwrap_or(10).max(1),
             package_limits: {
-                let default = crate::plugin::package::Limits::default();
-                crate::plugin::package::Limits {
+                let default = crate::plugin::lifecycle::package::Limits::default();
+                crate::plugin::lifecycle::package::Limits {
                     max_archive: args
                         .max_package
                         .or(file.max_package)
@@ -416,7 +429,7 @@ impl Settings {
                 }
             },
             lock_wait: Duration::from_secs(args.lock_wait.or(file.lock_wait).unwrap_or(10)),
-            git: crate::plugin::git::GitPolicy {
+            git: crate::plugin::lifecycle::git::GitPolicy {
                 hosts: args
                     .git_hosts
                     .clone()

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use e2e::TestRedis;
 use host::{
-    plugin::lock::{LifecycleLock, LockError},
+    plugin::lifecycle::lock::{LifecycleLock, LockError},
     redis::Redis,
 };
 

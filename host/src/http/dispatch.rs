@@ -30,20 +30,7 @@ use super::{
     envelope::ApiError,
     limits::{Stalling, check_declared_length, may_have_body, payload_status},
 };
-use crate::plugin::router::Scope;
-
-/// Whether the status gate runs (off only to measure its cost).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StatusCheck {
-    /// Read the in-process flag cache on every request.
-    Cached,
-    /// Read the flag from Redis on every request, as FBA does (falling back
-    /// to the cache when Redis cannot answer); for comparison.
-    Redis,
-    /// Skip the gate (benchmarks only).
-    Off,
-}
+use crate::{config::StatusCheck, plugin::running::router::Scope};
 
 /// The dispatcher for one scope: the admin scope's default service serves
 /// extend-level routes, the app's default service app-level ones.
@@ -207,7 +194,7 @@ async fn answer(scope: Scope, req: &HttpRequest, payload: &mut Payload) -> HttpR
     match AssertUnwindSafe(future).catch_unwind().await {
         Ok(response) => into_http(response, &plugin.name, trace.as_str()),
         Err(_) => {
-            crate::plugin::panic_log::panicked(
+            crate::plugin::services::panic_log::panicked(
                 &plugin.name,
                 "panicked across the boundary (in the handler's future)",
             );

@@ -14,8 +14,9 @@ use serde::Serialize;
 
 use crate::{
     plugin::{
-        PluginError, lifecycle::LifecycleError, lock::LockError, package::PackageError,
-        status::FlagError,
+        PluginError,
+        lifecycle::{LifecycleError, lock::LockError, package::PackageError},
+        running::status::FlagError,
     },
     redis::RedisError,
 };

@@ -16,12 +16,12 @@ use actix_web::{
     middleware::from_fn, web,
 };
 
+use crate::config::StatusCheck;
 use crate::{
     auth::AuthService,
     config::Settings,
-    plugin::{PluginHost, router::Scope},
+    plugin::{PluginHost, running::router::Scope},
 };
-use dispatch::StatusCheck;
 
 /// What every handler shares.
 pub struct AppState {

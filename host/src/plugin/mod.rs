@@ -2,42 +2,33 @@
 //!
 //! [`PluginHost`] is the one facade the HTTP layer and the CLI use.
 
-pub mod discover;
-pub mod git;
-pub mod libcache;
 pub mod lifecycle;
-pub mod loader;
-pub mod lock;
-pub mod manifest;
-pub mod package;
-pub mod panic_log;
-pub mod registry;
-pub mod router;
+pub mod loading;
+pub mod running;
 pub mod scaffold;
 pub mod services;
-pub mod sql;
-pub mod status;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     path::PathBuf,
-    sync::{
-        Arc, RwLock, Weak,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
 
-use arc_swap::ArcSwap;
-use futures_util::StreamExt as _;
 use serde_json::Value;
 
 use crate::{config::Settings, db::Db, redis::Redis};
-use lock::LifecycleLock;
-use manifest::{PLUGIN_NAME_PATTERN, is_valid_plugin_name, placeholder_value};
-use registry::{LoadedPlugin, PluginRecord, PluginState};
-use router::RouteTable;
-use status::{Flag, FlagError, FlagEvent, FlagStore};
+use lifecycle::{git, lock::LifecycleLock, package};
+use loading::{
+    discover, libcache,
+    manifest::{self, PLUGIN_NAME_PATTERN, is_valid_plugin_name, placeholder_value},
+};
+use running::{
+    registry::{self, LoadedPlugin, PluginRecord, PluginState},
+    router::RouteTable,
+    set::PluginSet,
+    status::{FlagError, FlagStore},
+};
 
 /// A plugin operation that cannot be done.
 #[derive(Debug, thiserror::Error)]
@@ -84,8 +75,7 @@ const LOCK_TTL: Duration = Duration::from_secs(30);
 
 /// The plugin system of one running host.
 pub struct PluginHost {
-    routes: ArcSwap<RouteTable>,
-    records: RwLock<BTreeMap<String, PluginRecord>>,
+    set: PluginSet,
     cache: libcache::LibraryCache,
     flags: FlagStore,
     lock: LifecycleLock,
@@ -208,8 +198,7 @@ impl PluginHost {
             "plugins discovered"
         );
         let host = Arc::new(Self {
-            routes: ArcSwap::from_pointee(outcome.table),
-            records: RwLock::new(outcome.records),
+            set: PluginSet::new(outcome.records, outcome.table),
             cache,
             lock,
             flags,
@@ -231,7 +220,7 @@ impl PluginHost {
     }
 
     fn publish_services(&self) {
-        let records = self.records.read().expect("records lock");
+        let records = self.set.records();
         let settings: HashMap<_, _> = records
             .values()
             .filter_map(PluginRecord::loaded)
@@ -244,7 +233,7 @@ impl PluginHost {
     /// The current route table (held by a request for its whole life).
     #[inline]
     pub fn routes(&self) -> Arc<RouteTable> {
-        self.routes.load_full()
+        self.set.routes()
     }
 
     /// The largest package an upload may be.
@@ -259,7 +248,7 @@ impl PluginHost {
 
     /// Every plugin found, sorted by name, in the list endpoint's shape.
     pub fn list(&self) -> Vec<Value> {
-        let records = self.records.read().expect("records lock");
+        let records = self.set.records();
         records
             .values()
             .map(|record| {
@@ -285,7 +274,7 @@ impl PluginHost {
         let Ok(found) = discover::discover(&self.plugin_dir) else {
             return false;
         };
-        let records = self.records.read().expect("records lock");
+        let records = self.set.records();
         if found.len() != records.len() {
             return true;
         }
@@ -319,7 +308,7 @@ impl PluginHost {
         if !is_valid_plugin_name(name) {
             return Err(PluginError::InvalidName(name.to_owned()));
         }
-        let records = self.records.read().expect("records lock");
+        let records = self.set.records();
         let record = records
             .get(name)
             .ok_or_else(|| PluginError::NotFound(name.to_owned()))?;
@@ -330,134 +319,6 @@ impl PluginHost {
                 reason: reason.clone(),
             }),
         }
-    }
-
-    /// Whether a loaded plugin is enabled.
-    pub fn is_enabled(&self, name: &str) -> Result<bool, PluginError> {
-        Ok(self.loaded(name)?.enabled())
-    }
-
-    /// Flips a plugin's enable flag: recorded (and published) first, then
-    /// applied to this instance's gate. Returns the new state.
-    pub async fn toggle(&self, name: &str) -> Result<bool, PluginError> {
-        let plugin = self.loaded(name)?;
-        let current = Flag {
-            name: name.to_owned(),
-            enabled: plugin.enabled(),
-            revision: self.flags.applied(name),
-            value: plugin
-                .manifest
-                .flag_value(name, plugin.enabled())
-                .to_string(),
-        };
-        let flag = self.flags.toggle(name, &current).await?;
-        self.apply(&flag.name, flag.enabled, flag.revision);
-        tracing::info!(
-            plugin = name,
-            enabled = flag.enabled,
-            revision = flag.revision,
-            "plugin status changed"
-        );
-        Ok(flag.enabled)
-    }
-
-    /// Applies a flag to the gate if its revision is newer than the one
-    /// this instance has.
-    pub(crate) fn apply(&self, name: &str, enabled: bool, revision: i64) {
-        let records = self.records.read().expect("records lock");
-        let Some(plugin) = records.get(name).and_then(PluginRecord::loaded) else {
-            return;
-        };
-        self.flags.advance(name, revision, || {
-            if plugin.enabled() != enabled {
-                plugin.set_enabled(enabled);
-                tracing::info!(plugin = name, enabled, revision, "plugin status applied");
-            }
-        });
-    }
-
-    /// Brings this instance's flags (and Redis, when configured) in step
-    /// with the database.
-    pub async fn reconcile(&self) {
-        match self.flags.all().await {
-            Ok(flags) => {
-                if !self.db_reachable.swap(true, Ordering::AcqRel) {
-                    tracing::info!("plugin flags readable again");
-                }
-                for flag in &flags {
-                    self.apply(&flag.name, flag.enabled, flag.revision);
-                }
-                if let Err(e) = self.flags.seed_redis(&flags).await {
-                    // Outages are logged once by the Redis handle itself.
-                    tracing::debug!("flag reconcile could not reach Redis: {e}");
-                }
-            }
-            Err(e) => {
-                if self.db_reachable.swap(false, Ordering::AcqRel) {
-                    tracing::warn!(
-                        "plugin flags cannot be reconciled ({e}); serving the last known flags"
-                    );
-                }
-            }
-        }
-    }
-
-    /// Starts the periodic reconcile, the panic-count reports and, with
-    /// Redis, the event subscriber. They stop when the host is dropped.
-    fn spawn_flag_tasks(self: &Arc<Self>, every: Duration) {
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if weak.strong_count() == 0 {
-                    return;
-                }
-                panic_log::flush();
-            }
-        });
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let Some(host) = weak.upgrade() else { return };
-                host.reconcile().await;
-            }
-        });
-        if let Some(redis) = self.flags.redis().cloned() {
-            tokio::spawn(subscribe(Arc::downgrade(self), redis, self.flags.channel()));
-        }
-    }
-}
-
-/// Applies the flag events other instances publish; on every (re)subscribe
-/// it reconciles first, so nothing published while it was away is missed.
-async fn subscribe(host: Weak<PluginHost>, redis: Arc<Redis>, channel: String) {
-    loop {
-        if let Ok(mut pubsub) = redis.pubsub().await {
-            let subscribed = pubsub.subscribe(&channel).await;
-            if redis.check(subscribed).is_ok() {
-                let Some(h) = host.upgrade() else { return };
-                h.reconcile().await;
-                drop(h);
-                let mut events = pubsub.on_message();
-                while let Some(message) = events.next().await {
-                    let Some(h) = host.upgrade() else { return };
-                    let event = message
-                        .get_payload::<String>()
-                        .ok()
-                        .and_then(|p| serde_json::from_str::<FlagEvent>(&p).ok());
-                    match event {
-                        Some(e) => h.apply(&e.name, e.enabled, e.revision),
-                        None => tracing::warn!(channel, "ignored a flag event that is not one"),
-                    }
-                }
-                redis.down("the flag event subscription was closed");
-            }
-        }
-        if host.strong_count() == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

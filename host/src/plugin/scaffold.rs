@@ -130,7 +130,8 @@ mod tests {
     #[test]
     fn the_manifests_it_writes_are_valid() {
         for kind in [Kind::App, Kind::Extend] {
-            super::super::manifest::PluginManifest::parse(&manifest("demo", kind)).unwrap();
+            crate::plugin::loading::manifest::PluginManifest::parse(&manifest("demo", kind))
+                .unwrap();
         }
     }
 }

@@ -16,13 +16,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{
-    PluginHost,
-    discover::{library_file_name, name_from_library_file},
-    lifecycle::{InstallOptions, Installed, LifecycleError, Staging, blocking},
-    package::packable,
-};
+use super::{InstallOptions, Installed, LifecycleError, Staging, blocking, package::packable};
 use crate::db::redact_url;
+use crate::plugin::{
+    PluginHost,
+    loading::discover::{library_file_name, name_from_library_file},
+};
 
 /// Where Git installs may come from, and how plugin crates are built.
 #[derive(Debug, Clone)]

@@ -389,7 +389,7 @@ impl PluginManifest {
         if let Some(Value::Object(plugin)) = json.get_mut("plugin") {
             plugin.insert("name".into(), Value::from(name));
         }
-        super::status::set_enable(&mut json, enabled);
+        crate::plugin::running::status::set_enable(&mut json, enabled);
         json
     }
 }

@@ -29,8 +29,16 @@ use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use std::{
+    sync::{Weak, atomic::Ordering},
+    time::Duration,
+};
+
+use futures_util::StreamExt as _;
+
 use crate::{
     db::{Backend, Db},
+    plugin::{PluginError, PluginHost, running::registry::PluginRecord, services::panic_log},
     redis::{Redis, RedisError},
 };
 
@@ -459,6 +467,139 @@ fn flag_of(row: &sea_orm::QueryResult) -> Result<Flag, DbErr> {
         revision: row.try_get("", "revision")?,
         value: row.try_get("", "value")?,
     })
+}
+
+/// Flag logic of the plugin host: toggles, applying events and reconciled
+/// rows to the gates of the running set, and the tasks that keep them in
+/// step with the other instances.
+impl PluginHost {
+    /// Whether a loaded plugin is enabled.
+    pub fn is_enabled(&self, name: &str) -> Result<bool, PluginError> {
+        Ok(self.loaded(name)?.enabled())
+    }
+
+    /// Flips a plugin's enable flag: recorded (and published) first, then
+    /// applied to this instance's gate. Returns the new state.
+    pub async fn toggle(&self, name: &str) -> Result<bool, PluginError> {
+        let plugin = self.loaded(name)?;
+        let current = Flag {
+            name: name.to_owned(),
+            enabled: plugin.enabled(),
+            revision: self.flags.applied(name),
+            value: plugin
+                .manifest
+                .flag_value(name, plugin.enabled())
+                .to_string(),
+        };
+        let flag = self.flags.toggle(name, &current).await?;
+        self.apply(&flag.name, flag.enabled, flag.revision);
+        tracing::info!(
+            plugin = name,
+            enabled = flag.enabled,
+            revision = flag.revision,
+            "plugin status changed"
+        );
+        Ok(flag.enabled)
+    }
+
+    /// Applies a flag to the gate if its revision is newer than the one
+    /// this instance has.
+    pub(crate) fn apply(&self, name: &str, enabled: bool, revision: i64) {
+        let records = self.set.records();
+        let Some(plugin) = records.get(name).and_then(PluginRecord::loaded) else {
+            return;
+        };
+        self.flags.advance(name, revision, || {
+            if plugin.enabled() != enabled {
+                plugin.set_enabled(enabled);
+                tracing::info!(plugin = name, enabled, revision, "plugin status applied");
+            }
+        });
+    }
+
+    /// Brings this instance's flags (and Redis, when configured) in step
+    /// with the database.
+    pub async fn reconcile(&self) {
+        match self.flags.all().await {
+            Ok(flags) => {
+                if !self.db_reachable.swap(true, Ordering::AcqRel) {
+                    tracing::info!("plugin flags readable again");
+                }
+                for flag in &flags {
+                    self.apply(&flag.name, flag.enabled, flag.revision);
+                }
+                if let Err(e) = self.flags.seed_redis(&flags).await {
+                    // Outages are logged once by the Redis handle itself.
+                    tracing::debug!("flag reconcile could not reach Redis: {e}");
+                }
+            }
+            Err(e) => {
+                if self.db_reachable.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(
+                        "plugin flags cannot be reconciled ({e}); serving the last known flags"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Starts the periodic reconcile, the panic-count reports and, with
+    /// Redis, the event subscriber. They stop when the host is dropped.
+    pub(crate) fn spawn_flag_tasks(self: &Arc<Self>, every: Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if weak.strong_count() == 0 {
+                    return;
+                }
+                panic_log::flush();
+            }
+        });
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(host) = weak.upgrade() else { return };
+                host.reconcile().await;
+            }
+        });
+        if let Some(redis) = self.flags.redis().cloned() {
+            tokio::spawn(subscribe(Arc::downgrade(self), redis, self.flags.channel()));
+        }
+    }
+}
+
+/// Applies the flag events other instances publish; on every (re)subscribe
+/// it reconciles first, so nothing published while it was away is missed.
+async fn subscribe(host: Weak<PluginHost>, redis: Arc<Redis>, channel: String) {
+    loop {
+        if let Ok(mut pubsub) = redis.pubsub().await {
+            let subscribed = pubsub.subscribe(&channel).await;
+            if redis.check(subscribed).is_ok() {
+                let Some(h) = host.upgrade() else { return };
+                h.reconcile().await;
+                drop(h);
+                let mut events = pubsub.on_message();
+                while let Some(message) = events.next().await {
+                    let Some(h) = host.upgrade() else { return };
+                    let event = message
+                        .get_payload::<String>()
+                        .ok()
+                        .and_then(|p| serde_json::from_str::<FlagEvent>(&p).ok());
+                    match event {
+                        Some(e) => h.apply(&e.name, e.enabled, e.revision),
+                        None => tracing::warn!(channel, "ignored a flag event that is not one"),
+                    }
+                }
+                redis.down("the flag event subscription was closed");
+            }
+        }
+        if host.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Install, upgrade and uninstall while serving, and packing for download.
 //!
 //! An install checks everything before the plugin dir is touched: the
-//! package (see [`super::package`]), the manifest, the library (loaded and
+//! package (see [`crate::plugin::lifecycle::package`]), the manifest, the library (loaded and
 //! ABI-checked from the staging directory), the name it declares, the
 //! installed version, its dependencies and its routes. Then, under the
 //! lifecycle lock: one atomic rename (an exchange, for an upgrade) moves the
@@ -16,22 +16,27 @@
 //! the plugin version they started on; libraries are never unloaded, and a
 //! new version is always loaded from a new file.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::path::{Path, PathBuf};
 
-use super::{
+pub mod git;
+pub mod lock;
+pub mod package;
+pub mod sql;
+
+use crate::plugin::{
     PluginError, PluginHost,
-    discover::{Candidate, Source},
-    lock::{LockError, LockGuard},
-    manifest::is_valid_plugin_name,
-    package::{self, PackageError},
-    registry::{self, PluginRecord, PluginState},
-    router::RouteTableBuilder,
-    sql,
-    status::FlagError,
+    loading::{
+        discover::{Candidate, Source},
+        manifest::is_valid_plugin_name,
+    },
+    running::{
+        registry::{self, PluginRecord, PluginState},
+        router::RouteTableBuilder,
+        status::FlagError,
+    },
 };
+use lock::{LockError, LockGuard};
+use package::PackageError;
 
 /// Prefix of the staging directories inside the plugin dir.
 pub const STAGING_PREFIX: &str = ".staging-";
@@ -267,7 +272,7 @@ impl PluginHost {
 
         // What is installed under that name now.
         let (previous, previous_enabled, replaced) = {
-            let records = self.records.read().expect("records lock");
+            let records = self.set.records();
             match records.get(name) {
                 None => (None, None, None),
                 Some(record) => {
@@ -304,7 +309,7 @@ impl PluginHost {
             }
         };
         {
-            let records = self.records.read().expect("records lock");
+            let records = self.set.records();
             if let Some(missing) = loaded
                 .manifest
                 .depends_on
@@ -355,18 +360,28 @@ impl PluginHost {
         })
         .await?;
         let undo = || {
-            let result = match &replaced {
-                Some(old) => exchange(&staged, old),
-                None => std::fs::rename(&target, &staged),
-            };
-            if let Err(e) = result {
-                tracing::error!(plugin = name, "cannot roll the plugin dir back: {e}");
-            }
-            sync_dir(&self.plugin_dir);
+            let (staged, target, replaced, dir, name) = (
+                staged.clone(),
+                target.clone(),
+                replaced.clone(),
+                self.plugin_dir.clone(),
+                name.to_owned(),
+            );
+            blocking(move || {
+                let result = match &replaced {
+                    Some(old) => exchange(&staged, old),
+                    None => std::fs::rename(&target, &staged),
+                };
+                if let Err(e) = result {
+                    tracing::error!(plugin = name, "cannot roll the plugin dir back: {e}");
+                }
+                sync_dir(&dir);
+                Ok(())
+            })
         };
 
         // Init SQL and the plugin's init, against the table without the old version.
-        loaded.library = target.join(super::discover::library_file_name(name));
+        loaded.library = target.join(crate::plugin::loading::discover::library_file_name(name));
         loaded.dir = Some(target.clone());
         let enabled = match previous_enabled {
             Some(enabled) => enabled,
@@ -378,7 +393,7 @@ impl PluginHost {
             match registry::mount(name, loaded, &mut builder, enabled, Some(&self.db)).await {
                 Ok(plugin) => plugin,
                 Err(reason) => {
-                    undo();
+                    let _ = undo().await;
                     return Err(LifecycleError::Refused(format!(
                         "plugin '{name}': {reason}"
                     )));
@@ -396,24 +411,20 @@ impl PluginHost {
         {
             Ok(flags) => flags,
             Err(e) => {
-                undo();
+                let _ = undo().await;
                 return Err(e.into());
             }
         };
         let manifest = plugin.manifest.clone();
-        {
-            let mut records = self.records.write().expect("records lock");
-            records.insert(
-                name.to_owned(),
-                PluginRecord {
-                    name: name.to_owned(),
-                    source: target,
-                    manifest: Some(manifest),
-                    state: PluginState::Loaded(plugin),
-                },
-            );
-            self.routes.store(Arc::new(builder.build()));
-        }
+        self.set.mount(
+            PluginRecord {
+                name: name.to_owned(),
+                source: target,
+                manifest: Some(manifest),
+                state: PluginState::Loaded(plugin),
+            },
+            builder.build(),
+        );
         for flag in flags.iter().filter(|f| f.name == name) {
             self.apply(&flag.name, flag.enabled, flag.revision);
         }
@@ -456,7 +467,7 @@ impl PluginHost {
         purge: bool,
     ) -> Result<Uninstalled, LifecycleError> {
         let source = {
-            let records = self.records.read().expect("records lock");
+            let records = self.set.records();
             let record = records
                 .get(name)
                 .ok_or_else(|| PluginError::NotFound(name.to_owned()))?;
@@ -483,14 +494,7 @@ impl PluginHost {
         self.flags.remove(name).await?;
 
         // Routes go first, then the files: from here on nothing serves it.
-        {
-            let mut records = self.records.write().expect("records lock");
-            let table = self.routes();
-            self.routes.store(Arc::new(
-                RouteTableBuilder::from_table(&table, Some(name)).build(),
-            ));
-            records.remove(name);
-        }
+        self.set.unmount(name);
         self.publish_services();
         let staging = Staging::new(&self.plugin_dir)?;
         let moved = staging.path().join(name);
@@ -530,7 +534,7 @@ impl PluginHost {
             return Err(PluginError::InvalidName(name.to_owned()).into());
         }
         let (source, manifest, summary) = {
-            let records = self.records.read().expect("records lock");
+            let records = self.set.records();
             let record = records
                 .get(name)
                 .ok_or_else(|| PluginError::NotFound(name.to_owned()))?;
@@ -566,52 +570,59 @@ impl PluginHost {
                 .map_err(|e| io_error("pack", &source, e))
         })
         .await?;
-        let dir = self.backup_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
-        let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S");
-        let mut path = dir.join(format!("{name}.{stamp}.backup.zip"));
-        let mut n = 1;
-        while path.exists() {
-            path = dir.join(format!("{name}.{stamp}-{n}.backup.zip"));
-            n += 1;
-        }
-        let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-        let written = std::fs::write(&tmp, &bytes)
-            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-            .map_err(|e| io_error("write", &tmp, e))
-            .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| io_error("write", &path, e)));
-        if let Err(e) = written {
-            // A full disk leaves nothing behind.
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        sync_dir(&dir);
-        self.prune_backups(name);
-        Ok(path)
-    }
-
-    fn prune_backups(&self, name: &str) {
-        let prefix = format!("{name}.");
-        let Ok(entries) = std::fs::read_dir(&self.backup_dir) else {
-            return;
-        };
-        let mut backups: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name().and_then(|f| f.to_str()).is_some_and(|f| {
-                    f.starts_with(&prefix)
-                        && f.ends_with(".backup.zip")
-                        && f[prefix.len()..].starts_with(|c: char| c.is_ascii_digit())
-                })
-            })
-            .collect();
-        backups.sort();
-        let excess = backups.len().saturating_sub(self.backup_keep);
-        for old in &backups[..excess] {
-            if let Err(e) = std::fs::remove_file(old) {
-                tracing::warn!(path = %old.display(), "cannot remove an old backup: {e}");
+        let (dir, owned, keep) = (self.backup_dir.clone(), name.to_owned(), self.backup_keep);
+        blocking(move || {
+            let name = owned;
+            std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
+            let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S");
+            let mut path = dir.join(format!("{name}.{stamp}.backup.zip"));
+            let mut n = 1;
+            while path.exists() {
+                path = dir.join(format!("{name}.{stamp}-{n}.backup.zip"));
+                n += 1;
             }
+            let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+            let written = std::fs::write(&tmp, &bytes)
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .map_err(|e| io_error("write", &tmp, e))
+                .and_then(|()| {
+                    std::fs::rename(&tmp, &path).map_err(|e| io_error("write", &path, e))
+                });
+            if let Err(e) = written {
+                // A full disk leaves nothing behind.
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            sync_dir(&dir);
+            prune_backups(&dir, &name, keep);
+            Ok(path)
+        })
+        .await
+    }
+}
+
+/// Keeps the newest `keep` backups of `name` in `backup_dir`.
+fn prune_backups(backup_dir: &Path, name: &str, keep: usize) {
+    let prefix = format!("{name}.");
+    let Ok(entries) = std::fs::read_dir(backup_dir) else {
+        return;
+    };
+    let mut backups: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().and_then(|f| f.to_str()).is_some_and(|f| {
+                f.starts_with(&prefix)
+                    && f.ends_with(".backup.zip")
+                    && f[prefix.len()..].starts_with(|c: char| c.is_ascii_digit())
+            })
+        })
+        .collect();
+    backups.sort();
+    let excess = backups.len().saturating_sub(keep);
+    for old in &backups[..excess] {
+        if let Err(e) = std::fs::remove_file(old) {
+            tracing::warn!(path = %old.display(), "cannot remove an old backup: {e}");
         }
     }
 }

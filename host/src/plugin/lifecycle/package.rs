@@ -15,7 +15,7 @@ use std::{
 
 use zip::{CompressionMethod, ZipArchive, ZipWriter, write::SimpleFileOptions};
 
-use super::{discover::library_file_name, manifest::is_valid_plugin_name};
+use crate::plugin::loading::{discover::library_file_name, manifest::is_valid_plugin_name};
 
 /// Limits on an uploaded package.
 #[derive(Debug, Clone, Copy)]
@@ -288,7 +288,7 @@ pub fn unpack(archive: &[u8], limits: &Limits, dest: &Path) -> Result<String, Pa
             &format!("{top}/"),
             format!(
                 "the top directory must be the plugin's name ({})",
-                super::manifest::PLUGIN_NAME_PATTERN
+                crate::plugin::loading::manifest::PLUGIN_NAME_PATTERN
             ),
         ));
     }

@@ -8,57 +8,29 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
 };
 
 use abi_stable::std_types::RResult;
 use actix_web::http::Method;
 use plugin_api::abi::{PluginModRef, RouterSpec};
 
-use super::{
-    discover::{Candidate, Source, library_file_name},
-    libcache::LibraryCache,
-    loader::load_library,
-    manifest::{PLUGIN_NAME_PATTERN, PluginKind, PluginManifest, is_valid_plugin_name},
-    router::{
-        ADMIN_SCOPE, ADMIN_SYS_PREFIX, MountedRoute, RouteTable, RouteTableBuilder, Scope,
-        check_route_path, join_path,
-    },
-    services::host_services,
-    sql,
+pub use super::loaded::LoadedPlugin;
+use super::router::{
+    ADMIN_SCOPE, ADMIN_SYS_PREFIX, MountedRoute, RouteTable, RouteTableBuilder, Scope,
+    check_route_path, join_path,
 };
 use crate::db::Db;
-
-/// A plugin whose library is loaded and initialised.
-pub struct LoadedPlugin {
-    /// Its name (the one the library declares).
-    pub name: String,
-    /// Its validated manifest.
-    pub manifest: PluginManifest,
-    /// The library's root module.
-    pub module: PluginModRef,
-    /// The library file in the plugin dir.
-    pub library: PathBuf,
-    /// The sha256 of the library's bytes (its private copy is what is mapped).
-    pub digest: String,
-    enabled: AtomicBool,
-}
-
-impl LoadedPlugin {
-    /// The status gate: read on every request, no I/O.
-    #[inline]
-    pub fn enabled(&self) -> bool {
-        self.enabled.load(Ordering::Acquire)
-    }
-
-    /// Sets the cached flag (after the store has recorded it).
-    pub fn set_enabled(&self, enabled: bool) {
-        self.enabled.store(enabled, Ordering::Release);
-    }
-}
+use crate::plugin::{
+    lifecycle::sql,
+    loading::{
+        discover::{Candidate, Source, library_file_name},
+        libcache::LibraryCache,
+        loader::load_library,
+        manifest::{PLUGIN_NAME_PATTERN, PluginKind, PluginManifest, is_valid_plugin_name},
+    },
+    services::host_services,
+};
 
 /// A plugin's state, as the list endpoint reports it.
 pub enum PluginState {
@@ -118,14 +90,14 @@ pub(crate) struct Loaded {
 /// A stand-in for `loaded`, to try its routes against a table before
 /// anything is mounted (disabled, never served).
 pub(crate) fn probe_plugin(name: &str, loaded: &Loaded) -> Arc<LoadedPlugin> {
-    Arc::new(LoadedPlugin {
-        name: name.to_owned(),
-        manifest: loaded.manifest.clone(),
-        module: loaded.module,
-        library: loaded.library.clone(),
-        digest: loaded.digest.clone(),
-        enabled: AtomicBool::new(false),
-    })
+    Arc::new(LoadedPlugin::new(
+        name,
+        loaded.manifest.clone(),
+        loaded.module,
+        loaded.library.clone(),
+        loaded.digest.clone(),
+        false,
+    ))
 }
 
 fn read_dir_manifest(dir: &Path) -> Result<PluginManifest, String> {
@@ -507,14 +479,14 @@ pub(crate) async fn mount(
     }
     let routers: Vec<RouterSpec> = (loaded.module.routers())().into_vec();
     let routes = plugin_routes(&loaded.manifest, &routers)?;
-    let plugin = Arc::new(LoadedPlugin {
-        name: name.to_owned(),
-        manifest: loaded.manifest,
-        module: loaded.module,
-        library: loaded.library,
-        digest: loaded.digest,
-        enabled: AtomicBool::new(enabled),
-    });
+    let plugin = Arc::new(LoadedPlugin::new(
+        name,
+        loaded.manifest,
+        loaded.module,
+        loaded.library,
+        loaded.digest,
+        enabled,
+    ));
     // Reserve the routes first: a colliding plugin's code never runs.
     builder.add(plugin.clone(), routes)?;
     if let (Some(db), Some(dir)) = (db, &loaded.dir) {

@@ -4,6 +4,8 @@
 //! plugin's name, and reads what it needs from this module's state, which
 //! the plugin host refreshes whenever the set of loaded plugins changes.
 
+pub mod panic_log;
+
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
@@ -44,7 +46,7 @@ extern "C" fn log(plugin: RStr<'_>, lvl: u8, message: RStr<'_>) {
     match lvl {
         // Panic lines come from the plugin's panic hook, once per panic.
         level::ERROR if message.starts_with("panicked") => {
-            super::panic_log::panicked(plugin, message);
+            crate::plugin::services::panic_log::panicked(plugin, message);
         }
         level::ERROR => tracing::error!(target: "plugin", plugin, "{message}"),
         level::WARN => tracing::warn!(target: "plugin", plugin, "{message}"),

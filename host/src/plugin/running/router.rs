@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use actix_web::http::Method;
 
-use super::registry::LoadedPlugin;
+use super::loaded::LoadedPlugin;
 
 /// Where an extend-level router of the admin app is mounted.
 pub const ADMIN_SYS_PREFIX: &str = "/admin/v1/sys";

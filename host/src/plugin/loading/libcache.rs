@@ -28,7 +28,7 @@ use object::{
 };
 use sha2::{Digest as _, Sha256};
 
-use super::loader::LoadError;
+use crate::plugin::loading::loader::LoadError;
 
 /// The ELF machine of the libraries this host can map.
 #[cfg(target_arch = "x86_64")]
@@ -329,7 +329,7 @@ fn signal_name(signal: i32) -> &'static str {
 /// The child's side of a probe: opens `library`, prints `plugin <name>` or
 /// the reason it is refused. A crash here is the parent's answer.
 pub fn run_probe(library: &Path) -> std::process::ExitCode {
-    match super::loader::load_library(library) {
+    match crate::plugin::loading::loader::load_library(library) {
         Ok(module) => {
             println!("{PROBE_OK}{}", module.name().as_str());
             std::process::ExitCode::SUCCESS

@@ -1,0 +1,60 @@
+//! A plugin whose library is open and whose routes are mounted: what a
+//! route table points at, and the flag the status gate reads.
+
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use plugin_api::abi::PluginModRef;
+
+use crate::plugin::loading::manifest::PluginManifest;
+
+/// A plugin whose library is loaded and initialised.
+pub struct LoadedPlugin {
+    /// Its name (the one the library declares).
+    pub name: String,
+    /// Its validated manifest.
+    pub manifest: PluginManifest,
+    /// The library's root module.
+    pub module: PluginModRef,
+    /// The library file in the plugin dir.
+    pub library: PathBuf,
+    /// The sha256 of the library's bytes (its private copy is what is mapped).
+    pub digest: String,
+    enabled: AtomicBool,
+}
+
+impl LoadedPlugin {
+    /// The status gate: read on every request, no I/O.
+    #[inline]
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
+    }
+
+    /// Sets the cached flag (after the store has recorded it).
+    pub fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, Ordering::Release);
+    }
+}
+
+impl LoadedPlugin {
+    /// A plugin with its gate set to `enabled`.
+    pub(crate) fn new(
+        name: &str,
+        manifest: PluginManifest,
+        module: PluginModRef,
+        library: PathBuf,
+        digest: String,
+        enabled: bool,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            manifest,
+            module,
+            library,
+            digest,
+            enabled: AtomicBool::new(enabled),
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The one owner of the running plugin set: the record of every plugin
+//! found (loaded or refused, with its reason) and the route table requests
+//! use. Start-up builds it; installs mount into it and uninstalls take out
+//! of it, each in one step; everything else only reads it.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock, RwLockReadGuard},
+};
+
+use arc_swap::ArcSwap;
+
+use super::{
+    registry::PluginRecord,
+    router::{RouteTable, RouteTableBuilder},
+};
+
+/// The records and the current route table.
+pub struct PluginSet {
+    routes: ArcSwap<RouteTable>,
+    records: RwLock<BTreeMap<String, PluginRecord>>,
+}
+
+impl PluginSet {
+    /// The set start-up loaded: its records and the table of their routes.
+    pub fn new(records: BTreeMap<String, PluginRecord>, table: RouteTable) -> Self {
+        Self {
+            routes: ArcSwap::from_pointee(table),
+            records: RwLock::new(records),
+        }
+    }
+
+    /// The current route table (held by a request for its whole life).
+    #[inline]
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes.load_full()
+    }
+
+    /// Every record, by name, for reading.
+    pub fn records(&self) -> RwLockReadGuard<'_, BTreeMap<String, PluginRecord>> {
+        self.records.read().expect("records lock")
+    }
+
+    /// Puts `record` in place of any record of its name and makes `table`
+    /// (built from the current one, with the record's routes) current, in
+    /// one step: no reader sees the one without the other.
+    pub fn mount(&self, record: PluginRecord, table: RouteTable) {
+        let mut records = self.records.write().expect("records lock");
+        records.insert(record.name.clone(), record);
+        self.routes.store(Arc::new(table));
+    }
+
+    /// Takes `name` out: a table without its routes becomes current, then
+    /// its record goes. Requests holding the old table finish on it.
+    pub fn unmount(&self, name: &str) {
+        let mut records = self.records.write().expect("records lock");
+        let table = RouteTableBuilder::from_table(&self.routes(), Some(name)).build();
+        self.routes.store(Arc::new(table));
+        records.remove(name);
+    }
+}
