@@ -12,7 +12,13 @@ use host::{
 fn lock(redis: &TestRedis, ttl: Duration) -> LifecycleLock {
     // One Redis handle per lock: two "instances".
     let handle: Arc<Redis> = Redis::open(&redis.url()).unwrap();
-    LifecycleLock::new(Some(handle), "fba:plugin_lock".into(), ttl, "unused".into())
+    LifecycleLock::new(
+        Some(handle),
+        None,
+        "fba:plugin_lock".into(),
+        ttl,
+        "unused".into(),
+    )
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -33,7 +39,7 @@ fn one_holder_at_a_time_and_the_lock_outlives_its_expiry_while_held() {
         let held = a.acquire("install hello", Duration::ZERO).await.unwrap();
         // Held for well past its expiry: renewal keeps it.
         tokio::time::sleep(Duration::from_millis(900)).await;
-        held.ensure_held().unwrap();
+        held.ensure_held().await.unwrap();
         match b
             .acquire("uninstall hello", Duration::from_millis(200))
             .await
@@ -75,7 +81,7 @@ fn a_lock_taken_away_is_reported_as_lost_not_ignored() {
         let held = a.acquire("upgrade hello", Duration::ZERO).await.unwrap();
         redis.cli(&["SET", "fba:plugin_lock", "an intruder"]);
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let err = held.ensure_held().unwrap_err().to_string();
+        let err = held.ensure_held().await.unwrap_err().to_string();
         assert!(err.contains("lost during upgrade hello"), "{err}");
         assert!(held.release().await.is_err());
         // The intruder's lock is left alone.
@@ -91,7 +97,7 @@ fn losing_redis_while_holding_the_lock_is_reported_as_lost() {
         let held = a.acquire("install hello", Duration::ZERO).await.unwrap();
         redis.stop();
         tokio::time::sleep(Duration::from_millis(700)).await;
-        let err = held.ensure_held().unwrap_err().to_string();
+        let err = held.ensure_held().await.unwrap_err().to_string();
         assert!(err.contains("could not be renewed"), "{err}");
         // Without Redis it cannot be taken either.
         let err = a
@@ -109,8 +115,14 @@ fn without_redis_the_lock_is_a_file_shared_by_the_processes_of_a_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("lifecycle.lock");
     // Two holders on one file, as a server and a CLI would be.
-    let a = LifecycleLock::new(None, String::new(), Duration::from_secs(1), file.clone());
-    let b = LifecycleLock::new(None, String::new(), Duration::from_secs(1), file);
+    let a = LifecycleLock::new(
+        None,
+        None,
+        String::new(),
+        Duration::from_secs(1),
+        file.clone(),
+    );
+    let b = LifecycleLock::new(None, None, String::new(), Duration::from_secs(1), file);
     runtime().block_on(async {
         let held = a.acquire("install hello", Duration::ZERO).await.unwrap();
         match b

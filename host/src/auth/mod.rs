@@ -648,7 +648,14 @@ impl AuthService {
             Some(p) => (p, false),
             None => (random_password(), true),
         };
-        self.add_user("admin", &password, true, &[]).await?;
+        if let Err(e) = self.add_user("admin", &password, true, &[]).await {
+            // Instances starting together on a fresh database: another one
+            // created it first.
+            if self.find_user("admin").await?.is_some() {
+                return Ok(None);
+            }
+            return Err(e);
+        }
         Ok(generated.then_some(password))
     }
 }

@@ -2,7 +2,10 @@
 //! chosen by `DATABASE_URL`), schema migrations, primary-key mode.
 
 pub mod entity;
+pub mod lock;
 pub mod split;
+
+pub use lock::{DbLock, DbLockError};
 
 use std::{
     path::Path,
@@ -108,14 +111,51 @@ pub enum DbError {
     /// A query failed.
     #[error("database error: {0}")]
     Query(#[from] DbErr),
+    /// The migration lock could not be taken.
+    #[error("cannot migrate the schema: {0}")]
+    Lock(String),
 }
 
 /// The host's database.
 pub struct Db {
     conn: DatabaseConnection,
+    url: String,
     backend: Backend,
     pk_mode: PkMode,
     ids: Snowflake,
+}
+
+/// The database lock schema migrations take.
+const MIGRATION_LOCK: &str = "plughost:migrate";
+/// How long an instance waits for another one's migrations.
+const MIGRATION_WAIT: Duration = Duration::from_secs(120);
+
+/// On SQLite, processes sharing one database file take turns migrating
+/// through a lock file beside it (`<file>.migrate.lock`); none for an
+/// in-memory database.
+async fn sqlite_migration_lock(url: &str) -> Result<Option<std::fs::File>, DbError> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .map(|rest| rest.split('?').next().unwrap_or_default())
+        .filter(|p| !p.is_empty() && !p.contains(":memory:"));
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let lock_path = std::path::PathBuf::from(format!("{path}.migrate.lock"));
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(|e| DbError::Lock(e.to_string()))?
+    .map(Some)
+    .map_err(|e| DbError::Lock(format!("the lock file beside {path}: {e}")))
 }
 
 /// Hides the password of a database URL for messages.
@@ -160,12 +200,37 @@ impl Db {
         }
         let db = Self {
             conn,
+            url: url.to_owned(),
             backend,
             pk_mode,
             ids: Snowflake::new(worker_id),
         };
-        db.migrate().await?;
+        // Instances starting together on a fresh database take turns.
+        match db.lock(MIGRATION_LOCK, MIGRATION_WAIT).await {
+            Some(lock) => {
+                let lock = lock.map_err(|e| DbError::Lock(e.to_string()))?;
+                let migrated = db.migrate().await;
+                if let Err(e) = lock.release().await {
+                    tracing::warn!("schema migration lock: {e}");
+                }
+                migrated?;
+            }
+            None => {
+                let _file_lock = sqlite_migration_lock(url).await?;
+                db.migrate().await?;
+            }
+        }
         Ok(db)
+    }
+
+    /// Takes the database lock `name`, waiting up to `wait`: a PostgreSQL
+    /// advisory lock or a MySQL/MariaDB `GET_LOCK`, held by a connection of
+    /// its own. `None` on SQLite, which has no such lock.
+    pub async fn lock(&self, name: &str, wait: Duration) -> Option<Result<DbLock, DbLockError>> {
+        match self.backend {
+            Backend::Sqlite => None,
+            backend => Some(DbLock::acquire(&self.url, backend, name, wait).await),
+        }
     }
 
     /// The connection pool.

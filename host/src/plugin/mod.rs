@@ -115,6 +115,7 @@ impl PluginHost {
         }
         let lock = LifecycleLock::new(
             redis.clone(),
+            Some(db.clone()),
             format!("{}_lock", settings.flag_prefix),
             LOCK_TTL,
             settings.data_dir.join("lifecycle.lock"),

@@ -1,6 +1,9 @@
 //! The lifecycle lock: one install, upgrade or uninstall at a time, across
-//! every instance when Redis is configured, otherwise across the processes
-//! (server and CLI) sharing a data dir, through a lock file (`flock`).
+//! every instance when Redis is configured; without Redis, across every
+//! instance sharing a PostgreSQL or MySQL/MariaDB database through a lock
+//! in the database server (see [`crate::db::DbLock`]); on SQLite, across
+//! the processes (server and CLI) sharing a data dir, through a lock file
+//! (`flock`).
 //!
 //! The Redis lock is a key holding a random token, set only if absent and
 //! with an expiry, so a crashed holder cannot block the others for longer
@@ -20,7 +23,10 @@ use std::{
 use deadpool_redis::redis::{self, AsyncCommands};
 use tokio::task::JoinHandle;
 
-use crate::redis::{Redis, RedisError};
+use crate::{
+    db::{Backend, Db, DbLock, DbLockError},
+    redis::{Redis, RedisError},
+};
 
 /// The lock cannot be taken or was lost.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -34,6 +40,9 @@ pub enum LockError {
     /// Redis failed while taking or releasing it.
     #[error("the plugin lifecycle lock is unavailable: {0}")]
     Redis(#[from] RedisError),
+    /// The database lock failed.
+    #[error("the plugin lifecycle lock is unavailable: {0}")]
+    Database(String),
     /// The lock file cannot be used.
     #[error("the plugin lifecycle lock file {path} cannot be used: {message}")]
     File {
@@ -81,6 +90,13 @@ pub enum LifecycleLock {
         /// How long the lock outlives a holder that stopped renewing it.
         ttl: Duration,
     },
+    /// Across instances sharing a PostgreSQL or MySQL/MariaDB database.
+    Database {
+        /// The database.
+        db: Arc<Db>,
+        /// The lock's name.
+        name: String,
+    },
 }
 
 /// A held lock; released by [`LockGuard::release`] (or, as a fallback, when
@@ -101,16 +117,25 @@ enum Held {
         lost: Arc<Mutex<Option<String>>>,
         renewer: JoinHandle<()>,
     },
+    Database(DbLock),
     Released,
 }
 
 impl LifecycleLock {
-    /// The lock for this host: in Redis under `key` when given, else on
-    /// the lock file `file`.
-    pub fn new(redis: Option<Arc<Redis>>, key: String, ttl: Duration, file: PathBuf) -> Self {
-        match redis {
-            Some(redis) => Self::Redis { redis, key, ttl },
-            None => Self::File(file),
+    /// The lock for this host: in Redis under `key` when given, else in
+    /// the database `db` under the same name when it is PostgreSQL or
+    /// MySQL/MariaDB, else on the lock file `file`.
+    pub fn new(
+        redis: Option<Arc<Redis>>,
+        db: Option<Arc<Db>>,
+        key: String,
+        ttl: Duration,
+        file: PathBuf,
+    ) -> Self {
+        match (redis, db) {
+            (Some(redis), _) => Self::Redis { redis, key, ttl },
+            (None, Some(db)) if db.backend() != Backend::Sqlite => Self::Database { db, name: key },
+            _ => Self::File(file),
         }
     }
 
@@ -119,6 +144,16 @@ impl LifecycleLock {
     pub async fn acquire(&self, operation: &str, wait: Duration) -> Result<LockGuard, LockError> {
         let held = match self {
             Self::File(path) => lock_file(path, operation, wait).await?,
+            Self::Database { db, name } => match db.lock(name, wait).await {
+                Some(Ok(lock)) => Held::Database(lock),
+                Some(Err(DbLockError::Busy { .. })) => {
+                    return Err(LockError::Busy {
+                        holder: format!("another instance holds the database lock '{name}'"),
+                    });
+                }
+                Some(Err(e)) => return Err(LockError::Database(e.to_string())),
+                None => unreachable!("a database lock is chosen only where the backend has one"),
+            },
             Self::Redis { redis, key, ttl } => {
                 let token = format!(
                     "{} {operation} (pid {})",
@@ -266,21 +301,30 @@ async fn renew(
 impl LockGuard {
     /// Fails if the lock was lost; call it before every step that must be
     /// protected.
-    pub fn ensure_held(&self) -> Result<(), LockError> {
-        if let Held::Redis { lost, .. } = &self.held
-            && let Some(reason) = lost.lock().expect("lock state").clone()
-        {
-            return Err(LockError::Lost {
+    pub async fn ensure_held(&self) -> Result<(), LockError> {
+        let lost = match &self.held {
+            Held::Redis { lost, .. } => lost.lock().expect("lock state").clone(),
+            Held::Database(lock) => lock.ensure_held().await.err(),
+            Held::File { .. } | Held::Released => None,
+        };
+        match lost {
+            Some(reason) => Err(LockError::Lost {
                 operation: self.operation.clone(),
                 reason,
-            });
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Releases the lock; fails if it had been lost meanwhile.
     pub async fn release(mut self) -> Result<(), LockError> {
         let held = std::mem::replace(&mut self.held, Held::Released);
+        if let Held::Database(lock) = held {
+            return lock.release().await.map_err(|reason| LockError::Lost {
+                operation: self.operation.clone(),
+                reason,
+            });
+        }
         let Held::Redis {
             redis,
             key,

@@ -331,7 +331,7 @@ impl PluginHost {
         trial
             .add(probe, routes)
             .map_err(|e| LifecycleError::Refused(format!("plugin '{name}': {e}")))?;
-        guard.ensure_held()?;
+        guard.ensure_held().await?;
 
         // The commit point: into place in one rename (an exchange for an
         // upgrade), made durable; on a blocking thread, like every file step.
@@ -490,7 +490,7 @@ impl PluginHost {
             record.source.clone()
         };
         let backup = self.backup(name).await?;
-        guard.ensure_held()?;
+        guard.ensure_held().await?;
         self.flags.remove(name).await?;
 
         // Routes go first, then the files: from here on nothing serves it.
