@@ -403,3 +403,52 @@ fn plugin_operations_take_the_lifecycle_lock_in_redis() {
     // Released after the operation.
     assert_eq!(redis.cli(&["EXISTS", "fba:plugin_lock"]), "0");
 }
+
+#[test]
+fn revisions_never_go_backwards_across_an_uninstall_and_a_reinstall() {
+    let redis = TestRedis::start();
+    let database = TestDatabase::create(Backend::Postgresql);
+    let url = postgres_url(&database);
+    let (_da, a) = instance(&["hello", "sysinfo"], &redis, Some(&url), &[]);
+    let (_db, b) = instance(&["hello", "sysinfo"], &redis, Some(&url), &[]);
+    // Two toggles: B has applied revision 3 (enabled).
+    a.put("/admin/v1/sys/plugins/sysinfo/status");
+    a.put("/admin/v1/sys/plugins/sysinfo/status");
+    assert!(eventually(Duration::from_secs(2), || revision(
+        &b, "sysinfo"
+    ) == 3));
+
+    // Uninstalled and reinstalled on A: the flag continues, it does not restart.
+    assert_eq!(
+        a.request("DELETE", "/admin/v1/sys/plugins/sysinfo", None)
+            .status,
+        200
+    );
+    assert_eq!(
+        redis.json("fba:plugin:sysinfo"),
+        None,
+        "the key goes with the plugin"
+    );
+    let reply = a.upload(&e2e::package("sysinfo", "sysinfo", "sysinfo"), "type=zip");
+    assert_eq!(reply.status, 200, "{:?}", reply.json);
+    assert_eq!(a.plugin("sysinfo")["plugin"]["enable"], "1");
+    let reinstalled = revision(&a, "sysinfo");
+    assert!(
+        reinstalled > 3,
+        "revision {reinstalled} after the reinstall"
+    );
+
+    // A toggle after the reinstall reaches B, which had applied revision 3.
+    assert_eq!(
+        a.put("/admin/v1/sys/plugins/sysinfo/status").data()["enable"],
+        "0"
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            b.get("/admin/v1/sys/sysinfo").status == 503
+        }),
+        "B ignored the toggle after the reinstall:\n{}",
+        b.log()
+    );
+    assert_eq!(revision(&a, "sysinfo"), revision(&b, "sysinfo"));
+}

@@ -160,7 +160,7 @@ impl FlagStore {
             .db
             .conn()
             .query_all(self.db.statement(
-                "SELECT name, enabled, revision, value FROM sys_plugin_flag ORDER BY name",
+                "SELECT name, enabled, revision, value FROM sys_plugin_flag WHERE removed = 0 ORDER BY name",
                 [],
             ))
             .await?;
@@ -176,18 +176,20 @@ impl FlagStore {
             .db
             .conn()
             .query_one(self.db.statement(
-                "SELECT name, enabled, revision, value FROM sys_plugin_flag WHERE name = ?",
+                "SELECT name, enabled, revision, value FROM sys_plugin_flag WHERE name = ? AND removed = 0",
                 [name.into()],
             ))
             .await?;
         Ok(row.map(|r| flag_of(&r)).transpose()?.map(|f| f.enabled))
     }
 
-    /// Forgets `name`'s flag (an uninstall): the row, the Redis key, and
-    /// this instance's revision.
+    /// Forgets `name`'s flag (an uninstall): the Redis key goes, and the
+    /// row is marked removed one revision higher (kept, so a reinstall
+    /// continues from its revision and no instance ever sees one go
+    /// backwards).
     pub async fn remove(&self, name: &str) -> Result<(), FlagError> {
         // Redis first: if it is down nothing changes; a key deleted whose
-        // row stays would be re-seeded by the next reconcile.
+        // row stays live would be re-seeded by the next reconcile.
         if let Some(redis) = &self.redis {
             let mut conn = redis.conn().await?;
             let result: redis::RedisResult<i64> = conn.del(self.key(name)).await;
@@ -195,10 +197,11 @@ impl FlagStore {
         }
         self.db
             .conn()
-            .execute(
-                self.db
-                    .statement("DELETE FROM sys_plugin_flag WHERE name = ?", [name.into()]),
-            )
+            .execute(self.db.statement(
+                "UPDATE sys_plugin_flag SET removed = 1, enabled = 1, revision = revision + 1 \
+                 WHERE name = ? AND removed = 0",
+                [name.into()],
+            ))
             .await?;
         self.applied
             .lock()
@@ -207,8 +210,17 @@ impl FlagStore {
         Ok(())
     }
 
-    /// Records `name` with `enabled` unless it has a flag already.
+    /// Records `name` with `enabled` unless it has a flag already; the row
+    /// of an uninstalled plugin comes back one revision higher.
     async fn insert_missing(&self, name: &str, enabled: bool, value: &str) -> Result<(), DbErr> {
+        self.db
+            .conn()
+            .execute(self.db.statement(
+                "UPDATE sys_plugin_flag SET removed = 0, enabled = ?, value = ?, \
+                 revision = revision + 1 WHERE name = ? AND removed = 1",
+                [i16::from(enabled).into(), value.into(), name.into()],
+            ))
+            .await?;
         let sql = match self.db.backend() {
             Backend::Mysql => {
                 "INSERT IGNORE INTO sys_plugin_flag (name, enabled, revision, value) VALUES (?, ?, 1, ?)"
@@ -330,7 +342,7 @@ impl FlagStore {
         let updated = txn
             .execute(self.db.statement(
                 "UPDATE sys_plugin_flag SET enabled = 1 - enabled, revision = revision + 1, \
-                 updated_at = CURRENT_TIMESTAMP WHERE name = ?",
+                 removed = 0, updated_at = CURRENT_TIMESTAMP WHERE name = ?",
                 [name.into()],
             ))
             .await?;
@@ -429,7 +441,7 @@ impl FlagStore {
         .await?;
         let row = txn
             .query_one(self.db.statement(
-                "SELECT name, enabled, revision, value FROM sys_plugin_flag WHERE name = ?",
+                "SELECT name, enabled, revision, value FROM sys_plugin_flag WHERE name = ? AND removed = 0",
                 [name.into()],
             ))
             .await?;
