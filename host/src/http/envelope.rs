@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::{
     plugin::{
         PluginError,
-        lifecycle::{LifecycleError, lock::LockError, package::PackageError},
+        lifecycle::{LifecycleError, lock::LockError, package::PackageError, sql::ScriptError},
         running::status::FlagError,
     },
     redis::RedisError,
@@ -156,7 +156,12 @@ impl From<LifecycleError> for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             LifecycleError::Package(_) => StatusCode::BAD_REQUEST,
-            LifecycleError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            LifecycleError::Refused { .. }
+            | LifecycleError::Git(_)
+            | LifecycleError::Script(ScriptError::Failed { .. } | ScriptError::Read { .. }) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            LifecycleError::Script(ScriptError::Record { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             LifecycleError::Conflict(_) | LifecycleError::Lock(LockError::Busy { .. }) => {
                 StatusCode::CONFLICT
             }

@@ -37,7 +37,7 @@ pub struct GitPolicy {
 }
 
 fn refused(message: String) -> LifecycleError {
-    LifecycleError::Refused(message)
+    LifecycleError::Git(message)
 }
 
 /// Checks `url` against the policy.

@@ -30,13 +30,14 @@ use crate::plugin::{
         manifest::is_valid_plugin_name,
     },
     running::{
-        registry::{self, PluginRecord, PluginState},
+        registry::{self, PluginRecord, PluginState, Refusal},
         router::RouteTableBuilder,
         status::FlagError,
     },
 };
 use lock::{LockError, LockGuard};
 use package::PackageError;
+use sql::ScriptError;
 
 /// Prefix of the staging directories inside the plugin dir.
 pub const STAGING_PREFIX: &str = ".staging-";
@@ -49,8 +50,19 @@ pub enum LifecycleError {
     Package(#[from] PackageError),
     /// The plugin in the package is refused (manifest, library, name,
     /// dependencies, routes, init).
+    #[error("plugin '{plugin}': {reason}")]
+    Refused {
+        /// The plugin.
+        plugin: String,
+        /// Why.
+        reason: Box<Refusal>,
+    },
+    /// The Git source cannot be used (URL policy, clone, build).
     #[error("{0}")]
-    Refused(String),
+    Git(String),
+    /// A plugin script failed.
+    #[error(transparent)]
+    Script(#[from] ScriptError),
     /// The operation conflicts with what is installed.
     #[error("{0}")]
     Conflict(String),
@@ -69,6 +81,15 @@ pub enum LifecycleError {
     /// A file operation failed.
     #[error("{0}")]
     Io(String),
+}
+
+impl LifecycleError {
+    fn refused(plugin: &str, reason: Refusal) -> Self {
+        Self::Refused {
+            plugin: plugin.to_owned(),
+            reason: Box::new(reason),
+        }
+    }
 }
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> LifecycleError {
@@ -266,8 +287,7 @@ impl PluginHost {
             ms = started.elapsed().as_millis(),
             "library opened"
         );
-        let mut loaded =
-            opened.map_err(|e| LifecycleError::Refused(format!("plugin '{name}': {e}")))?;
+        let mut loaded = opened.map_err(|reason| LifecycleError::refused(name, reason))?;
         let version = loaded.manifest.version;
 
         // What is installed under that name now.
@@ -316,21 +336,22 @@ impl PluginHost {
                 .iter()
                 .find(|d| records.get(*d).and_then(PluginRecord::loaded).is_none())
             {
-                return Err(LifecycleError::Refused(format!(
-                    "plugin '{name}' depends on '{missing}', which is not installed (or not loaded); install it first"
-                )));
+                return Err(LifecycleError::refused(
+                    name,
+                    Refusal::DependencyNotLoaded(missing.clone()),
+                ));
             }
         }
         // Routes: checked against everything else before anything moves.
         let routers = (loaded.module.routers())().into_vec();
-        let routes =
-            registry::plugin_routes(&loaded.manifest, &routers).map_err(LifecycleError::Refused)?;
+        let routes = registry::plugin_routes(&loaded.manifest, &routers)
+            .map_err(|reason| LifecycleError::refused(name, reason))?;
         let table = self.routes();
         let mut trial = RouteTableBuilder::from_table(&table, Some(name));
         let probe = registry::probe_plugin(name, &loaded);
         trial
             .add(probe, routes)
-            .map_err(|e| LifecycleError::Refused(format!("plugin '{name}': {e}")))?;
+            .map_err(|e| LifecycleError::refused(name, e.into()))?;
         guard.ensure_held().await?;
 
         // The commit point: into place in one rename (an exchange for an
@@ -394,9 +415,7 @@ impl PluginHost {
                 Ok(plugin) => plugin,
                 Err(reason) => {
                     let _ = undo().await;
-                    return Err(LifecycleError::Refused(format!(
-                        "plugin '{name}': {reason}"
-                    )));
+                    return Err(LifecycleError::refused(name, reason));
                 }
             };
         tracing::debug!(
@@ -506,9 +525,7 @@ impl PluginHost {
         })
         .await?;
         let purged = if purge && moved.is_dir() {
-            sql::destroy(&self.db, name, &moved)
-                .await
-                .map_err(LifecycleError::Refused)?
+            sql::destroy(&self.db, name, &moved).await?
         } else {
             false
         };

@@ -9,9 +9,91 @@
 
 use std::path::Path;
 
-use sea_orm::{ConnectionTrait, TransactionTrait};
+use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
 
 use crate::db::{Backend, Db, PkMode, placeholders, split};
+
+/// Why a script did not run to its commit.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The script cannot be split into statements.
+    #[error("to parse: {0}")]
+    Parse(String),
+    /// The transaction could not begin.
+    #[error("to begin: {0}")]
+    Begin(DbErr),
+    /// A statement failed; the transaction was rolled back.
+    #[error("at statement {index} (line {line}): {message}")]
+    Statement {
+        /// Its position, from 1.
+        index: usize,
+        /// Its first line in the script.
+        line: usize,
+        /// The database's message.
+        message: String,
+    },
+    /// The record of the plugin's init could not be written.
+    #[error("to record the init of {plugin}: {source}")]
+    Record {
+        /// The plugin.
+        plugin: String,
+        /// The database's error.
+        source: DbErr,
+    },
+    /// The transaction could not commit.
+    #[error("to commit: {0}")]
+    Commit(DbErr),
+}
+
+/// A plugin script that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptError {
+    /// The script file cannot be read.
+    #[error("cannot read {path}: {message}")]
+    Read {
+        /// The script, relative to the plugin's directory.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// The script failed (and was rolled back, or undone on MySQL).
+    #[error("{script} script {path} failed {source}")]
+    Failed {
+        /// Which script.
+        script: Script,
+        /// The script, relative to the plugin's directory.
+        path: String,
+        /// What failed.
+        source: RunError,
+    },
+    /// The host's record of plugin scripts (`sys_plugin`) failed.
+    #[error("cannot {what} of {plugin}: {source}")]
+    Record {
+        /// What was being done.
+        what: &'static str,
+        /// The plugin.
+        plugin: String,
+        /// The database's error.
+        source: DbErr,
+    },
+}
+
+/// A statement of a kind a command does not run.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "statement {index} (line {line}) is a {kind} statement; allowed here: {}",
+    allowed.join(", ")
+)]
+pub struct KindError {
+    /// Its position, from 1.
+    pub index: usize,
+    /// Its first line.
+    pub line: usize,
+    /// Its kind (`malformed` when it has none).
+    pub kind: String,
+    /// The kinds allowed.
+    pub allowed: Vec<String>,
+}
 
 /// Which script of a plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,12 +104,24 @@ pub enum Script {
     Destroy,
 }
 
+impl Script {
+    fn stem(self) -> &'static str {
+        match self {
+            Self::Init => "init",
+            Self::Destroy => "destroy",
+        }
+    }
+}
+
+impl std::fmt::Display for Script {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.stem())
+    }
+}
+
 /// The relative path of a plugin's script for a backend and key mode.
 pub fn script_path(script: Script, backend: Backend, pk_mode: PkMode) -> String {
-    let stem = match script {
-        Script::Init => "init",
-        Script::Destroy => "destroy",
-    };
+    let stem = script.stem();
     let suffix = match pk_mode {
         PkMode::Autoincrement => "",
         PkMode::Snowflake => "_snowflake",
@@ -43,7 +137,19 @@ pub fn script_path(script: Script, backend: Backend, pk_mode: PkMode) -> String 
 /// (`init_state = 'running'`) is committed first and marked `done` after
 /// the script; a restart that finds the intent drops the tables the script
 /// creates and runs it again.
-pub async fn init_once(db: &Db, plugin: &str, version: &str, dir: &Path) -> Result<(), String> {
+pub async fn init_once(
+    db: &Db,
+    plugin: &str,
+    version: &str,
+    dir: &Path,
+) -> Result<(), ScriptError> {
+    let record = |what: &'static str| {
+        move |source: DbErr| ScriptError::Record {
+            what,
+            plugin: plugin.to_owned(),
+            source,
+        }
+    };
     let relative = script_path(Script::Init, db.backend(), db.pk_mode());
     let path = dir.join(&relative);
     if !path.is_file() {
@@ -58,20 +164,26 @@ pub async fn init_once(db: &Db, plugin: &str, version: &str, dir: &Path) -> Resu
             vec![plugin.into()],
         )
         .await
-        .map_err(|e| format!("cannot read sys_plugin: {e}"))?;
+        .map_err(record("read the init record"))?;
     let state: Option<String> = match recorded.first() {
         Some(row) => Some(
             row.try_get("", "init_state")
-                .map_err(|e| format!("cannot read sys_plugin: {e}"))?,
+                .map_err(record("read the init record"))?,
         ),
         None => None,
     };
     if state.as_deref() == Some(INIT_DONE) {
         return Ok(());
     }
-    let script =
-        std::fs::read_to_string(&path).map_err(|e| format!("cannot read {relative}: {e}"))?;
-    let failed = |e: String| format!("init script {relative} failed {e}");
+    let script = std::fs::read_to_string(&path).map_err(|e| ScriptError::Read {
+        path: relative.clone(),
+        message: e.to_string(),
+    })?;
+    let failed = |source: RunError| ScriptError::Failed {
+        script: Script::Init,
+        path: relative.clone(),
+        source,
+    };
     if db.backend() == Backend::Mysql {
         if state.is_some() {
             let dropped = drop_created_tables(db, &script).await;
@@ -83,7 +195,7 @@ pub async fn init_once(db: &Db, plugin: &str, version: &str, dir: &Path) -> Resu
         } else {
             record_init(db, db.conn(), plugin, version, INIT_RUNNING)
                 .await
-                .map_err(|e| format!("cannot record the init of {plugin}: {e}"))?;
+                .map_err(record("record the init"))?;
         }
         if let Err(e) = run_script(db, &script, None).await {
             let _ = forget_init(db, plugin).await;
@@ -95,7 +207,7 @@ pub async fn init_once(db: &Db, plugin: &str, version: &str, dir: &Path) -> Resu
                 [INIT_DONE.into(), plugin.into()],
             ))
             .await
-            .map_err(|e| format!("cannot record the init of {plugin}: {e}"))?;
+            .map_err(record("record the init"))?;
     } else {
         run_script(db, &script, Some((plugin, version)))
             .await
@@ -157,15 +269,21 @@ async fn drop_created_tables(db: &Db, script: &str) -> Vec<String> {
 
 /// Runs `plugin`'s destroy script from `dir`, if it has one, and forgets
 /// its init (a later install runs it again). Returns whether a script ran.
-pub async fn destroy(db: &Db, plugin: &str, dir: &Path) -> Result<bool, String> {
+pub async fn destroy(db: &Db, plugin: &str, dir: &Path) -> Result<bool, ScriptError> {
     let relative = script_path(Script::Destroy, db.backend(), db.pk_mode());
     let path = dir.join(&relative);
     let ran = if path.is_file() {
-        let script =
-            std::fs::read_to_string(&path).map_err(|e| format!("cannot read {relative}: {e}"))?;
+        let script = std::fs::read_to_string(&path).map_err(|e| ScriptError::Read {
+            path: relative.clone(),
+            message: e.to_string(),
+        })?;
         run_script(db, &script, None)
             .await
-            .map_err(|e| format!("destroy script {relative} failed {e}"))?;
+            .map_err(|source| ScriptError::Failed {
+                script: Script::Destroy,
+                path: relative.clone(),
+                source,
+            })?;
         tracing::info!(plugin, script = %relative, "plugin destroy script ran");
         true
     } else {
@@ -173,7 +291,11 @@ pub async fn destroy(db: &Db, plugin: &str, dir: &Path) -> Result<bool, String> 
     };
     forget_init(db, plugin)
         .await
-        .map_err(|e| format!("cannot forget the init of {plugin}: {e}"))?;
+        .map_err(|source| ScriptError::Record {
+            what: "forget the init",
+            plugin: plugin.to_owned(),
+            source,
+        })?;
     Ok(ran)
 }
 
@@ -185,14 +307,10 @@ pub async fn run_script(
     db: &Db,
     script: &str,
     record: Option<(&str, &str)>,
-) -> Result<usize, String> {
+) -> Result<usize, RunError> {
     let statements =
-        split::split(script, db.backend().escapes()).map_err(|e| format!("to parse: {e}"))?;
-    let txn = db
-        .conn()
-        .begin()
-        .await
-        .map_err(|e| format!("to begin: {e}"))?;
+        split::split(script, db.backend().escapes()).map_err(|e| RunError::Parse(e.to_string()))?;
+    let txn = db.conn().begin().await.map_err(RunError::Begin)?;
     let mut created = Vec::new();
     for (i, statement) in statements.iter().enumerate() {
         if let Err(e) = txn.execute_unprepared(&statement.text).await {
@@ -205,11 +323,11 @@ pub async fn run_script(
                         .await;
                 }
             }
-            return Err(format!(
-                "at statement {} (line {}): {e}",
-                i + 1,
-                statement.line
-            ));
+            return Err(RunError::Statement {
+                index: i + 1,
+                line: statement.line,
+                message: e.to_string(),
+            });
         }
         if let Some(table) = created_table(&statement.text) {
             created.push(table);
@@ -218,9 +336,12 @@ pub async fn run_script(
     if let Some((plugin, version)) = record {
         record_init(db, &txn, plugin, version, INIT_DONE)
             .await
-            .map_err(|e| format!("to record the init of {plugin}: {e}"))?;
+            .map_err(|source| RunError::Record {
+                plugin: plugin.to_owned(),
+                source,
+            })?;
     }
-    txn.commit().await.map_err(|e| format!("to commit: {e}"))?;
+    txn.commit().await.map_err(RunError::Commit)?;
     Ok(statements.len())
 }
 
@@ -305,17 +426,20 @@ pub fn statement_kind(text: &str) -> String {
 
 /// Checks every statement's kind against `allowed`; the refusal names the
 /// statement, its line and its kind.
-pub fn check_kinds(statements: &[split::Statement], allowed: &[&str]) -> Result<(), String> {
+pub fn check_kinds(statements: &[split::Statement], allowed: &[&str]) -> Result<(), KindError> {
     for (i, statement) in statements.iter().enumerate() {
         let kind = statement_kind(&statement.text);
         if !allowed.contains(&kind.as_str()) {
-            return Err(format!(
-                "statement {} (line {}) is a {} statement; allowed here: {}",
-                i + 1,
-                statement.line,
-                if kind.is_empty() { "malformed" } else { &kind },
-                allowed.join(", ")
-            ));
+            return Err(KindError {
+                index: i + 1,
+                line: statement.line,
+                kind: if kind.is_empty() {
+                    "malformed".into()
+                } else {
+                    kind
+                },
+                allowed: allowed.iter().map(|k| (*k).to_owned()).collect(),
+            });
         }
     }
     Ok(())
@@ -338,7 +462,9 @@ mod kind_tests {
         )
         .unwrap();
         assert_eq!(
-            check_kinds(&statements, INIT_KINDS).unwrap_err(),
+            check_kinds(&statements, INIT_KINDS)
+                .unwrap_err()
+                .to_string(),
             "statement 2 (line 3) is a DROP statement; allowed here: SELECT, INSERT, SET, DO"
         );
         let all: Vec<&str> = INIT_KINDS.iter().chain(DESTROY_KINDS).copied().collect();

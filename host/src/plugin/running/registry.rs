@@ -17,20 +17,152 @@ use plugin_api::abi::{PluginModRef, RouterSpec};
 
 pub use super::loaded::LoadedPlugin;
 use super::router::{
-    ADMIN_SCOPE, ADMIN_SYS_PREFIX, MountedRoute, RouteTable, RouteTableBuilder, Scope,
+    ADMIN_SCOPE, ADMIN_SYS_PREFIX, MountedRoute, RouteError, RouteTable, RouteTableBuilder, Scope,
     check_route_path, join_path,
 };
 use crate::db::Db;
 use crate::plugin::{
-    lifecycle::sql,
+    lifecycle::sql::{self, ScriptError},
     loading::{
         discover::{Candidate, Source, library_file_name},
         libcache::LibraryCache,
-        loader::load_library,
-        manifest::{PLUGIN_NAME_PATTERN, PluginKind, PluginManifest, is_valid_plugin_name},
+        loader::{LoadError, load_library},
+        manifest::{
+            ManifestError, PLUGIN_NAME_PATTERN, PluginKind, PluginManifest, is_valid_plugin_name,
+        },
     },
     services::host_services,
 };
+
+/// Why a plugin is refused: listed with it, and a 422 for an install.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The directory or file name is not a plugin name.
+    #[error("'{0}' is not a valid plugin name ({PLUGIN_NAME_PATTERN}); rename it")]
+    InvalidName(String),
+    /// The name is taken by FBA's keys.
+    #[error(
+        "'{0}' is a reserved name (FBA keeps its restart flag under {{prefix}}:changed); rename the plugin"
+    )]
+    Reserved(String),
+    /// `plugin.toml` cannot be read.
+    #[error("cannot read {path}: {message}")]
+    Unreadable {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// `plugin.toml` is not a valid manifest.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The directory lacks its README.
+    #[error("{0} has no README.md")]
+    NoReadme(String),
+    /// The directory lacks its library.
+    #[error("library {0} is missing")]
+    NoLibrary(String),
+    /// The library is refused (damaged, not a plugin, another contract).
+    #[error(transparent)]
+    Library(#[from] LoadError),
+    /// The library declares another name.
+    #[error(
+        "the library declares plugin '{declared}' but is installed as '{installed}'; rename it to match"
+    )]
+    NameMismatch {
+        /// The name in the library.
+        declared: String,
+        /// The name it is installed under.
+        installed: String,
+    },
+    /// A lone library's embedded manifest is not valid.
+    #[error("embedded manifest: {0}")]
+    EmbeddedManifest(ManifestError),
+    /// The manifest names a router the library lacks.
+    #[error("plugin.toml declares router '{0}' but the library has no such router")]
+    RouterMissing(String),
+    /// The library has a router the manifest does not name.
+    #[error("the library's router '{0}' is not declared in plugin.toml")]
+    RouterUndeclared(String),
+    /// An app-level router's prefix is not allowed.
+    #[error(
+        "app-level router '{router}' has prefix '{prefix}': it must start with / and may not be / or lie under {ADMIN_SCOPE}"
+    )]
+    AppPrefix {
+        /// The router.
+        router: String,
+        /// Its prefix.
+        prefix: String,
+    },
+    /// A route's path is malformed.
+    #[error("router '{router}': {source}")]
+    RoutePath {
+        /// The router.
+        router: String,
+        /// What is wrong with the path.
+        source: Box<RouteError>,
+    },
+    /// A route's method is not one plugins may serve.
+    #[error("router '{router}': unsupported method '{method}'")]
+    Method {
+        /// The router.
+        router: String,
+        /// The method.
+        method: String,
+    },
+    /// A route's permission is not a permission string.
+    #[error("router '{router}': '{permission}' is not a permission string (like sys:dict:add)")]
+    Permission {
+        /// The router.
+        router: String,
+        /// The permission.
+        permission: String,
+    },
+    /// The plugin is in the plugin dir twice.
+    #[error("plugin '{name}' is installed twice ({first} and {second}); remove one")]
+    Twice {
+        /// The plugin.
+        name: String,
+        /// Where it was found first.
+        first: String,
+        /// Where again.
+        second: String,
+    },
+    /// The plugin is part of a dependency cycle.
+    #[error("dependency cycle: {0}")]
+    Cycle(String),
+    /// A dependency is not installed.
+    #[error("depends on '{dependency}', which is not installed ({chain})")]
+    MissingDependency {
+        /// The dependency.
+        dependency: String,
+        /// The chain that leads to it.
+        chain: String,
+    },
+    /// A dependency failed to load.
+    #[error("depends on '{0}', which failed to load")]
+    DependencyFailed(String),
+    /// A dependency is not loaded on this host (an install).
+    #[error("depends on '{0}', which is not installed (or not loaded); install it first")]
+    DependencyNotLoaded(String),
+    /// The plugin does not support the host's database.
+    #[error("the plugin supports {supported} but this host runs on {backend}")]
+    Database {
+        /// The backends it supports.
+        supported: String,
+        /// The host's.
+        backend: &'static str,
+    },
+    /// Its routes collide or cannot be mounted.
+    #[error(transparent)]
+    Routes(#[from] RouteError),
+    /// Its init script failed.
+    #[error(transparent)]
+    Script(#[from] ScriptError),
+    /// Its init hook refused.
+    #[error("init failed: {0}")]
+    Init(String),
+}
 
 /// A plugin's state, as the list endpoint reports it.
 pub enum PluginState {
@@ -74,7 +206,7 @@ struct Pending {
     name: String,
     source: PathBuf,
     manifest: Option<PluginManifest>,
-    result: Result<Loaded, String>,
+    result: Result<Loaded, Refusal>,
 }
 
 /// A plugin whose library is open and checked, not yet mounted.
@@ -100,11 +232,13 @@ pub(crate) fn probe_plugin(name: &str, loaded: &Loaded) -> Arc<LoadedPlugin> {
     ))
 }
 
-fn read_dir_manifest(dir: &Path) -> Result<PluginManifest, String> {
+fn read_dir_manifest(dir: &Path) -> Result<PluginManifest, Refusal> {
     let path = dir.join("plugin.toml");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    PluginManifest::parse(&text).map_err(|e| e.to_string())
+    let text = std::fs::read_to_string(&path).map_err(|e| Refusal::Unreadable {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(PluginManifest::parse(&text)?)
 }
 
 /// Names no plugin may have: their flag key is taken.
@@ -116,24 +250,12 @@ const RESERVED_NAMES: [&str; 1] = ["changed"];
 pub(crate) fn open_candidate(
     candidate: &Candidate,
     cache: &LibraryCache,
-) -> (Option<PluginManifest>, Result<Loaded, String>) {
+) -> (Option<PluginManifest>, Result<Loaded, Refusal>) {
     if !is_valid_plugin_name(&candidate.name) {
-        return (
-            None,
-            Err(format!(
-                "'{}' is not a valid plugin name ({PLUGIN_NAME_PATTERN}); rename it",
-                candidate.name
-            )),
-        );
+        return (None, Err(Refusal::InvalidName(candidate.name.clone())));
     }
     if RESERVED_NAMES.contains(&candidate.name.as_str()) {
-        return (
-            None,
-            Err(format!(
-                "'{}' is a reserved name (FBA keeps its restart flag under {{prefix}}:changed); rename the plugin",
-                candidate.name
-            )),
-        );
+        return (None, Err(Refusal::Reserved(candidate.name.clone())));
     }
     let (file_manifest, library) = match &candidate.source {
         Source::Directory(dir) => {
@@ -144,14 +266,14 @@ pub(crate) fn open_candidate(
             if !dir.join("README.md").is_file() {
                 return (
                     Some(manifest),
-                    Err(format!("{} has no README.md", dir.display())),
+                    Err(Refusal::NoReadme(dir.display().to_string())),
                 );
             }
             let library = dir.join(library_file_name(&candidate.name));
             if !library.is_file() {
                 return (
                     Some(manifest),
-                    Err(format!("library {} is missing", library.display())),
+                    Err(Refusal::NoLibrary(library.display().to_string())),
                 );
             }
             (Some(manifest), library)
@@ -165,23 +287,23 @@ pub(crate) fn open_candidate(
     });
     let (module, digest) = match opened {
         Ok(opened) => opened,
-        Err(e) => return (file_manifest, Err(e.to_string())),
+        Err(e) => return (file_manifest, Err(e.into())),
     };
     let declared = module.name().as_str();
     if declared != candidate.name {
         return (
             file_manifest,
-            Err(format!(
-                "the library declares plugin '{declared}' but is installed as '{}'; rename it to match",
-                candidate.name
-            )),
+            Err(Refusal::NameMismatch {
+                declared: declared.to_owned(),
+                installed: candidate.name.clone(),
+            }),
         );
     }
     let manifest = match file_manifest {
         Some(m) => m,
         None => match PluginManifest::parse(module.manifest().as_str()) {
             Ok(m) => m,
-            Err(e) => return (None, Err(format!("embedded manifest: {e}"))),
+            Err(e) => return (None, Err(Refusal::EmbeddedManifest(e))),
         },
     };
     let dir = match &candidate.source {
@@ -202,7 +324,7 @@ pub(crate) fn open_candidate(
 pub fn plugin_routes(
     manifest: &PluginManifest,
     routers: &[RouterSpec],
-) -> Result<Vec<MountedRoute>, String> {
+) -> Result<Vec<MountedRoute>, Refusal> {
     let library_names: BTreeSet<&str> = routers.iter().map(|r| r.name.as_str()).collect();
     let (declared, scope): (BTreeSet<&str>, Scope) = match &manifest.kind {
         PluginKind::Extend { routers, .. } => {
@@ -211,17 +333,13 @@ pub fn plugin_routes(
         PluginKind::App { routers } => (routers.iter().map(String::as_str).collect(), Scope::App),
     };
     if let Some(missing) = declared.difference(&library_names).next() {
-        return Err(format!(
-            "plugin.toml declares router '{missing}' but the library has no such router"
-        ));
+        return Err(Refusal::RouterMissing((*missing).to_owned()));
     }
     let mut routes = Vec::new();
     for router in routers {
         let name = router.name.as_str();
         if !declared.contains(name) {
-            return Err(format!(
-                "the library's router '{name}' is not declared in plugin.toml"
-            ));
+            return Err(Refusal::RouterUndeclared(name.to_owned()));
         }
         let prefix = match &manifest.kind {
             PluginKind::Extend { routers, .. } => join_path(ADMIN_SYS_PREFIX, &routers[name]),
@@ -230,16 +348,20 @@ pub fn plugin_routes(
                 let under_admin =
                     prefix == ADMIN_SCOPE || prefix.starts_with(&format!("{ADMIN_SCOPE}/"));
                 if !prefix.starts_with('/') || prefix.len() < 2 || under_admin {
-                    return Err(format!(
-                        "app-level router '{name}' has prefix '{prefix}': it must start with / and may not be / or lie under {ADMIN_SCOPE}"
-                    ));
+                    return Err(Refusal::AppPrefix {
+                        router: name.to_owned(),
+                        prefix: prefix.to_owned(),
+                    });
                 }
                 prefix.to_owned()
             }
         };
         for route in router.routes.iter() {
             let path = route.path.as_str();
-            check_route_path(path).map_err(|e| format!("router '{name}': {e}"))?;
+            check_route_path(path).map_err(|source| Refusal::RoutePath {
+                router: name.to_owned(),
+                source: Box::new(source),
+            })?;
             let method = Method::from_bytes(route.method.as_str().as_bytes())
                 .ok()
                 .filter(|m| {
@@ -252,7 +374,10 @@ pub fn plugin_routes(
                     ]
                     .contains(m)
                 })
-                .ok_or_else(|| format!("router '{name}': unsupported method '{}'", route.method))?;
+                .ok_or_else(|| Refusal::Method {
+                    router: name.to_owned(),
+                    method: route.method.to_string(),
+                })?;
             let permission = route
                 .permission
                 .as_ref()
@@ -262,9 +387,10 @@ pub fn plugin_routes(
                 .as_deref()
                 .filter(|p| !crate::auth::is_permission(p))
             {
-                return Err(format!(
-                    "router '{name}': '{p}' is not a permission string (like sys:dict:add)"
-                ));
+                return Err(Refusal::Permission {
+                    router: name.to_owned(),
+                    permission: p.to_owned(),
+                });
             }
             routes.push(MountedRoute {
                 method,
@@ -283,7 +409,7 @@ pub fn plugin_routes(
 /// dependencies and cycles by chain.
 fn dependency_order(
     deps: &BTreeMap<String, Vec<String>>,
-) -> (Vec<String>, BTreeMap<String, String>) {
+) -> (Vec<String>, BTreeMap<String, Refusal>) {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         Visiting,
@@ -295,7 +421,7 @@ fn dependency_order(
         marks: &mut BTreeMap<String, Mark>,
         stack: &mut Vec<String>,
         order: &mut Vec<String>,
-        failed: &mut BTreeMap<String, String>,
+        failed: &mut BTreeMap<String, Refusal>,
     ) {
         match marks.get(name) {
             Some(Mark::Done) => return,
@@ -307,7 +433,7 @@ fn dependency_order(
                 for member in &stack[start..] {
                     failed
                         .entry(member.clone())
-                        .or_insert_with(|| format!("dependency cycle: {chain}"));
+                        .or_insert_with(|| Refusal::Cycle(chain.clone()));
                 }
                 return;
             }
@@ -317,12 +443,12 @@ fn dependency_order(
         stack.push(name.to_owned());
         for dep in &deps[name] {
             if !deps.contains_key(dep) {
-                failed.entry(name.to_owned()).or_insert_with(|| {
-                    format!(
-                        "depends on '{dep}', which is not installed ({})",
-                        stack.join(" -> ") + " -> " + dep
-                    )
-                });
+                failed
+                    .entry(name.to_owned())
+                    .or_insert_with(|| Refusal::MissingDependency {
+                        dependency: dep.clone(),
+                        chain: stack.join(" -> ") + " -> " + dep,
+                    });
             } else {
                 visit(dep, deps, marks, stack, order, failed);
             }
@@ -378,11 +504,11 @@ pub async fn load_all(
         let p = pending
             .get_mut(&name)
             .expect("duplicate of a pending plugin");
-        p.result = Err(format!(
-            "plugin '{name}' is installed twice ({} and {}); remove one",
-            first.display(),
-            second.display()
-        ));
+        p.result = Err(Refusal::Twice {
+            name: name.clone(),
+            first: first.display().to_string(),
+            second: second.display().to_string(),
+        });
     }
 
     // Dependencies, among the plugins that opened.
@@ -414,7 +540,7 @@ pub async fn load_all(
                 .iter()
                 .find(|d| !loaded_ok.contains(*d))
             {
-                Some(dep) => Err(format!("depends on '{dep}', which failed to load")),
+                Some(dep) => Err(Refusal::DependencyFailed(dep.clone())),
                 None => mount(&p.name, l, &mut builder, flags(&p.name), db).await,
             },
         };
@@ -425,7 +551,7 @@ pub async fn load_all(
             }
             Err(reason) => {
                 tracing::warn!(plugin = %p.name, source = %p.source.display(), "plugin not loaded: {reason}");
-                PluginState::Failed(reason)
+                PluginState::Failed(reason.to_string())
             }
         };
         records.insert(
@@ -440,7 +566,10 @@ pub async fn load_all(
     }
     // Whatever is left failed before ordering.
     for (name, p) in pending {
-        let reason = p.result.err().unwrap_or_else(|| "not loaded".into());
+        let reason = p
+            .result
+            .err()
+            .map_or_else(|| "not loaded".to_owned(), |e| e.to_string());
         tracing::warn!(plugin = %name, source = %p.source.display(), "plugin not loaded: {reason}");
         records.insert(
             name.clone(),
@@ -466,15 +595,15 @@ pub(crate) async fn mount(
     builder: &mut RouteTableBuilder,
     enabled: bool,
     db: Option<&Db>,
-) -> Result<Arc<LoadedPlugin>, String> {
+) -> Result<Arc<LoadedPlugin>, Refusal> {
     if let Some(db) = db {
         let backend = db.backend().name();
         let declared = &loaded.manifest.databases;
         if !declared.is_empty() && !declared.iter().any(|d| d == backend) {
-            return Err(format!(
-                "the plugin supports {} but this host runs on {backend}",
-                declared.join(", ")
-            ));
+            return Err(Refusal::Database {
+                supported: declared.join(", "),
+                backend,
+            });
         }
     }
     let routers: Vec<RouterSpec> = (loaded.module.routers())().into_vec();
@@ -493,14 +622,14 @@ pub(crate) async fn mount(
         let version = plugin.manifest.version.to_string();
         if let Err(e) = sql::init_once(db, name, &version, dir).await {
             builder.remove_last();
-            return Err(e);
+            return Err(e.into());
         }
     }
     match (plugin.module.init())(host_services()) {
         RResult::ROk(()) => Ok(plugin),
         RResult::RErr(message) => {
             builder.remove_last();
-            Err(format!("init failed: {message}"))
+            Err(Refusal::Init(message.into_string()))
         }
     }
 }
@@ -523,13 +652,13 @@ mod tests {
         assert!(failed.is_empty());
 
         let (_, failed) = dependency_order(&graph(&[("a", &["b"]), ("b", &["a"]), ("c", &[])]));
-        assert_eq!(failed["a"], "dependency cycle: a -> b -> a");
-        assert_eq!(failed["b"], "dependency cycle: a -> b -> a");
+        assert_eq!(failed["a"].to_string(), "dependency cycle: a -> b -> a");
+        assert_eq!(failed["b"].to_string(), "dependency cycle: a -> b -> a");
         assert!(!failed.contains_key("c"));
 
         let (_, failed) = dependency_order(&graph(&[("a", &["zz"])]));
         assert_eq!(
-            failed["a"],
+            failed["a"].to_string(),
             "depends on 'zz', which is not installed (a -> zz)"
         );
     }

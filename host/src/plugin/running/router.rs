@@ -153,24 +153,78 @@ pub fn patterns_overlap(a: &str, b: &str) -> bool {
     }
 }
 
+/// A route that cannot be mounted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The path below the prefix does not start with `/`.
+    #[error("route path '{0}' must be empty or start with /")]
+    NotAbsolute(String),
+    /// A `{param}` shares its segment with other text.
+    #[error("route path '{0}': a parameter must be a whole segment like {{id}}")]
+    PartialParameter(String),
+    /// A `{*rest}` is not the last segment.
+    #[error("route path '{0}': {{*rest}} must be the last segment")]
+    CatchAllNotLast(String),
+    /// The route overlaps one of the host's own.
+    #[error("route {method} {path} collides with the host's core route {core_method} {core_path}")]
+    Core {
+        /// The route's method.
+        method: String,
+        /// The route's path.
+        path: String,
+        /// The core route's method.
+        core_method: &'static str,
+        /// The core route's path.
+        core_path: &'static str,
+    },
+    /// The plugin declares the same route twice.
+    #[error("route {method} {path} is declared twice")]
+    Twice {
+        /// The route's method.
+        method: String,
+        /// The route's path.
+        path: String,
+    },
+    /// The route overlaps another plugin's.
+    #[error(
+        "route {method} {path} collides with route {their_method} {their_path} of plugin '{plugin}'"
+    )]
+    Collides {
+        /// The route's method.
+        method: String,
+        /// The route's path.
+        path: String,
+        /// The other route's method.
+        their_method: String,
+        /// The other route's path.
+        their_path: String,
+        /// The plugin that has it.
+        plugin: String,
+    },
+    /// The route trie refused the routes.
+    #[error("routes of plugin '{plugin}' cannot be mounted: {reason}")]
+    Unmountable {
+        /// The plugin.
+        plugin: String,
+        /// The trie's reason.
+        reason: String,
+    },
+}
+
 /// Checks the shape of a route path below its prefix.
-pub fn check_route_path(path: &str) -> Result<(), String> {
+pub fn check_route_path(path: &str) -> Result<(), RouteError> {
     if !(path.is_empty() || path.starts_with('/')) {
-        return Err(format!("route path '{path}' must be empty or start with /"));
+        return Err(RouteError::NotAbsolute(path.to_owned()));
     }
     let segs = segments(path);
     for (i, seg) in segs.iter().enumerate() {
         let braces = seg.contains('{') || seg.contains('}');
         let whole = is_param(seg) && seg.len() > 2 && !seg[1..seg.len() - 1].contains(['{', '}']);
         if braces && !whole {
-            return Err(format!(
-                "route path '{path}': a parameter must be a whole segment like {{id}}"
-            ));
+            return Err(RouteError::PartialParameter(path.to_owned()));
         }
         if is_catch_all(seg) && i + 1 != segs.len() {
-            return Err(format!(
-                "route path '{path}': {{*rest}} must be the last segment"
-            ));
+            return Err(RouteError::CatchAllNotLast(path.to_owned()));
         }
     }
     Ok(())
@@ -212,22 +266,24 @@ impl RouteTableBuilder {
         &mut self,
         plugin: Arc<LoadedPlugin>,
         routes: Vec<MountedRoute>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RouteError> {
         for (i, route) in routes.iter().enumerate() {
             for (core_method, core_path) in CORE_ROUTES {
                 if patterns_overlap(&route.path, core_path) {
-                    return Err(format!(
-                        "route {} {} collides with the host's core route {core_method} {core_path}",
-                        route.method, route.path
-                    ));
+                    return Err(RouteError::Core {
+                        method: route.method.to_string(),
+                        path: route.path.clone(),
+                        core_method,
+                        core_path,
+                    });
                 }
             }
             for earlier in &routes[..i] {
                 if earlier.method == route.method && earlier.path == route.path {
-                    return Err(format!(
-                        "route {} {} is declared twice",
-                        route.method, route.path
-                    ));
+                    return Err(RouteError::Twice {
+                        method: route.method.to_string(),
+                        path: route.path.clone(),
+                    });
                 }
             }
             for (other, other_routes) in &self.accepted {
@@ -236,10 +292,13 @@ impl RouteTableBuilder {
                     if (same && theirs.method == route.method)
                         || (!same && patterns_overlap(&theirs.path, &route.path))
                     {
-                        return Err(format!(
-                            "route {} {} collides with route {} {} of plugin '{}'",
-                            route.method, route.path, theirs.method, theirs.path, other.name
-                        ));
+                        return Err(RouteError::Collides {
+                            method: route.method.to_string(),
+                            path: route.path.clone(),
+                            their_method: theirs.method.to_string(),
+                            their_path: theirs.path.clone(),
+                            plugin: other.name.clone(),
+                        });
                     }
                 }
             }
@@ -247,10 +306,10 @@ impl RouteTableBuilder {
         self.accepted.push((plugin, routes));
         if let Err(e) = self.try_build() {
             let (plugin, _) = self.accepted.pop().expect("just pushed");
-            return Err(format!(
-                "routes of plugin '{}' cannot be mounted: {e}",
-                plugin.name
-            ));
+            return Err(RouteError::Unmountable {
+                plugin: plugin.name.clone(),
+                reason: e.to_string(),
+            });
         }
         Ok(())
     }
