@@ -455,12 +455,18 @@ fn migrations(backend: Backend, pk_mode: PkMode) -> Vec<(i64, &'static str, &'st
         Backend::Postgresql => include_str!("../../../sql/postgresql/0005_flag_history.sql"),
         Backend::Mysql => include_str!("../../../sql/mysql/0005_flag_history.sql"),
     };
+    let packages = match backend {
+        Backend::Sqlite => include_str!("../../../sql/sqlite/0006_packages.sql"),
+        Backend::Postgresql => include_str!("../../../sql/postgresql/0006_packages.sql"),
+        Backend::Mysql => include_str!("../../../sql/mysql/0006_packages.sql"),
+    };
     vec![
         (1, "0001_init", init),
         (2, "0002_plugins", plugins),
         (3, "0003_flags", flags),
         (4, "0004_safety", safety),
         (5, "0005_flag_history", flag_history),
+        (6, "0006_packages", packages),
     ]
 }
 
@@ -551,7 +557,7 @@ mod tests {
                     .into_iter()
                     .map(|(_, _, script)| split::split(script, backend.escapes()).unwrap().len())
                     .collect();
-                assert_eq!(counts, [5, 2, 1, 2, 1], "{backend:?}/{mode:?}");
+                assert_eq!(counts, [5, 2, 1, 2, 1, 2], "{backend:?}/{mode:?}");
             }
         }
     }

@@ -22,6 +22,7 @@ pub mod git;
 pub mod lock;
 pub mod package;
 pub mod sql;
+pub mod store;
 
 use crate::plugin::{
     PluginError, PluginHost,

@@ -1,0 +1,140 @@
+//! The package store: plugin packages kept in the host database by the
+//! sha256 of their bytes, in chunks of at most [`CHUNK`] bytes, so that a
+//! package of tens of MB fits every backend (no statement carries more than
+//! one chunk, far below MySQL's packet limit).
+//!
+//! A package is written in one transaction, chunks first and its
+//! `sys_package` row last; a package is read back whole and its digest
+//! checked, so altered or missing bytes are refused, naming the digest.
+
+use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
+
+use crate::{db::Db, plugin::loading::libcache::hex_digest};
+
+/// The largest chunk a package is stored in.
+pub const CHUNK: usize = 1024 * 1024;
+
+/// A package that cannot be stored or read back.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No package with that digest.
+    #[error("package {0} is not in the package store")]
+    Missing(String),
+    /// Its chunks do not add up to what its row records.
+    #[error(
+        "package {digest} is incomplete in the package store ({found} of {expected} bytes); install it again"
+    )]
+    Incomplete {
+        /// The package.
+        digest: String,
+        /// The size recorded.
+        expected: u64,
+        /// The bytes found.
+        found: u64,
+    },
+    /// The bytes read back hash to another digest.
+    #[error(
+        "package {expected} in the package store was altered: its bytes hash to {found}; install it again"
+    )]
+    Digest {
+        /// The digest it is stored under.
+        expected: String,
+        /// The digest of the bytes found.
+        found: String,
+    },
+    /// The database failed.
+    #[error("the package store failed: {0}")]
+    Db(#[from] DbErr),
+}
+
+/// Stores `bytes` and returns their digest; a package already stored is
+/// not written again.
+pub async fn put(db: &Db, bytes: &[u8]) -> Result<String, StoreError> {
+    let digest = hex_digest(bytes);
+    let stored = db
+        .conn()
+        .query_one(db.statement(
+            "SELECT digest FROM sys_package WHERE digest = ?",
+            [digest.as_str().into()],
+        ))
+        .await?;
+    if stored.is_some() {
+        return Ok(digest);
+    }
+    let txn = db.conn().begin().await?;
+    // Chunks a failed write of the same package may have left.
+    txn.execute(db.statement(
+        "DELETE FROM sys_package_chunk WHERE digest = ?",
+        [digest.as_str().into()],
+    ))
+    .await?;
+    let mut chunks = 0i64;
+    for (seq, chunk) in bytes.chunks(CHUNK).enumerate() {
+        txn.execute(db.statement(
+            "INSERT INTO sys_package_chunk (digest, seq, data) VALUES (?, ?, ?)",
+            [
+                digest.as_str().into(),
+                i64::try_from(seq).unwrap_or(i64::MAX).into(),
+                chunk.to_vec().into(),
+            ],
+        ))
+        .await?;
+        chunks += 1;
+    }
+    txn.execute(db.statement(
+        "INSERT INTO sys_package (digest, size, chunks) VALUES (?, ?, ?)",
+        [
+            digest.as_str().into(),
+            i64::try_from(bytes.len()).unwrap_or(i64::MAX).into(),
+            chunks.into(),
+        ],
+    ))
+    .await?;
+    txn.commit().await?;
+    Ok(digest)
+}
+
+/// The package stored under `digest`, checked against it.
+pub async fn get(db: &Db, digest: &str) -> Result<Vec<u8>, StoreError> {
+    let row = db
+        .conn()
+        .query_one(db.statement(
+            "SELECT size, chunks FROM sys_package WHERE digest = ?",
+            [digest.into()],
+        ))
+        .await?
+        .ok_or_else(|| StoreError::Missing(digest.to_owned()))?;
+    let size: i64 = row.try_get("", "size")?;
+    let chunks: i64 = row.try_get("", "chunks")?;
+    let expected = u64::try_from(size).unwrap_or(0);
+    let mut bytes = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
+    // One chunk per query: memory and packets stay at one chunk.
+    for seq in 0..chunks {
+        let chunk = db
+            .conn()
+            .query_one(db.statement(
+                "SELECT data FROM sys_package_chunk WHERE digest = ? AND seq = ?",
+                [digest.into(), seq.into()],
+            ))
+            .await?;
+        match chunk {
+            Some(chunk) => bytes.extend_from_slice(&chunk.try_get::<Vec<u8>>("", "data")?),
+            None => break,
+        }
+    }
+    if bytes.len() as u64 != expected {
+        return Err(StoreError::Incomplete {
+            digest: digest.to_owned(),
+            expected,
+            found: bytes.len() as u64,
+        });
+    }
+    let found = hex_digest(&bytes);
+    if found != digest {
+        return Err(StoreError::Digest {
+            expected: digest.to_owned(),
+            found,
+        });
+    }
+    Ok(bytes)
+}
