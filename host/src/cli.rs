@@ -281,7 +281,7 @@ fn plugin(args: &SettingsArgs, action: PluginAction) -> anyhow::Result<()> {
         match action {
             PluginAction::List => {
                 println!("{:<24} {:<10} {:<9} {:<8} error", "name", "version", "state", "enabled");
-                for item in host.list() {
+                for item in host.list().await {
                     let text = |p: &str| item.pointer(p).and_then(|v| v.as_str()).unwrap_or("").to_owned();
                     println!(
                         "{:<24} {:<10} {:<9} {:<8} {}",

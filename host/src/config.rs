@@ -125,6 +125,9 @@ pub struct SettingsArgs {
     /// Cargo target dir for plugin builds (default: <data-dir>/build).
     #[arg(long, global = true, env = "PLUGHOST_BUILD_DIR")]
     pub build_dir: Option<PathBuf>,
+    /// This instance's name in the plugin list's `instances` (default: a random id kept in <data-dir>/instance.id).
+    #[arg(long, global = true, env = "PLUGHOST_INSTANCE_ID")]
+    pub instance_id: Option<String>,
     /// Seconds a request body may stall (no bytes arriving) before the request is answered 408.
     #[arg(long, global = true, env = "PLUGHOST_BODY_TIMEOUT")]
     pub body_timeout: Option<u64>,
@@ -179,6 +182,7 @@ struct FileSettings {
     build_timeout: Option<u64>,
     build_dir: Option<PathBuf>,
     body_timeout: Option<u64>,
+    instance_id: Option<String>,
     password_hashes: Option<usize>,
     login_failures: Option<u32>,
     login_address_failures: Option<u32>,
@@ -236,6 +240,8 @@ pub struct Settings {
     pub lock_wait: Duration,
     /// How long a request body may stall.
     pub body_timeout: Duration,
+    /// This instance's name, when set (else the data dir's `instance.id`).
+    pub instance_id: Option<String>,
     /// How logins are limited.
     pub login: crate::auth::LoginLimits,
 }
@@ -358,8 +364,18 @@ impl Settings {
                     .map_or(default.lockout, Duration::from_secs),
             }
         };
+        let instance_id = args.instance_id.clone().or(file.instance_id);
+        if let Some(id) = &instance_id
+            && (id.is_empty() || id.len() > 64)
+        {
+            return Err(ConfigError::Invalid {
+                name: "instance_id",
+                message: format!("'{id}' must be 1 to 64 characters"),
+            });
+        }
         Ok(Self {
             body_timeout: Duration::from_secs(body_timeout),
+            instance_id,
             login,
             bind: args
                 .bind

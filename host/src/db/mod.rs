@@ -460,6 +460,11 @@ fn migrations(backend: Backend, pk_mode: PkMode) -> Vec<(i64, &'static str, &'st
         Backend::Postgresql => include_str!("../../../sql/postgresql/0006_packages.sql"),
         Backend::Mysql => include_str!("../../../sql/mysql/0006_packages.sql"),
     };
+    let instances = match backend {
+        Backend::Sqlite => include_str!("../../../sql/sqlite/0007_instances.sql"),
+        Backend::Postgresql => include_str!("../../../sql/postgresql/0007_instances.sql"),
+        Backend::Mysql => include_str!("../../../sql/mysql/0007_instances.sql"),
+    };
     vec![
         (1, "0001_init", init),
         (2, "0002_plugins", plugins),
@@ -467,6 +472,7 @@ fn migrations(backend: Backend, pk_mode: PkMode) -> Vec<(i64, &'static str, &'st
         (4, "0004_safety", safety),
         (5, "0005_flag_history", flag_history),
         (6, "0006_packages", packages),
+        (7, "0007_instances", instances),
     ]
 }
 
@@ -557,7 +563,7 @@ mod tests {
                     .into_iter()
                     .map(|(_, _, script)| split::split(script, backend.escapes()).unwrap().len())
                     .collect();
-                assert_eq!(counts, [5, 2, 1, 2, 1, 2], "{backend:?}/{mode:?}");
+                assert_eq!(counts, [5, 2, 1, 2, 1, 2, 1], "{backend:?}/{mode:?}");
             }
         }
     }

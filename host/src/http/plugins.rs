@@ -15,7 +15,7 @@ use crate::plugin::lifecycle::InstallOptions;
 
 /// `GET /admin/v1/sys/plugins`: every plugin found, sorted by name.
 pub(crate) async fn list(state: web::Data<AppState>) -> HttpResponse {
-    ok(state.plugins.list())
+    ok(state.plugins.list().await)
 }
 
 /// `GET /admin/v1/sys/plugins/changed`: whether a restart would change

@@ -9,7 +9,7 @@ pub mod scaffold;
 pub mod services;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{Arc, atomic::AtomicBool},
     time::Duration,
@@ -25,6 +25,7 @@ use loading::{
 };
 use running::{
     registry::{self, LoadedPlugin, PluginRecord, PluginState},
+    report,
     router::RouteTable,
     set::PluginSet,
     status::{FlagError, FlagStore},
@@ -76,6 +77,7 @@ const LOCK_TTL: Duration = Duration::from_secs(30);
 /// The plugin system of one running host.
 pub struct PluginHost {
     set: PluginSet,
+    instance: String,
     cache: libcache::LibraryCache,
     flags: FlagStore,
     lock: LifecycleLock,
@@ -200,6 +202,7 @@ impl PluginHost {
         );
         let host = Arc::new(Self {
             set: PluginSet::new(outcome.records, outcome.table),
+            instance: report::instance_id(settings.instance_id.as_deref(), &settings.data_dir),
             cache,
             lock,
             flags,
@@ -216,6 +219,7 @@ impl PluginHost {
             lock_wait: settings.lock_wait,
         });
         host.publish_services();
+        host.report().await;
         host.spawn_flag_tasks(settings.flag_reconcile);
         Ok(host)
     }
@@ -247,19 +251,90 @@ impl PluginHost {
         &self.flags
     }
 
-    /// Every plugin found, sorted by name, in the list endpoint's shape.
-    pub fn list(&self) -> Vec<Value> {
+    /// Every plugin found here or reported by another instance, sorted by
+    /// name, in the list endpoint's shape: `instances` holds what each
+    /// instance reported (a plugin only others serve is `absent` here).
+    pub async fn list(&self) -> Vec<Value> {
+        let mut reported: BTreeMap<String, Vec<report::InstanceState>> = BTreeMap::new();
+        match report::all(&self.db).await {
+            Ok(rows) => {
+                for (name, state) in rows {
+                    reported.entry(name).or_default().push(state);
+                }
+            }
+            Err(e) => tracing::warn!("instance reports cannot be read: {e}"),
+        }
         let records = self.set.records();
-        records
+        let mut items: BTreeMap<&str, Value> = records
             .values()
             .map(|record| {
-                list_item(
+                let item = list_item(
                     record,
                     self.is_required(&record.name),
                     self.flags.applied(&record.name),
-                )
+                );
+                (record.name.as_str(), item)
+            })
+            .collect();
+        for name in reported.keys() {
+            items.entry(name.as_str()).or_insert_with(|| {
+                let mut item = placeholder_value(name);
+                if let Value::Object(map) = &mut item {
+                    map.insert("state".into(), Value::from("absent"));
+                    map.insert(
+                        "error".into(),
+                        Value::from("not installed on this instance; other instances report it"),
+                    );
+                }
+                item
+            });
+        }
+        items
+            .into_iter()
+            .map(|(name, mut item)| {
+                if let Value::Object(map) = &mut item {
+                    let instances = reported.get(name).map(Vec::as_slice).unwrap_or_default();
+                    map.insert(
+                        "instances".into(),
+                        serde_json::to_value(instances).unwrap_or_default(),
+                    );
+                }
+                item
             })
             .collect()
+    }
+
+    /// Records what this instance serves, for every instance's list.
+    pub(crate) async fn report(&self) {
+        let plugins: Vec<report::Reported> = self
+            .set
+            .records()
+            .values()
+            .map(|record| {
+                let version = record
+                    .manifest
+                    .as_ref()
+                    .map(|m| m.version.to_string())
+                    .unwrap_or_default();
+                match &record.state {
+                    PluginState::Loaded(p) => report::Reported {
+                        name: record.name.clone(),
+                        state: if p.enabled() { "loaded" } else { "disabled" },
+                        version,
+                        error: None,
+                    },
+                    PluginState::Failed(reason) => report::Reported {
+                        name: record.name.clone(),
+                        state: "error",
+                        version,
+                        error: Some(reason.clone()),
+                    },
+                }
+            })
+            .collect();
+        if let Err(e) = report::publish(&self.db, &self.instance, &plugins).await {
+            tracing::warn!("cannot report this instance's plugins: {e}");
+        }
     }
 
     /// Whether `name` is a required plugin (it may not be uninstalled).

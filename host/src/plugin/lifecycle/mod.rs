@@ -449,6 +449,7 @@ impl PluginHost {
             self.apply(&flag.name, flag.enabled, flag.revision);
         }
         self.publish_services();
+        self.report().await;
         tracing::info!(plugin = name, %version, previous = ?previous, "plugin installed; its routes are live");
         Ok(Installed {
             name: name.to_owned(),
@@ -531,6 +532,7 @@ impl PluginHost {
             false
         };
         Self::discard(staging).await;
+        self.report().await;
         tracing::info!(plugin = name, backup = %backup.display(), purged, "plugin uninstalled");
         Ok(Uninstalled {
             name: name.to_owned(),

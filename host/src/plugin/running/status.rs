@@ -511,6 +511,7 @@ impl PluginHost {
             revision = flag.revision,
             "plugin status changed"
         );
+        self.report().await;
         Ok(flag.enabled)
     }
 
@@ -544,6 +545,8 @@ impl PluginHost {
                     // Outages are logged once by the Redis handle itself.
                     tracing::debug!("flag reconcile could not reach Redis: {e}");
                 }
+                // Also the heartbeat of this instance's report.
+                self.report().await;
             }
             Err(e) => {
                 if self.db_reachable.swap(false, Ordering::AcqRel) {
