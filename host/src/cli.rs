@@ -300,7 +300,11 @@ fn plugin(args: &SettingsArgs, action: PluginAction) -> anyhow::Result<()> {
                 upgrade,
                 force,
             } => {
-                let options = InstallOptions { upgrade, force };
+                let options = InstallOptions {
+                    upgrade,
+                    force,
+                    installed_by: "cli".into(),
+                };
                 let installed = match (zip, git) {
                     (Some(file), _) => {
                         let size = std::fs::metadata(&file)

@@ -72,6 +72,11 @@ fn a_repository_with_a_prebuilt_library_installs_at_a_pinned_ref_and_upgrades() 
     assert_eq!(source["commit"], v1);
     assert_eq!(source["ref"], "v1");
     assert!(!dir.join(".git").exists());
+    // The desired set records the Git source and the packed plugin.
+    let listed = host.plugin("greeter");
+    assert_eq!(listed["package"]["source"]["type"], "git", "{listed}");
+    assert_eq!(listed["package"]["source"]["commit"], v1);
+    assert_eq!(listed["package"]["digest"].as_str().unwrap().len(), 64);
     // And a download carries no trace of it.
     let (_, _, _, bytes) = host.download("/admin/v1/sys/plugins/greeter");
     assert!(

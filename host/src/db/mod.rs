@@ -465,6 +465,11 @@ fn migrations(backend: Backend, pk_mode: PkMode) -> Vec<(i64, &'static str, &'st
         Backend::Postgresql => include_str!("../../../sql/postgresql/0007_instances.sql"),
         Backend::Mysql => include_str!("../../../sql/mysql/0007_instances.sql"),
     };
+    let desired = match backend {
+        Backend::Sqlite => include_str!("../../../sql/sqlite/0008_desired.sql"),
+        Backend::Postgresql => include_str!("../../../sql/postgresql/0008_desired.sql"),
+        Backend::Mysql => include_str!("../../../sql/mysql/0008_desired.sql"),
+    };
     vec![
         (1, "0001_init", init),
         (2, "0002_plugins", plugins),
@@ -473,6 +478,7 @@ fn migrations(backend: Backend, pk_mode: PkMode) -> Vec<(i64, &'static str, &'st
         (5, "0005_flag_history", flag_history),
         (6, "0006_packages", packages),
         (7, "0007_instances", instances),
+        (8, "0008_desired", desired),
     ]
 }
 
@@ -563,7 +569,7 @@ mod tests {
                     .into_iter()
                     .map(|(_, _, script)| split::split(script, backend.escapes()).unwrap().len())
                     .collect();
-                assert_eq!(counts, [5, 2, 1, 2, 1, 2, 1], "{backend:?}/{mode:?}");
+                assert_eq!(counts, [5, 2, 1, 2, 1, 2, 1, 1], "{backend:?}/{mode:?}");
             }
         }
     }

@@ -161,7 +161,9 @@ impl From<LifecycleError> for ApiError {
             | LifecycleError::Script(ScriptError::Failed { .. } | ScriptError::Read { .. }) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            LifecycleError::Script(ScriptError::Record { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
+            LifecycleError::Script(ScriptError::Record { .. }) | LifecycleError::Record { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             LifecycleError::Conflict(_) | LifecycleError::Lock(LockError::Busy { .. }) => {
                 StatusCode::CONFLICT
             }

@@ -131,11 +131,13 @@ pub(crate) async fn install(
     query: web::Query<InstallQuery>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    caller(&req)?.principal.require("sys:plugin:install")?;
+    let caller = caller(&req)?;
+    caller.principal.require("sys:plugin:install")?;
     let query = query.into_inner();
     let options = InstallOptions {
         upgrade: query.upgrade,
         force: query.force,
+        installed_by: caller.principal.username.clone(),
     };
     let installed = match query.kind.as_deref() {
         Some("zip") => {

@@ -251,9 +251,11 @@ impl PluginHost {
         &self.flags
     }
 
-    /// Every plugin found here or reported by another instance, sorted by
-    /// name, in the list endpoint's shape: `instances` holds what each
-    /// instance reported (a plugin only others serve is `absent` here).
+    /// Every plugin found here, reported by another instance or installed
+    /// in the desired set, sorted by name, in the list endpoint's shape:
+    /// `instances` holds what each instance reported (a plugin this
+    /// instance lacks is `absent`), `package` its entry in the desired set
+    /// (version, package digest, source, who installed it and when).
     pub async fn list(&self) -> Vec<Value> {
         let mut reported: BTreeMap<String, Vec<report::InstanceState>> = BTreeMap::new();
         match report::all(&self.db).await {
@@ -264,6 +266,14 @@ impl PluginHost {
             }
             Err(e) => tracing::warn!("instance reports cannot be read: {e}"),
         }
+        let desired: BTreeMap<String, lifecycle::desired::Desired> =
+            match lifecycle::desired::all(&self.db).await {
+                Ok(rows) => rows.into_iter().map(|d| (d.name.clone(), d)).collect(),
+                Err(e) => {
+                    tracing::warn!("the desired plugin set cannot be read: {e}");
+                    BTreeMap::new()
+                }
+            };
         let records = self.set.records();
         let mut items: BTreeMap<&str, Value> = records
             .values()
@@ -276,14 +286,14 @@ impl PluginHost {
                 (record.name.as_str(), item)
             })
             .collect();
-        for name in reported.keys() {
+        for name in reported.keys().chain(desired.keys()) {
             items.entry(name.as_str()).or_insert_with(|| {
                 let mut item = placeholder_value(name);
                 if let Value::Object(map) = &mut item {
                     map.insert("state".into(), Value::from("absent"));
                     map.insert(
                         "error".into(),
-                        Value::from("not installed on this instance; other instances report it"),
+                        Value::from("not installed on this instance"),
                     );
                 }
                 item
@@ -297,6 +307,13 @@ impl PluginHost {
                     map.insert(
                         "instances".into(),
                         serde_json::to_value(instances).unwrap_or_default(),
+                    );
+                    map.insert(
+                        "package".into(),
+                        desired
+                            .get(name)
+                            .and_then(|d| serde_json::to_value(d).ok())
+                            .unwrap_or(Value::Null),
                     );
                 }
                 item

@@ -318,7 +318,9 @@ impl PluginHost {
             Ok(name)
         })
         .await?;
-        let result = self.install_staged(&guard, &staging, &name, options).await;
+        let result = self
+            .install_staged(&guard, &staging, &name, options, None)
+            .await;
         Self::discard(staging).await;
         Self::release(guard).await;
         result

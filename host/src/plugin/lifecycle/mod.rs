@@ -18,6 +18,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod desired;
 pub mod git;
 pub mod lock;
 pub mod package;
@@ -64,6 +65,16 @@ pub enum LifecycleError {
     /// A plugin script failed.
     #[error(transparent)]
     Script(#[from] ScriptError),
+    /// The plugin serves here but could not be recorded in the desired set.
+    #[error(
+        "plugin '{plugin}' is installed on this instance but could not be recorded in the database ({message}); install it again"
+    )]
+    Record {
+        /// The plugin.
+        plugin: String,
+        /// Why.
+        message: String,
+    },
     /// The operation conflicts with what is installed.
     #[error("{0}")]
     Conflict(String),
@@ -104,6 +115,8 @@ pub struct InstallOptions {
     pub upgrade: bool,
     /// Also replace it with an older or the same version.
     pub force: bool,
+    /// Who installs it (a user name, or `cli`), for the desired set.
+    pub installed_by: String,
 }
 
 /// What an install did.
@@ -256,21 +269,30 @@ impl PluginHost {
         let dest = staging.path().to_owned();
         let limits = self.limits;
         let started = std::time::Instant::now();
-        let name = blocking(move || Ok(package::unpack(&archive, &limits, &dest)?)).await?;
+        let (name, archive) = blocking(move || {
+            let name = package::unpack(&archive, &limits, &dest)?;
+            Ok((name, archive))
+        })
+        .await?;
         tracing::debug!(plugin = %name, ms = started.elapsed().as_millis(), "package unpacked");
-        let result = self.install_staged(&guard, &staging, &name, options).await;
+        let result = self
+            .install_staged(&guard, &staging, &name, options, Some(archive))
+            .await;
         Self::discard(staging).await;
         Self::release(guard).await;
         result
     }
 
-    /// Installs the plugin staged as `staging/<name>/`.
+    /// Installs the plugin staged as `staging/<name>/`, and records it in
+    /// the desired set with `archive` (the uploaded package; `None`: the
+    /// staged directory is packed).
     pub(crate) async fn install_staged(
         &self,
         guard: &LockGuard,
         staging: &Staging,
         name: &str,
         options: &InstallOptions,
+        archive: Option<Vec<u8>>,
     ) -> Result<Installed, LifecycleError> {
         let staged = staging.path().join(name);
         let candidate = Candidate {
@@ -439,7 +461,7 @@ impl PluginHost {
         self.set.mount(
             PluginRecord {
                 name: name.to_owned(),
-                source: target,
+                source: target.clone(),
                 manifest: Some(manifest),
                 state: PluginState::Loaded(plugin),
             },
@@ -450,12 +472,91 @@ impl PluginHost {
         }
         self.publish_services();
         self.report().await;
+        self.record_desired(name, &target, options, archive)
+            .await
+            .map_err(|message| LifecycleError::Record {
+                plugin: name.to_owned(),
+                message,
+            })?;
         tracing::info!(plugin = name, %version, previous = ?previous, "plugin installed; its routes are live");
         Ok(Installed {
             name: name.to_owned(),
             version: version.to_string(),
             previous,
         })
+    }
+
+    /// Records an installed plugin in the desired set: its package in the
+    /// package store (the uploaded archive, or the installed directory
+    /// packed), its source (`.source.json` of a Git install), who and when.
+    async fn record_desired(
+        &self,
+        name: &str,
+        dir: &Path,
+        options: &InstallOptions,
+        archive: Option<Vec<u8>>,
+    ) -> Result<(), String> {
+        let (manifest, summary, version) = {
+            let records = self.set.records();
+            let plugin = records
+                .get(name)
+                .and_then(PluginRecord::loaded)
+                .ok_or("it is not loaded")?;
+            (
+                plugin.module.manifest().as_str().to_owned(),
+                plugin
+                    .manifest
+                    .json
+                    .pointer("/plugin/summary")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                plugin.manifest.version.to_string(),
+            )
+        };
+        let (dir, owned, text) = (dir.to_owned(), name.to_owned(), manifest.clone());
+        let (bytes, source) = blocking(move || {
+            let source = std::fs::read_to_string(dir.join(".source.json"))
+                .ok()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .map(|mut git| {
+                    git["type"] = "git".into();
+                    git
+                })
+                .unwrap_or_else(|| serde_json::json!({ "type": "zip" }));
+            let bytes = match archive {
+                Some(bytes) => bytes,
+                None => package::pack(&dir, &owned, &text, &summary)
+                    .map_err(|e| io_error("pack", &dir, e))?,
+            };
+            Ok((bytes, source))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let digest = store::put(&self.db, &bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+        let installed_by = if options.installed_by.is_empty() {
+            "unknown".to_owned()
+        } else {
+            options.installed_by.clone()
+        };
+        desired::record(
+            &self.db,
+            &desired::Desired {
+                name: name.to_owned(),
+                version,
+                digest,
+                source,
+                installed_by,
+                installed_at: chrono::Utc::now().timestamp_millis(),
+                revision: 0,
+            },
+            &manifest,
+        )
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
     }
 
     /// Uninstalls a plugin: backup, routes gone, files removed, flag
@@ -533,6 +634,12 @@ impl PluginHost {
         };
         Self::discard(staging).await;
         self.report().await;
+        if let Err(e) = desired::remove(&self.db, name).await {
+            return Err(LifecycleError::Record {
+                plugin: name.to_owned(),
+                message: e.to_string(),
+            });
+        }
         tracing::info!(plugin = name, backup = %backup.display(), purged, "plugin uninstalled");
         Ok(Uninstalled {
             name: name.to_owned(),
