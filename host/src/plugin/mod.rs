@@ -78,6 +78,7 @@ const LOCK_TTL: Duration = Duration::from_secs(30);
 pub struct PluginHost {
     set: PluginSet,
     instance: String,
+    report_due: tokio::sync::Notify,
     cache: libcache::LibraryCache,
     flags: FlagStore,
     lock: LifecycleLock,
@@ -203,6 +204,7 @@ impl PluginHost {
         let host = Arc::new(Self {
             set: PluginSet::new(outcome.records, outcome.table),
             instance: report::instance_id(settings.instance_id.as_deref(), &settings.data_dir),
+            report_due: tokio::sync::Notify::new(),
             cache,
             lock,
             flags,
@@ -319,6 +321,12 @@ impl PluginHost {
                 item
             })
             .collect()
+    }
+
+    /// Asks the background reporter to record what this instance serves
+    /// (an operation's answer does not wait for it).
+    pub(crate) fn report_soon(&self) {
+        self.report_due.notify_one();
     }
 
     /// Records what this instance serves, for every instance's list.

@@ -471,7 +471,7 @@ impl PluginHost {
             self.apply(&flag.name, flag.enabled, flag.revision);
         }
         self.publish_services();
-        self.report().await;
+        self.report_soon();
         self.record_desired(name, &target, options, archive)
             .await
             .map_err(|message| LifecycleError::Record {
@@ -633,7 +633,7 @@ impl PluginHost {
             false
         };
         Self::discard(staging).await;
-        self.report().await;
+        self.report_soon();
         if let Err(e) = desired::remove(&self.db, name).await {
             return Err(LifecycleError::Record {
                 plugin: name.to_owned(),

@@ -511,7 +511,7 @@ impl PluginHost {
             revision = flag.revision,
             "plugin status changed"
         );
-        self.report().await;
+        self.report_soon();
         Ok(flag.enabled)
     }
 
@@ -558,9 +558,21 @@ impl PluginHost {
         }
     }
 
-    /// Starts the periodic reconcile, the panic-count reports and, with
-    /// Redis, the event subscriber. They stop when the host is dropped.
+    /// Starts the periodic reconcile, the instance reporter, the
+    /// panic-count reports and, with Redis, the event subscriber. They stop
+    /// when the host is dropped.
     pub(crate) fn spawn_flag_tasks(self: &Arc<Self>, every: Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(host) = weak.upgrade() else { return };
+                // Wakes at least every second to notice the host is gone.
+                let due = tokio::time::timeout(Duration::from_secs(1), host.report_due.notified());
+                if due.await.is_ok() {
+                    host.report().await;
+                }
+            }
+        });
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
