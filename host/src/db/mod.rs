@@ -435,50 +435,31 @@ fn migrations(backend: Backend, pk_mode: PkMode) -> Vec<(i64, &'static str, &'st
             include_str!("../../../sql/mysql/init_snowflake.sql")
         }
     };
-    let plugins = match backend {
-        Backend::Sqlite => include_str!("../../../sql/sqlite/0002_plugins.sql"),
-        Backend::Postgresql => include_str!("../../../sql/postgresql/0002_plugins.sql"),
-        Backend::Mysql => include_str!("../../../sql/mysql/0002_plugins.sql"),
-    };
-    let flags = match backend {
-        Backend::Sqlite => include_str!("../../../sql/sqlite/0003_flags.sql"),
-        Backend::Postgresql => include_str!("../../../sql/postgresql/0003_flags.sql"),
-        Backend::Mysql => include_str!("../../../sql/mysql/0003_flags.sql"),
-    };
-    let safety = match backend {
-        Backend::Sqlite => include_str!("../../../sql/sqlite/0004_safety.sql"),
-        Backend::Postgresql => include_str!("../../../sql/postgresql/0004_safety.sql"),
-        Backend::Mysql => include_str!("../../../sql/mysql/0004_safety.sql"),
-    };
-    let flag_history = match backend {
-        Backend::Sqlite => include_str!("../../../sql/sqlite/0005_flag_history.sql"),
-        Backend::Postgresql => include_str!("../../../sql/postgresql/0005_flag_history.sql"),
-        Backend::Mysql => include_str!("../../../sql/mysql/0005_flag_history.sql"),
-    };
-    let packages = match backend {
-        Backend::Sqlite => include_str!("../../../sql/sqlite/0006_packages.sql"),
-        Backend::Postgresql => include_str!("../../../sql/postgresql/0006_packages.sql"),
-        Backend::Mysql => include_str!("../../../sql/mysql/0006_packages.sql"),
-    };
-    let instances = match backend {
-        Backend::Sqlite => include_str!("../../../sql/sqlite/0007_instances.sql"),
-        Backend::Postgresql => include_str!("../../../sql/postgresql/0007_instances.sql"),
-        Backend::Mysql => include_str!("../../../sql/mysql/0007_instances.sql"),
-    };
-    let desired = match backend {
-        Backend::Sqlite => include_str!("../../../sql/sqlite/0008_desired.sql"),
-        Backend::Postgresql => include_str!("../../../sql/postgresql/0008_desired.sql"),
-        Backend::Mysql => include_str!("../../../sql/mysql/0008_desired.sql"),
-    };
+    /// A numbered migration: its name and the script for `backend`.
+    macro_rules! numbered {
+        ($version:literal, $name:literal) => {
+            (
+                $version,
+                $name,
+                match backend {
+                    Backend::Sqlite => include_str!(concat!("../../../sql/sqlite/", $name, ".sql")),
+                    Backend::Postgresql => {
+                        include_str!(concat!("../../../sql/postgresql/", $name, ".sql"))
+                    }
+                    Backend::Mysql => include_str!(concat!("../../../sql/mysql/", $name, ".sql")),
+                },
+            )
+        };
+    }
     vec![
         (1, "0001_init", init),
-        (2, "0002_plugins", plugins),
-        (3, "0003_flags", flags),
-        (4, "0004_safety", safety),
-        (5, "0005_flag_history", flag_history),
-        (6, "0006_packages", packages),
-        (7, "0007_instances", instances),
-        (8, "0008_desired", desired),
+        numbered!(2, "0002_plugins"),
+        numbered!(3, "0003_flags"),
+        numbered!(4, "0004_safety"),
+        numbered!(5, "0005_flag_history"),
+        numbered!(6, "0006_packages"),
+        numbered!(7, "0007_instances"),
+        numbered!(8, "0008_desired"),
     ]
 }
 
