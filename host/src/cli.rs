@@ -304,6 +304,7 @@ fn plugin(args: &SettingsArgs, action: PluginAction) -> anyhow::Result<()> {
                     upgrade,
                     force,
                     installed_by: "cli".into(),
+                    ..InstallOptions::default()
                 };
                 let installed = match (zip, git) {
                     (Some(file), _) => {
@@ -340,7 +341,7 @@ fn plugin(args: &SettingsArgs, action: PluginAction) -> anyhow::Result<()> {
                 let done = host.uninstall(&name, purge).await?;
                 println!(
                     "removed plugin '{name}' (backup: {}{})",
-                    done.backup.display(),
+                    done.backup_text(),
                     if done.purged { "; tables dropped" } else { "" }
                 );
             }

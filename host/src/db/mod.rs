@@ -130,16 +130,20 @@ const MIGRATION_LOCK: &str = "plughost:migrate";
 /// How long an instance waits for another one's migrations.
 const MIGRATION_WAIT: Duration = Duration::from_secs(120);
 
+/// The file of a SQLite database URL (`None`: another backend, or an
+/// in-memory database).
+fn sqlite_file(url: &str) -> Option<&str> {
+    url.strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .map(|rest| rest.split('?').next().unwrap_or_default())
+        .filter(|p| !p.is_empty() && !p.contains(":memory:"))
+}
+
 /// On SQLite, processes sharing one database file take turns migrating
 /// through a lock file beside it (`<file>.migrate.lock`); none for an
 /// in-memory database.
 async fn sqlite_migration_lock(url: &str) -> Result<Option<std::fs::File>, DbError> {
-    let path = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .map(|rest| rest.split('?').next().unwrap_or_default())
-        .filter(|p| !p.is_empty() && !p.contains(":memory:"));
-    let Some(path) = path else {
+    let Some(path) = sqlite_file(url) else {
         return Ok(None);
     };
     let lock_path = std::path::PathBuf::from(format!("{path}.migrate.lock"));
@@ -295,6 +299,14 @@ impl Db {
             placeholders(self.backend, sql),
             values,
         )
+    }
+
+    /// A lock file for `purpose` beside the SQLite database file
+    /// (`<file>.<purpose>.lock`), shared by every process on that file;
+    /// `None` for other backends and in-memory databases.
+    pub fn sqlite_lock_file(&self, purpose: &str) -> Option<std::path::PathBuf> {
+        sqlite_file(&self.url)
+            .map(|path| std::path::PathBuf::from(format!("{path}.{purpose}.lock")))
     }
 
     /// Runs a query with bound values and returns its rows.
@@ -460,6 +472,7 @@ fn migrations(backend: Backend, pk_mode: PkMode) -> Vec<(i64, &'static str, &'st
         numbered!(6, "0006_packages"),
         numbered!(7, "0007_instances"),
         numbered!(8, "0008_desired"),
+        numbered!(9, "0009_instance_local"),
     ]
 }
 
@@ -550,7 +563,7 @@ mod tests {
                     .into_iter()
                     .map(|(_, _, script)| split::split(script, backend.escapes()).unwrap().len())
                     .collect();
-                assert_eq!(counts, [5, 2, 1, 2, 1, 2, 1, 1], "{backend:?}/{mode:?}");
+                assert_eq!(counts, [5, 2, 1, 2, 1, 2, 1, 1, 1], "{backend:?}/{mode:?}");
             }
         }
     }

@@ -15,7 +15,10 @@ use serde::Serialize;
 use crate::{
     plugin::{
         PluginError,
-        lifecycle::{LifecycleError, lock::LockError, package::PackageError, sql::ScriptError},
+        lifecycle::{
+            LifecycleError, lock::LockError, package::PackageError, sql::ScriptError,
+            store::StoreError,
+        },
         running::status::FlagError,
     },
     redis::RedisError,
@@ -168,6 +171,8 @@ impl From<LifecycleError> for ApiError {
                 StatusCode::CONFLICT
             }
             LifecycleError::Forbidden(_) => StatusCode::FORBIDDEN,
+            LifecycleError::Store(StoreError::Db(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            LifecycleError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             LifecycleError::Plugin(e) => return Self::from_plugin_error(e),
             LifecycleError::Lock(LockError::Redis(RedisError::Unavailable { .. }))
             | LifecycleError::Flags(FlagError::Redis(RedisError::Unavailable { .. })) => {

@@ -138,6 +138,7 @@ pub(crate) async fn install(
         upgrade: query.upgrade,
         force: query.force,
         installed_by: caller.principal.username.clone(),
+        ..InstallOptions::default()
     };
     let installed = match query.kind.as_deref() {
         Some("zip") => {
@@ -199,7 +200,7 @@ pub(crate) async fn uninstall(
     let msg = format!(
         "plugin '{}' uninstalled; its routes are gone; backup: {}{}",
         done.name,
-        done.backup.display(),
+        done.backup_text(),
         if done.purged {
             "; its tables were dropped"
         } else {

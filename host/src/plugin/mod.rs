@@ -11,14 +11,19 @@ pub mod services;
 use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
-    sync::{Arc, atomic::AtomicBool},
+    sync::{Arc, Mutex, atomic::AtomicBool},
     time::Duration,
 };
 
 use serde_json::Value;
 
 use crate::{config::Settings, db::Db, redis::Redis};
-use lifecycle::{git, lock::LifecycleLock, package};
+use lifecycle::{
+    converge::{self, Divergence},
+    git,
+    lock::LifecycleLock,
+    package,
+};
 use loading::{
     discover, libcache,
     manifest::{self, PLUGIN_NAME_PATTERN, is_valid_plugin_name, placeholder_value},
@@ -79,6 +84,8 @@ pub struct PluginHost {
     set: PluginSet,
     instance: String,
     report_due: tokio::sync::Notify,
+    converge_due: Arc<tokio::sync::Notify>,
+    diverged: Mutex<BTreeMap<String, Divergence>>,
     cache: libcache::LibraryCache,
     flags: FlagStore,
     lock: LifecycleLock,
@@ -116,13 +123,21 @@ impl PluginHost {
                 source,
             })?;
         }
+        let instance = report::instance_id(settings.instance_id.as_deref(), &settings.data_dir);
         let lock = LifecycleLock::new(
             redis.clone(),
             Some(db.clone()),
             format!("{}_lock", settings.flag_prefix),
             LOCK_TTL,
-            settings.data_dir.join("lifecycle.lock"),
-        );
+            // On SQLite: beside the database file, so that every process on
+            // it (servers with their own data dirs, the CLI) takes turns.
+            db.sqlite_lock_file("lifecycle")
+                .unwrap_or_else(|| settings.data_dir.join("lifecycle.lock")),
+        )
+        .owned_by(&instance);
+        if let Err(e) = lock.free_orphaned().await {
+            tracing::warn!("{e}");
+        }
         // Staging directories are leftovers only if no operation runs now
         // (the CLI may start while a server installs).
         match lock.acquire("start-up cleanup", Duration::ZERO).await {
@@ -143,20 +158,51 @@ impl PluginHost {
             .into_iter()
             .map(|f| (f.name, f.enabled))
             .collect();
-        let candidates =
+        let mut candidates =
             discover::discover(&settings.plugin_dir).map_err(|source| StartError::Dir {
                 what: "plugin dir",
                 path: settings.plugin_dir.clone(),
                 source,
             })?;
+        // The plugin dir brought to the cluster's set, so that everything
+        // loads in one pass; if another operation holds the lock, the
+        // converger does it once the host runs.
+        let prepared = match lock
+            .acquire("fetching the cluster's plugins", settings.lock_wait)
+            .await
+        {
+            Ok(guard) => {
+                let prepared = converge::prepare(
+                    &db,
+                    settings.package_limits,
+                    &settings.plugin_dir,
+                    &mut candidates,
+                )
+                .await;
+                if let Err(e) = guard.release().await {
+                    tracing::warn!("{e}");
+                }
+                prepared.unwrap_or_else(|e| {
+                    tracing::warn!("the desired plugin set cannot be read at start-up: {e}");
+                    converge::Prepared::default()
+                })
+            }
+            Err(e) => {
+                tracing::info!("the cluster's plugins are fetched once the host runs: {e}");
+                converge::Prepared::default()
+            }
+        };
         let cache = libcache::LibraryCache::new(settings.data_dir.join("libs"));
-        let outcome = registry::load_all(
+        let mut outcome = registry::load_all(
             &candidates,
             &cache,
             &|name| recorded.get(name).copied().unwrap_or(true),
             Some(&db),
         )
         .await;
+        for record in prepared.refused {
+            outcome.records.insert(record.name.clone(), record);
+        }
         // Copies no plugin here uses any more; not while another process
         // (the CLI, a server on the same data dir) is installing.
         if let Ok(guard) = lock.acquire("library cache cleanup", Duration::ZERO).await {
@@ -203,8 +249,10 @@ impl PluginHost {
         );
         let host = Arc::new(Self {
             set: PluginSet::new(outcome.records, outcome.table),
-            instance: report::instance_id(settings.instance_id.as_deref(), &settings.data_dir),
+            instance,
             report_due: tokio::sync::Notify::new(),
+            converge_due: Arc::new(tokio::sync::Notify::new()),
+            diverged: Mutex::new(prepared.diverged),
             cache,
             lock,
             flags,
@@ -221,6 +269,7 @@ impl PluginHost {
             lock_wait: settings.lock_wait,
         });
         host.publish_services();
+        host.import_unrecorded().await;
         host.report().await;
         host.spawn_flag_tasks(settings.flag_reconcile);
         Ok(host)
@@ -262,8 +311,16 @@ impl PluginHost {
         let mut reported: BTreeMap<String, Vec<report::InstanceState>> = BTreeMap::new();
         match report::all(&self.db).await {
             Ok(rows) => {
-                for (name, state) in rows {
+                // This instance's own rows as of now (its reporter may not
+                // have written the last operation yet).
+                for (name, state) in rows.into_iter().filter(|(_, s)| s.id != self.instance) {
                     reported.entry(name).or_default().push(state);
+                }
+                let now = chrono::Utc::now().timestamp_millis();
+                for plugin in self.reported_now() {
+                    let states = reported.entry(plugin.name.clone()).or_default();
+                    states.push(plugin.as_state(&self.instance, now));
+                    states.sort_by(|a, b| a.id.cmp(&b.id));
                 }
             }
             Err(e) => tracing::warn!("instance reports cannot be read: {e}"),
@@ -276,15 +333,21 @@ impl PluginHost {
                     BTreeMap::new()
                 }
             };
+        let diverged = self.divergence();
         let records = self.set.records();
         let mut items: BTreeMap<&str, Value> = records
             .values()
             .map(|record| {
-                let item = list_item(
+                let mut item = list_item(
                     record,
                     self.is_required(&record.name),
                     self.flags.applied(&record.name),
                 );
+                if let (Some(d), Value::Object(map)) = (diverged.get(&record.name), &mut item)
+                    && record.loaded().is_some()
+                {
+                    map.insert("error".into(), Value::from(d.reason.as_str()));
+                }
                 (record.name.as_str(), item)
             })
             .collect();
@@ -292,11 +355,13 @@ impl PluginHost {
             items.entry(name.as_str()).or_insert_with(|| {
                 let mut item = placeholder_value(name);
                 if let Value::Object(map) = &mut item {
-                    map.insert("state".into(), Value::from("absent"));
-                    map.insert(
-                        "error".into(),
-                        Value::from("not installed on this instance"),
-                    );
+                    let (state, error) = match diverged.get(name) {
+                        Some(d) => ("error", d.reason.as_str()),
+                        None => ("absent", "not installed on this instance"),
+                    };
+                    map.insert("state".into(), Value::from(state));
+                    map.insert("error".into(), Value::from(error));
+                    map.insert("local".into(), Value::from(false));
                 }
                 item
             });
@@ -329,9 +394,20 @@ impl PluginHost {
         self.report_due.notify_one();
     }
 
-    /// Records what this instance serves, for every instance's list.
+    /// Records what this instance serves, for every instance's list: each
+    /// plugin here, and each package of the desired set it cannot serve
+    /// (`error`, with the reason).
     pub(crate) async fn report(&self) {
-        let plugins: Vec<report::Reported> = self
+        let plugins = self.reported_now();
+        if let Err(e) = report::publish(&self.db, &self.instance, &plugins).await {
+            tracing::warn!("cannot report this instance's plugins: {e}");
+        }
+    }
+
+    /// What this instance serves now, as it reports it.
+    fn reported_now(&self) -> Vec<report::Reported> {
+        let diverged = self.divergence();
+        let mut plugins: Vec<report::Reported> = self
             .set
             .records()
             .values()
@@ -341,25 +417,41 @@ impl PluginHost {
                     .as_ref()
                     .map(|m| m.version.to_string())
                     .unwrap_or_default();
+                let local = record.package.is_none();
                 match &record.state {
                     PluginState::Loaded(p) => report::Reported {
                         name: record.name.clone(),
                         state: if p.enabled() { "loaded" } else { "disabled" },
                         version,
-                        error: None,
+                        error: diverged.get(&record.name).map(|d| d.reason.clone()),
+                        local,
                     },
                     PluginState::Failed(reason) => report::Reported {
                         name: record.name.clone(),
                         state: "error",
                         version,
                         error: Some(reason.clone()),
+                        local,
                     },
                 }
             })
             .collect();
-        if let Err(e) = report::publish(&self.db, &self.instance, &plugins).await {
-            tracing::warn!("cannot report this instance's plugins: {e}");
-        }
+        let unserved: Vec<report::Reported> = {
+            let records = self.set.records();
+            diverged
+                .iter()
+                .filter(|(name, _)| !records.contains_key(*name))
+                .map(|(name, d)| report::Reported {
+                    name: name.clone(),
+                    state: "error",
+                    version: d.version.clone(),
+                    error: Some(d.reason.clone()),
+                    local: false,
+                })
+                .collect()
+        };
+        plugins.extend(unserved);
+        plugins
     }
 
     /// Whether `name` is a required plugin (it may not be uninstalled).
@@ -424,9 +516,9 @@ impl PluginHost {
 }
 
 /// One list entry: the manifest with `plugin.name`/`plugin.enable`, plus
-/// `state` (`loaded`, `disabled` or `error`), `error`, `path`, `required`
-/// and `revision` (of the flag this instance applies; instances that agree
-/// show the same).
+/// `state` (`loaded`, `disabled` or `error`), `error`, `path`, `required`,
+/// `revision` (of the flag this instance applies; instances that agree
+/// show the same) and `local` (not a package of the cluster's set).
 fn list_item(record: &PluginRecord, required: bool, revision: i64) -> Value {
     let (mut item, state, error) = match (&record.state, &record.manifest) {
         (PluginState::Loaded(p), _) => {
@@ -457,6 +549,7 @@ fn list_item(record: &PluginRecord, required: bool, revision: i64) -> Value {
         );
         map.insert("required".into(), Value::from(required));
         map.insert("revision".into(), Value::from(revision));
+        map.insert("local".into(), Value::from(record.package.is_none()));
     }
     item
 }

@@ -28,6 +28,9 @@ pub struct Desired {
     pub installed_at: i64,
     /// Grows on every install, upgrade and uninstall of this name.
     pub revision: i64,
+    /// Uninstalled: no instance serves it any more.
+    #[serde(skip)]
+    pub removed: bool,
 }
 
 /// Records `plugin` as installed (a new row, or the next revision of its
@@ -90,12 +93,32 @@ pub async fn remove(db: &Db, name: &str) -> Result<(), DbErr> {
 
 /// Every installed plugin of the desired set, by name.
 pub async fn all(db: &Db) -> Result<Vec<Desired>, DbErr> {
+    select(db, "WHERE removed = 0 ORDER BY name", None).await
+}
+
+/// Every name the desired set has ever held, uninstalled ones too (marked
+/// `removed`), by name.
+pub async fn every(db: &Db) -> Result<Vec<Desired>, DbErr> {
+    select(db, "ORDER BY name", None).await
+}
+
+/// The installed plugin `name`, if the desired set has it.
+pub async fn get(db: &Db, name: &str) -> Result<Option<Desired>, DbErr> {
+    Ok(select(db, "WHERE removed = 0 AND name = ?", Some(name))
+        .await?
+        .pop())
+}
+
+async fn select(db: &Db, filter: &str, name: Option<&str>) -> Result<Vec<Desired>, DbErr> {
+    let values: Vec<sea_orm::Value> = name.into_iter().map(Into::into).collect();
     let rows = db
         .conn()
         .query_all(db.statement(
-            "SELECT name, version, digest, source, installed_by, installed_at, revision \
-             FROM sys_plugin_desired WHERE removed = 0 ORDER BY name",
-            [],
+            &format!(
+                "SELECT name, version, digest, source, installed_by, installed_at, revision, \
+                 removed FROM sys_plugin_desired {filter}"
+            ),
+            values,
         ))
         .await?;
     rows.iter()
@@ -109,6 +132,7 @@ pub async fn all(db: &Db) -> Result<Vec<Desired>, DbErr> {
                 installed_by: row.try_get("", "installed_by")?,
                 installed_at: row.try_get("", "installed_at")?,
                 revision: row.try_get("", "revision")?,
+                removed: row.try_get::<i16>("", "removed")? != 0,
             })
         })
         .collect()

@@ -16,7 +16,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{InstallOptions, Installed, LifecycleError, Staging, blocking, package::packable};
+use super::{
+    InstallOptions, Installed, LifecycleError, Placement, Staging, blocking, package::packable,
+};
 use crate::db::redact_url;
 use crate::plugin::{
     PluginHost,
@@ -319,10 +321,13 @@ impl PluginHost {
         })
         .await?;
         let result = self
-            .install_staged(&guard, &staging, &name, options, None)
+            .install_staged(&guard, Placement::Staged(&staging), &name, options, None)
             .await;
         Self::discard(staging).await;
         Self::release(guard).await;
+        if let Ok(installed) = &result {
+            self.announce(&installed.name).await;
+        }
         result
     }
 }

@@ -89,6 +89,8 @@ pub enum LifecycleLock {
         key: String,
         /// How long the lock outlives a holder that stopped renewing it.
         ttl: Duration,
+        /// The instance taking it, named in its token.
+        owner: String,
     },
     /// Across instances sharing a PostgreSQL or MySQL/MariaDB database.
     Database {
@@ -133,10 +135,69 @@ impl LifecycleLock {
         file: PathBuf,
     ) -> Self {
         match (redis, db) {
-            (Some(redis), _) => Self::Redis { redis, key, ttl },
+            (Some(redis), _) => Self::Redis {
+                redis,
+                key,
+                ttl,
+                owner: String::new(),
+            },
             (None, Some(db)) if db.backend() != Backend::Sqlite => Self::Database { db, name: key },
             _ => Self::File(file),
         }
+    }
+
+    /// Names the instance that takes the lock (in Redis, its token says
+    /// `instance {owner}, pid {pid}`), so that a restart of the same
+    /// instance can free a lock its killed predecessor held.
+    pub fn owned_by(mut self, instance: &str) -> Self {
+        if let Self::Redis { owner, .. } = &mut self {
+            instance.clone_into(owner);
+        }
+        self
+    }
+
+    /// Frees the Redis lock if a previous process of this instance (on this
+    /// machine, by its pid) held it and is gone, instead of waiting out
+    /// its expiry. Returns whether it did.
+    pub async fn free_orphaned(&self) -> Result<bool, LockError> {
+        let Self::Redis {
+            redis, key, owner, ..
+        } = self
+        else {
+            return Ok(false);
+        };
+        if owner.is_empty() {
+            return Ok(false);
+        }
+        let mut conn = redis.conn().await?;
+        let holder: redis::RedisResult<Option<String>> = conn.get(key).await;
+        let Some(holder) = redis.check(holder)? else {
+            return Ok(false);
+        };
+        let mark = format!("(instance {owner}, pid ");
+        let pid = holder
+            .split_once(&mark)
+            .and_then(|(_, rest)| rest.strip_suffix(')'))
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let orphaned = pid.is_some_and(|pid| {
+            pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+        });
+        if !orphaned {
+            return Ok(false);
+        }
+        let freed: redis::RedisResult<i64> = redis::Script::new(RELEASE)
+            .key(key)
+            .arg(&holder)
+            .invoke_async(&mut conn)
+            .await;
+        let freed = redis.check(freed)? == 1;
+        if freed {
+            tracing::warn!(
+                holder,
+                "freed the lifecycle lock a killed process of this instance held"
+            );
+        }
+        Ok(freed)
     }
 
     /// Takes the lock for `operation`, waiting up to `wait` for a holder
@@ -154,12 +215,25 @@ impl LifecycleLock {
                 Some(Err(e)) => return Err(LockError::Database(e.to_string())),
                 None => unreachable!("a database lock is chosen only where the backend has one"),
             },
-            Self::Redis { redis, key, ttl } => {
-                let token = format!(
-                    "{} {operation} (pid {})",
-                    uuid::Uuid::new_v4(),
-                    std::process::id()
-                );
+            Self::Redis {
+                redis,
+                key,
+                ttl,
+                owner,
+            } => {
+                let token = if owner.is_empty() {
+                    format!(
+                        "{} {operation} (pid {})",
+                        uuid::Uuid::new_v4(),
+                        std::process::id()
+                    )
+                } else {
+                    format!(
+                        "{} {operation} (instance {owner}, pid {})",
+                        uuid::Uuid::new_v4(),
+                        std::process::id()
+                    )
+                };
                 let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
                 let deadline = tokio::time::Instant::now() + wait;
                 let mut conn = redis.conn().await?;

@@ -18,6 +18,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod converge;
 pub mod desired;
 pub mod git;
 pub mod lock;
@@ -28,8 +29,8 @@ pub mod store;
 use crate::plugin::{
     PluginError, PluginHost,
     loading::{
-        discover::{Candidate, Source},
-        manifest::is_valid_plugin_name,
+        discover::{Candidate, Source, library_file_name, mark_package},
+        manifest::{Version, is_valid_plugin_name},
     },
     running::{
         registry::{self, PluginRecord, PluginState, Refusal},
@@ -40,6 +41,7 @@ use crate::plugin::{
 use lock::{LockError, LockGuard};
 use package::PackageError;
 use sql::ScriptError;
+use store::StoreError;
 
 /// Prefix of the staging directories inside the plugin dir.
 pub const STAGING_PREFIX: &str = ".staging-";
@@ -65,6 +67,9 @@ pub enum LifecycleError {
     /// A plugin script failed.
     #[error(transparent)]
     Script(#[from] ScriptError),
+    /// The package could not be stored (nothing was installed).
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The plugin serves here but could not be recorded in the desired set.
     #[error(
         "plugin '{plugin}' is installed on this instance but could not be recorded in the database ({message}); install it again"
@@ -117,6 +122,20 @@ pub struct InstallOptions {
     pub force: bool,
     /// Who installs it (a user name, or `cli`), for the desired set.
     pub installed_by: String,
+    /// Set when this instance converges to the cluster's package with this
+    /// digest: the desired set already records it, and nothing is
+    /// recorded or published again.
+    pub(crate) cluster: Option<String>,
+}
+
+/// Where an install takes the plugin from.
+#[derive(Clone, Copy)]
+pub(crate) enum Placement<'a> {
+    /// `<staging>/<name>/`, renamed into place at the commit point.
+    Staged(&'a Staging),
+    /// The plugin dir's own `<name>/`, put there by another process on the
+    /// same plugin dir (the CLI, an instance sharing it).
+    InPlace,
 }
 
 /// What an install did.
@@ -135,10 +154,21 @@ pub struct Installed {
 pub struct Uninstalled {
     /// The plugin.
     pub name: String,
-    /// The backup of what was removed.
-    pub backup: PathBuf,
+    /// The backup of what was removed here (`None`: this instance did not
+    /// have it; the package stays in the package store).
+    pub backup: Option<PathBuf>,
     /// Whether its tables were dropped.
     pub purged: bool,
+}
+
+impl Uninstalled {
+    /// The backup, for messages.
+    pub fn backup_text(&self) -> String {
+        self.backup.as_ref().map_or_else(
+            || "none (this instance did not have it)".to_owned(),
+            |p| p.display().to_string(),
+        )
+    }
 }
 
 /// A staging directory in the plugin dir, removed when dropped.
@@ -276,25 +306,40 @@ impl PluginHost {
         .await?;
         tracing::debug!(plugin = %name, ms = started.elapsed().as_millis(), "package unpacked");
         let result = self
-            .install_staged(&guard, &staging, &name, options, Some(archive))
+            .install_staged(
+                &guard,
+                Placement::Staged(&staging),
+                &name,
+                options,
+                Some(archive),
+            )
             .await;
         Self::discard(staging).await;
         Self::release(guard).await;
+        if let Ok(installed) = &result {
+            self.announce(&installed.name).await;
+        }
         result
     }
 
-    /// Installs the plugin staged as `staging/<name>/`, and records it in
-    /// the desired set with `archive` (the uploaded package; `None`: the
-    /// staged directory is packed).
+    /// Installs the plugin at `placement`. An install asked for (HTTP, CLI)
+    /// stores its package (`archive`, the uploaded ZIP; `None`: the staged
+    /// directory packed) before the commit point and records it in the
+    /// desired set once it serves; an instance converging to the cluster's
+    /// set (`options.cluster`) records nothing.
     pub(crate) async fn install_staged(
         &self,
         guard: &LockGuard,
-        staging: &Staging,
+        placement: Placement<'_>,
         name: &str,
         options: &InstallOptions,
         archive: Option<Vec<u8>>,
     ) -> Result<Installed, LifecycleError> {
-        let staged = staging.path().join(name);
+        let target = self.plugin_dir.join(name);
+        let staged = match placement {
+            Placement::Staged(staging) => staging.path().join(name),
+            Placement::InPlace => target.clone(),
+        };
         let candidate = Candidate {
             name: name.to_owned(),
             source: Source::Directory(staged.clone()),
@@ -343,14 +388,17 @@ impl PluginHost {
                         )));
                     }
                     let enabled = record.loaded().map(|p| p.enabled());
-                    (
-                        installed.map(|v| v.to_string()),
-                        enabled,
-                        Some(record.source.clone()),
-                    )
+                    let replaced = match placement {
+                        Placement::Staged(_) => Some(record.source.clone()),
+                        Placement::InPlace => None,
+                    };
+                    (installed.map(|v| v.to_string()), enabled, replaced)
                 }
             }
         };
+        if options.cluster.is_none() {
+            self.check_desired(name, version, options).await?;
+        }
         {
             let records = self.set.records();
             if let Some(missing) = loaded
@@ -375,34 +423,69 @@ impl PluginHost {
         trial
             .add(probe, routes)
             .map_err(|e| LifecycleError::refused(name, e.into()))?;
+
+        // The package, stored before anything moves (another instance may
+        // fetch it as soon as the desired set names it), and named in the
+        // plugin's directory.
+        let digest = match &options.cluster {
+            Some(digest) => digest.clone(),
+            None => {
+                let (dir, owned) = (staged.clone(), name.to_owned());
+                let (text, summary) = (
+                    loaded.module.manifest().as_str().to_owned(),
+                    summary_of(&loaded.manifest.json),
+                );
+                let bytes = match archive {
+                    Some(bytes) => bytes,
+                    None => {
+                        blocking(move || {
+                            package::pack(&dir, &owned, &text, &summary)
+                                .map_err(|e| io_error("pack", &dir, e))
+                        })
+                        .await?
+                    }
+                };
+                store::put(&self.db, &bytes).await?
+            }
+        };
+        if let Placement::Staged(_) = placement {
+            let dir = staged.clone();
+            let marked = digest.clone();
+            blocking(move || {
+                mark_package(&dir, &marked).map_err(|e| io_error("write into", &dir, e))
+            })
+            .await?;
+        }
         guard.ensure_held().await?;
 
         // The commit point: into place in one rename (an exchange for an
         // upgrade), made durable; on a blocking thread, like every file step.
-        let target = self.plugin_dir.join(name);
-        let (from, to, old, dir) = (
-            staged.clone(),
-            target.clone(),
-            replaced.clone(),
-            self.plugin_dir.clone(),
-        );
-        blocking(move || {
-            match &old {
-                Some(old) => exchange(&from, old).map_err(|e| io_error("replace", old, e))?,
-                None => {
-                    if to.exists() {
-                        return Err(LifecycleError::Conflict(format!(
-                            "{} exists but is not an installed plugin; remove it first",
-                            to.display()
-                        )));
+        if let Placement::Staged(_) = placement {
+            let (from, to, old, dir) = (
+                staged.clone(),
+                target.clone(),
+                replaced.clone(),
+                self.plugin_dir.clone(),
+            );
+            blocking(move || {
+                match &old {
+                    Some(old) => exchange(&from, old).map_err(|e| io_error("replace", old, e))?,
+                    None => {
+                        if to.exists() {
+                            return Err(LifecycleError::Conflict(format!(
+                                "{} exists but is not an installed plugin; remove it first",
+                                to.display()
+                            )));
+                        }
+                        std::fs::rename(&from, &to)
+                            .map_err(|e| io_error("move into place", &to, e))?;
                     }
-                    std::fs::rename(&from, &to).map_err(|e| io_error("move into place", &to, e))?;
                 }
-            }
-            sync_dir(&dir);
-            Ok(())
-        })
-        .await?;
+                sync_dir(&dir);
+                Ok(())
+            })
+            .await?;
+        }
         let undo = || {
             let (staged, target, replaced, dir, name) = (
                 staged.clone(),
@@ -411,7 +494,11 @@ impl PluginHost {
                 self.plugin_dir.clone(),
                 name.to_owned(),
             );
+            let moved = matches!(placement, Placement::Staged(_));
             blocking(move || {
+                if !moved {
+                    return Ok(());
+                }
                 let result = match &replaced {
                     Some(old) => exchange(&staged, old),
                     None => std::fs::rename(&target, &staged),
@@ -425,7 +512,7 @@ impl PluginHost {
         };
 
         // Init SQL and the plugin's init, against the table without the old version.
-        loaded.library = target.join(crate::plugin::loading::discover::library_file_name(name));
+        loaded.library = target.join(library_file_name(name));
         loaded.dir = Some(target.clone());
         let enabled = match previous_enabled {
             Some(enabled) => enabled,
@@ -458,26 +545,31 @@ impl PluginHost {
             }
         };
         let manifest = plugin.manifest.clone();
+        let text = plugin.module.manifest().as_str().to_owned();
         self.set.mount(
             PluginRecord {
                 name: name.to_owned(),
                 source: target.clone(),
                 manifest: Some(manifest),
                 state: PluginState::Loaded(plugin),
+                package: Some(digest.clone()),
             },
             builder.build(),
         );
         for flag in flags.iter().filter(|f| f.name == name) {
             self.apply(&flag.name, flag.enabled, flag.revision);
         }
+        self.forget_divergence(name);
         self.publish_services();
         self.report_soon();
-        self.record_desired(name, &target, options, archive)
-            .await
-            .map_err(|message| LifecycleError::Record {
-                plugin: name.to_owned(),
-                message,
-            })?;
+        if options.cluster.is_none() {
+            self.record_desired(name, &target, &version.to_string(), digest, options, &text)
+                .await
+                .map_err(|e| LifecycleError::Record {
+                    plugin: name.to_owned(),
+                    message: e.to_string(),
+                })?;
+        }
         tracing::info!(plugin = name, %version, previous = ?previous, "plugin installed; its routes are live");
         Ok(Installed {
             name: name.to_owned(),
@@ -486,56 +578,68 @@ impl PluginHost {
         })
     }
 
-    /// Records an installed plugin in the desired set: its package in the
-    /// package store (the uploaded archive, or the installed directory
-    /// packed), its source (`.source.json` of a Git install), who and when.
+    /// Refuses an install the cluster's desired set conflicts with: the
+    /// name installed (on any instance) without `upgrade`, or at a version
+    /// not older without `force`. Checked under the lifecycle lock, so of
+    /// two installs of one plugin on two instances one wins and the other
+    /// gets a conflict.
+    async fn check_desired(
+        &self,
+        name: &str,
+        version: Version,
+        options: &InstallOptions,
+    ) -> Result<(), LifecycleError> {
+        let Some(installed) = desired::get(&self.db, name)
+            .await
+            .map_err(StoreError::from)?
+        else {
+            return Ok(());
+        };
+        let by = format!(
+            "by {} at {}",
+            installed.installed_by,
+            chrono::DateTime::from_timestamp_millis(installed.installed_at)
+                .map_or_else(String::new, |t| t.to_rfc3339())
+        );
+        if !options.upgrade {
+            return Err(LifecycleError::Conflict(format!(
+                "plugin '{name}' {} is installed in the cluster ({by}); to replace it with {version}, install with upgrade=true",
+                installed.version
+            )));
+        }
+        let newer = installed
+            .version
+            .parse::<Version>()
+            .is_ok_and(|old| version > old);
+        if !newer && !options.force {
+            return Err(LifecycleError::Conflict(format!(
+                "plugin '{name}' {} is installed in the cluster ({by}) and {version} is not newer; install with force=true to replace it anyway",
+                installed.version
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records an installed plugin in the desired set (its package is in
+    /// the store already): version, digest, source (`.source.json` of a Git
+    /// install), who and when.
     async fn record_desired(
         &self,
         name: &str,
         dir: &Path,
+        version: &str,
+        digest: String,
         options: &InstallOptions,
-        archive: Option<Vec<u8>>,
-    ) -> Result<(), String> {
-        let (manifest, summary, version) = {
-            let records = self.set.records();
-            let plugin = records
-                .get(name)
-                .and_then(PluginRecord::loaded)
-                .ok_or("it is not loaded")?;
-            (
-                plugin.module.manifest().as_str().to_owned(),
-                plugin
-                    .manifest
-                    .json
-                    .pointer("/plugin/summary")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                plugin.manifest.version.to_string(),
-            )
-        };
-        let (dir, owned, text) = (dir.to_owned(), name.to_owned(), manifest.clone());
-        let (bytes, source) = blocking(move || {
-            let source = std::fs::read_to_string(dir.join(".source.json"))
-                .ok()
-                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-                .map(|mut git| {
-                    git["type"] = "git".into();
-                    git
-                })
-                .unwrap_or_else(|| serde_json::json!({ "type": "zip" }));
-            let bytes = match archive {
-                Some(bytes) => bytes,
-                None => package::pack(&dir, &owned, &text, &summary)
-                    .map_err(|e| io_error("pack", &dir, e))?,
-            };
-            Ok((bytes, source))
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        let digest = store::put(&self.db, &bytes)
-            .await
-            .map_err(|e| e.to_string())?;
+        manifest: &str,
+    ) -> Result<i64, sea_orm::DbErr> {
+        let source = std::fs::read_to_string(dir.join(".source.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .map(|mut git| {
+                git["type"] = "git".into();
+                git
+            })
+            .unwrap_or_else(|| serde_json::json!({ "type": "zip" }));
         let installed_by = if options.installed_by.is_empty() {
             "unknown".to_owned()
         } else {
@@ -545,18 +649,17 @@ impl PluginHost {
             &self.db,
             &desired::Desired {
                 name: name.to_owned(),
-                version,
+                version: version.to_owned(),
                 digest,
                 source,
                 installed_by,
                 installed_at: chrono::Utc::now().timestamp_millis(),
                 revision: 0,
+                removed: false,
             },
-            &manifest,
+            manifest,
         )
         .await
-        .map(drop)
-        .map_err(|e| e.to_string())
     }
 
     /// Uninstalls a plugin: backup, routes gone, files removed, flag
@@ -579,6 +682,9 @@ impl PluginHost {
         let guard = self.take_lock("uninstall").await?;
         let result = self.uninstall_locked(&guard, name, purge).await;
         Self::release(guard).await;
+        if result.is_ok() {
+            self.announce(name).await;
+        }
         result
     }
 
@@ -588,11 +694,11 @@ impl PluginHost {
         name: &str,
         purge: bool,
     ) -> Result<Uninstalled, LifecycleError> {
-        let source = {
+        let in_cluster = desired::get(&self.db, name)
+            .await
+            .map_err(StoreError::from)?;
+        let here = {
             let records = self.set.records();
-            let record = records
-                .get(name)
-                .ok_or_else(|| PluginError::NotFound(name.to_owned()))?;
             let dependents: Vec<&str> = records
                 .values()
                 .filter_map(PluginRecord::loaded)
@@ -609,8 +715,56 @@ impl PluginHost {
                         .join(", ")
                 )));
             }
-            record.source.clone()
+            records.get(name).map(|record| record.source.clone())
         };
+        let (backup, purged) = match (here, &in_cluster) {
+            (Some(source), _) => {
+                let (backup, purged) = self.remove_here(guard, name, &source, purge).await?;
+                (Some(backup), purged)
+            }
+            // Installed in the cluster, not here (this instance could not
+            // serve it): the desired set is what is uninstalled.
+            (None, Some(package)) => {
+                guard.ensure_held().await?;
+                self.flags.remove(name).await?;
+                let purged = if purge {
+                    let staging =
+                        converge::fetch(&self.db, self.limits, &self.plugin_dir, package).await?;
+                    let purged = sql::destroy(&self.db, name, &staging.path().join(name)).await;
+                    Self::discard(staging).await;
+                    purged?
+                } else {
+                    false
+                };
+                (None, purged)
+            }
+            (None, None) => return Err(PluginError::NotFound(name.to_owned()).into()),
+        };
+        self.forget_divergence(name);
+        self.report_soon();
+        if let Err(e) = desired::remove(&self.db, name).await {
+            return Err(LifecycleError::Record {
+                plugin: name.to_owned(),
+                message: e.to_string(),
+            });
+        }
+        tracing::info!(plugin = name, backup = ?backup, purged, "plugin uninstalled");
+        Ok(Uninstalled {
+            name: name.to_owned(),
+            backup,
+            purged,
+        })
+    }
+
+    /// Takes the plugin at `source` out of this instance: backup, flag
+    /// removed, routes gone, files removed, tables dropped with `purge`.
+    async fn remove_here(
+        &self,
+        guard: &LockGuard,
+        name: &str,
+        source: &Path,
+        purge: bool,
+    ) -> Result<(PathBuf, bool), LifecycleError> {
         let backup = self.backup(name).await?;
         guard.ensure_held().await?;
         self.flags.remove(name).await?;
@@ -620,7 +774,7 @@ impl PluginHost {
         self.publish_services();
         let staging = Staging::new(&self.plugin_dir)?;
         let moved = staging.path().join(name);
-        let (from, to, dir) = (source.clone(), moved.clone(), self.plugin_dir.clone());
+        let (from, to, dir) = (source.to_owned(), moved.clone(), self.plugin_dir.clone());
         blocking(move || {
             std::fs::rename(&from, &to).map_err(|e| io_error("remove", &from, e))?;
             sync_dir(&dir);
@@ -633,19 +787,7 @@ impl PluginHost {
             false
         };
         Self::discard(staging).await;
-        self.report_soon();
-        if let Err(e) = desired::remove(&self.db, name).await {
-            return Err(LifecycleError::Record {
-                plugin: name.to_owned(),
-                message: e.to_string(),
-            });
-        }
-        tracing::info!(plugin = name, backup = %backup.display(), purged, "plugin uninstalled");
-        Ok(Uninstalled {
-            name: name.to_owned(),
-            backup,
-            purged,
-        })
+        Ok((backup, purged))
     }
 
     /// The installable ZIP of an installed plugin.
@@ -726,6 +868,15 @@ impl PluginHost {
         })
         .await
     }
+}
+
+/// The manifest's `plugin.summary`.
+fn summary_of(manifest: &serde_json::Value) -> String {
+    manifest
+        .pointer("/plugin/summary")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Keeps the newest `keep` backups of `name` in `backup_dir`.

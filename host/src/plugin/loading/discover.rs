@@ -5,8 +5,31 @@
 //! `lib<name>.so` whose embedded manifest is its manifest. Entries whose
 //! names start with `.` (staging, editor files) are ignored, as are files
 //! that are not libraries.
+//!
+//! A directory that came from the package store (an install over HTTP or
+//! with the CLI, or an instance converging to the cluster's set) holds the
+//! package's sha256 in [`PACKAGE_MARKER`]; every other plugin (a lone
+//! library, a directory copied in by hand) is local to this instance.
 
 use std::path::{Path, PathBuf};
+
+/// The file in a plugin directory naming the package it was installed
+/// from (its sha256 in the package store).
+pub const PACKAGE_MARKER: &str = ".package";
+
+/// The package a plugin directory was installed from; `None` for a lone
+/// library or a directory placed by hand.
+pub fn package_of(source: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(source.join(PACKAGE_MARKER)).ok()?;
+    let digest = text.trim();
+    (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| digest.to_ascii_lowercase())
+}
+
+/// Marks `dir` as installed from the package `digest`.
+pub fn mark_package(dir: &Path, digest: &str) -> std::io::Result<()> {
+    std::fs::write(dir.join(PACKAGE_MARKER), format!("{digest}\n"))
+}
 
 /// The platform's library file name for plugin `name`.
 pub fn library_file_name(name: &str) -> String {
@@ -104,6 +127,18 @@ mod tests {
         assert_eq!(names, ["dict", "hello"]);
         assert!(matches!(found[0].source, Source::Directory(_)));
         assert!(matches!(found[1].source, Source::Library(_)));
+    }
+
+    #[test]
+    fn only_a_well_formed_marker_names_a_package() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(package_of(dir.path()), None);
+        let digest = "AB".repeat(32);
+        mark_package(dir.path(), &digest).unwrap();
+        assert_eq!(package_of(dir.path()), Some("ab".repeat(32)));
+        std::fs::write(dir.path().join(PACKAGE_MARKER), "not a digest").unwrap();
+        assert_eq!(package_of(dir.path()), None);
+        assert_eq!(package_of(&dir.path().join("lib.so")), None);
     }
 
     #[test]

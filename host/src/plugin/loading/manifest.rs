@@ -68,6 +68,14 @@ impl std::fmt::Display for Version {
     }
 }
 
+impl std::str::FromStr for Version {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        parse_version(text).ok_or_else(|| format!("'{text}' is not a version x.y.z"))
+    }
+}
+
 /// What is wrong with a manifest: the field, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("plugin.toml: {field}: {message}")]

@@ -24,7 +24,7 @@ use crate::db::Db;
 use crate::plugin::{
     lifecycle::sql::{self, ScriptError},
     loading::{
-        discover::{Candidate, Source, library_file_name},
+        discover::{Candidate, Source, library_file_name, package_of},
         libcache::LibraryCache,
         loader::{LoadError, load_library},
         manifest::{
@@ -182,6 +182,10 @@ pub struct PluginRecord {
     pub manifest: Option<PluginManifest>,
     /// Loaded or failed.
     pub state: PluginState,
+    /// The package (sha256 in the package store) it was installed from;
+    /// `None`: local to this instance (a lone library, a directory placed
+    /// by hand).
+    pub package: Option<String>,
 }
 
 impl PluginRecord {
@@ -558,6 +562,7 @@ pub async fn load_all(
             p.name.clone(),
             PluginRecord {
                 name: p.name,
+                package: package_of(&p.source),
                 source: p.source,
                 manifest: p.manifest,
                 state,
@@ -575,6 +580,7 @@ pub async fn load_all(
             name.clone(),
             PluginRecord {
                 name,
+                package: package_of(&p.source),
                 source: p.source,
                 manifest: p.manifest,
                 state: PluginState::Failed(reason),

@@ -25,6 +25,9 @@ pub struct InstanceState {
     pub version: String,
     /// Why it failed, when it did.
     pub error: Option<String>,
+    /// Local to that instance (a lone library or a directory placed by
+    /// hand), not a package of the cluster's set.
+    pub local: bool,
     /// When the instance last reported, Unix milliseconds.
     pub seen_at: i64,
 }
@@ -39,6 +42,22 @@ pub struct Reported {
     pub version: String,
     /// Why it failed.
     pub error: Option<String>,
+    /// Local to this instance.
+    pub local: bool,
+}
+
+impl Reported {
+    /// As instance `id` reports it at `seen_at`.
+    pub fn as_state(&self, id: &str, seen_at: i64) -> InstanceState {
+        InstanceState {
+            id: id.to_owned(),
+            state: self.state.to_owned(),
+            version: self.version.clone(),
+            error: self.error.clone(),
+            local: self.local,
+            seen_at,
+        }
+    }
 }
 
 /// This instance's id: the configured one, else a random id created once
@@ -75,14 +94,16 @@ pub async fn publish(db: &Db, instance: &str, plugins: &[Reported]) -> Result<()
     .await?;
     for plugin in plugins {
         txn.execute(db.statement(
-            "INSERT INTO sys_plugin_instance (instance, name, state, version, error, seen_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO sys_plugin_instance \
+             (instance, name, state, version, error, is_local, seen_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
                 instance.into(),
                 plugin.name.as_str().into(),
                 plugin.state.into(),
                 plugin.version.as_str().into(),
                 plugin.error.clone().into(),
+                i16::from(plugin.local).into(),
                 seen_at.into(),
             ],
         ))
@@ -96,7 +117,7 @@ pub async fn all(db: &Db) -> Result<Vec<(String, InstanceState)>, DbErr> {
     let rows = db
         .conn()
         .query_all(db.statement(
-            "SELECT instance, name, state, version, error, seen_at FROM sys_plugin_instance \
+            "SELECT instance, name, state, version, error, is_local, seen_at FROM sys_plugin_instance \
              ORDER BY name, instance",
             [],
         ))
@@ -110,6 +131,7 @@ pub async fn all(db: &Db) -> Result<Vec<(String, InstanceState)>, DbErr> {
                     state: row.try_get("", "state")?,
                     version: row.try_get("", "version")?,
                     error: row.try_get("", "error")?,
+                    local: row.try_get::<i16>("", "is_local")? != 0,
                     seen_at: row.try_get("", "seen_at")?,
                 },
             ))

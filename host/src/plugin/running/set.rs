@@ -50,6 +50,23 @@ impl PluginSet {
         self.routes.store(Arc::new(table));
     }
 
+    /// Replaces the record of `record.name` by `record` (a refused one) and
+    /// takes the name's routes out, in one step.
+    pub fn refuse(&self, record: PluginRecord) {
+        let mut records = self.records.write().expect("records lock");
+        let table = RouteTableBuilder::from_table(&self.routes(), Some(&record.name)).build();
+        self.routes.store(Arc::new(table));
+        records.insert(record.name.clone(), record);
+    }
+
+    /// Records that `name` is installed from the package `digest`.
+    pub fn set_package(&self, name: &str, digest: &str) {
+        let mut records = self.records.write().expect("records lock");
+        if let Some(record) = records.get_mut(name) {
+            record.package = Some(digest.to_owned());
+        }
+    }
+
     /// Takes `name` out: a table without its routes becomes current, then
     /// its record goes. Requests holding the old table finish on it.
     pub fn unmount(&self, name: &str) {

@@ -149,6 +149,11 @@ impl FlagStore {
         format!("{}_events", self.prefix)
     }
 
+    /// The channel changes of the desired plugin set are announced on.
+    pub fn plugins_channel(&self) -> String {
+        format!("{}_plugins", self.prefix)
+    }
+
     /// The Redis mirror, when configured.
     pub fn redis(&self) -> Option<&Arc<Redis>> {
         self.redis.as_ref()
@@ -545,8 +550,10 @@ impl PluginHost {
                     // Outages are logged once by the Redis handle itself.
                     tracing::debug!("flag reconcile could not reach Redis: {e}");
                 }
-                // Also the heartbeat of this instance's report.
+                // Also the heartbeat of this instance's report, and of its
+                // convergence to the cluster's plugin set.
                 self.report().await;
+                self.converge_soon();
             }
             Err(e) => {
                 if self.db_reachable.swap(false, Ordering::AcqRel) {
@@ -558,9 +565,9 @@ impl PluginHost {
         }
     }
 
-    /// Starts the periodic reconcile, the instance reporter, the
-    /// panic-count reports and, with Redis, the event subscriber. They stop
-    /// when the host is dropped.
+    /// Starts the periodic reconcile, the instance reporter, the converger,
+    /// the panic-count reports and, with Redis, the event subscriber. They
+    /// stop when the host is dropped.
     pub(crate) fn spawn_flag_tasks(self: &Arc<Self>, every: Duration) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -573,6 +580,18 @@ impl PluginHost {
                 }
             }
         });
+        let weak = Arc::downgrade(self);
+        let due = self.converge_due.clone();
+        tokio::spawn(async move {
+            loop {
+                let woken = tokio::time::timeout(Duration::from_secs(1), due.notified()).await;
+                let Some(host) = weak.upgrade() else { return };
+                if woken.is_ok() {
+                    host.converge().await;
+                }
+            }
+        });
+        self.converge_soon();
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -592,17 +611,23 @@ impl PluginHost {
             }
         });
         if let Some(redis) = self.flags.redis().cloned() {
-            tokio::spawn(subscribe(Arc::downgrade(self), redis, self.flags.channel()));
+            tokio::spawn(subscribe(
+                Arc::downgrade(self),
+                redis,
+                self.flags.channel(),
+                self.flags.plugins_channel(),
+            ));
         }
     }
 }
 
-/// Applies the flag events other instances publish; on every (re)subscribe
-/// it reconciles first, so nothing published while it was away is missed.
-async fn subscribe(host: Weak<PluginHost>, redis: Arc<Redis>, channel: String) {
+/// Applies the flag events other instances publish, and converges on their
+/// announcements of plugin changes; on every (re)subscribe it reconciles
+/// first, so nothing published while it was away is missed.
+async fn subscribe(host: Weak<PluginHost>, redis: Arc<Redis>, channel: String, plugins: String) {
     loop {
         if let Ok(mut pubsub) = redis.pubsub().await {
-            let subscribed = pubsub.subscribe(&channel).await;
+            let subscribed = pubsub.subscribe(&[&channel, &plugins]).await;
             if redis.check(subscribed).is_ok() {
                 let Some(h) = host.upgrade() else { return };
                 h.reconcile().await;
@@ -610,6 +635,10 @@ async fn subscribe(host: Weak<PluginHost>, redis: Arc<Redis>, channel: String) {
                 let mut events = pubsub.on_message();
                 while let Some(message) = events.next().await {
                     let Some(h) = host.upgrade() else { return };
+                    if message.get_channel_name() == plugins {
+                        h.converge_soon();
+                        continue;
+                    }
                     let event = message
                         .get_payload::<String>()
                         .ok()
