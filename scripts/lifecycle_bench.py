@@ -5,9 +5,10 @@
         Installs PKG_V1 (the greeter plugin), measures the time from sending
         the install request to the first 200 from GET /greeter/v1/version,
         uninstalls it again; ROUNDS times (default 20). Prints JSON.
-    scripts/lifecycle_bench.py upgrades URL PASSWORD PKG_V1 PKG_V2 SECONDS
-        Upgrades greeter back and forth (v2, then v1 with force) for SECONDS,
-        for a load generator running meanwhile. Prints JSON (count, times).
+    scripts/lifecycle_bench.py upgrades URL PASSWORD PKG_V1 PKG_V2 SECONDS [MAX]
+        Upgrades greeter back and forth (v2, then v1 with force) for SECONDS
+        (at most MAX times), for a load generator running meanwhile. Prints
+        JSON (count, times).
 
 Loopback only; stops by itself.
 """
@@ -42,12 +43,12 @@ def install(url, password, pkg, rounds=20):
     print(json.dumps({"rounds": rounds, "install_to_first_served_ms": summary(first)}))
 
 
-def upgrades(url, password, v1, v2, seconds):
+def upgrades(url, password, v1, v2, seconds, most=None):
     c = conn(url)
     auth = login(c, password)
     archives = [open(v2, "rb").read(), open(v1, "rb").read()]
     took, n, end = [], 0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
+    while time.perf_counter() < end and (most is None or n < most):
         t0 = time.perf_counter()
         upload(c, auth, archives[n % 2], "type=zip&upgrade=true&force=true")
         took.append((time.perf_counter() - t0) * 1000)
@@ -56,10 +57,11 @@ def upgrades(url, password, v1, v2, seconds):
     print(json.dumps({"upgrades": n, "upgrade_ms": summary(took)}))
 
 
-mode = sys.argv[1]
+mode = sys.argv[1] if __name__ == "__main__" else ""
 if mode == "install":
     install(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]) if len(sys.argv) > 5 else 20)
 elif mode == "upgrades":
-    upgrades(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], float(sys.argv[6]))
-else:
+    upgrades(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], float(sys.argv[6]),
+             int(sys.argv[7]) if len(sys.argv) > 7 else None)
+elif __name__ == "__main__":
     sys.exit(__doc__)

@@ -409,9 +409,15 @@ fn revisions_never_go_backwards_across_an_uninstall_and_a_reinstall() {
     let redis = TestRedis::start();
     let database = TestDatabase::create(Backend::Postgresql);
     let url = postgres_url(&database);
-    let (_da, a) = instance(&["hello", "sysinfo"], &redis, Some(&url), &[]);
-    let (_db, b) = instance(&["hello", "sysinfo"], &redis, Some(&url), &[]);
-    // Two toggles: B has applied revision 3 (enabled).
+    let (_da, a) = instance(&["hello"], &redis, Some(&url), &[]);
+    let (_db, b) = instance(&["hello"], &redis, Some(&url), &[]);
+    // Installed on A (B follows), toggled twice: B has applied revision 3.
+    let package = e2e::package("sysinfo", "sysinfo", "sysinfo");
+    assert_eq!(a.upload(&package, "type=zip").status, 200);
+    assert!(eventually(Duration::from_secs(5), || b
+        .get("/admin/v1/sys/sysinfo")
+        .status
+        == 200));
     a.put("/admin/v1/sys/plugins/sysinfo/status");
     a.put("/admin/v1/sys/plugins/sysinfo/status");
     assert!(eventually(Duration::from_secs(2), || revision(
@@ -429,9 +435,13 @@ fn revisions_never_go_backwards_across_an_uninstall_and_a_reinstall() {
         None,
         "the key goes with the plugin"
     );
-    let reply = a.upload(&e2e::package("sysinfo", "sysinfo", "sysinfo"), "type=zip");
+    let reply = a.upload(&package, "type=zip");
     assert_eq!(reply.status, 200, "{:?}", reply.json);
     assert_eq!(a.plugin("sysinfo")["plugin"]["enable"], "1");
+    assert!(eventually(Duration::from_secs(5), || b
+        .get("/admin/v1/sys/sysinfo")
+        .status
+        == 200));
     let reinstalled = revision(&a, "sysinfo");
     assert!(
         reinstalled > 3,

@@ -114,6 +114,8 @@ fn plan(
             Some(r) if r.package.is_none() && r.source.exists() => {
                 (!tried(d)).then(|| Step::Conflict(d.clone(), r.source.clone()))
             }
+            // The local copy that held the name was removed.
+            Some(r) if r.package.is_none() => Some(Step::Fetch(d.clone())),
             _ if on_disk.as_deref() == Some(&d.digest) => Some(Step::Adopt(d.clone())),
             _ if tried(d) => None,
             _ => Some(Step::Fetch(d.clone())),
@@ -699,6 +701,7 @@ mod tests {
             record("lone", plugins.join("liblone.so"), None),
             record("gone", plugins.join("gone"), Some("a")),
             record("kept", plugins.join("kept"), None),
+            record("moved", plugins.join("libmoved.so"), None),
         ]
         .into_iter()
         .map(|r| (r.name.clone(), r))
@@ -713,15 +716,21 @@ mod tests {
             desired("gone", "a", true),
             desired("kept", "a", true),
             desired("bad", "f", false),
+            desired("moved", "e", false),
         ];
-        let diverged = BTreeMap::from([(
-            "bad".to_owned(),
-            Divergence {
-                digest: "f".repeat(64),
-                version: "1.0.0".into(),
-                reason: "altered".into(),
-            },
-        )]);
+        let tried = |digest: &str, reason: &str| Divergence {
+            digest: digest.repeat(64),
+            version: "1.0.0".into(),
+            reason: reason.into(),
+        };
+        // `bad` was refused, `moved` was a conflict whose local copy is gone.
+        let diverged = BTreeMap::from([
+            ("bad".to_owned(), tried("f", "altered")),
+            (
+                "moved".to_owned(),
+                tried("e", "both local and in the cluster"),
+            ),
+        ]);
         let steps: Vec<String> = plan(&wanted, &records, plugins, &diverged)
             .iter()
             .map(|s| match s {
@@ -739,7 +748,8 @@ mod tests {
                 "adopt shared",
                 "refuse local",
                 "refuse lone",
-                "remove gone"
+                "remove gone",
+                "fetch moved"
             ]
         );
     }
