@@ -779,6 +779,34 @@ pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Runs `during` while `threads` threads call `probe` in a loop (each
+/// stops when `during` returns, or after 60 s); returns what `during`
+/// returned and how many probes answered true and false.
+pub fn under_load<T>(
+    threads: usize,
+    probe: impl Fn() -> bool + Sync,
+    during: impl FnOnce() -> T,
+) -> (T, u32, u32) {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    let stop = AtomicBool::new(false);
+    let (served, failed) = (AtomicU32::new(0), AtomicU32::new(0));
+    let result = std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let counter = if probe() { &served } else { &failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        let result = during();
+        stop.store(true, Ordering::Relaxed);
+        result
+    });
+    (result, served.into_inner(), failed.into_inner())
+}
+
 /// A plugin package: the ZIP `POST /admin/v1/sys/plugins?type=zip` takes,
 /// with `files` (path inside the archive, contents) in order.
 pub fn zip_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {

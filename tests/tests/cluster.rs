@@ -2,13 +2,9 @@
 //! one Redis, where the test says), each with its own plugin dir, follow
 //! every install, upgrade and uninstall made on any of them or with the CLI.
 
-use std::{
-    sync::atomic::{AtomicBool, AtomicU32, Ordering},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use e2e::{Backend, DataDir, Host, TestDatabase, TestRedis, eventually, package};
-use serde_json::Value;
 
 const SECRET: &str = "a-shared-token-secret-of-at-least-32-chars";
 /// Long enough that only an event can carry a change in time.
@@ -64,21 +60,9 @@ fn start(data: &DataDir, id: &str, url: &str, redis: Option<&str>, reconcile: &s
     Host::start_with(data, &env)
 }
 
-/// The list entry of `name` on `host`.
-fn entry(host: &Host, name: &str) -> Value {
-    host.get("/admin/v1/sys/plugins")
-        .data()
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["plugin"]["name"] == name)
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
 /// (instance, state, version) of every instance that reported `name`.
 fn instances(host: &Host, name: &str) -> Vec<(String, String, String)> {
-    entry(host, name)["instances"]
+    host.plugin(name)["instances"]
         .as_array()
         .map(|all| {
             all.iter()
@@ -132,50 +116,42 @@ fn three_instances_follow_every_change(backend: Backend) {
             ]
     }));
     assert_eq!(b.get("/hello/v1/greet").status, 404);
-    assert_eq!(entry(&a, "hello")["local"], true);
-    assert_eq!(entry(&a, "greeter")["local"], false);
+    assert_eq!(a.plugin("hello")["local"], true);
+    assert_eq!(a.plugin("greeter")["local"], false);
 
     // Upgrade from B while C serves under load: no request fails on C, and
     // requests in flight finish on the build they started on.
-    let stop = AtomicBool::new(false);
-    let (served, failed) = (AtomicU32::new(0), AtomicU32::new(0));
-    let slow = std::thread::scope(|scope| {
-        for _ in 0..4 {
-            scope.spawn(|| {
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    match version(&c) {
-                        Some(_) => served.fetch_add(1, Ordering::Relaxed),
-                        None => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            });
-        }
-        let slow: Vec<_> = (0..3)
-            .map(|_| {
-                scope.spawn(|| {
-                    let reply = c.get("/greeter/v1/slow?ms=3000");
-                    assert_eq!(reply.status, 200, "{:?}", reply.json);
-                    reply.json["data"].clone()
-                })
+    let (slow, served, failed) = e2e::under_load(
+        4,
+        || version(&c).is_some(),
+        || {
+            std::thread::scope(|scope| {
+                let slow: Vec<_> = (0..3)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let reply = c.get("/greeter/v1/slow?ms=3000");
+                            assert_eq!(reply.status, 200, "{:?}", reply.json);
+                            reply.json["data"].clone()
+                        })
+                    })
+                    .collect();
+                std::thread::sleep(Duration::from_millis(200));
+                let reply = b.upload(&greeter(2), "type=zip&upgrade=true");
+                assert_eq!(reply.status, 200, "{:?}", reply.json);
+                assert!(
+                    eventually(WITHIN, || version(&c).as_deref() == Some("2")),
+                    "{}",
+                    c.log()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+                slow.into_iter()
+                    .map(|s| s.join().unwrap())
+                    .collect::<Vec<_>>()
             })
-            .collect();
-        std::thread::sleep(Duration::from_millis(200));
-        let reply = b.upload(&greeter(2), "type=zip&upgrade=true");
-        assert_eq!(reply.status, 200, "{:?}", reply.json);
-        assert!(
-            eventually(WITHIN, || version(&c).as_deref() == Some("2")),
-            "{}",
-            c.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-        stop.store(true, Ordering::Relaxed);
-        slow.into_iter()
-            .map(|s| s.join().unwrap())
-            .collect::<Vec<_>>()
-    });
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests on C");
-    assert!(served.load(Ordering::Relaxed) > 20);
+        },
+    );
+    assert_eq!(failed, 0, "failed requests on C");
+    assert!(served > 20);
     assert!(slow.iter().all(|build| build == "1"), "{slow:?}");
     assert!(eventually(WITHIN, || version(&a).as_deref() == Some("2")));
 
@@ -280,7 +256,7 @@ fn late_and_killed_instances_converge_when_they_start() {
     // A new instance serves the whole set as soon as it answers.
     let (late_data, late) = node("late", &url, Some(&r), SLOW_RECONCILE, &[]);
     assert_eq!(version(&late).as_deref(), Some("1"));
-    assert_eq!(entry(&late, "notes")["state"], "loaded");
+    assert_eq!(late.plugin("notes")["state"], "loaded");
 
     // Killed while the cluster changes, at points from before the fetch to
     // after it: it serves what the desired set says once restarted.
@@ -309,7 +285,7 @@ fn late_and_killed_instances_converge_when_they_start() {
     let late = start(&late_data, "late", &url, Some(&r), SLOW_RECONCILE);
     assert_eq!(status(&late), 404);
     assert!(!late_data.plugins().join("greeter").exists());
-    assert_eq!(entry(&late, "notes")["state"], "loaded");
+    assert_eq!(late.plugin("notes")["state"], "loaded");
 }
 
 #[test]
@@ -331,7 +307,7 @@ fn altered_package_bytes_are_refused_on_every_instance_naming_the_digest() {
     let (_dc, c) = node("c", &url, None, "0.3", &[]);
     for host in [&b, &c] {
         assert_eq!(status(host), 404);
-        let item = entry(host, "greeter");
+        let item = host.plugin("greeter");
         assert_eq!(item["state"], "error", "{item}");
         let error = item["error"].as_str().unwrap();
         assert!(
@@ -417,7 +393,7 @@ fn a_local_library_stays_local_and_a_name_in_both_is_refused_naming_both() {
     db_.drop_library("hello");
     let b = start(&db_, "b", &url, Some(&r), "0.3");
     assert_eq!(b.get("/hello/v1/greet").status, 200);
-    assert_eq!(entry(&b, "hello")["local"], true);
+    assert_eq!(b.plugin("hello")["local"], true);
     // Never pushed to A.
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(a.get("/hello/v1/greet").status, 404);
@@ -431,7 +407,7 @@ fn a_local_library_stays_local_and_a_name_in_both_is_refused_naming_both() {
     );
     assert_eq!(a.get("/hello/v1/greet").status, 200);
     assert!(eventually(WITHIN, || b.get("/hello/v1/greet").status == 404));
-    let item = entry(&b, "hello");
+    let item = b.plugin("hello");
     assert_eq!(item["state"], "error");
     let error = item["error"].as_str().unwrap();
     assert!(
@@ -447,14 +423,14 @@ fn a_local_library_stays_local_and_a_name_in_both_is_refused_naming_both() {
         start(&db_, "b", &url, Some(&r), "0.3")
     };
     assert_eq!(b.get("/hello/v1/greet").status, 404);
-    assert_eq!(entry(&b, "hello")["state"], "error");
+    assert_eq!(b.plugin("hello")["state"], "error");
     std::fs::remove_file(db_.plugins().join("libhello.so")).unwrap();
     assert!(
         eventually(WITHIN, || b.get("/hello/v1/greet").status == 200),
         "{}",
         b.log()
     );
-    assert_eq!(entry(&b, "hello")["local"], false);
+    assert_eq!(b.plugin("hello")["local"], false);
 }
 
 #[test]

@@ -1,10 +1,7 @@
 //! Install, upgrade, uninstall and download while the host serves: through
 //! the real binary, with real packages built from the workspace.
 
-use std::{
-    sync::atomic::{AtomicBool, AtomicU32, Ordering},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use e2e::{DataDir, Host, package, package_files, snapshot, zip_names, zip_of};
 
@@ -96,47 +93,35 @@ fn a_live_upgrade_under_load_fails_no_request_and_in_flight_ones_finish_on_the_o
     let (_data, host) = e2e::serve(&["hello"]);
     assert_eq!(host.upload(&greeter(1), "type=zip").status, 200);
     let build2 = greeter(2);
-    let stop = AtomicBool::new(false);
-    let (served, failed) = (AtomicU32::new(0), AtomicU32::new(0));
-    let (upgrade_started, upgrade_done, slow) = std::thread::scope(|scope| {
-        for _ in 0..4 {
-            scope.spawn(|| {
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    match version(&host) {
-                        Some(_) => served.fetch_add(1, Ordering::Relaxed),
-                        None => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            });
-        }
-        // Slow requests (5 s) in flight across the upgrade: when each
-        // started and ended, and which build answered it.
-        let slow: Vec<_> = (0..4)
-            .map(|_| {
-                scope.spawn(|| {
-                    let started = Instant::now();
-                    let reply = host.get("/greeter/v1/slow?ms=5000");
-                    assert_eq!(reply.status, 200, "{:?}", reply.json);
-                    (started, Instant::now(), reply.json["data"].clone())
-                })
+    let ((upgrade_started, upgrade_done, slow), served, failed) = e2e::under_load(
+        4,
+        || version(&host).is_some(),
+        || {
+            std::thread::scope(|scope| {
+                // Slow requests (5 s) in flight across the upgrade: when each
+                // started and ended, and which build answered it.
+                let slow: Vec<_> = (0..4)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let started = Instant::now();
+                            let reply = host.get("/greeter/v1/slow?ms=5000");
+                            assert_eq!(reply.status, 200, "{:?}", reply.json);
+                            (started, Instant::now(), reply.json["data"].clone())
+                        })
+                    })
+                    .collect();
+                std::thread::sleep(Duration::from_millis(200));
+                let upgrade_started = Instant::now();
+                let reply = host.upload(&build2, "type=zip&upgrade=true");
+                let upgrade_done = Instant::now();
+                assert_eq!(reply.status, 200, "{:?}", reply.json);
+                let slow: Vec<_> = slow.into_iter().map(|s| s.join().unwrap()).collect();
+                (upgrade_started, upgrade_done, slow)
             })
-            .collect();
-        std::thread::sleep(Duration::from_millis(200));
-        let upgrade_started = Instant::now();
-        let reply = host.upload(&build2, "type=zip&upgrade=true");
-        let upgrade_done = Instant::now();
-        assert_eq!(reply.status, 200, "{:?}", reply.json);
-        let slow: Vec<_> = slow.into_iter().map(|s| s.join().unwrap()).collect();
-        stop.store(true, Ordering::Relaxed);
-        (upgrade_started, upgrade_done, slow)
-    });
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "failed requests during the upgrade"
+        },
     );
-    assert!(served.load(Ordering::Relaxed) > 50);
+    assert_eq!(failed, 0, "failed requests during the upgrade");
+    assert!(served > 50);
     let across: Vec<_> = slow
         .iter()
         .filter(|(started, ended, _)| *started < upgrade_started && *ended > upgrade_done)
