@@ -439,6 +439,31 @@ impl Host {
             .clone()
     }
 
+    /// What every instance reported about plugin `name`, as this host
+    /// lists it: (instance id, state, version); empty when it is not listed.
+    pub fn instances(&self, name: &str) -> Vec<(String, String, String)> {
+        let list = self.get("/admin/v1/sys/plugins");
+        let entry = list
+            .data()
+            .as_array()
+            .expect("list is an array")
+            .iter()
+            .find(|p| p["plugin"]["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null);
+        entry["instances"]
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .map(|i| {
+                        let text = |key: &str| i[key].as_str().unwrap_or_default().to_owned();
+                        (text("id"), text("state"), text("version"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The process id of the running host.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
@@ -777,6 +802,31 @@ pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A single-threaded Tokio runtime, for tests that call the host's library
+/// (its database, its locks) directly.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime")
+}
+
+/// The package of the `greeter` fixture, build 1 or 2 (versions 1.0.0 and
+/// 2.0.0 of one plugin).
+pub fn greeter(build: u8) -> Vec<u8> {
+    package(
+        "greeter",
+        &format!("greeter_v{build}"),
+        &format!("greeter_v{build}"),
+    )
+}
+
+/// The build `GET /greeter/v1/version` answers on `host` (`None`: not 200).
+pub fn greeter_version(host: &Host) -> Option<String> {
+    let reply = host.get("/greeter/v1/version");
+    (reply.status == 200).then(|| reply.json["data"].as_str().unwrap_or_default().to_owned())
 }
 
 /// Runs `during` while `threads` threads call `probe` in a loop (each

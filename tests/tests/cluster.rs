@@ -4,26 +4,14 @@
 
 use std::time::Duration;
 
-use e2e::{Backend, DataDir, Host, TestDatabase, TestRedis, eventually, package};
+use e2e::{
+    Backend, DataDir, Host, TestDatabase, TestRedis, eventually, greeter, greeter_version, package,
+};
 
 const SECRET: &str = "a-shared-token-secret-of-at-least-32-chars";
 /// Long enough that only an event can carry a change in time.
 const SLOW_RECONCILE: &str = "60";
 const WITHIN: Duration = Duration::from_secs(10);
-
-fn greeter(build: u8) -> Vec<u8> {
-    package(
-        "greeter",
-        &format!("greeter_v{build}"),
-        &format!("greeter_v{build}"),
-    )
-}
-
-/// What `/greeter/v1/version` answers on `host` (`None`: not 200).
-fn version(host: &Host) -> Option<String> {
-    let reply = host.get("/greeter/v1/version");
-    (reply.status == 200).then(|| reply.json["data"].as_str().unwrap_or_default().to_owned())
-}
 
 /// The status `/greeter/v1/version` answers on `host`.
 fn status(host: &Host) -> u16 {
@@ -60,24 +48,6 @@ fn start(data: &DataDir, id: &str, url: &str, redis: Option<&str>, reconcile: &s
     Host::start_with(data, &env)
 }
 
-/// (instance, state, version) of every instance that reported `name`.
-fn instances(host: &Host, name: &str) -> Vec<(String, String, String)> {
-    host.plugin(name)["instances"]
-        .as_array()
-        .map(|all| {
-            all.iter()
-                .map(|i| {
-                    (
-                        i["id"].as_str().unwrap().to_owned(),
-                        i["state"].as_str().unwrap().to_owned(),
-                        i["version"].as_str().unwrap().to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn hidden_entries(data: &DataDir) -> Vec<String> {
     std::fs::read_dir(data.plugins())
         .unwrap()
@@ -99,7 +69,7 @@ fn three_instances_follow_every_change(backend: Backend) {
     assert_eq!(a.upload(&greeter(1), "type=zip").status, 200);
     for host in [&b, &c] {
         assert!(
-            eventually(WITHIN, || version(host).as_deref() == Some("1")),
+            eventually(WITHIN, || greeter_version(host).as_deref() == Some("1")),
             "not served on {}:\n{}",
             host.base(),
             host.log()
@@ -108,7 +78,7 @@ fn three_instances_follow_every_change(backend: Backend) {
     assert!(db_.plugins().join("greeter/libgreeter.so").is_file());
     // Every instance reports it, and a local plugin stays where it is.
     assert!(eventually(WITHIN, || {
-        instances(&b, "greeter")
+        b.instances("greeter")
             == [
                 ("a".into(), "loaded".into(), "1.0.0".into()),
                 ("b".into(), "loaded".into(), "1.0.0".into()),
@@ -123,7 +93,7 @@ fn three_instances_follow_every_change(backend: Backend) {
     // requests in flight finish on the build they started on.
     let (slow, served, failed) = e2e::under_load(
         4,
-        || version(&c).is_some(),
+        || greeter_version(&c).is_some(),
         || {
             std::thread::scope(|scope| {
                 let slow: Vec<_> = (0..3)
@@ -139,7 +109,7 @@ fn three_instances_follow_every_change(backend: Backend) {
                 let reply = b.upload(&greeter(2), "type=zip&upgrade=true");
                 assert_eq!(reply.status, 200, "{:?}", reply.json);
                 assert!(
-                    eventually(WITHIN, || version(&c).as_deref() == Some("2")),
+                    eventually(WITHIN, || greeter_version(&c).as_deref() == Some("2")),
                     "{}",
                     c.log()
                 );
@@ -153,7 +123,7 @@ fn three_instances_follow_every_change(backend: Backend) {
     assert_eq!(failed, 0, "failed requests on C");
     assert!(served > 20);
     assert!(slow.iter().all(|build| build == "1"), "{slow:?}");
-    assert!(eventually(WITHIN, || version(&a).as_deref() == Some("2")));
+    assert!(eventually(WITHIN, || greeter_version(&a).as_deref() == Some("2")));
 
     // Uninstall on C: gone on A and B, files too.
     let reply = c.request("DELETE", "/admin/v1/sys/plugins/greeter", None);
@@ -169,7 +139,7 @@ fn three_instances_follow_every_change(backend: Backend) {
     // Reinstalled, then toggled on different instances: everyone follows.
     assert_eq!(a.upload(&greeter(1), "type=zip").status, 200);
     for host in [&b, &c] {
-        assert!(eventually(WITHIN, || version(host).as_deref() == Some("1")));
+        assert!(eventually(WITHIN, || greeter_version(host).as_deref() == Some("1")));
     }
     assert_eq!(b.put("/admin/v1/sys/plugins/greeter/status").status, 200);
     for host in [&a, &b, &c] {
@@ -203,7 +173,7 @@ fn three_instances_follow_every_change(backend: Backend) {
     let loser = if first.status == 409 { first } else { second };
     loser.assert_error(409, "plugin 'greeter' 2.0.0 is installed");
     for host in [&a, &b, &c] {
-        assert!(eventually(WITHIN, || version(host).as_deref() == Some("2")));
+        assert!(eventually(WITHIN, || greeter_version(host).as_deref() == Some("2")));
     }
     // No staging directory left behind where the packages were fetched.
     assert!(
@@ -231,9 +201,9 @@ fn without_redis_the_reconcile_carries_install_upgrade_and_uninstall() {
     let (_db, b) = node("b", &url, None, "0.3", &[]);
 
     assert_eq!(a.upload(&greeter(1), "type=zip").status, 200);
-    assert!(eventually(WITHIN, || version(&b).as_deref() == Some("1")));
+    assert!(eventually(WITHIN, || greeter_version(&b).as_deref() == Some("1")));
     assert_eq!(b.upload(&greeter(2), "type=zip&upgrade=true").status, 200);
-    assert!(eventually(WITHIN, || version(&a).as_deref() == Some("2")));
+    assert!(eventually(WITHIN, || greeter_version(&a).as_deref() == Some("2")));
     let reply = a.request("DELETE", "/admin/v1/sys/plugins/greeter", None);
     assert_eq!(reply.status, 200, "{:?}", reply.json);
     assert!(eventually(WITHIN, || status(&b) == 404));
@@ -255,7 +225,7 @@ fn late_and_killed_instances_converge_when_they_start() {
 
     // A new instance serves the whole set as soon as it answers.
     let (late_data, late) = node("late", &url, Some(&r), SLOW_RECONCILE, &[]);
-    assert_eq!(version(&late).as_deref(), Some("1"));
+    assert_eq!(greeter_version(&late).as_deref(), Some("1"));
     assert_eq!(late.plugin("notes")["state"], "loaded");
 
     // Killed while the cluster changes, at points from before the fetch to
@@ -269,7 +239,7 @@ fn late_and_killed_instances_converge_when_they_start() {
         drop(late);
         late = start(&late_data, "late", &url, Some(&r), SLOW_RECONCILE);
         assert_eq!(
-            version(&late),
+            greeter_version(&late),
             Some(build.to_string()),
             "run {i}: {}",
             late.log()
@@ -318,11 +288,11 @@ fn altered_package_bytes_are_refused_on_every_instance_naming_the_digest() {
         );
     }
     assert!(eventually(WITHIN, || {
-        let all = instances(&a, "greeter");
+        let all = a.instances("greeter");
         all.len() == 3 && all.iter().filter(|(_, state, _)| state == "error").count() == 2
     }));
     // A still serves its copy.
-    assert_eq!(version(&a).as_deref(), Some("1"));
+    assert_eq!(greeter_version(&a).as_deref(), Some("1"));
 }
 
 #[test]
@@ -350,7 +320,7 @@ fn a_cli_install_is_served_by_running_instances_without_restart() {
     assert!(ok, "{out}");
     for host in [&a, &b] {
         assert!(
-            eventually(WITHIN, || version(host).as_deref() == Some("1")),
+            eventually(WITHIN, || greeter_version(host).as_deref() == Some("1")),
             "{}",
             host.log()
         );
@@ -373,7 +343,7 @@ fn a_cli_install_is_served_by_running_instances_without_restart() {
     );
     assert!(ok, "{out}");
     for host in [&a, &b] {
-        assert!(eventually(WITHIN, || version(host).as_deref() == Some("2")));
+        assert!(eventually(WITHIN, || greeter_version(host).as_deref() == Some("2")));
     }
     let (ok, out) = e2e::cli(&tool, &env, &["plugin", "remove", "greeter"]);
     assert!(ok, "{out}");
@@ -397,7 +367,7 @@ fn a_local_library_stays_local_and_a_name_in_both_is_refused_naming_both() {
     // Never pushed to A.
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(a.get("/hello/v1/greet").status, 404);
-    assert!(instances(&a, "hello").iter().all(|(id, _, _)| id == "b"));
+    assert!(a.instances("hello").iter().all(|(id, _, _)| id == "b"));
 
     // The cluster installs the same name: B serves neither, and says why.
     assert_eq!(
@@ -443,7 +413,7 @@ fn instances_on_one_sqlite_file_follow_each_other() {
     let (_da, a) = node("a", &url, None, "0.3", &[]);
     let (_db, b) = node("b", &url, None, "0.3", &[]);
     assert_eq!(a.upload(&greeter(1), "type=zip").status, 200);
-    assert!(eventually(WITHIN, || version(&b).as_deref() == Some("1")));
+    assert!(eventually(WITHIN, || greeter_version(&b).as_deref() == Some("1")));
     let reply = b.request("DELETE", "/admin/v1/sys/plugins/greeter", None);
     assert_eq!(reply.status, 200, "{:?}", reply.json);
     assert!(eventually(WITHIN, || status(&a) == 404));
@@ -453,12 +423,8 @@ fn instances_on_one_sqlite_file_follow_each_other() {
 fn execute(url: &str, sql: &str) {
     use host::db::{Db, PkMode};
     use sea_orm::ConnectionTrait;
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let db = Db::open(url, PkMode::Autoincrement, 0).await.unwrap();
-            db.conn().execute_unprepared(sql).await.unwrap();
-        });
+    e2e::runtime().block_on(async {
+        let db = Db::open(url, PkMode::Autoincrement, 0).await.unwrap();
+        db.conn().execute_unprepared(sql).await.unwrap();
+    });
 }

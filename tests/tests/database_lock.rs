@@ -11,20 +11,13 @@ use host::{
     plugin::lifecycle::lock::{LifecycleLock, LockError},
 };
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn url(database: &TestDatabase) -> String {
     database.env()[0].1.clone()
 }
 
 fn one_holder_at_a_time_across_instances_sharing_the_database(backend: Backend) {
     let database = TestDatabase::create(backend);
-    runtime().block_on(async {
+    e2e::runtime().block_on(async {
         // Two "instances": each its own pool and data dir, no Redis.
         let (a, b) = (
             Arc::new(

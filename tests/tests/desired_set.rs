@@ -24,14 +24,10 @@ fn stored(data: &DataDir, digest: &str) -> Vec<u8> {
         "sqlite://{}?mode=rwc",
         data.path().join("plughost.db").display()
     );
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let db = Db::open(&url, PkMode::Autoincrement, 0).await.unwrap();
-            store::get(&db, digest).await.unwrap()
-        })
+    e2e::runtime().block_on(async {
+        let db = Db::open(&url, PkMode::Autoincrement, 0).await.unwrap();
+        store::get(&db, digest).await.unwrap()
+    })
 }
 
 #[test]

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use e2e::{Backend, DataDir, Host, TestDatabase, eventually};
-use serde_json::Value;
 
 const SECRET: &str = "a-shared-token-secret-of-at-least-32-chars";
 
@@ -27,27 +26,10 @@ fn instance(id: &str, plugins: &[&str], url: &str) -> (DataDir, Host) {
 
 /// (instance id, state) of each instance that reported `plugin`, in `host`'s list.
 fn reports(host: &Host, plugin: &str) -> Vec<(String, String)> {
-    let list = host.get("/admin/v1/sys/plugins").data().clone();
-    let item = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["plugin"]["name"] == plugin)
-        .cloned()
-        .unwrap_or(Value::Null);
-    item["instances"]
-        .as_array()
-        .map(|all| {
-            all.iter()
-                .map(|i| {
-                    (
-                        i["id"].as_str().unwrap().to_owned(),
-                        i["state"].as_str().unwrap().to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    host.instances(plugin)
+        .into_iter()
+        .map(|(id, state, _)| (id, state))
+        .collect()
 }
 
 fn pair(id: &str, state: &str) -> (String, String) {

@@ -3,20 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{DataDir, Host, package, package_files, snapshot, zip_names, zip_of};
-
-fn greeter(build: u8) -> Vec<u8> {
-    package(
-        "greeter",
-        &format!("greeter_v{build}"),
-        &format!("greeter_v{build}"),
-    )
-}
-
-fn version(host: &Host) -> Option<String> {
-    let reply = host.get("/greeter/v1/version");
-    (reply.status == 200).then(|| reply.json["data"].as_str().unwrap().to_owned())
-}
+use e2e::{
+    DataDir, Host, greeter, greeter_version, package, package_files, snapshot, zip_names, zip_of,
+};
 
 #[test]
 fn an_uploaded_package_serves_at_once_without_restart() {
@@ -31,7 +20,7 @@ fn an_uploaded_package_serves_at_once_without_restart() {
         "{msg}"
     );
     assert_eq!(reply.json["data"]["name"], "greeter");
-    assert_eq!(version(&host).as_deref(), Some("1"));
+    assert_eq!(greeter_version(&host).as_deref(), Some("1"));
     assert_eq!(host.plugin("greeter")["state"], "loaded");
     assert_eq!(host.get("/hello/v1/greet").status, 200);
     // In place, nothing left behind, and nothing a restart would change.
@@ -46,7 +35,7 @@ fn an_uploaded_package_serves_at_once_without_restart() {
     // It stays installed across a restart.
     assert!(host.stop().success());
     let host = Host::start(&data);
-    assert_eq!(version(&host).as_deref(), Some("1"));
+    assert_eq!(greeter_version(&host).as_deref(), Some("1"));
 }
 
 #[test]
@@ -72,20 +61,20 @@ fn upgrades_need_asking_keep_the_flag_and_refuse_downgrades_unless_forced() {
     host.get("/greeter/v1/version")
         .assert_error(503, "plugin 'greeter' is disabled");
     host.put("/admin/v1/sys/plugins/greeter/status");
-    assert_eq!(version(&host).as_deref(), Some("2"));
+    assert_eq!(greeter_version(&host).as_deref(), Some("2"));
 
     host.upload(&greeter(1), "type=zip&upgrade=true")
         .assert_error(
             409,
             "plugin 'greeter' 2.0.0 is installed and 1.0.0 is not newer; install with force=true",
         );
-    assert_eq!(version(&host).as_deref(), Some("2"));
+    assert_eq!(greeter_version(&host).as_deref(), Some("2"));
     assert_eq!(
         host.upload(&greeter(1), "type=zip&upgrade=true&force=true")
             .status,
         200
     );
-    assert_eq!(version(&host).as_deref(), Some("1"));
+    assert_eq!(greeter_version(&host).as_deref(), Some("1"));
 }
 
 #[test]
@@ -95,7 +84,7 @@ fn a_live_upgrade_under_load_fails_no_request_and_in_flight_ones_finish_on_the_o
     let build2 = greeter(2);
     let ((upgrade_started, upgrade_done, slow), served, failed) = e2e::under_load(
         4,
-        || version(&host).is_some(),
+        || greeter_version(&host).is_some(),
         || {
             std::thread::scope(|scope| {
                 // Slow requests (5 s) in flight across the upgrade: when each
@@ -138,7 +127,7 @@ fn a_live_upgrade_under_load_fails_no_request_and_in_flight_ones_finish_on_the_o
             "an in-flight request finishes on the build it started on"
         );
     }
-    assert_eq!(version(&host).as_deref(), Some("2"));
+    assert_eq!(greeter_version(&host).as_deref(), Some("2"));
 }
 
 #[test]
@@ -181,7 +170,7 @@ fn uninstall_removes_routes_files_and_flag_and_keeps_a_backup() {
     // The backup is an installable package: install it again.
     let bytes = std::fs::read(&backup).unwrap();
     assert_eq!(host.upload(&bytes, "type=zip").status, 200);
-    assert_eq!(version(&host).as_deref(), Some("1"));
+    assert_eq!(greeter_version(&host).as_deref(), Some("1"));
 }
 
 #[test]
@@ -510,7 +499,7 @@ fn a_process_killed_during_install_restarts_with_all_of_the_plugin_or_none() {
         match state {
             Some(state) => {
                 assert_eq!(state, "loaded", "run {i}: a partial plugin");
-                assert_eq!(version(&host).as_deref(), Some("1"), "run {i}");
+                assert_eq!(greeter_version(&host).as_deref(), Some("1"), "run {i}");
                 whole += 1;
             }
             None => {

@@ -21,13 +21,6 @@ fn lock(redis: &TestRedis, ttl: Duration) -> LifecycleLock {
     )
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn one_holder_at_a_time_and_the_lock_outlives_its_expiry_while_held() {
     let redis = TestRedis::start();
@@ -35,7 +28,7 @@ fn one_holder_at_a_time_and_the_lock_outlives_its_expiry_while_held() {
         lock(&redis, Duration::from_millis(300)),
         lock(&redis, Duration::from_millis(300)),
     );
-    runtime().block_on(async {
+    e2e::runtime().block_on(async {
         let held = a.acquire("install hello", Duration::ZERO).await.unwrap();
         // Held for well past its expiry: renewal keeps it.
         tokio::time::sleep(Duration::from_millis(900)).await;
@@ -62,7 +55,7 @@ fn a_crashed_holder_blocks_only_until_the_expiry() {
     // Someone took it and died: no renewals.
     redis.cli(&["SET", "fba:plugin_lock", "dead holder", "PX", "400"]);
     let a = lock(&redis, Duration::from_secs(5));
-    runtime().block_on(async {
+    e2e::runtime().block_on(async {
         let started = std::time::Instant::now();
         let held = a
             .acquire("install hello", Duration::from_secs(3))
@@ -77,7 +70,7 @@ fn a_crashed_holder_blocks_only_until_the_expiry() {
 fn a_lock_taken_away_is_reported_as_lost_not_ignored() {
     let redis = TestRedis::start();
     let a = lock(&redis, Duration::from_millis(300));
-    runtime().block_on(async {
+    e2e::runtime().block_on(async {
         let held = a.acquire("upgrade hello", Duration::ZERO).await.unwrap();
         redis.cli(&["SET", "fba:plugin_lock", "an intruder"]);
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -93,7 +86,7 @@ fn a_lock_taken_away_is_reported_as_lost_not_ignored() {
 fn losing_redis_while_holding_the_lock_is_reported_as_lost() {
     let mut redis = TestRedis::start();
     let a = lock(&redis, Duration::from_millis(300));
-    runtime().block_on(async {
+    e2e::runtime().block_on(async {
         let held = a.acquire("install hello", Duration::ZERO).await.unwrap();
         redis.stop();
         tokio::time::sleep(Duration::from_millis(700)).await;
@@ -123,7 +116,7 @@ fn without_redis_the_lock_is_a_file_shared_by_the_processes_of_a_data_dir() {
         file.clone(),
     );
     let b = LifecycleLock::new(None, None, String::new(), Duration::from_secs(1), file);
-    runtime().block_on(async {
+    e2e::runtime().block_on(async {
         let held = a.acquire("install hello", Duration::ZERO).await.unwrap();
         match b
             .acquire("install sysinfo", Duration::from_millis(100))

@@ -16,9 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{
-    InstallOptions, Installed, LifecycleError, Placement, Staging, blocking, package::packable,
-};
+use super::{InstallOptions, Installed, LifecycleError, Staging, blocking, package::packable};
 use crate::db::redact_url;
 use crate::plugin::{
     PluginHost,
@@ -320,15 +318,8 @@ impl PluginHost {
             Ok(name)
         })
         .await?;
-        let result = self
-            .install_staged(&guard, Placement::Staged(&staging), &name, options, None)
-            .await;
-        Self::discard(staging).await;
-        Self::release(guard).await;
-        if let Ok(installed) = &result {
-            self.announce(&installed.name).await;
-        }
-        result
+        self.install_and_finish(guard, staging, &name, options, None)
+            .await
     }
 }
 

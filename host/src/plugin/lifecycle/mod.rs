@@ -305,14 +305,23 @@ impl PluginHost {
         })
         .await?;
         tracing::debug!(plugin = %name, ms = started.elapsed().as_millis(), "package unpacked");
+        self.install_and_finish(guard, staging, &name, options, Some(archive))
+            .await
+    }
+
+    /// Installs the plugin staged as `<staging>/<name>/` (see
+    /// [`Self::install_staged`]), then removes the staging directory,
+    /// releases the lock and, once installed, announces it to the cluster.
+    pub(super) async fn install_and_finish(
+        &self,
+        guard: LockGuard,
+        staging: Staging,
+        name: &str,
+        options: &InstallOptions,
+        archive: Option<Vec<u8>>,
+    ) -> Result<Installed, LifecycleError> {
         let result = self
-            .install_staged(
-                &guard,
-                Placement::Staged(&staging),
-                &name,
-                options,
-                Some(archive),
-            )
+            .install_staged(&guard, Placement::Staged(&staging), name, options, archive)
             .await;
         Self::discard(staging).await;
         Self::release(guard).await;
