@@ -130,6 +130,25 @@ pub struct RouteSpec {
     pub extensions: RVec<OwnedPair>,
 }
 
+/// Keys of [`RouteSpec::extensions`] that document a route for the host's
+/// OpenAPI document. Values are text; the schemas are JSON Schema as JSON
+/// text. Hosts that do not know a key ignore it, so a route documented this
+/// way loads into every 1.x host.
+pub mod route_doc {
+    /// A longer description (Markdown) shown under the summary.
+    pub const DESCRIPTION: &str = "openapi.description";
+    /// The JSON Schema of the request body (`application/json`).
+    pub const REQUEST: &str = "openapi.request";
+    /// The JSON Schema of `data` in the success envelope.
+    pub const RESPONSE: &str = "openapi.response";
+    /// An object schema whose properties are the query parameters (its
+    /// `required` list names the mandatory ones).
+    pub const QUERY: &str = "openapi.query";
+    /// An object schema whose properties are the path parameters' schemas
+    /// (a parameter it does not name is a string).
+    pub const PATH: &str = "openapi.path";
+}
+
 /// A named router: the unit the manifest's `[api.<name>]` or `[app] router` refers to.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone)]

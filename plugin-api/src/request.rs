@@ -27,6 +27,12 @@ pub struct Paging {
     pub offset: i64,
 }
 
+impl Paging {
+    /// The highest page [`Request::paging`] accepts (a higher one is a
+    /// 422), for documenting the `page` parameter.
+    pub const MAX_PAGE: u64 = 1_000_000_000;
+}
+
 /// Whether a `Content-Type` value names JSON (`application/json`,
 /// `application/*+json`, with or without parameters).
 fn is_json_media_type(value: &str) -> bool {
@@ -158,7 +164,8 @@ impl<'a> Request<'a> {
     }
 
     /// The page asked for by the `page` (from 1, default 1) and `size`
-    /// (from 1 to `max_size`, default `default_size`) query parameters,
+    /// (from 1 to `max_size`, default `default_size`) query parameters
+    /// (`page` from 1 to [`Paging::MAX_PAGE`]),
     /// with the row offset it starts at; 422 naming the parameter when one
     /// is not a whole number in range, or the page lies beyond any row a
     /// database can address.
@@ -187,7 +194,7 @@ impl<'a> Request<'a> {
             }
         };
         let size = number("size", default_size.clamp(1, max_size), max_size)?;
-        let page = number("page", 1, u64::MAX)?;
+        let page = number("page", 1, Paging::MAX_PAGE)?;
         let offset = (page - 1)
             .checked_mul(size)
             .and_then(|o| i64::try_from(o).ok())

@@ -1,6 +1,6 @@
 //! Named routers: what the manifest's `[api.<name>]` and `[app] router` refer to.
 
-use abi_stable::std_types::{ROption, RString, RVec};
+use abi_stable::std_types::{ROption, RString, RVec, Tuple2};
 use async_ffi::LocalBorrowingFfiFuture;
 use std::panic::AssertUnwindSafe;
 
@@ -8,7 +8,7 @@ use futures_util::FutureExt;
 
 use crate::{
     Error, IntoResponse, Request,
-    abi::{RawRequest, RawResponse, RouteSpec, RouterSpec},
+    abi::{RawRequest, RawResponse, RouteSpec, RouterSpec, route_doc},
 };
 
 /// A handler stored type-erased inside a router.
@@ -170,6 +170,53 @@ impl Router {
     /// A one-line summary of the last added route, for the API documentation.
     pub fn summary(mut self, summary: &str) -> Self {
         self.last_route().summary = RString::from(summary);
+        self
+    }
+
+    /// A longer description (Markdown) of the last added route, for the
+    /// API documentation.
+    pub fn description(self, text: &str) -> Self {
+        self.document(route_doc::DESCRIPTION, text.to_owned())
+    }
+
+    /// The JSON Schema of the last added route's request body.
+    ///
+    /// ```
+    /// # use plugin_api::{Json, Request, Router};
+    /// # async fn create(_req: Request<'_>) -> Json<u64> { Json(1) }
+    /// use serde_json::json;
+    /// let router = Router::new("notes").post("", create).request_schema(json!({
+    ///     "type": "object",
+    ///     "required": ["text"],
+    ///     "properties": { "text": { "type": "string", "maxLength": 500 } }
+    /// }));
+    /// ```
+    pub fn request_schema(self, schema: serde_json::Value) -> Self {
+        self.document(route_doc::REQUEST, schema.to_string())
+    }
+
+    /// The JSON Schema of `data` in the last added route's success envelope.
+    pub fn response_schema(self, schema: serde_json::Value) -> Self {
+        self.document(route_doc::RESPONSE, schema.to_string())
+    }
+
+    /// The last added route's query parameters, as an object schema: each
+    /// property is a parameter, `required` names the mandatory ones.
+    pub fn query_schema(self, schema: serde_json::Value) -> Self {
+        self.document(route_doc::QUERY, schema.to_string())
+    }
+
+    /// The schemas of the last added route's path parameters, as an
+    /// object schema: each property is a `{name}` of the path (one it does
+    /// not name is documented as a string).
+    pub fn path_schema(self, schema: serde_json::Value) -> Self {
+        self.document(route_doc::PATH, schema.to_string())
+    }
+
+    fn document(mut self, key: &str, value: String) -> Self {
+        let extensions = &mut self.last_route().extensions;
+        extensions.retain(|Tuple2(k, _)| k.as_str() != key);
+        extensions.push(Tuple2(RString::from(key), RString::from(value)));
         self
     }
 }

@@ -232,7 +232,7 @@ fn cases(token: &str) -> Vec<Case> {
             at_once: true,
         },
         Case {
-            name: "paging past any table",
+            name: "paging past the last page",
             request: request(
                 "GET",
                 "/admin/v1/sys/dict-types?page=4611686018427387905&size=2",
@@ -240,7 +240,7 @@ fn cases(token: &str) -> Vec<Case> {
                 b"",
             ),
             status: 422,
-            message: Some("page: 4611686018427387905 lies beyond the last page"),
+            message: Some("page: must be a whole number from 1 to 1000000000, not '4611686018427387905'"),
             at_once: true,
         },
         Case {

@@ -160,7 +160,7 @@ struct Claims {
 }
 
 /// A token handed out at login.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Issued {
     /// The JWT.
     pub access_token: String,

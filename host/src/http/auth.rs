@@ -15,6 +15,7 @@ use serde::Deserialize;
 use super::{
     AppState,
     envelope::{ApiError, ok},
+    openapi::{Envelope, ErrorEnvelope, Null},
 };
 use crate::auth::{AuthError, Principal};
 
@@ -88,13 +89,26 @@ pub async fn guard(
     }
 }
 
-#[derive(Deserialize)]
+/// A login: the user's name and password.
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct Login {
+    /// The user's name.
     username: String,
+    /// The password.
     password: String,
 }
 
 /// `POST /admin/v1/auth/login`: `{"username", "password"}` to a token.
+#[utoipa::path(
+    post,
+    path = "/admin/v1/auth/login",
+    tag = "auth",
+    request_body = Login,
+    responses(
+        (status = 200, description = "A token for the `Authorization: Bearer` header", body = Envelope<crate::auth::Issued>),
+        (status = "default", description = "Wrong name or password (401), too many failures (429), too many logins at once (503, with Retry-After)", body = ErrorEnvelope),
+    ),
+)]
 pub(crate) async fn login(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -109,6 +123,16 @@ pub(crate) async fn login(
 }
 
 /// `POST /admin/v1/auth/logout`: revokes the caller's token.
+#[utoipa::path(
+    post,
+    path = "/admin/v1/auth/logout",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The token is revoked on every instance", body = Envelope<Null>),
+        (status = "default", description = "No valid token (401)", body = ErrorEnvelope),
+    ),
+)]
 pub(crate) async fn logout(
     state: web::Data<AppState>,
     req: HttpRequest,

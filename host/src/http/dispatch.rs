@@ -96,14 +96,7 @@ async fn answer(scope: Scope, req: &HttpRequest, payload: &mut Payload) -> HttpR
         );
     };
     let Some(target) = matched.value.get(req.method()) else {
-        return envelope::error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &format!(
-                "{} is not allowed on {path} (allowed: {})",
-                req.method(),
-                matched.value.allowed()
-            ),
-        );
+        return envelope::method_not_allowed(req.method().as_str(), path, &matched.value.allowed());
     };
     let plugin = &target.plugin;
     let enabled = match state.status_check {

@@ -84,6 +84,20 @@ pub fn ok_saying<T: Serialize>(msg: &str, data: T) -> HttpResponse {
     })
 }
 
+/// A 405 envelope for `method` on `path`, with the `Allow` header.
+pub fn method_not_allowed(method: &str, path: &str, allowed: &str) -> HttpResponse {
+    let mut response = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("{method} is not allowed on {path} (allowed: {allowed})"),
+    );
+    if let Ok(value) = HeaderValue::from_str(allowed) {
+        response
+            .headers_mut()
+            .insert(actix_web::http::header::ALLOW, value);
+    }
+    response
+}
+
 /// An error envelope with `status` and `msg`, with a new trace id.
 pub fn error(status: StatusCode, msg: &str) -> HttpResponse {
     error_traced(status, msg, trace_id().as_str())

@@ -5,6 +5,7 @@ mod baseline;
 pub mod dispatch;
 pub mod envelope;
 pub mod limits;
+pub mod openapi;
 mod plugins;
 
 use std::sync::Arc;
@@ -20,8 +21,18 @@ use crate::config::StatusCheck;
 use crate::{
     auth::AuthService,
     config::Settings,
-    plugin::{PluginHost, running::router::Scope},
+    plugin::{
+        PluginHost,
+        running::router::{CORE_ROUTES, Scope},
+    },
 };
+
+/// What `GET /health` answers.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    /// Always `ok`.
+    status: &'static str,
+}
 
 /// What every handler shares.
 pub struct AppState {
@@ -35,17 +46,37 @@ pub struct AppState {
     pub max_body: usize,
     /// How long a request body may stall.
     pub body_timeout: std::time::Duration,
+    /// The API document, current with the route table.
+    pub document: Arc<openapi::ApiDocument>,
 }
 
+/// The 405 of a core resource: its methods come from the core route list
+/// (`CORE_ROUTES`, the same list the API document is checked against).
 async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    envelope::error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        &format!("{} is not allowed on {}", req.method(), req.path()),
-    )
+    let pattern = req.match_pattern().unwrap_or_default();
+    let pattern = match pattern.split_once("/{tail") {
+        Some((page, _)) => format!("{page}/{{*tail}}"),
+        None => pattern,
+    };
+    let allowed: Vec<&str> = CORE_ROUTES
+        .iter()
+        .filter(|(_, path)| *path == pattern)
+        .map(|(method, _)| *method)
+        .collect();
+    envelope::method_not_allowed(req.method().as_str(), req.path(), &allowed.join(", "))
 }
 
-async fn health() -> HttpResponse {
-    envelope::ok(serde_json::json!({ "status": "ok" }))
+/// `GET /health`: the host answers.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "host",
+    responses(
+        (status = 200, description = "The host is up", body = openapi::Envelope<Health>),
+    ),
+)]
+pub(crate) async fn health() -> HttpResponse {
+    envelope::ok(Health { status: "ok" })
 }
 
 fn extractor_error(message: String) -> actix_web::Error {
@@ -83,6 +114,16 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
     .service(
         web::resource("/health")
             .route(web::get().to(health))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/openapi.json")
+            .route(web::get().to(openapi::api_document))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource(["/docs", "/docs/{tail:.*}"])
+            .route(web::get().to(openapi::docs))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
@@ -150,7 +191,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let plugins = core.plugins().await?;
     let settings = core.settings;
+    let document = openapi::ApiDocument::watching(&plugins);
     let state = web::Data::new(AppState {
+        document,
         plugins,
         auth,
         status_check: settings.status_check,

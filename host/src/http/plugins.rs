@@ -3,23 +3,71 @@
 
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 use futures_util::StreamExt;
-use serde_json::json;
 
 use super::{
     AppState,
     auth::caller,
     envelope::{ApiError, ok, ok_saying},
     limits::{declared_length, payload_status},
+    openapi::{Envelope, ErrorEnvelope},
 };
 use crate::plugin::lifecycle::InstallOptions;
 
+/// One plugin in the list (this describes the JSON `PluginHost::list`
+/// builds): the manifest as FBA keeps it (`plugin` with `name` and
+/// `enable` added, `app`, `api`, `settings`) and what the host adds.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct PluginEntry {
+    /// `[plugin]` of the manifest, with `name` and `enable` ("1"/"0").
+    #[schema(value_type = Object)]
+    plugin: serde_json::Value,
+    /// `loaded`, `disabled`, `error` or `absent` (in the cluster's set but
+    /// not on this instance).
+    state: String,
+    /// Why it is not served, when it is not.
+    error: Option<String>,
+    /// Whether it is local to this instance (not a package of the cluster's set).
+    local: bool,
+    /// Where it is in the plugin dir.
+    path: Option<String>,
+    /// Whether another loaded plugin depends on it.
+    required: Option<bool>,
+    /// The revision of its flag.
+    revision: Option<i64>,
+    /// What every instance reports for it.
+    instances: Vec<crate::plugin::running::report::InstanceState>,
+    /// Its entry in the cluster's set, if it has one.
+    package: Option<crate::plugin::lifecycle::desired::Desired>,
+}
+
 /// `GET /admin/v1/sys/plugins`: every plugin found, sorted by name.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/sys/plugins",
+    tag = "plugins",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every plugin found on this instance or in the cluster's set, by name", body = Envelope<Vec<PluginEntry>>),
+        (status = "default", description = "No valid token (401)", body = ErrorEnvelope),
+    ),
+)]
 pub(crate) async fn list(state: web::Data<AppState>) -> HttpResponse {
     ok(state.plugins.list().await)
 }
 
 /// `GET /admin/v1/sys/plugins/changed`: whether a restart would change
 /// anything (it reads and hashes the plugin dir's libraries: off the workers).
+#[utoipa::path(
+    get,
+    path = "/admin/v1/sys/plugins/changed",
+    tag = "plugins",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Whether the plugin dir differs from what this instance serves (a restart would change something)", body = Envelope<bool>),
+        (status = "default", description = "No valid token (401)", body = ErrorEnvelope),
+    ),
+)]
 pub(crate) async fn changed(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let plugins = state.plugins.clone();
     web::block(move || plugins.changed())
@@ -33,8 +81,30 @@ pub(crate) async fn changed(state: web::Data<AppState>) -> Result<HttpResponse, 
         })
 }
 
+/// What a toggle answers.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Toggled {
+    /// The plugin.
+    name: String,
+    /// Its flag now: "1" enabled, "0" disabled.
+    #[schema(pattern = "^[01]$")]
+    enable: &'static str,
+}
+
 /// `PUT /admin/v1/sys/plugins/{plugin}/status`: flips the enable flag
 /// (permission `sys:plugin:edit`).
+#[utoipa::path(
+    put,
+    path = "/admin/v1/sys/plugins/{plugin}/status",
+    tag = "plugins",
+    description = "Flips the plugin's enable flag on every instance. Needs `sys:plugin:edit`.",
+    params(("plugin" = String, Path, description = "The plugin's name", pattern = "^[a-z][a-z0-9_]{0,63}$")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The flag as it is now", body = Envelope<Toggled>),
+        (status = "default", description = "No such plugin (404), no permission (403), Redis down (503)", body = ErrorEnvelope),
+    ),
+)]
 pub(crate) async fn toggle(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -43,24 +113,41 @@ pub(crate) async fn toggle(
     caller(&req)?.principal.require("sys:plugin:edit")?;
     let name = plugin.into_inner();
     let enabled = state.plugins.toggle(&name).await?;
-    Ok(ok(json!({
-        "name": name,
-        "enable": if enabled { "1" } else { "0" },
-    })))
+    Ok(ok(Toggled {
+        name,
+        enable: if enabled { "1" } else { "0" },
+    }))
 }
 
 /// The query of `POST /admin/v1/sys/plugins`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct InstallQuery {
+    /// `zip` (the package in the multipart field `file`) or `git`.
     #[serde(rename = "type")]
+    #[param(rename = "type", value_type = String, pattern = "^(zip|git)$")]
     kind: Option<String>,
+    /// With `type=git`: an https:// URL of an allowed host.
     repo_url: Option<String>,
+    /// With `type=git`: a branch, tag or commit (default: the default branch).
     #[serde(rename = "ref")]
+    #[param(rename = "ref")]
     git_ref: Option<String>,
+    /// Replace an installed older version.
     #[serde(default)]
     upgrade: bool,
+    /// Allow the same or an older version.
     #[serde(default)]
     force: bool,
+}
+
+/// The upload of `POST /admin/v1/sys/plugins?type=zip`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct Upload {
+    /// The plugin package (a ZIP: `<name>/plugin.toml`, the library, `sql/`, README).
+    #[schema(content_media_type = "application/zip")]
+    file: Vec<u8>,
 }
 
 /// Reads the multipart field `file`, refusing more than `limit` bytes.
@@ -125,6 +212,19 @@ async fn read_upload(
 /// `?type=git&repo_url=…[&ref=…]`, with `upgrade=true` to replace an
 /// installed version and `force=true` to allow an older or the same one
 /// (permission `sys:plugin:install`).
+#[utoipa::path(
+    post,
+    path = "/admin/v1/sys/plugins",
+    tag = "plugins",
+    description = "Installs or upgrades a plugin on every instance, without a restart. Needs `sys:plugin:install`.",
+    params(InstallQuery),
+    request_body(content = Option<Upload>, content_type = "multipart/form-data", description = "With `type=zip`: the package"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Installed and serving", body = Envelope<crate::plugin::lifecycle::Installed>),
+        (status = "default", description = "A bad package or source (400, 413, 422), installed already (409), no permission (403)", body = ErrorEnvelope),
+    ),
+)]
 pub(crate) async fn install(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -181,14 +281,28 @@ pub(crate) async fn install(
 }
 
 /// The query of `DELETE /admin/v1/sys/plugins/{plugin}`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct UninstallQuery {
+    /// Also drop the plugin's tables (its uninstall script).
     #[serde(default)]
     purge: bool,
 }
 
 /// `DELETE /admin/v1/sys/plugins/{plugin}[?purge=true]` (permission
 /// `sys:plugin:uninstall`, dev environment only).
+#[utoipa::path(
+    delete,
+    path = "/admin/v1/sys/plugins/{plugin}",
+    tag = "plugins",
+    description = "Uninstalls a plugin from every instance, keeping a backup. Needs `sys:plugin:uninstall`; refused when `environment` is `prod`.",
+    params(("plugin" = String, Path, description = "The plugin's name", pattern = "^[a-z][a-z0-9_]{0,63}$"), UninstallQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Uninstalled; its routes are gone", body = Envelope<crate::plugin::lifecycle::Uninstalled>),
+        (status = "default", description = "No such plugin (404), another plugin depends on it (409), no permission (403)", body = ErrorEnvelope),
+    ),
+)]
 pub(crate) async fn uninstall(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -211,6 +325,17 @@ pub(crate) async fn uninstall(
 }
 
 /// `GET /admin/v1/sys/plugins/{plugin}`: the plugin as an installable ZIP.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/sys/plugins/{plugin}",
+    tag = "plugins",
+    params(("plugin" = String, Path, description = "The plugin's name", pattern = "^[a-z][a-z0-9_]{0,63}$")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The plugin as a package, installable elsewhere", content_type = "application/x-zip-compressed", body = Vec<u8>),
+        (status = "default", description = "No such plugin (404)", body = ErrorEnvelope),
+    ),
+)]
 pub(crate) async fn download(
     state: web::Data<AppState>,
     plugin: web::Path<String>,

@@ -292,6 +292,12 @@ impl PluginHost {
         self.set.routes()
     }
 
+    /// Calls `watcher` with the current route table and with every table
+    /// made current later (see [`PluginSet::watch`]).
+    pub fn watch_routes(&self, watcher: running::set::RouteWatcher) {
+        self.set.watch(watcher);
+    }
+
     /// The largest package an upload may be.
     pub fn package_limit(&self) -> u64 {
         self.limits.max_archive

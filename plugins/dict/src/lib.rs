@@ -26,9 +26,52 @@ trait Resource: 'static {
     /// Checks a body and answers the columns to write.
     async fn columns(input: Self::Input) -> Result<Vec<(&'static str, Value)>, Error>;
 
+    /// The JSON Schema of a row as answered.
+    fn row_schema() -> Value;
+
+    /// The JSON Schema of the create/update body.
+    fn input_schema() -> Value;
+
+    /// The filters of the list, as an object schema of query parameters.
+    fn filter_schema() -> Value;
+
     /// Removes what depends on the rows `ids` (inside the delete's transaction).
     async fn delete_dependents(_tx: &Transaction, _ids: &[i64]) -> Result<(), Error> {
         Ok(())
+    }
+}
+
+/// Whole numbers as JSON Schema counts them: `2` and `2.0` alike (what
+/// the routes' schemas say `"type": "integer"` means).
+mod whole {
+    use serde::{Deserialize, Deserializer, de::Error};
+    use serde_json::Number;
+
+    fn whole<E: Error>(n: &Number) -> Result<i64, E> {
+        if let Some(i) = n.as_i64() {
+            return Ok(i);
+        }
+        match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f > i64::MIN as f64 && f < i64::MAX as f64 => {
+                Ok(f as i64)
+            }
+            _ => Err(E::custom(format!("{n} is not a 64-bit whole number"))),
+        }
+    }
+
+    pub(crate) fn required<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        whole(&Number::deserialize(d)?)
+    }
+
+    pub(crate) fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        Option::<Number>::deserialize(d)?
+            .as_ref()
+            .map(whole)
+            .transpose()
+    }
+
+    pub(crate) fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
+        Vec::<Number>::deserialize(d)?.iter().map(whole).collect()
     }
 }
 
@@ -76,6 +119,17 @@ fn optional_text(field: &str, value: Option<String>, max: usize) -> Result<Value
     }
 }
 
+/// `sort`: a 32-bit whole number (the column's type on every backend).
+fn sort(value: Option<i64>) -> Result<Value, Error> {
+    let sort = value.unwrap_or(0);
+    i32::try_from(sort).map(Value::from).map_err(|_| {
+        invalid(
+            "sort",
+            &format!("must be from {} to {}, not {sort}", i32::MIN, i32::MAX),
+        )
+    })
+}
+
 fn status(value: Option<i64>) -> Result<Value, Error> {
     match value.unwrap_or(1) {
         s @ (0 | 1) => Ok(Value::from(s)),
@@ -119,6 +173,7 @@ struct DictType;
 struct TypeInput {
     name: String,
     code: String,
+    #[serde(default, deserialize_with = "whole::optional")]
     status: Option<i64>,
     remark: Option<String>,
 }
@@ -129,6 +184,35 @@ impl Resource for DictType {
     const COLUMNS: &'static str = "id, name, code, status, remark";
     const ORDER: &'static str = "id";
     type Input = TypeInput;
+
+    fn row_schema() -> Value {
+        row(json!({
+            "name": { "type": "string" },
+            "code": { "type": "string" },
+            "status": status_schema(),
+            "remark": { "type": ["string", "null"] },
+        }))
+    }
+
+    fn input_schema() -> Value {
+        input(
+            &["name", "code"],
+            json!({
+                "name": text_schema(32),
+                "code": { "type": "string", "minLength": 1, "maxLength": 32, "pattern": "^[A-Za-z0-9_.:-]+$" },
+                "status": status_input_schema(),
+                "remark": optional_text_schema(500),
+            }),
+        )
+    }
+
+    fn filter_schema() -> Value {
+        filters(json!({
+            "name": { "type": "string", "description": "part of the name" },
+            "code": { "type": "string", "description": "part of the code" },
+            "status": status_schema(),
+        }))
+    }
 
     fn filters(query: &BTreeMap<String, String>) -> Result<(Vec<String>, Vec<Value>), Error> {
         let (mut clauses, mut params) = (Vec::new(), Vec::new());
@@ -171,11 +255,14 @@ struct DictData;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DataInput {
+    #[serde(deserialize_with = "whole::required")]
     type_id: i64,
     label: String,
     value: String,
     color: Option<String>,
+    #[serde(default, deserialize_with = "whole::optional")]
     sort: Option<i64>,
+    #[serde(default, deserialize_with = "whole::optional")]
     status: Option<i64>,
     remark: Option<String>,
 }
@@ -186,6 +273,41 @@ impl Resource for DictData {
     const COLUMNS: &'static str = "id, type_id, label, value, color, sort, status, remark";
     const ORDER: &'static str = "sort, id";
     type Input = DataInput;
+
+    fn row_schema() -> Value {
+        row(json!({
+            "type_id": { "type": "integer" },
+            "label": { "type": "string" },
+            "value": { "type": "string" },
+            "color": { "type": ["string", "null"] },
+            "sort": { "type": "integer" },
+            "status": status_schema(),
+            "remark": { "type": ["string", "null"] },
+        }))
+    }
+
+    fn input_schema() -> Value {
+        input(
+            &["type_id", "label", "value"],
+            json!({
+                "type_id": id_schema(),
+                "label": text_schema(32),
+                "value": text_schema(32),
+                "color": optional_text_schema(32),
+                "sort": { "type": ["integer", "null"], "minimum": i32::MIN, "maximum": i32::MAX },
+                "status": status_input_schema(),
+                "remark": optional_text_schema(500),
+            }),
+        )
+    }
+
+    fn filter_schema() -> Value {
+        filters(json!({
+            "type_id": id_schema(),
+            "label": { "type": "string", "description": "part of the label" },
+            "status": status_schema(),
+        }))
+    }
 
     fn filters(query: &BTreeMap<String, String>) -> Result<(Vec<String>, Vec<Value>), Error> {
         let (mut clauses, mut params) = (Vec::new(), Vec::new());
@@ -219,12 +341,68 @@ impl Resource for DictData {
             ("label", text("label", &input.label, 32)?),
             ("value", text("value", &input.value, 32)?),
             ("color", optional_text("color", input.color, 32)?),
-            ("sort", Value::from(input.sort.unwrap_or(0))),
+            ("sort", sort(input.sort)?),
             ("status", status(input.status)?),
             ("remark", optional_text("remark", input.remark, 500)?),
         ])
     }
 }
+
+/// The schema of a row: `id` and `columns`.
+fn row(columns: Value) -> Value {
+    let mut properties = columns;
+    properties["id"] = id_schema();
+    let required: Vec<&String> = properties
+        .as_object()
+        .map(|o| o.keys().collect())
+        .unwrap_or_default();
+    json!({ "type": "object", "required": required, "properties": properties })
+}
+
+/// The schema of a create/update body (unknown fields are refused).
+fn input(required: &[&str], properties: Value) -> Value {
+    json!({
+        "type": "object",
+        "required": required,
+        "additionalProperties": false,
+        "properties": properties,
+    })
+}
+
+/// The list's query parameters: paging and `filters`.
+fn filters(properties: Value) -> Value {
+    let mut properties = properties;
+    properties["page"] =
+        json!({ "type": "integer", "minimum": 1, "maximum": Paging::MAX_PAGE, "default": 1 });
+    properties["size"] = json!({ "type": "integer", "minimum": 1, "maximum": 200, "default": 20 });
+    json!({ "type": "object", "properties": properties })
+}
+
+/// A row id (64-bit).
+fn id_schema() -> Value {
+    json!({ "type": "integer", "format": "int64", "minimum": i64::MIN, "maximum": i64::MAX })
+}
+
+fn status_schema() -> Value {
+    json!({ "type": "integer", "enum": [0, 1], "description": "1 enabled, 0 disabled" })
+}
+
+/// `status` in a body: 1, 0, or null/absent for 1.
+fn status_input_schema() -> Value {
+    json!({ "type": ["integer", "null"], "enum": [0, 1, null], "description": "1 enabled (default), 0 disabled" })
+}
+
+/// Text of 1 to `max` characters without control characters.
+fn text_schema(max: u32) -> Value {
+    json!({ "type": "string", "minLength": 1, "maxLength": max, "pattern": PRINTABLE })
+}
+
+fn optional_text_schema(max: u32) -> Value {
+    json!({ "type": ["string", "null"], "maxLength": max, "pattern": PRINTABLE })
+}
+
+/// No control characters but newline and tab (what `printable` checks).
+const PRINTABLE: &str = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$";
 
 fn id_param(req: &Request<'_>) -> Result<i64, Error> {
     req.param("id")
@@ -381,6 +559,7 @@ async fn delete_one<R: Resource>(req: Request<'_>) -> Result<Json<Value>, Error>
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Pks {
+    #[serde(deserialize_with = "whole::list")]
     pks: Vec<i64>,
 }
 
@@ -394,19 +573,60 @@ async fn delete_many<R: Resource>(req: Request<'_>) -> Result<Json<Value>, Error
 }
 
 fn crud<R: Resource>(name: &str) -> Router {
+    let noun = R::NOUN;
+    let deleted = json!({
+        "type": "object",
+        "required": ["deleted"],
+        "properties": { "deleted": { "type": "integer", "minimum": 0 } },
+    });
+    let by_id = json!({ "properties": { "id": id_schema() } });
     Router::new(name)
         .get("", list::<R>)
-        .summary("List with pagination and filters")
+        .summary(&format!("List {noun} rows, a page at a time, with filters"))
+        .query_schema(R::filter_schema())
+        .response_schema(json!({
+            "type": "object",
+            "required": ["items", "total", "page", "size"],
+            "properties": {
+                "items": { "type": "array", "items": R::row_schema() },
+                "total": { "type": "integer", "minimum": 0 },
+                "page": { "type": "integer" },
+                "size": { "type": "integer" },
+            },
+        }))
         .get("/{id}", get::<R>)
-        .summary("Get one by id")
+        .summary(&format!("Get one {noun} by id"))
+        .path_schema(by_id.clone())
+        .response_schema(R::row_schema())
         .post("", create::<R>)
+        .summary(&format!("Create a {noun}"))
         .permission("sys:dict:add")
+        .request_schema(R::input_schema())
+        .response_schema(R::row_schema())
         .put("/{id}", update::<R>)
+        .summary(&format!("Replace a {noun}'s fields"))
+        .path_schema(by_id.clone())
         .permission("sys:dict:edit")
+        .request_schema(R::input_schema())
+        .response_schema(R::row_schema())
         .delete("/{id}", delete_one::<R>)
+        .summary(&format!("Delete one {noun}"))
+        .path_schema(by_id)
         .permission("sys:dict:del")
+        .response_schema(deleted.clone())
         .delete("", delete_many::<R>)
+        .summary(&format!("Delete {noun} rows by id"))
+        .description("The body lists the ids: `{\"pks\": [1, 2]}` (1 to 1000 of them).")
         .permission("sys:dict:del")
+        .request_schema(json!({
+            "type": "object",
+            "required": ["pks"],
+            "additionalProperties": false,
+            "properties": {
+                "pks": { "type": "array", "minItems": 1, "maxItems": 1000, "items": id_schema() },
+            },
+        }))
+        .response_schema(deleted)
 }
 
 fn routers() -> Vec<Router> {

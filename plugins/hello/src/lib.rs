@@ -2,6 +2,7 @@
 
 use plugin_api::{Error, Json, Request, Router};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 #[derive(Deserialize)]
 struct GreetQuery {
@@ -33,8 +34,20 @@ fn routers() -> Vec<Router> {
             .prefix("/hello/v1")
             .get("/greet", greet)
             .summary("Greet someone by name")
+            .query_schema(json!({
+                "type": "object",
+                "properties": { "name": { "type": "string", "description": "who to greet (default: world)" } },
+            }))
+            .response_schema(json!({
+                "type": "object",
+                "required": ["message"],
+                "properties": { "message": { "type": "string" } },
+            }))
             .post("/echo", echo)
-            .summary("Echo the JSON body"),
+            .summary("Echo the JSON body")
+            .description("Answers the request's JSON body as `data`, unchanged.")
+            .request_schema(json!({}))
+            .response_schema(json!({})),
     ]
 }
 

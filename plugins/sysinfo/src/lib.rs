@@ -22,7 +22,15 @@ fn routers() -> Vec<Router> {
     vec![
         Router::new("sysinfo")
             .get("", info)
-            .summary("Host version and loaded plugins"),
+            .summary("Host version and loaded plugins")
+            .response_schema(serde_json::json!({
+                "type": "object",
+                "required": ["host_version", "loaded_plugins"],
+                "properties": {
+                    "host_version": { "type": "string" },
+                    "loaded_plugins": { "type": "integer", "minimum": 0 },
+                },
+            })),
     ]
 }
 

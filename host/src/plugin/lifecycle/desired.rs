@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::db::Db;
 
 /// One installed plugin, as the cluster should serve it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Desired {
     /// The plugin.
     #[serde(skip)]

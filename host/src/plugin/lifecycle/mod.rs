@@ -139,7 +139,7 @@ pub(crate) enum Placement<'a> {
 }
 
 /// What an install did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Installed {
     /// The plugin.
     pub name: String,
@@ -150,12 +150,13 @@ pub struct Installed {
 }
 
 /// What an uninstall did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Uninstalled {
     /// The plugin.
     pub name: String,
     /// The backup of what was removed here (`None`: this instance did not
     /// have it; the package stays in the package store).
+    #[schema(value_type = Option<String>)]
     pub backup: Option<PathBuf>,
     /// Whether its tables were dropped.
     pub purged: bool,

@@ -11,14 +11,14 @@ use std::{
     sync::Arc,
 };
 
-use abi_stable::std_types::RResult;
+use abi_stable::std_types::{RResult, Tuple2};
 use actix_web::http::Method;
-use plugin_api::abi::{PluginModRef, RouterSpec};
+use plugin_api::abi::{PluginModRef, RouteSpec, RouterSpec};
 
 pub use super::loaded::LoadedPlugin;
 use super::router::{
-    ADMIN_SCOPE, ADMIN_SYS_PREFIX, MountedRoute, RouteError, RouteTable, RouteTableBuilder, Scope,
-    check_route_path, join_path,
+    ADMIN_SCOPE, ADMIN_SYS_PREFIX, MountedRoute, RouteDoc, RouteError, RouteTable,
+    RouteTableBuilder, Scope, check_route_path, join_path,
 };
 use crate::db::Db;
 use crate::plugin::{
@@ -109,6 +109,23 @@ pub enum Refusal {
         router: String,
         /// The method.
         method: String,
+    },
+    /// A route's documentation is not what its key needs.
+    #[error(
+        "router '{router}', route {method} '{path}': its documentation '{key}' is not JSON ({message}); \
+         build the schema with serde_json::json! and Router::{{request,response,query}}_schema"
+    )]
+    RouteDoc {
+        /// The router.
+        router: String,
+        /// The route's method.
+        method: String,
+        /// The route's path.
+        path: String,
+        /// The extension key.
+        key: String,
+        /// The parse error.
+        message: String,
     },
     /// A route's permission is not a permission string.
     #[error("router '{router}': '{permission}' is not a permission string (like sys:dict:add)")]
@@ -396,6 +413,7 @@ pub fn plugin_routes(
                     permission: p.to_owned(),
                 });
             }
+            let doc = route_doc(manifest, name, &method, route)?;
             routes.push(MountedRoute {
                 method,
                 path: join_path(&prefix, path),
@@ -403,6 +421,7 @@ pub fn plugin_routes(
                 scope,
                 auth: route.auth || permission.is_some(),
                 permission,
+                doc: Arc::new(doc),
             });
         }
     }
@@ -640,6 +659,49 @@ pub(crate) async fn mount(
     }
 }
 
+/// What the API document says of `route`: its summary, the router's tag
+/// (the manifest's `[api.<router>] tags`, else the router's name) and the
+/// documentation the plugin attached (`plugin_api::abi::route_doc`).
+fn route_doc(
+    manifest: &PluginManifest,
+    router: &str,
+    method: &Method,
+    route: &RouteSpec,
+) -> Result<RouteDoc, Refusal> {
+    use plugin_api::abi::route_doc;
+    let tag = manifest.json["api"][router]["tags"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .unwrap_or(router)
+        .to_owned();
+    let mut doc = RouteDoc {
+        summary: route.summary.to_string(),
+        tag,
+        ..RouteDoc::default()
+    };
+    for Tuple2(key, value) in route.extensions.iter() {
+        let schema = || {
+            serde_json::from_str::<serde_json::Value>(value).map_err(|e| Refusal::RouteDoc {
+                router: router.to_owned(),
+                method: method.to_string(),
+                path: route.path.to_string(),
+                key: key.to_string(),
+                message: e.to_string(),
+            })
+        };
+        match key.as_str() {
+            route_doc::DESCRIPTION => doc.description = Some(value.to_string()),
+            route_doc::REQUEST => doc.request = Some(schema()?),
+            route_doc::RESPONSE => doc.response = Some(schema()?),
+            route_doc::QUERY => doc.query = Some(schema()?),
+            route_doc::PATH => doc.path = Some(schema()?),
+            // A key of a later contract: this host does not use it.
+            _ => {}
+        }
+    }
+    Ok(doc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -666,6 +728,66 @@ mod tests {
         assert_eq!(
             failed["a"].to_string(),
             "depends on 'zz', which is not installed (a -> zz)"
+        );
+    }
+
+    fn spec(extensions: &[(&str, &str)]) -> RouteSpec {
+        RouteSpec {
+            method: "POST".into(),
+            path: "/{id}".into(),
+            handler: 0,
+            auth: false,
+            permission: abi_stable::std_types::ROption::RNone,
+            summary: "Make one".into(),
+            extensions: extensions
+                .iter()
+                .map(|(k, v)| Tuple2((*k).into(), (*v).into()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn route_docs_take_the_manifest_tag_and_parse_the_declared_schemas() {
+        let manifest = PluginManifest::parse(
+            "[plugin]\nsummary = \"s\"\nversion = \"1.0.0\"\ndescription = \"d\"\nauthor = \"a\"\n\
+             [app]\nextend = \"admin\"\n[api.things]\nprefix = \"/things\"\ntags = \"Things\"\n",
+        )
+        .unwrap();
+        let doc = route_doc(
+            &manifest,
+            "things",
+            &Method::POST,
+            &spec(&[
+                ("openapi.request", r#"{"type":"object"}"#),
+                (
+                    "openapi.path",
+                    r#"{"properties":{"id":{"type":"integer"}}}"#,
+                ),
+                ("openapi.description", "Long text"),
+                ("openapi.later", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(doc.tag, "Things");
+        assert_eq!(doc.summary, "Make one");
+        assert_eq!(doc.description.as_deref(), Some("Long text"));
+        assert_eq!(doc.request.unwrap()["type"], "object");
+        assert_eq!(doc.path.unwrap()["properties"]["id"]["type"], "integer");
+        assert!(doc.response.is_none());
+
+        let refused = route_doc(
+            &manifest,
+            "things",
+            &Method::POST,
+            &spec(&[("openapi.response", "{not json")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            refused.starts_with(
+                "router 'things', route POST '/{id}': its documentation 'openapi.response' is not JSON"
+            ),
+            "{refused}"
         );
     }
 }

@@ -15,7 +15,7 @@ use crate::db::Db;
 const INSTANCE_FILE: &str = "instance.id";
 
 /// What one instance reported about one plugin.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct InstanceState {
     /// The instance.
     pub id: String,

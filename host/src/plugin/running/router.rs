@@ -29,6 +29,9 @@ pub enum Scope {
 /// The routes the host itself serves; plugin routes may not overlap them.
 pub const CORE_ROUTES: &[(&str, &str)] = &[
     ("GET", "/health"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/docs/{*tail}"),
     ("GET", "/admin/v1/sys/plugins"),
     ("POST", "/admin/v1/sys/plugins"),
     ("GET", "/admin/v1/sys/plugins/changed"),
@@ -54,6 +57,28 @@ pub struct MountedRoute {
     pub auth: bool,
     /// The permission the caller must hold.
     pub permission: Option<String>,
+    /// What the API document says of it.
+    pub doc: Arc<RouteDoc>,
+}
+
+/// A route's documentation: its summary, the tag it is listed under, and
+/// what the plugin declared through `plugin_api::abi::route_doc`.
+#[derive(Debug, Default)]
+pub struct RouteDoc {
+    /// One line.
+    pub summary: String,
+    /// Longer text (Markdown).
+    pub description: Option<String>,
+    /// The tag: the manifest's `[api.<router>] tags`, or the router's name.
+    pub tag: String,
+    /// JSON Schema of the request body.
+    pub request: Option<serde_json::Value>,
+    /// JSON Schema of `data` in the success envelope.
+    pub response: Option<serde_json::Value>,
+    /// Object schema of the query parameters.
+    pub query: Option<serde_json::Value>,
+    /// Object schema of the path parameters.
+    pub path: Option<serde_json::Value>,
 }
 
 /// The plugin and handler a request is dispatched to.
@@ -111,6 +136,12 @@ impl Default for RouteTable {
 }
 
 impl RouteTable {
+    /// Every plugin in the table with the routes it mounts, in the order
+    /// they were added.
+    pub fn plugins(&self) -> impl Iterator<Item = (&Arc<LoadedPlugin>, &[MountedRoute])> {
+        self.accepted.iter().map(|(p, r)| (p, r.as_slice()))
+    }
+
     /// Looks a request path up (a trailing slash is ignored).
     pub fn lookup<'t, 'p>(
         &'t self,

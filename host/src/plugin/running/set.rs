@@ -15,10 +15,14 @@ use super::{
     router::{RouteTable, RouteTableBuilder},
 };
 
+/// Called with every route table that becomes current.
+pub type RouteWatcher = Box<dyn Fn(&RouteTable) + Send + Sync>;
+
 /// The records and the current route table.
 pub struct PluginSet {
     routes: ArcSwap<RouteTable>,
     records: RwLock<BTreeMap<String, PluginRecord>>,
+    watchers: RwLock<Vec<RouteWatcher>>,
 }
 
 impl PluginSet {
@@ -27,6 +31,27 @@ impl PluginSet {
         Self {
             routes: ArcSwap::from_pointee(table),
             records: RwLock::new(records),
+            watchers: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Calls `watcher` with the current table now and with every table
+    /// made current from now on (under the records lock, so in order).
+    /// What it builds from a table (the API document, the route metrics)
+    /// is built by the operation that swaps it, never by a request.
+    pub fn watch(&self, watcher: RouteWatcher) {
+        let _records = self.records.write().expect("records lock");
+        watcher(&self.routes());
+        self.watchers.write().expect("watchers lock").push(watcher);
+    }
+
+    /// Makes `table` current and tells the watchers (the caller holds the
+    /// records lock).
+    fn swap(&self, table: RouteTable) {
+        let table = Arc::new(table);
+        self.routes.store(table.clone());
+        for watcher in self.watchers.read().expect("watchers lock").iter() {
+            watcher(&table);
         }
     }
 
@@ -47,7 +72,7 @@ impl PluginSet {
     pub fn mount(&self, record: PluginRecord, table: RouteTable) {
         let mut records = self.records.write().expect("records lock");
         records.insert(record.name.clone(), record);
-        self.routes.store(Arc::new(table));
+        self.swap(table);
     }
 
     /// Replaces the record of `record.name` by `record` (a refused one) and
@@ -55,7 +80,7 @@ impl PluginSet {
     pub fn refuse(&self, record: PluginRecord) {
         let mut records = self.records.write().expect("records lock");
         let table = RouteTableBuilder::from_table(&self.routes(), Some(&record.name)).build();
-        self.routes.store(Arc::new(table));
+        self.swap(table);
         records.insert(record.name.clone(), record);
     }
 
@@ -72,7 +97,7 @@ impl PluginSet {
     pub fn unmount(&self, name: &str) {
         let mut records = self.records.write().expect("records lock");
         let table = RouteTableBuilder::from_table(&self.routes(), Some(name)).build();
-        self.routes.store(Arc::new(table));
+        self.swap(table);
         records.remove(name);
     }
 }
