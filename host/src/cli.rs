@@ -376,12 +376,16 @@ async fn set_enabled(
 
 /// Runs the command line; the exit code says whether it worked.
 pub fn main() -> ExitCode {
+    let ansi = std::io::stderr().is_terminal();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("PLUGHOST_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(ansi)
+        .event_format(crate::observe::WithTraceId(
+            tracing_subscriber::fmt::format().with_ansi(ansi),
+        ))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {

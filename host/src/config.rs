@@ -143,6 +143,15 @@ pub struct SettingsArgs {
     /// Seconds a throttled user name or address waits after its last failed login.
     #[arg(long, global = true, env = "PLUGHOST_LOGIN_LOCKOUT")]
     pub login_lockout: Option<u64>,
+    /// Log one line per request (method, route template, status, duration, trace id): true or false (default true).
+    #[arg(long, global = true, env = "PLUGHOST_ACCESS_LOG", value_parser = clap::builder::BoolishValueParser::new())]
+    pub access_log: Option<bool>,
+    /// Record metrics for `/metrics`: true or false (default true).
+    #[arg(long, global = true, env = "PLUGHOST_METRICS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub metrics: Option<bool>,
+    /// Serve `/metrics` on this address instead, without a token (default: on the main port, with a token holding sys:metrics:read).
+    #[arg(long, global = true, env = "PLUGHOST_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
     /// Also mount the native baseline route `/native/hello/v1/greet` (benchmarks).
     #[arg(long, global = true, env = "PLUGHOST_BENCH_BASELINE", value_parser = clap::builder::FalseyValueParser::new())]
     pub bench_baseline: bool,
@@ -162,6 +171,9 @@ struct FileSettings {
     redis_url: Option<String>,
     flag_reconcile: Option<f64>,
     status_check: Option<StatusCheck>,
+    access_log: Option<bool>,
+    metrics: Option<bool>,
+    metrics_bind: Option<SocketAddr>,
     bench_baseline: Option<bool>,
     required_plugins: Option<Vec<String>>,
     database_url: Option<String>,
@@ -244,6 +256,12 @@ pub struct Settings {
     pub instance_id: Option<String>,
     /// How logins are limited.
     pub login: crate::auth::LoginLimits,
+    /// Whether each request is logged.
+    pub access_log: bool,
+    /// Whether metrics are recorded.
+    pub metrics: bool,
+    /// A separate address for `/metrics` (no token there).
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 /// A settings file that cannot be used.
@@ -373,7 +391,20 @@ impl Settings {
                 message: format!("'{id}' must be 1 to 64 characters"),
             });
         }
+        let metrics = args.metrics.or(file.metrics).unwrap_or(true);
+        let metrics_bind = args.metrics_bind.or(file.metrics_bind);
+        if metrics_bind.is_some() && !metrics {
+            return Err(ConfigError::Invalid {
+                name: "metrics_bind",
+                message:
+                    "serves the metrics, which PLUGHOST_METRICS=false turns off; set one of them"
+                        .into(),
+            });
+        }
         Ok(Self {
+            access_log: args.access_log.or(file.access_log).unwrap_or(true),
+            metrics,
+            metrics_bind,
             body_timeout: Duration::from_secs(body_timeout),
             instance_id,
             login,

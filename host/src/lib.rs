@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod observe;
 pub mod plugin;
 pub mod redis;
 pub mod runtime;

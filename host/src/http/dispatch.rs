@@ -99,6 +99,8 @@ async fn answer(scope: Scope, req: &HttpRequest, payload: &mut Payload) -> HttpR
         return envelope::method_not_allowed(req.method().as_str(), path, &matched.value.allowed());
     };
     let plugin = &target.plugin;
+    crate::observe::set_route(&target.metrics);
+    let _in_flight = target.metrics.enter();
     let enabled = match state.status_check {
         StatusCheck::Cached => plugin.enabled(),
         StatusCheck::Off => true,
@@ -108,6 +110,7 @@ async fn answer(scope: Scope, req: &HttpRequest, payload: &mut Payload) -> HttpR
             .unwrap_or_else(|| plugin.enabled()),
     };
     if !enabled {
+        target.metrics.refused();
         return envelope::error(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!(

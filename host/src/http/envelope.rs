@@ -24,9 +24,15 @@ use crate::{
     redis::RedisError,
 };
 
+/// The trace id of the request being answered on this thread (every log
+/// line it causes carries it), or a fresh one outside a request.
+pub fn trace_id() -> TraceId {
+    crate::observe::current_trace().unwrap_or_else(new_trace_id)
+}
+
 /// A fresh trace id: 16 hex digits, unique enough to find a request in the
 /// log, cheap enough for every request (no syscall, no allocation).
-pub fn trace_id() -> TraceId {
+pub fn new_trace_id() -> TraceId {
     thread_local! {
         static STATE: Cell<u64> = Cell::new({
             use std::hash::{BuildHasher, Hasher};
@@ -50,7 +56,7 @@ pub fn trace_id() -> TraceId {
 }
 
 /// A trace id held on the stack.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceId([u8; 16]);
 
 impl TraceId {

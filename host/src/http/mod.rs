@@ -1,10 +1,12 @@
 //! HTTP: app assembly, the envelope, the plugin dispatcher, core routes.
 
+pub mod access;
 pub mod auth;
 mod baseline;
 pub mod dispatch;
 pub mod envelope;
 pub mod limits;
+pub mod metrics;
 pub mod openapi;
 mod plugins;
 
@@ -48,6 +50,8 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// The API document, current with the route table.
     pub document: Arc<openapi::ApiDocument>,
+    /// Where `/metrics` is served instead of the main port.
+    pub metrics_bind: Option<std::net::SocketAddr>,
 }
 
 /// The 405 of a core resource: its methods come from the core route list
@@ -117,6 +121,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/metrics")
+            .route(web::get().to(metrics::metrics))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/openapi.json")
             .route(web::get().to(openapi::api_document))
             .default_service(web::to(method_not_allowed)),
@@ -176,9 +185,46 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
     cfg.default_service(dispatch::service(Scope::App));
 }
 
+/// The server of `PLUGHOST_METRICS_BIND`: `/metrics` without a token.
+fn metrics_server(
+    address: std::net::SocketAddr,
+    plugins: Arc<PluginHost>,
+) -> anyhow::Result<actix_web::dev::Server> {
+    let plugins = web::Data::from(plugins);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(plugins.clone())
+            .route("/metrics", web::get().to(metrics::open_metrics))
+            .default_service(web::to(|req: HttpRequest| async move {
+                envelope::error(
+                    StatusCode::NOT_FOUND,
+                    &format!(
+                        "this address serves only GET /metrics, not {} {}",
+                        req.method(),
+                        req.path()
+                    ),
+                )
+            }))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(address)
+    .map_err(|e| {
+        anyhow::anyhow!("cannot listen on {address} for metrics (PLUGHOST_METRICS_BIND): {e}")
+    })?;
+    for address in server.addrs() {
+        tracing::info!("metrics on http://{address}/metrics");
+    }
+    Ok(server.run())
+}
+
 /// Loads the plugins and serves until SIGINT/SIGTERM; in-flight requests
 /// get `shutdown_timeout` to finish.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    if settings.metrics {
+        // Before any plugin loads: its routes' metric handles are made then.
+        crate::observe::install();
+    }
     let core = crate::runtime::Core::open(settings).await?;
     let auth = core.auth.clone();
     let admin_password = std::env::var("PLUGHOST_ADMIN_PASSWORD").ok();
@@ -191,8 +237,27 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let plugins = core.plugins().await?;
     let settings = core.settings;
+    if settings.metrics {
+        // Histograms keep their samples until drained: drain them even
+        // when nothing scrapes.
+        actix_web::rt::spawn(async {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                crate::observe::upkeep();
+            }
+        });
+        plugins.watch_routes(Box::new(|table| {
+            crate::observe::plugins_loaded(table.plugins().count());
+        }));
+    }
     let document = openapi::ApiDocument::watching(&plugins);
+    let metrics_server = match settings.metrics_bind {
+        Some(address) => Some(metrics_server(address, plugins.clone())?),
+        None => None,
+    };
     let state = web::Data::new(AppState {
+        metrics_bind: settings.metrics_bind,
         document,
         plugins,
         auth,
@@ -201,8 +266,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         body_timeout: settings.body_timeout,
     });
     let bench_baseline = settings.bench_baseline;
+    let observe = access::Observe {
+        access_log: settings.access_log,
+    };
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(observe)
             .app_data(state.clone())
             .configure(|cfg| configure(cfg, bench_baseline))
     })
@@ -218,6 +287,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let handle = server.handle();
+    let metrics_handle = metrics_server.as_ref().map(actix_web::dev::Server::handle);
     let grace = settings.shutdown_timeout.as_secs();
     actix_web::rt::spawn(async move {
         let name = tokio::select! {
@@ -225,8 +295,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             _ = interrupt.recv() => "SIGINT",
         };
         tracing::info!("{name} received: finishing in-flight requests (up to {grace} s)");
+        if let Some(metrics) = metrics_handle {
+            metrics.stop(true).await;
+        }
         handle.stop(true).await;
     });
+    if let Some(metrics) = metrics_server {
+        actix_web::rt::spawn(metrics);
+    }
     for addr in addrs {
         tracing::info!("listening on http://{addr}");
     }

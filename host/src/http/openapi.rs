@@ -106,6 +106,7 @@ const BEARER: &str = "bearer";
     paths(
         super::health,
         api_document,
+        super::metrics::metrics,
         super::auth::login,
         super::auth::logout,
         super::plugins::list,
@@ -164,6 +165,7 @@ impl ApiDocument {
         let started = Instant::now();
         let bytes = render(table);
         let took = started.elapsed();
+        crate::observe::document_rendered(took);
         tracing::debug!(
             bytes = bytes.len(),
             micros = took.as_micros() as u64,

@@ -41,6 +41,17 @@ pub(crate) struct PluginEntry {
     package: Option<crate::plugin::lifecycle::desired::Desired>,
 }
 
+/// Runs a plugin operation of `kind`, counting it by outcome and timing it.
+async fn timed<T, E>(
+    kind: &'static str,
+    operation: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let started = std::time::Instant::now();
+    let result = operation.await;
+    crate::observe::lifecycle(kind, result.is_ok(), started.elapsed());
+    result
+}
+
 /// `GET /admin/v1/sys/plugins`: every plugin found, sorted by name.
 #[utoipa::path(
     get,
@@ -112,7 +123,7 @@ pub(crate) async fn toggle(
 ) -> Result<HttpResponse, ApiError> {
     caller(&req)?.principal.require("sys:plugin:edit")?;
     let name = plugin.into_inner();
-    let enabled = state.plugins.toggle(&name).await?;
+    let enabled = timed("toggle", state.plugins.toggle(&name)).await?;
     Ok(ok(Toggled {
         name,
         enable: if enabled { "1" } else { "0" },
@@ -240,10 +251,11 @@ pub(crate) async fn install(
         installed_by: caller.principal.username.clone(),
         ..InstallOptions::default()
     };
+    let kind = if query.upgrade { "upgrade" } else { "install" };
     let installed = match query.kind.as_deref() {
         Some("zip") => {
             let archive = read_upload(&req, payload, state.plugins.package_limit()).await?;
-            state.plugins.install_zip(archive, &options).await?
+            timed(kind, state.plugins.install_zip(archive, &options)).await?
         }
         Some("git") => {
             let url = query.repo_url.ok_or_else(|| {
@@ -252,10 +264,13 @@ pub(crate) async fn install(
                     "type=git needs repo_url (an https:// URL of an allowed host)",
                 )
             })?;
-            state
-                .plugins
-                .install_git(&url, query.git_ref.as_deref(), &options)
-                .await?
+            timed(
+                kind,
+                state
+                    .plugins
+                    .install_git(&url, query.git_ref.as_deref(), &options),
+            )
+            .await?
         }
         other => {
             return Err(ApiError::new(
@@ -310,7 +325,7 @@ pub(crate) async fn uninstall(
     query: web::Query<UninstallQuery>,
 ) -> Result<HttpResponse, ApiError> {
     caller(&req)?.principal.require("sys:plugin:uninstall")?;
-    let done = state.plugins.uninstall(&plugin, query.purge).await?;
+    let done = timed("uninstall", state.plugins.uninstall(&plugin, query.purge)).await?;
     let msg = format!(
         "plugin '{}' uninstalled; its routes are gone; backup: {}{}",
         done.name,

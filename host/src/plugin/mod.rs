@@ -394,6 +394,16 @@ impl PluginHost {
             .collect()
     }
 
+    /// Each loaded plugin's flag: name, enabled, the revision applied.
+    pub fn flag_states(&self) -> Vec<(String, bool, i64)> {
+        self.set
+            .records()
+            .values()
+            .filter_map(|record| record.loaded())
+            .map(|p| (p.name.clone(), p.enabled(), self.flags.applied(&p.name)))
+            .collect()
+    }
+
     /// Asks the background reporter to record what this instance serves
     /// (an operation's answer does not wait for it).
     pub(crate) fn report_soon(&self) {

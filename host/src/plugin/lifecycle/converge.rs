@@ -429,8 +429,16 @@ impl PluginHost {
             let mut waiting = Vec::new();
             let before = steps.len();
             for step in steps {
+                let started = std::time::Instant::now();
                 match self.run_step(guard, &step).await {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        let name = match &step {
+                            Step::Fetch(d) | Step::Adopt(d) | Step::Conflict(d, _) => &d.name,
+                            Step::Remove(name) => name,
+                        };
+                        let served = !self.divergence().contains_key(name);
+                        crate::observe::lifecycle("converge", served, started.elapsed());
+                    }
                     Err(Wait) => waiting.push(step),
                 }
             }

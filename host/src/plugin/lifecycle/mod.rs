@@ -425,7 +425,7 @@ impl PluginHost {
         }
         // Routes: checked against everything else before anything moves.
         let routers = (loaded.module.routers())().into_vec();
-        let routes = registry::plugin_routes(&loaded.manifest, &routers)
+        let routes = registry::plugin_routes(name, &loaded.manifest, &routers)
             .map_err(|reason| LifecycleError::refused(name, reason))?;
         let table = self.routes();
         let mut trial = RouteTableBuilder::from_table(&table, Some(name));

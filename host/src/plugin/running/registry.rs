@@ -343,6 +343,7 @@ pub(crate) fn open_candidate(
 
 /// The routes a plugin mounts, checked against its manifest.
 pub fn plugin_routes(
+    plugin: &str,
     manifest: &PluginManifest,
     routers: &[RouterSpec],
 ) -> Result<Vec<MountedRoute>, Refusal> {
@@ -414,9 +415,15 @@ pub fn plugin_routes(
                 });
             }
             let doc = route_doc(manifest, name, &method, route)?;
+            let path = join_path(&prefix, path);
             routes.push(MountedRoute {
+                metrics: Arc::new(crate::observe::RouteMetrics::new(
+                    plugin,
+                    method.as_str(),
+                    &path,
+                )),
                 method,
-                path: join_path(&prefix, path),
+                path,
                 handler: route.handler,
                 scope,
                 auth: route.auth || permission.is_some(),
@@ -632,7 +639,7 @@ pub(crate) async fn mount(
         }
     }
     let routers: Vec<RouterSpec> = (loaded.module.routers())().into_vec();
-    let routes = plugin_routes(&loaded.manifest, &routers)?;
+    let routes = plugin_routes(name, &loaded.manifest, &routers)?;
     let plugin = Arc::new(LoadedPlugin::new(
         name,
         loaded.manifest,

@@ -11,6 +11,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use actix_web::http::Method;
 
 use super::loaded::LoadedPlugin;
+use crate::observe::RouteMetrics;
 
 /// Where an extend-level router of the admin app is mounted.
 pub const ADMIN_SYS_PREFIX: &str = "/admin/v1/sys";
@@ -30,6 +31,7 @@ pub enum Scope {
 pub const CORE_ROUTES: &[(&str, &str)] = &[
     ("GET", "/health"),
     ("GET", "/openapi.json"),
+    ("GET", "/metrics"),
     ("GET", "/docs"),
     ("GET", "/docs/{*tail}"),
     ("GET", "/admin/v1/sys/plugins"),
@@ -59,6 +61,8 @@ pub struct MountedRoute {
     pub permission: Option<String>,
     /// What the API document says of it.
     pub doc: Arc<RouteDoc>,
+    /// Its metrics.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// A route's documentation: its summary, the tag it is listed under, and
@@ -91,6 +95,8 @@ pub struct Target {
     pub auth: bool,
     /// The permission the caller must hold.
     pub permission: Option<String>,
+    /// The route's metrics.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// Every method mounted at one path pattern.
@@ -368,6 +374,7 @@ impl RouteTableBuilder {
                             handler: route.handler,
                             auth: route.auth || route.scope == Scope::Admin,
                             permission: route.permission.clone(),
+                            metrics: route.metrics.clone(),
                         },
                     ));
             }

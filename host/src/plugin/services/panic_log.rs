@@ -47,6 +47,10 @@ fn report(plugin: &str, site: &str, window: &Window) {
 
 /// Logs a panic `message` of `plugin`, or counts it when its site floods.
 pub fn panicked(plugin: &str, message: &str) {
+    match crate::observe::current_route().filter(|r| &*r.plugin == plugin) {
+        Some(route) => route.panicked(),
+        None => crate::observe::panicked_outside(plugin),
+    }
     let now = Instant::now();
     let site = site(message);
     let mut windows = WINDOWS.lock().expect("panic log lock");

@@ -1,0 +1,357 @@
+//! What an operator sees of requests: the request context (its trace id,
+//! the plugin route it reached) that every log line written while the
+//! request runs carries, and the metrics behind `/metrics`.
+//!
+//! The context lives in a thread-local that the request's future sets
+//! around each of its polls (`Traced`), so a plugin's log line or panic,
+//! which the plugin reports synchronously through the host while its
+//! handler is polled, lands in the request that caused it. Metrics go to
+//! one Prometheus recorder (`metrics` + `metrics-exporter-prometheus`);
+//! each plugin route's handles are made when its route table is built, so
+//! a request only touches atomics.
+
+use std::{
+    cell::RefCell,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+    task::{Context as TaskContext, Poll},
+    time::Duration,
+};
+
+use metrics::{Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::http::envelope::TraceId;
+
+/// What a request leaves for the code it runs.
+#[derive(Clone, Default)]
+pub struct RequestContext {
+    /// The request's trace id (answered in `x-request-id`).
+    pub trace: Option<TraceId>,
+    /// The plugin route it reached, once the dispatcher matched one.
+    pub route: Option<Arc<RouteMetrics>>,
+}
+
+thread_local! {
+    static CURRENT: RefCell<RequestContext> = RefCell::new(RequestContext::default());
+}
+
+/// The trace id of the request being polled on this thread, if any.
+pub fn current_trace() -> Option<TraceId> {
+    CURRENT.with(|c| c.borrow().trace)
+}
+
+/// Records that the request being polled reached `route`.
+pub fn set_route(route: &Arc<RouteMetrics>) {
+    CURRENT.with(|c| c.borrow_mut().route = Some(route.clone()));
+}
+
+/// The plugin route the request being polled reached, if any.
+pub fn current_route() -> Option<Arc<RouteMetrics>> {
+    CURRENT.with(|c| c.borrow().route.clone())
+}
+
+pin_project_lite::pin_project! {
+    /// A future that is the current request's while it is polled.
+    pub struct Traced<F> {
+        #[pin]
+        inner: F,
+        context: RequestContext,
+    }
+}
+
+impl<F> Traced<F> {
+    /// `inner`, run as the request `context`.
+    pub fn new(inner: F, context: RequestContext) -> Self {
+        Self { inner, context }
+    }
+}
+
+impl<F: Future> Future for Traced<F> {
+    type Output = (F::Output, RequestContext);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        // Swapped in and out, so what the poll adds (the route) stays with
+        // this request and the thread's previous context comes back.
+        CURRENT.with(|c| std::mem::swap(&mut *c.borrow_mut(), this.context));
+        let polled = this.inner.poll(cx);
+        CURRENT.with(|c| std::mem::swap(&mut *c.borrow_mut(), this.context));
+        polled.map(|output| (output, std::mem::take(this.context)))
+    }
+}
+
+/// The recorder's handle, when metrics are on.
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Request latency buckets, seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Turns metrics on for this process: installs the Prometheus recorder
+/// and describes every metric. Without it every handle is a no-op.
+pub fn install() {
+    if HANDLE.get().is_some() {
+        return;
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS)
+        .expect("the buckets are not empty")
+        .build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        tracing::warn!("a metrics recorder is installed already; /metrics shows nothing");
+        return;
+    }
+    let _ = HANDLE.set(handle);
+    describe();
+    metrics::gauge!(
+        "plughost_build_info",
+        "version" => env!("CARGO_PKG_VERSION"),
+        "contract" => plugin_api::CONTRACT_VERSION,
+    )
+    .set(1.0);
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "plughost_requests_total",
+        "Requests answered, by plugin, method, route template and status class"
+    );
+    describe_histogram!(
+        "plughost_request_duration_seconds",
+        Unit::Seconds,
+        "Time to answer a request, by plugin, method and route template"
+    );
+    describe_gauge!(
+        "plughost_requests_in_flight",
+        "Plugin requests being answered, by plugin, method and route template"
+    );
+    describe_counter!(
+        "plughost_plugin_panics_total",
+        "Handler panics, by plugin, method and route template (route '-' outside a request)"
+    );
+    describe_counter!(
+        "plughost_plugin_disabled_total",
+        "Requests answered 503 because their plugin is disabled"
+    );
+    describe_counter!(
+        "plughost_lifecycle_operations_total",
+        "Plugin operations (install, upgrade, uninstall, toggle, converge) by outcome"
+    );
+    describe_histogram!(
+        "plughost_lifecycle_operation_duration_seconds",
+        Unit::Seconds,
+        "Time a plugin operation took, by kind"
+    );
+    describe_gauge!("plughost_plugins_loaded", "Plugins this instance serves");
+    describe_gauge!(
+        "plughost_plugin_enabled",
+        "1 when a loaded plugin is enabled, 0 when disabled"
+    );
+    describe_gauge!(
+        "plughost_plugin_flag_revision",
+        "The revision of each plugin's flag this instance applies"
+    );
+    describe_histogram!(
+        "plughost_openapi_render_seconds",
+        Unit::Seconds,
+        "Time to render the API document after a route table change"
+    );
+    describe_gauge!(
+        "plughost_build_info",
+        "1, labelled with the host's version and its contract version"
+    );
+}
+
+/// The Prometheus text of every metric, when metrics are on.
+pub fn render() -> Option<String> {
+    HANDLE.get().map(PrometheusHandle::render)
+}
+
+/// Keeps histograms bounded between scrapes (drains their samples).
+pub fn upkeep() {
+    if let Some(handle) = HANDLE.get() {
+        handle.run_upkeep();
+    }
+}
+
+/// The handles of one plugin route.
+pub struct RouteMetrics {
+    /// The plugin.
+    pub plugin: Arc<str>,
+    /// The route template (`/admin/v1/sys/dict-types/{id}`), never a raw path.
+    pub route: Arc<str>,
+    by_class: [Counter; 5],
+    latency: Histogram,
+    in_flight: Gauge,
+    panics: Counter,
+    disabled: Counter,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("plugin", &self.plugin)
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouteMetrics {
+    /// The handles of `method route` of `plugin`.
+    pub fn new(plugin: &str, method: &str, route: &str) -> Self {
+        let labels = [
+            ("plugin", plugin.to_owned()),
+            ("method", method.to_owned()),
+            ("route", route.to_owned()),
+        ];
+        let class = |class: &'static str| {
+            let mut all = labels.to_vec();
+            all.push(("status", class.to_owned()));
+            metrics::counter!("plughost_requests_total", &all)
+        };
+        Self {
+            plugin: Arc::from(plugin),
+            route: Arc::from(route),
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            latency: metrics::histogram!("plughost_request_duration_seconds", &labels),
+            in_flight: metrics::gauge!("plughost_requests_in_flight", &labels),
+            panics: metrics::counter!("plughost_plugin_panics_total", &labels),
+            disabled: metrics::counter!("plughost_plugin_disabled_total", &labels),
+        }
+    }
+
+    /// A request is being answered until the guard is dropped.
+    pub fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.increment(1.0);
+        InFlight(self.clone())
+    }
+
+    /// The plugin is disabled: the request is answered 503.
+    pub fn refused(&self) {
+        self.disabled.increment(1);
+    }
+
+    /// The handler panicked.
+    pub fn panicked(&self) {
+        self.panics.increment(1);
+    }
+
+    /// The request was answered `status` after `took`.
+    pub fn answered(&self, status: u16, took: Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].increment(1);
+        self.latency.record(took.as_secs_f64());
+    }
+}
+
+/// A request in flight on a route (the gauge goes down when dropped,
+/// also when the client goes away mid-request).
+pub struct InFlight(Arc<RouteMetrics>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.decrement(1.0);
+    }
+}
+
+/// A panic of `plugin` outside any route of it (init, a background call).
+pub fn panicked_outside(plugin: &str) {
+    metrics::counter!("plughost_plugin_panics_total", "plugin" => plugin.to_owned(), "method" => "-", "route" => "-")
+        .increment(1);
+}
+
+/// A core route answered.
+pub fn core_answered(method: &str, route: &str, status: u16, took: Duration) {
+    if HANDLE.get().is_none() {
+        return;
+    }
+    let class = match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    };
+    let labels = [
+        ("plugin", String::new()),
+        ("method", method.to_owned()),
+        ("route", route.to_owned()),
+    ];
+    let mut with_status = labels.to_vec();
+    with_status.push(("status", class.to_owned()));
+    metrics::counter!("plughost_requests_total", &with_status).increment(1);
+    metrics::histogram!("plughost_request_duration_seconds", &labels).record(took.as_secs_f64());
+}
+
+/// A plugin operation of `kind` ended (`ok` or not) after `took`.
+pub fn lifecycle(kind: &'static str, ok: bool, took: Duration) {
+    let outcome = if ok { "ok" } else { "error" };
+    metrics::counter!("plughost_lifecycle_operations_total", "kind" => kind, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("plughost_lifecycle_operation_duration_seconds", "kind" => kind)
+        .record(took.as_secs_f64());
+}
+
+/// The API document was rendered in `took`.
+pub fn document_rendered(took: Duration) {
+    metrics::histogram!("plughost_openapi_render_seconds").record(took.as_secs_f64());
+}
+
+/// What each loaded plugin's flag is, set just before a scrape.
+pub fn plugin_state(plugin: &str, enabled: bool, revision: i64) {
+    metrics::gauge!("plughost_plugin_enabled", "plugin" => plugin.to_owned()).set(if enabled {
+        1.0
+    } else {
+        0.0
+    });
+    metrics::gauge!("plughost_plugin_flag_revision", "plugin" => plugin.to_owned())
+        .set(revision as f64);
+}
+
+/// How many plugins this instance serves.
+pub fn plugins_loaded(count: usize) {
+    metrics::gauge!("plughost_plugins_loaded").set(count as f64);
+}
+
+/// The log line format: tracing-subscriber's, with `trace_id=…` at the end
+/// of every line written while a request is polled (a plugin's log lines
+/// and panics included), so each matches the `trace_id` of its answer.
+pub struct WithTraceId<F>(pub F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithTraceId<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let Some(trace) = current_trace() else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.0.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        let line = line.strip_suffix('\n').unwrap_or(&line);
+        writeln!(writer, "{line} trace_id={}", trace.as_str())
+    }
+}
