@@ -374,8 +374,9 @@ async fn set_enabled(
     Ok(())
 }
 
-/// Runs the command line; the exit code says whether it worked.
-pub fn main() -> ExitCode {
+/// Logs to stderr, with the trace id of the request on lines a request
+/// causes (access lines are written by `observe::access_line`).
+fn init_logging() {
     let ansi = std::io::stderr().is_terminal();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -387,6 +388,11 @@ pub fn main() -> ExitCode {
             tracing_subscriber::fmt::format().with_ansi(ansi),
         ))
         .init();
+}
+
+/// Runs the command line; the exit code says whether it worked.
+pub fn main() -> ExitCode {
+    init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::ProbeLibrary { library } => {

@@ -355,3 +355,51 @@ where
         writeln!(writer, "{line} trace_id={}", trace.as_str())
     }
 }
+
+/// The access log: one line per request, in the format of the other log
+/// lines, written by the request's worker thread into a buffer of its own
+/// and to stderr when the buffer is full, every 100 ms
+/// ([`flush_access_log`], run by each worker) and when the worker ends, so
+/// a request never waits for a write.
+pub fn access_line(method: &str, route: &str, status: u16, took: Duration, trace: &str) {
+    use std::io::Write;
+    ACCESS.with(|buffer| {
+        let mut buffer = buffer.borrow_mut();
+        let _ = writeln!(
+            buffer.0,
+            "{}  INFO access: method={method} route=\"{route}\" status={status} duration_us={} trace_id=\"{trace}\"",
+            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ"),
+            took.as_micros()
+        );
+        if buffer.0.len() >= 32 * 1024 {
+            buffer.flush();
+        }
+    });
+}
+
+/// Writes this thread's buffered access lines.
+pub fn flush_access_log() {
+    ACCESS.with(|buffer| buffer.borrow_mut().flush());
+}
+
+struct AccessBuffer(Vec<u8>);
+
+impl AccessBuffer {
+    fn flush(&mut self) {
+        use std::io::Write;
+        if !self.0.is_empty() {
+            let _ = std::io::stderr().lock().write_all(&self.0);
+            self.0.clear();
+        }
+    }
+}
+
+impl Drop for AccessBuffer {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+thread_local! {
+    static ACCESS: RefCell<AccessBuffer> = RefCell::new(AccessBuffer(Vec::with_capacity(32 * 1024)));
+}

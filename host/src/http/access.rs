@@ -130,13 +130,12 @@ where
             }
         };
         if *this.access_log {
-            tracing::info!(
-                target: "access",
-                method = %this.method,
+            crate::observe::access_line(
+                this.method.as_str(),
                 route,
-                status = status.as_u16(),
-                duration_us = took.as_micros() as u64,
-                trace_id = this.trace.as_str(),
+                status.as_u16(),
+                took,
+                this.trace.as_str(),
             );
         }
         Poll::Ready(result)

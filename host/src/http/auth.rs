@@ -102,6 +102,7 @@ pub(crate) struct Login {
 #[utoipa::path(
     post,
     path = "/admin/v1/auth/login",
+    summary = "Log in: a token for a user name and password",
     tag = "auth",
     request_body = Login,
     responses(
@@ -126,6 +127,7 @@ pub(crate) async fn login(
 #[utoipa::path(
     post,
     path = "/admin/v1/auth/logout",
+    summary = "Log out: revoke this token",
     tag = "auth",
     security(("bearer" = [])),
     responses(

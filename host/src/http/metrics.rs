@@ -35,6 +35,7 @@ fn scrape(plugins: &PluginHost) -> HttpResponse {
 #[utoipa::path(
     get,
     path = "/metrics",
+    summary = "Prometheus metrics",
     tag = "host",
     description = "Every metric in Prometheus' text format. Needs a token holding `sys:metrics:read`; \
                    answers 404 when metrics are off or served on PLUGHOST_METRICS_BIND instead.",

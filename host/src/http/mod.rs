@@ -9,6 +9,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openapi;
 mod plugins;
+mod ui;
 
 use std::sync::Arc;
 
@@ -74,6 +75,7 @@ async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
 #[utoipa::path(
     get,
     path = "/health",
+    summary = "Whether the host is up",
     tag = "host",
     responses(
         (status = 200, description = "The host is up", body = openapi::Envelope<Health>),
@@ -131,6 +133,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource(["/ui", "/ui/{tail:.*}"])
+            .route(web::get().to(ui::page))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource(["/docs", "/docs/{tail:.*}"])
             .route(web::get().to(openapi::docs))
             .default_service(web::to(method_not_allowed)),
@@ -154,6 +161,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
                     .wrap(from_fn(limits::stall_guard))
                     .route(web::get().to(plugins::list))
                     .route(web::post().to(plugins::install))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/sys/plugin-build")
+                    .route(web::get().to(plugins::build))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(
@@ -270,6 +282,16 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         access_log: settings.access_log,
     };
     let server = HttpServer::new(move || {
+        if observe.access_log {
+            // This worker's access lines reach stderr within 100 ms.
+            actix_web::rt::spawn(async {
+                let mut every = tokio::time::interval(std::time::Duration::from_millis(100));
+                loop {
+                    every.tick().await;
+                    crate::observe::flush_access_log();
+                }
+            });
+        }
         App::new()
             .wrap(observe)
             .app_data(state.clone())

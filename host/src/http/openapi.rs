@@ -112,6 +112,7 @@ const BEARER: &str = "bearer";
         super::plugins::list,
         super::plugins::install,
         super::plugins::changed,
+        super::plugins::build,
         super::plugins::toggle,
         super::plugins::download,
         super::plugins::uninstall,
@@ -328,6 +329,7 @@ fn error_response(description: &str) -> Value {
 #[utoipa::path(
     get,
     path = "/openapi.json",
+    summary = "This API document",
     tag = "host",
     responses(
         (status = 200, description = "The OpenAPI 3.1 document of the core routes and every loaded plugin's routes", content_type = "application/json", body = Object),

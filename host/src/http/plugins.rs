@@ -56,6 +56,7 @@ async fn timed<T, E>(
 #[utoipa::path(
     get,
     path = "/admin/v1/sys/plugins",
+    summary = "List every plugin",
     tag = "plugins",
     security(("bearer" = [])),
     responses(
@@ -72,6 +73,7 @@ pub(crate) async fn list(state: web::Data<AppState>) -> HttpResponse {
 #[utoipa::path(
     get,
     path = "/admin/v1/sys/plugins/changed",
+    summary = "Whether a restart would change what is served",
     tag = "plugins",
     security(("bearer" = [])),
     responses(
@@ -102,11 +104,30 @@ pub(crate) struct Toggled {
     enable: &'static str,
 }
 
+/// `GET /admin/v1/sys/plugin-build`: the Git install build running on
+/// this instance, or the last one (one runs at a time).
+#[utoipa::path(
+    get,
+    path = "/admin/v1/sys/plugin-build",
+    summary = "The output of the Git install build on this instance",
+    tag = "plugins",
+    description = "What cargo printed so far in the build of a Git install on this instance (the plugin page shows it while an install from Git runs).",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The running or last build", body = Envelope<crate::plugin::lifecycle::git::BuildProgress>),
+        (status = "default", description = "No valid token (401)", body = ErrorEnvelope),
+    ),
+)]
+pub(crate) async fn build() -> HttpResponse {
+    ok(crate::plugin::lifecycle::git::build_progress())
+}
+
 /// `PUT /admin/v1/sys/plugins/{plugin}/status`: flips the enable flag
 /// (permission `sys:plugin:edit`).
 #[utoipa::path(
     put,
     path = "/admin/v1/sys/plugins/{plugin}/status",
+    summary = "Enable or disable a plugin",
     tag = "plugins",
     description = "Flips the plugin's enable flag on every instance. Needs `sys:plugin:edit`.",
     params(("plugin" = String, Path, description = "The plugin's name", pattern = "^[a-z][a-z0-9_]{0,63}$")),
@@ -226,6 +247,7 @@ async fn read_upload(
 #[utoipa::path(
     post,
     path = "/admin/v1/sys/plugins",
+    summary = "Install or upgrade a plugin (ZIP upload or Git)",
     tag = "plugins",
     description = "Installs or upgrades a plugin on every instance, without a restart. Needs `sys:plugin:install`.",
     params(InstallQuery),
@@ -309,6 +331,7 @@ pub(crate) struct UninstallQuery {
 #[utoipa::path(
     delete,
     path = "/admin/v1/sys/plugins/{plugin}",
+    summary = "Uninstall a plugin",
     tag = "plugins",
     description = "Uninstalls a plugin from every instance, keeping a backup. Needs `sys:plugin:uninstall`; refused when `environment` is `prod`.",
     params(("plugin" = String, Path, description = "The plugin's name", pattern = "^[a-z][a-z0-9_]{0,63}$"), UninstallQuery),
@@ -343,6 +366,7 @@ pub(crate) async fn uninstall(
 #[utoipa::path(
     get,
     path = "/admin/v1/sys/plugins/{plugin}",
+    summary = "Download a plugin as a package",
     tag = "plugins",
     params(("plugin" = String, Path, description = "The plugin's name", pattern = "^[a-z][a-z0-9_]{0,63}$")),
     security(("bearer" = [])),

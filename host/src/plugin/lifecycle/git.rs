@@ -176,6 +176,51 @@ fn crate_library_name(dir: &Path) -> Result<String, LifecycleError> {
     Ok(name.replace('-', "_"))
 }
 
+/// The build a Git install runs on this instance (the lifecycle lock lets
+/// one run at a time): its output as it comes, for the plugin page.
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct BuildProgress {
+    /// Whether cargo is running now.
+    pub running: bool,
+    /// The crate directory being built.
+    pub crate_dir: Option<String>,
+    /// Milliseconds since the build started.
+    pub elapsed_ms: u64,
+    /// The last lines cargo wrote (at most 50).
+    pub lines: Vec<String>,
+}
+
+struct Build {
+    running: bool,
+    crate_dir: Option<String>,
+    started: Option<Instant>,
+    lines: std::collections::VecDeque<String>,
+}
+
+static BUILD: std::sync::Mutex<Build> = std::sync::Mutex::new(Build {
+    running: false,
+    crate_dir: None,
+    started: None,
+    lines: std::collections::VecDeque::new(),
+});
+
+/// The current (or last) build's progress.
+pub fn build_progress() -> BuildProgress {
+    let build = BUILD.lock().expect("build progress lock");
+    BuildProgress {
+        running: build.running,
+        crate_dir: build.crate_dir.clone(),
+        elapsed_ms: build.started.map_or(0, |s| {
+            u64::try_from(s.elapsed().as_millis()).unwrap_or(u64::MAX)
+        }),
+        lines: build.lines.iter().cloned().collect(),
+    }
+}
+
+fn build_event(update: impl FnOnce(&mut Build)) {
+    update(&mut BUILD.lock().expect("build progress lock"));
+}
+
 /// Builds the plugin crate in `dir` with cargo (release), logging its
 /// progress, killed after the policy's time limit; returns the library.
 fn build(dir: &Path, policy: &GitPolicy) -> Result<PathBuf, LifecycleError> {
@@ -192,6 +237,20 @@ fn build(dir: &Path, policy: &GitPolicy) -> Result<PathBuf, LifecycleError> {
         .spawn()
         .map_err(|e| refused(format!("cannot run {cargo} to build the plugin crate: {e}")))?;
     let stderr = child.stderr.take().expect("stderr is piped");
+    build_event(|b| {
+        b.running = true;
+        b.crate_dir = Some(dir.display().to_string());
+        b.started = Some(Instant::now());
+        b.lines.clear();
+    });
+    // However the build ends, it is no longer running.
+    struct Ended;
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            build_event(|b| b.running = false);
+        }
+    }
+    let _ended = Ended;
     let tail = std::thread::spawn(move || {
         let mut last = std::collections::VecDeque::new();
         for line in std::io::BufReader::new(stderr)
@@ -199,6 +258,12 @@ fn build(dir: &Path, policy: &GitPolicy) -> Result<PathBuf, LifecycleError> {
             .map_while(Result::ok)
         {
             tracing::info!(target: "plugin_build", "{line}");
+            build_event(|b| {
+                b.lines.push_back(line.clone());
+                if b.lines.len() > 50 {
+                    b.lines.pop_front();
+                }
+            });
             last.push_back(line);
             if last.len() > 20 {
                 last.pop_front();
@@ -217,6 +282,10 @@ fn build(dir: &Path, policy: &GitPolicy) -> Result<PathBuf, LifecycleError> {
         if started.elapsed() > policy.build_timeout {
             let _ = child.kill();
             let _ = child.wait();
+            build_event(|b| {
+                b.lines
+                    .push_back("stopped: the build took longer than PLUGHOST_BUILD_TIMEOUT".into());
+            });
             return Err(refused(format!(
                 "building the plugin crate took longer than {} s (PLUGHOST_BUILD_TIMEOUT); it was stopped",
                 policy.build_timeout.as_secs()

@@ -1,0 +1,383 @@
+// The plugin page: talks to the admin API of the host that serves it,
+// with the token from logging in (kept for this browser tab only).
+"use strict";
+
+const API = "/admin/v1";
+const $ = (selector) => document.querySelector(selector);
+let token = sessionStorage.getItem("plughost.token");
+
+function show(element, text) {
+  element.textContent = text;
+  element.hidden = !text;
+}
+
+function error(text) {
+  show($("#error"), text);
+  if (text) show($("#message"), "");
+}
+
+function message(text) {
+  show($("#message"), text);
+  if (text) show($("#error"), "");
+}
+
+/// Calls the API; resolves with the envelope's `data`, rejects with its `msg`.
+async function api(method, path, body) {
+  const headers = {};
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  return envelope(response.status, await response.text());
+}
+
+function envelope(status, text) {
+  let json;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    throw new Error(`HTTP ${status}: ${text.slice(0, 200)}`);
+  }
+  if (status === 401 && token) {
+    loggedOut(json.msg);
+  }
+  if (status < 200 || status >= 300) {
+    throw new Error(json.msg || `HTTP ${status}`);
+  }
+  return json;
+}
+
+function loggedOut(reason) {
+  token = null;
+  sessionStorage.removeItem("plughost.token");
+  $("#app").hidden = true;
+  $("#logout").hidden = true;
+  $("#login").hidden = false;
+  if (reason) error(`${reason}. Log in again.`);
+  $("#username").focus();
+}
+
+async function login(event) {
+  event.preventDefault();
+  try {
+    const reply = await api("POST", `${API}/auth/login`, {
+      username: $("#username").value,
+      password: $("#password").value,
+    });
+    token = reply.data.access_token;
+    sessionStorage.setItem("plughost.token", token);
+    $("#password").value = "";
+    error("");
+    await enter();
+  } catch (e) {
+    error(e.message);
+  }
+}
+
+async function logout() {
+  try {
+    await api("POST", `${API}/auth/logout`);
+  } catch {
+    // The token goes either way.
+  }
+  loggedOut("");
+  message("Logged out.");
+}
+
+async function enter() {
+  $("#login").hidden = true;
+  $("#app").hidden = false;
+  $("#logout").hidden = false;
+  await refresh();
+}
+
+/// Each plugin's routes, from the API document.
+async function routesByPlugin() {
+  const routes = {};
+  try {
+    const response = await fetch("/openapi.json");
+    const doc = await response.json();
+    for (const [path, item] of Object.entries(doc.paths || {})) {
+      for (const [method, op] of Object.entries(item)) {
+        const plugin = op["x-plugin"];
+        if (!plugin) continue;
+        (routes[plugin] = routes[plugin] || []).push({
+          method: method.toUpperCase(),
+          path,
+          summary: op.summary || "",
+          secured: Array.isArray(op.security),
+        });
+      }
+    }
+  } catch {
+    // The list still shows without the routes.
+  }
+  return routes;
+}
+
+async function refresh() {
+  try {
+    const [list, changed, routes] = await Promise.all([
+      api("GET", `${API}/sys/plugins`),
+      api("GET", `${API}/sys/plugins/changed`),
+      routesByPlugin(),
+    ]);
+    $("#changed").hidden = changed.data !== true;
+    render(list.data, routes);
+  } catch (e) {
+    error(e.message);
+  }
+}
+
+function cell(row, label, content) {
+  const td = document.createElement("td");
+  td.dataset.label = label;
+  if (typeof content === "string") td.textContent = content;
+  else if (content) td.append(content);
+  row.append(td);
+  return td;
+}
+
+function button(text, className, onClick, label) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = text;
+  b.className = className;
+  if (label) b.setAttribute("aria-label", label);
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function render(plugins, routes) {
+  const body = $("#plugins tbody");
+  body.replaceChildren();
+  for (const item of plugins) {
+    const meta = item.plugin || {};
+    const name = meta.name;
+    const row = document.createElement("tr");
+    row.dataset.plugin = name;
+
+    const title = document.createElement("div");
+    const strong = document.createElement("strong");
+    strong.textContent = name;
+    title.append(strong);
+    if (item.local) {
+      const tag = document.createElement("span");
+      tag.className = "tag";
+      tag.textContent = "local";
+      title.append(tag);
+    }
+    if (meta.summary) {
+      const summary = document.createElement("div");
+      summary.textContent = meta.summary;
+      title.append(summary);
+    }
+    const list = routes[name] || [];
+    if (list.length) {
+      const details = document.createElement("details");
+      const label = document.createElement("summary");
+      label.textContent = `${list.length} route${list.length === 1 ? "" : "s"}`;
+      const ul = document.createElement("ul");
+      ul.className = "routes";
+      for (const r of list) {
+        const li = document.createElement("li");
+        const code = document.createElement("code");
+        code.textContent = `${r.method} ${r.path}`;
+        li.append(code, ` ${r.summary}${r.secured ? " (token)" : ""}`);
+        ul.append(li);
+      }
+      details.append(label, ul);
+      title.append(details);
+    }
+    cell(row, "Plugin", title);
+    cell(row, "Version", meta.version || "");
+    cell(row, "Kind", item.app && item.app.extend ? `extend (${item.app.extend})` : item.app ? "app" : "");
+
+    const state = document.createElement("div");
+    const badge = document.createElement("span");
+    badge.className = `state state-${item.state}`;
+    badge.textContent = item.state;
+    state.append(badge);
+    if (item.error) {
+      const reason = document.createElement("div");
+      reason.className = "reason";
+      reason.textContent = item.error;
+      state.append(reason);
+    }
+    cell(row, "State", state);
+
+    const instances = document.createElement("ul");
+    instances.className = "instances";
+    for (const i of item.instances || []) {
+      const li = document.createElement("li");
+      li.textContent = `${i.id}: ${i.state}${i.version ? " " + i.version : ""}${i.error ? " (" + i.error + ")" : ""}`;
+      instances.append(li);
+    }
+    cell(row, "Instances", instances);
+
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    const loaded = item.state === "loaded" || item.state === "disabled";
+    if (loaded) {
+      const enabled = meta.enable === "1";
+      actions.append(button(enabled ? "Disable" : "Enable", "toggle secondary", () => toggle(name),
+        `${enabled ? "Disable" : "Enable"} ${name}`));
+      actions.append(button("Download", "download secondary", () => download(name), `Download ${name}`));
+    }
+    actions.append(button("Uninstall", "uninstall danger", () => uninstall(name), `Uninstall ${name}`));
+    cell(row, "Actions", actions);
+    body.append(row);
+  }
+}
+
+async function toggle(name) {
+  try {
+    const reply = await api("PUT", `${API}/sys/plugins/${encodeURIComponent(name)}/status`);
+    message(`Plugin '${name}' is now ${reply.data.enable === "1" ? "enabled" : "disabled"}.`);
+    await refresh();
+  } catch (e) {
+    error(e.message);
+  }
+}
+
+async function download(name) {
+  try {
+    const response = await fetch(`${API}/sys/plugins/${encodeURIComponent(name)}`, {
+      headers: { Authorization: `Bearer ${token}` },
+    });
+    if (!response.ok) {
+      envelope(response.status, await response.text());
+      return;
+    }
+    const url = URL.createObjectURL(await response.blob());
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = `${name}.zip`;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  } catch (e) {
+    error(e.message);
+  }
+}
+
+function confirmed(text) {
+  const dialog = $("#confirm");
+  $("#confirm-text").textContent = text;
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "yes"), { once: true });
+    dialog.showModal();
+  });
+}
+
+async function uninstall(name) {
+  if (!(await confirmed(`Uninstall '${name}' from every instance? A backup is kept.`))) return;
+  try {
+    const reply = await api("DELETE", `${API}/sys/plugins/${encodeURIComponent(name)}`);
+    message(reply.msg);
+    await refresh();
+  } catch (e) {
+    error(e.message);
+  }
+}
+
+function query(upgrade, force, extra) {
+  const params = new URLSearchParams(extra);
+  if (upgrade) params.set("upgrade", "true");
+  if (force) params.set("force", "true");
+  return params.toString();
+}
+
+function upload(event) {
+  event.preventDefault();
+  const file = $("#upload-file").files[0];
+  if (!file) return;
+  const form = new FormData();
+  form.append("file", file);
+  const progress = $("#upload-progress");
+  const submit = event.target.querySelector("button[type=submit]");
+  progress.value = 0;
+  progress.hidden = false;
+  submit.disabled = true;
+  const xhr = new XMLHttpRequest();
+  xhr.open("POST", `${API}/sys/plugins?${query($("#upload-upgrade").checked, $("#upload-force").checked, { type: "zip" })}`);
+  xhr.setRequestHeader("Authorization", `Bearer ${token}`);
+  xhr.upload.addEventListener("progress", (e) => {
+    if (e.lengthComputable) progress.value = Math.round((e.loaded / e.total) * 100);
+  });
+  xhr.addEventListener("load", async () => {
+    submit.disabled = false;
+    progress.value = 100;
+    try {
+      message(envelope(xhr.status, xhr.responseText).msg);
+      event.target.reset();
+      await refresh();
+    } catch (e) {
+      error(e.message);
+    }
+    progress.hidden = true;
+  });
+  xhr.addEventListener("error", () => {
+    submit.disabled = false;
+    progress.hidden = true;
+    error("The upload failed: the host did not answer.");
+  });
+  xhr.send(form);
+}
+
+async function installGit(event) {
+  event.preventDefault();
+  const submit = event.target.querySelector("button[type=submit]");
+  const output = $("#git-build");
+  const progress = $("#git-progress");
+  submit.disabled = true;
+  progress.hidden = false;
+  output.hidden = false;
+  output.textContent = "Cloning…";
+  const started = Date.now();
+  // Shows cargo's output if the build on the host started after this
+  // install did (an older build's output is not this one's).
+  const showBuild = async () => {
+    try {
+      const build = (await api("GET", `${API}/sys/plugin-build`)).data;
+      const ours = build.crate_dir && build.elapsed_ms <= Date.now() - started + 1000;
+      if (ours && (build.running || build.lines.length)) {
+        output.textContent = build.lines.join("\n") || "Building…";
+        output.scrollTop = output.scrollHeight;
+      } else {
+        output.textContent = `Cloning and checking… ${Math.round((Date.now() - started) / 1000)} s`;
+      }
+    } catch {
+      // The install's own answer reports what went wrong.
+    }
+  };
+  const poll = setInterval(showBuild, 500);
+  try {
+    const source = { type: "git", repo_url: $("#git-url").value };
+    if ($("#git-ref").value) source.ref = $("#git-ref").value;
+    const reply = await api("POST", `${API}/sys/plugins?${query($("#git-upgrade").checked, false, source)}`);
+    message(reply.msg);
+    await refresh();
+  } catch (e) {
+    error(e.message);
+  } finally {
+    clearInterval(poll);
+    await showBuild();
+    submit.disabled = false;
+    progress.hidden = true;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#login-form").addEventListener("submit", login);
+  $("#logout").addEventListener("click", logout);
+  $("#refresh").addEventListener("click", refresh);
+  $("#upload-form").addEventListener("submit", upload);
+  $("#git-form").addEventListener("submit", installGit);
+  if (token) enter();
+  else $("#username").focus();
+});

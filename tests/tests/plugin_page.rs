@@ -1,0 +1,464 @@
+//! The plugin page (`/ui/`) and the docs page (`/docs/`) driven in a real
+//! headless Chromium (Debian's `chromium` and `chromium-driver`) through
+//! WebDriver: log in, see the bundled plugins, toggle one and see its route
+//! answer 503, upload a package and see it listed and serving, see its
+//! routes, uninstall it after confirming, read an error, and use a narrow
+//! screen. The browser may reach 127.0.0.1 only, so a page that loaded
+//! anything from another host would fail. Screenshots of the main states
+//! go to `target/ui-screenshots/`.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+/// A chromedriver on a free loopback port, stopped when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Driver {
+    fn start() -> Self {
+        let binary = std::env::var("PLUGHOST_TEST_CHROMEDRIVER")
+            .unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        assert!(
+            std::path::Path::new(&binary).exists(),
+            "{binary} is missing: install Debian's chromium and chromium-driver \
+             (scripts/test does, as root) or set PLUGHOST_TEST_CHROMEDRIVER"
+        );
+        let port = e2e::free_port();
+        let child = Command::new(&binary)
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+        let url = format!("http://127.0.0.1:{port}");
+        let ready = e2e::eventually(Duration::from_secs(20), || {
+            ureq::get(&format!("{url}/status")).call().is_ok()
+        });
+        assert!(ready, "chromedriver did not answer on {url}");
+        Self { child, url }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn browser(driver: &Driver) -> Client {
+    let chromium =
+        std::env::var("PLUGHOST_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let profile = tempfile::tempdir().unwrap().keep();
+    let capabilities = json!({
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": chromium,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--disable-quic", "--window-size=1280,1000",
+                format!("--user-data-dir={}", profile.display()),
+                // Only loopback resolves: anything from another host fails to load.
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            ],
+        },
+    });
+    let Value::Object(capabilities) = capabilities else {
+        unreachable!()
+    };
+    ClientBuilder::native()
+        .capabilities(capabilities)
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session through chromedriver")
+}
+
+fn screenshots() -> PathBuf {
+    let dir = e2e::root().join("target/ui-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn snap(client: &Client, name: &str) {
+    let png = client.screenshot().await.unwrap();
+    std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
+}
+
+/// Waits until `script` (a function body returning a value) returns true.
+async fn until(client: &Client, what: &str, script: &str) {
+    until_within(client, what, script, Duration::from_secs(20)).await;
+}
+
+async fn until_within(client: &Client, what: &str, script: &str, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let value = client.execute(script, vec![]).await.unwrap();
+        if value == Value::Bool(true) {
+            return;
+        }
+        if started.elapsed() > limit {
+            let page = client.source().await.unwrap_or_default();
+            panic!("waited {limit:?} for {what}; the page:\n{page}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn row_text(client: &Client, plugin: &str) -> String {
+    client
+        .find(Locator::Css(&format!("tr[data-plugin='{plugin}']")))
+        .await
+        .unwrap_or_else(|_| panic!("no row for {plugin}"))
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Every resource the page loaded came from `base`.
+async fn assert_only_local_resources(client: &Client, base: &str) {
+    let loaded = client
+        .execute(
+            "return performance.getEntriesByType('resource').map(e => e.name)\
+             .concat([location.href]);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    for url in loaded.as_array().unwrap() {
+        let url = url.as_str().unwrap();
+        assert!(
+            url.starts_with(base),
+            "the page loaded {url} from another host"
+        );
+    }
+}
+
+#[test]
+fn the_plugin_page_manages_plugins_in_a_real_browser() {
+    let (_data, host) = e2e::serve(&["hello", "sysinfo", "dict"]);
+    let driver = Driver::start();
+    let base = host.base().to_owned();
+    let package = tempfile::tempdir().unwrap();
+    let greeter = package.path().join("greeter.zip");
+    std::fs::write(&greeter, e2e::greeter(1)).unwrap();
+    let junk = package.path().join("junk.zip");
+    std::fs::write(&junk, b"this is not a zip archive").unwrap();
+
+    e2e::runtime().block_on(async {
+        let client = browser(&driver).await;
+        client.goto(&format!("{base}/ui")).await.unwrap();
+        assert_eq!(client.current_url().await.unwrap().path(), "/ui/");
+
+        // Log in with the keyboard: type, then Enter submits.
+        let name = client
+            .wait()
+            .for_element(Locator::Id("username"))
+            .await
+            .unwrap();
+        name.send_keys("admin").await.unwrap();
+        let password = client.find(Locator::Id("password")).await.unwrap();
+        password
+            .send_keys(&format!("{}\u{E007}", e2e::ADMIN_PASSWORD))
+            .await
+            .unwrap();
+        until(
+            &client,
+            "the bundled plugins",
+            "return ['hello', 'sysinfo', 'dict'].every(n => \
+             document.querySelector(`tr[data-plugin='${n}'] .state-loaded`));",
+        )
+        .await;
+        let dict = row_text(&client, "dict").await;
+        assert!(
+            dict.contains("0.1.0") && dict.contains("extend (admin)"),
+            "{dict}"
+        );
+        assert!(row_text(&client, "hello").await.contains("app"));
+        assert_only_local_resources(&client, &base).await;
+        snap(&client, "1-plugins").await;
+
+        // Toggle hello off: the page shows it disabled, its route answers 503.
+        client
+            .find(Locator::Css("tr[data-plugin='hello'] button.toggle"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until(
+            &client,
+            "hello disabled",
+            "return !!document.querySelector(\"tr[data-plugin='hello'] .state-disabled\");",
+        )
+        .await;
+        host.get("/hello/v1/greet")
+            .assert_error(503, "plugin 'hello' is disabled");
+        assert!(row_text(&client, "hello").await.contains("Enable"));
+        snap(&client, "2-hello-disabled").await;
+
+        // Upload a package: listed, serving, with its routes.
+        client
+            .find(Locator::Id("upload-file"))
+            .await
+            .unwrap()
+            .send_keys(greeter.to_str().unwrap())
+            .await
+            .unwrap();
+        client
+            .find(Locator::Css("#upload-form button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until(
+            &client,
+            "greeter listed",
+            "return !!document.querySelector(\"tr[data-plugin='greeter'] .state-loaded\");",
+        )
+        .await;
+        let message = client
+            .find(Locator::Id("message"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            message.contains("plugin 'greeter' 1.0.0 installed"),
+            "{message}"
+        );
+        assert_eq!(e2e::greeter_version(&host).as_deref(), Some("1"));
+        client
+            .find(Locator::Css("tr[data-plugin='greeter'] details summary"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let routes = row_text(&client, "greeter").await;
+        assert!(routes.contains("GET /greeter/v1/version"), "{routes}");
+        assert!(routes.contains("Which build answers (build 1)"), "{routes}");
+        snap(&client, "3-greeter-installed").await;
+
+        // An error is shown as the envelope's msg.
+        client
+            .find(Locator::Id("upload-file"))
+            .await
+            .unwrap()
+            .send_keys(junk.to_str().unwrap())
+            .await
+            .unwrap();
+        client
+            .find(Locator::Css("#upload-form button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until(
+            &client,
+            "the error",
+            "return !document.getElementById('error').hidden;",
+        )
+        .await;
+        let shown = client
+            .find(Locator::Id("error"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let answered = host.upload(b"this is not a zip archive", "type=zip");
+        assert_eq!(shown, answered.json["msg"].as_str().unwrap());
+        snap(&client, "4-error").await;
+
+        // Uninstall, after confirming in the dialog.
+        client
+            .find(Locator::Css("tr[data-plugin='greeter'] button.uninstall"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let confirm = client
+            .wait()
+            .for_element(Locator::Id("confirm-yes"))
+            .await
+            .unwrap();
+        let question = client
+            .find(Locator::Id("confirm-text"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(question.contains("Uninstall 'greeter'"), "{question}");
+        snap(&client, "5-confirm-uninstall").await;
+        confirm.click().await.unwrap();
+        until(
+            &client,
+            "greeter gone",
+            "return !document.querySelector(\"tr[data-plugin='greeter']\");",
+        )
+        .await;
+        assert_eq!(host.get("/greeter/v1/version").status, 404);
+
+        // A narrow screen: plugins as cards, nothing wider than the viewport.
+        client.set_window_size(390, 900).await.unwrap();
+        until(
+            &client,
+            "a narrow layout",
+            "return innerWidth <= 640 \
+             && document.documentElement.scrollWidth <= document.documentElement.clientWidth \
+             && getComputedStyle(document.querySelector('#plugins tbody tr')).display === 'block' \
+             && ![...document.querySelectorAll('main *')] \
+                .some(e => e.getBoundingClientRect().right > innerWidth + 1);",
+        )
+        .await;
+        snap(&client, "6-narrow").await;
+
+        // The docs page renders the document, from this host alone.
+        client.set_window_size(1280, 1000).await.unwrap();
+        client.goto(&format!("{base}/docs/")).await.unwrap();
+        until(
+            &client,
+            "Swagger UI with the plugin routes",
+            "return [...document.querySelectorAll('.opblock-summary-path')]\
+             .some(e => e.textContent.includes('/admin/v1/sys/dict-types'));",
+        )
+        .await;
+        assert_only_local_resources(&client, &base).await;
+        snap(&client, "7-docs").await;
+
+        client.close().await.unwrap();
+    });
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let status = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "git {args:?}");
+}
+
+#[test]
+fn the_plugin_page_installs_from_git_showing_the_build_output() {
+    // A plugin crate from `plugin new`, committed to a local repository.
+    let repo = tempfile::tempdir().unwrap();
+    let crate_dir = repo.path().join("pagedemo");
+    let scaffold = e2e::DataDir::new();
+    let (ok, out) = e2e::cli(
+        &scaffold,
+        &[],
+        &[
+            "plugin",
+            "new",
+            "pagedemo",
+            "--kind",
+            "app",
+            "--dir",
+            crate_dir.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+    git(&crate_dir, &["init", "-q"]);
+    git(&crate_dir, &["add", "."]);
+    git(&crate_dir, &["commit", "-qm", "scaffold"]);
+    let build_dir = e2e::root().join("target").join("plugin-builds");
+    let build_dir = build_dir.display().to_string();
+    let (_data, host) = e2e::serve_with(
+        &["hello"],
+        &[
+            ("PLUGHOST_GIT_ALLOW_LOCAL", "true"),
+            ("PLUGHOST_BUILD_DIR", &build_dir),
+        ],
+    );
+    let driver = Driver::start();
+    let base = host.base().to_owned();
+
+    e2e::runtime().block_on(async {
+        let client = browser(&driver).await;
+        client.goto(&format!("{base}/ui/")).await.unwrap();
+        let name = client
+            .wait()
+            .for_element(Locator::Id("username"))
+            .await
+            .unwrap();
+        name.send_keys("admin").await.unwrap();
+        client
+            .find(Locator::Id("password"))
+            .await
+            .unwrap()
+            .send_keys(&format!("{}\u{E007}", e2e::ADMIN_PASSWORD))
+            .await
+            .unwrap();
+        client
+            .wait()
+            .for_element(Locator::Css("tr[data-plugin='hello']"))
+            .await
+            .unwrap();
+        client
+            .find(Locator::Id("git-url"))
+            .await
+            .unwrap()
+            .send_keys(&format!("file://{}", crate_dir.display()))
+            .await
+            .unwrap();
+        client
+            .find(Locator::Css("#git-form button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        // cargo's own lines appear while the install runs or at its end.
+        until_within(
+            &client,
+            "cargo's output in the page",
+            "return document.getElementById('git-build').textContent.includes('Finished');",
+            Duration::from_secs(300),
+        )
+        .await;
+        until_within(
+            &client,
+            "pagedemo listed",
+            "return !!document.querySelector(\"tr[data-plugin='pagedemo'] .state-loaded\");",
+            Duration::from_secs(60),
+        )
+        .await;
+        snap(&client, "8-git-installed").await;
+        client.close().await.unwrap();
+    });
+    let build = host.get("/admin/v1/sys/plugin-build");
+    let build = build.data();
+    assert_eq!(build["running"], false);
+    assert!(
+        build["crate_dir"].as_str().unwrap().ends_with(".clone"),
+        "{build}"
+    );
+    let lines: Vec<&str> = build["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.contains("Compiling pagedemo")),
+        "{lines:?}"
+    );
+    assert!(lines.last().unwrap().contains("Finished"), "{lines:?}");
+}
