@@ -365,13 +365,25 @@ pub fn access_line(method: &str, route: &str, status: u16, took: Duration, trace
     use std::io::Write;
     ACCESS.with(|buffer| {
         let mut buffer = buffer.borrow_mut();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        // The date and time to the second, formatted once per second.
+        if buffer.second != now.as_secs() {
+            buffer.second = now.as_secs();
+            buffer.stamp = chrono::DateTime::from_timestamp(now.as_secs() as i64, 0)
+                .unwrap_or_default()
+                .format("%Y-%m-%dT%H:%M:%S")
+                .to_string();
+        }
+        let AccessBuffer { lines, stamp, .. } = &mut *buffer;
         let _ = writeln!(
-            buffer.0,
-            "{}  INFO access: method={method} route=\"{route}\" status={status} duration_us={} trace_id=\"{trace}\"",
-            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ"),
+            lines,
+            "{stamp}.{:06}Z  INFO access: method={method} route=\"{route}\" status={status} duration_us={} trace_id=\"{trace}\"",
+            now.subsec_micros(),
             took.as_micros()
         );
-        if buffer.0.len() >= 32 * 1024 {
+        if buffer.lines.len() >= 32 * 1024 {
             buffer.flush();
         }
     });
@@ -382,14 +394,18 @@ pub fn flush_access_log() {
     ACCESS.with(|buffer| buffer.borrow_mut().flush());
 }
 
-struct AccessBuffer(Vec<u8>);
+struct AccessBuffer {
+    lines: Vec<u8>,
+    second: u64,
+    stamp: String,
+}
 
 impl AccessBuffer {
     fn flush(&mut self) {
         use std::io::Write;
-        if !self.0.is_empty() {
-            let _ = std::io::stderr().lock().write_all(&self.0);
-            self.0.clear();
+        if !self.lines.is_empty() {
+            let _ = std::io::stderr().lock().write_all(&self.lines);
+            self.lines.clear();
         }
     }
 }
@@ -401,5 +417,9 @@ impl Drop for AccessBuffer {
 }
 
 thread_local! {
-    static ACCESS: RefCell<AccessBuffer> = RefCell::new(AccessBuffer(Vec::with_capacity(32 * 1024)));
+    static ACCESS: RefCell<AccessBuffer> = RefCell::new(AccessBuffer {
+        lines: Vec::with_capacity(32 * 1024),
+        second: 0,
+        stamp: String::new(),
+    });
 }
