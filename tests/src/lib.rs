@@ -943,3 +943,50 @@ pub fn zip_names(archive: &[u8]) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Runs `git args` in `repo` (a fixed identity, branch `main`); its output.
+pub fn git(repo: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .args([
+            "-c",
+            "user.name=plughost",
+            "-c",
+            "user.email=tests@plughost.invalid",
+        ])
+        .args(["-c", "init.defaultBranch=main"])
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A plugin crate made by `plughost plugin new NAME --kind KIND` in
+/// `parent/NAME`, committed to a new Git repository there; its path.
+pub fn scaffolded_repository(parent: &Path, name: &str, kind: &str) -> PathBuf {
+    let crate_dir = parent.join(name);
+    let (ok, out) = cli(
+        &DataDir::new(),
+        &[],
+        &[
+            "plugin",
+            "new",
+            name,
+            "--kind",
+            kind,
+            "--dir",
+            crate_dir.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "plughost plugin new {name}: {out}");
+    git(&crate_dir, &["init", "-q"]);
+    git(&crate_dir, &["add", "."]);
+    git(&crate_dir, &["commit", "-qm", "scaffold"]);
+    crate_dir
+}

@@ -1,31 +1,9 @@
 //! Installing from Git (local repositories made by the `git` command) and
 //! the `plughost plugin` commands, through the real binary.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
-use e2e::{DataDir, Host, cli, package, zip_names};
-
-fn git(repo: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .args([
-            "-c",
-            "user.name=plughost",
-            "-c",
-            "user.email=tests@plughost.invalid",
-        ])
-        .args(["-c", "init.defaultBranch=main"])
-        .arg("-C")
-        .arg(repo)
-        .args(args)
-        .output()
-        .expect("run git");
-    assert!(
-        output.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
+use e2e::{DataDir, Host, cli, git, package, zip_names};
 
 /// Writes greeter build `build` as a prebuilt package at the repo's root.
 fn put_greeter(repo: &Path, build: u8) {
@@ -135,25 +113,8 @@ fn git_sources_are_limited_to_allowed_hosts_and_local_only_when_allowed() {
 #[test]
 fn a_crate_made_by_plugin_new_builds_from_git_through_the_cli_and_serves() {
     let repo = tempfile::tempdir().unwrap();
-    let crate_dir = repo.path().join("demo");
+    let crate_dir = e2e::scaffolded_repository(repo.path(), "demo", "extend");
     let data = DataDir::new();
-    let (ok, out) = cli(
-        &data,
-        &[],
-        &[
-            "plugin",
-            "new",
-            "demo",
-            "--kind",
-            "extend",
-            "--dir",
-            crate_dir.to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "{out}");
-    git(&crate_dir, &["init", "-q"]);
-    git(&crate_dir, &["add", "."]);
-    git(&crate_dir, &["commit", "-qm", "scaffold"]);
 
     // Plugin builds share one target dir across test runs.
     let build_dir = e2e::root().join("target").join("plugin-builds");

@@ -114,6 +114,48 @@ async fn until_within(client: &Client, what: &str, script: &str, limit: Duration
     }
 }
 
+async fn click(client: &Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn type_into(client: &Client, id: &str, text: &str) {
+    client
+        .wait()
+        .for_element(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("no #{id}: {e}"))
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
+async fn text_of(client: &Client, id: &str) -> String {
+    client
+        .find(Locator::Id(id))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Logs in as admin with the keyboard: type, then Enter submits.
+async fn log_in(client: &Client) {
+    type_into(client, "username", "admin").await;
+    type_into(
+        client,
+        "password",
+        &format!("{}\u{E007}", e2e::ADMIN_PASSWORD),
+    )
+    .await;
+}
+
 async fn row_text(client: &Client, plugin: &str) -> String {
     client
         .find(Locator::Css(&format!("tr[data-plugin='{plugin}']")))
@@ -159,18 +201,7 @@ fn the_plugin_page_manages_plugins_in_a_real_browser() {
         client.goto(&format!("{base}/ui")).await.unwrap();
         assert_eq!(client.current_url().await.unwrap().path(), "/ui/");
 
-        // Log in with the keyboard: type, then Enter submits.
-        let name = client
-            .wait()
-            .for_element(Locator::Id("username"))
-            .await
-            .unwrap();
-        name.send_keys("admin").await.unwrap();
-        let password = client.find(Locator::Id("password")).await.unwrap();
-        password
-            .send_keys(&format!("{}\u{E007}", e2e::ADMIN_PASSWORD))
-            .await
-            .unwrap();
+        log_in(&client).await;
         until(
             &client,
             "the bundled plugins",
@@ -188,13 +219,7 @@ fn the_plugin_page_manages_plugins_in_a_real_browser() {
         snap(&client, "1-plugins").await;
 
         // Toggle hello off: the page shows it disabled, its route answers 503.
-        client
-            .find(Locator::Css("tr[data-plugin='hello'] button.toggle"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&client, "tr[data-plugin='hello'] button.toggle").await;
         until(
             &client,
             "hello disabled",
@@ -207,102 +232,48 @@ fn the_plugin_page_manages_plugins_in_a_real_browser() {
         snap(&client, "2-hello-disabled").await;
 
         // Upload a package: listed, serving, with its routes.
-        client
-            .find(Locator::Id("upload-file"))
-            .await
-            .unwrap()
-            .send_keys(greeter.to_str().unwrap())
-            .await
-            .unwrap();
-        client
-            .find(Locator::Css("#upload-form button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        type_into(&client, "upload-file", greeter.to_str().unwrap()).await;
+        click(&client, "#upload-form button[type=submit]").await;
         until(
             &client,
             "greeter listed",
             "return !!document.querySelector(\"tr[data-plugin='greeter'] .state-loaded\");",
         )
         .await;
-        let message = client
-            .find(Locator::Id("message"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let message = text_of(&client, "message").await;
         assert!(
             message.contains("plugin 'greeter' 1.0.0 installed"),
             "{message}"
         );
         assert_eq!(e2e::greeter_version(&host).as_deref(), Some("1"));
-        client
-            .find(Locator::Css("tr[data-plugin='greeter'] details summary"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&client, "tr[data-plugin='greeter'] details summary").await;
         let routes = row_text(&client, "greeter").await;
         assert!(routes.contains("GET /greeter/v1/version"), "{routes}");
         assert!(routes.contains("Which build answers (build 1)"), "{routes}");
         snap(&client, "3-greeter-installed").await;
 
         // An error is shown as the envelope's msg.
-        client
-            .find(Locator::Id("upload-file"))
-            .await
-            .unwrap()
-            .send_keys(junk.to_str().unwrap())
-            .await
-            .unwrap();
-        client
-            .find(Locator::Css("#upload-form button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        type_into(&client, "upload-file", junk.to_str().unwrap()).await;
+        click(&client, "#upload-form button[type=submit]").await;
         until(
             &client,
             "the error",
             "return !document.getElementById('error').hidden;",
         )
         .await;
-        let shown = client
-            .find(Locator::Id("error"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let shown = text_of(&client, "error").await;
         let answered = host.upload(b"this is not a zip archive", "type=zip");
         assert_eq!(shown, answered.json["msg"].as_str().unwrap());
         snap(&client, "4-error").await;
 
         // Uninstall, after confirming in the dialog.
-        client
-            .find(Locator::Css("tr[data-plugin='greeter'] button.uninstall"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&client, "tr[data-plugin='greeter'] button.uninstall").await;
         let confirm = client
             .wait()
             .for_element(Locator::Id("confirm-yes"))
             .await
             .unwrap();
-        let question = client
-            .find(Locator::Id("confirm-text"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let question = text_of(&client, "confirm-text").await;
         assert!(question.contains("Uninstall 'greeter'"), "{question}");
         snap(&client, "5-confirm-uninstall").await;
         confirm.click().await.unwrap();
@@ -345,39 +316,11 @@ fn the_plugin_page_manages_plugins_in_a_real_browser() {
     });
 }
 
-fn git(dir: &std::path::Path, args: &[&str]) {
-    let status = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-        .args(args)
-        .current_dir(dir)
-        .status()
-        .unwrap();
-    assert!(status.success(), "git {args:?}");
-}
-
 #[test]
 fn the_plugin_page_installs_from_git_showing_the_build_output() {
     // A plugin crate from `plugin new`, committed to a local repository.
     let repo = tempfile::tempdir().unwrap();
-    let crate_dir = repo.path().join("pagedemo");
-    let scaffold = e2e::DataDir::new();
-    let (ok, out) = e2e::cli(
-        &scaffold,
-        &[],
-        &[
-            "plugin",
-            "new",
-            "pagedemo",
-            "--kind",
-            "app",
-            "--dir",
-            crate_dir.to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "{out}");
-    git(&crate_dir, &["init", "-q"]);
-    git(&crate_dir, &["add", "."]);
-    git(&crate_dir, &["commit", "-qm", "scaffold"]);
+    let crate_dir = e2e::scaffolded_repository(repo.path(), "pagedemo", "app");
     let build_dir = e2e::root().join("target").join("plugin-builds");
     let build_dir = build_dir.display().to_string();
     let (_data, host) = e2e::serve_with(
@@ -393,38 +336,19 @@ fn the_plugin_page_installs_from_git_showing_the_build_output() {
     e2e::runtime().block_on(async {
         let client = browser(&driver).await;
         client.goto(&format!("{base}/ui/")).await.unwrap();
-        let name = client
-            .wait()
-            .for_element(Locator::Id("username"))
-            .await
-            .unwrap();
-        name.send_keys("admin").await.unwrap();
-        client
-            .find(Locator::Id("password"))
-            .await
-            .unwrap()
-            .send_keys(&format!("{}\u{E007}", e2e::ADMIN_PASSWORD))
-            .await
-            .unwrap();
+        log_in(&client).await;
         client
             .wait()
             .for_element(Locator::Css("tr[data-plugin='hello']"))
             .await
             .unwrap();
-        client
-            .find(Locator::Id("git-url"))
-            .await
-            .unwrap()
-            .send_keys(&format!("file://{}", crate_dir.display()))
-            .await
-            .unwrap();
-        client
-            .find(Locator::Css("#git-form button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        type_into(
+            &client,
+            "git-url",
+            &format!("file://{}", crate_dir.display()),
+        )
+        .await;
+        click(&client, "#git-form button[type=submit]").await;
         // cargo's own lines appear while the install runs or at its end.
         until_within(
             &client,
