@@ -272,27 +272,29 @@ pub fn panicked_outside(plugin: &str) {
         .increment(1);
 }
 
-/// A core route answered.
-pub fn core_answered(method: &str, route: &str, status: u16, took: Duration) {
+/// A core route answered (its handles made once per worker thread).
+pub fn core_answered(method: &actix_web::http::Method, route: &str, status: u16, took: Duration) {
     if HANDLE.get().is_none() {
         return;
     }
-    let class = match status / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        _ => "5xx",
-    };
-    let labels = [
-        ("plugin", String::new()),
-        ("method", method.to_owned()),
-        ("route", route.to_owned()),
-    ];
-    let mut with_status = labels.to_vec();
-    with_status.push(("status", class.to_owned()));
-    metrics::counter!("plughost_requests_total", &with_status).increment(1);
-    metrics::histogram!("plughost_request_duration_seconds", &labels).record(took.as_secs_f64());
+    thread_local! {
+        static CORE: RefCell<std::collections::HashMap<String, Vec<(actix_web::http::Method, RouteMetrics)>>> =
+            RefCell::new(std::collections::HashMap::new());
+    }
+    CORE.with(|core| {
+        let mut core = core.borrow_mut();
+        let methods = match core.get_mut(route) {
+            Some(methods) => methods,
+            None => core.entry(route.to_owned()).or_default(),
+        };
+        if let Some((_, metrics)) = methods.iter().find(|(m, _)| m == method) {
+            metrics.answered(status, took);
+            return;
+        }
+        let metrics = RouteMetrics::new("", method.as_str(), route);
+        metrics.answered(status, took);
+        methods.push((method.clone(), metrics));
+    });
 }
 
 /// A plugin operation of `kind` ended (`ok` or not) after `took`.

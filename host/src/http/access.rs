@@ -113,19 +113,19 @@ where
             }
             Err(e) => e.as_response_error().status_code(),
         };
-        let pattern;
         let route: &str = match &context.route {
             Some(route) => {
                 route.answered(status.as_u16(), took);
                 &route.route
             }
             None => {
-                pattern = result
+                // Core resources are named by their route template.
+                let route = result
                     .as_ref()
                     .ok()
-                    .and_then(|r| r.request().match_pattern());
-                let route = pattern.as_deref().unwrap_or("-");
-                core_answered(this.method.as_str(), route, status.as_u16(), took);
+                    .and_then(|r| r.request().match_name())
+                    .unwrap_or("-");
+                core_answered(this.method, route, status.as_u16(), took);
                 route
             }
         };

@@ -58,11 +58,8 @@ pub struct AppState {
 /// The 405 of a core resource: its methods come from the core route list
 /// (`CORE_ROUTES`, the same list the API document is checked against).
 async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    let pattern = req.match_pattern().unwrap_or_default();
-    let pattern = match pattern.split_once("/{tail") {
-        Some((page, _)) => format!("{page}/{{*tail}}"),
-        None => pattern,
-    };
+    // Each core resource is named by its template as CORE_ROUTES writes it.
+    let pattern = req.match_name().unwrap_or_default();
     let allowed: Vec<&str> = CORE_ROUTES
         .iter()
         .filter(|(_, path)| *path == pattern)
@@ -119,26 +116,31 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
     }))
     .service(
         web::resource("/health")
+            .name("/health")
             .route(web::get().to(health))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
         web::resource("/metrics")
+            .name("/metrics")
             .route(web::get().to(metrics::metrics))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
         web::resource("/openapi.json")
+            .name("/openapi.json")
             .route(web::get().to(openapi::api_document))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
         web::resource(["/ui", "/ui/{tail:.*}"])
+            .name("/ui/{*tail}")
             .route(web::get().to(ui::page))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
         web::resource(["/docs", "/docs/{tail:.*}"])
+            .name("/docs/{*tail}")
             .route(web::get().to(openapi::docs))
             .default_service(web::to(method_not_allowed)),
     )
@@ -147,17 +149,20 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
             .wrap(from_fn(auth::guard))
             .service(
                 web::resource("/auth/login")
+                    .name("/admin/v1/auth/login")
                     .wrap(from_fn(limits::stall_guard))
                     .route(web::post().to(auth::login))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(
                 web::resource("/auth/logout")
+                    .name("/admin/v1/auth/logout")
                     .route(web::post().to(auth::logout))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(
                 web::resource("/sys/plugins")
+                    .name("/admin/v1/sys/plugins")
                     .wrap(from_fn(limits::stall_guard))
                     .route(web::get().to(plugins::list))
                     .route(web::post().to(plugins::install))
@@ -165,34 +170,46 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
             )
             .service(
                 web::resource("/sys/plugin-build")
+                    .name("/admin/v1/sys/plugin-build")
                     .route(web::get().to(plugins::build))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(
                 web::resource("/sys/plugins/changed")
+                    .name("/admin/v1/sys/plugins/changed")
                     .route(web::get().to(plugins::changed))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(
                 web::resource("/sys/plugins/{plugin}/status")
+                    .name("/admin/v1/sys/plugins/{plugin}/status")
                     .route(web::put().to(plugins::toggle))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(
                 web::resource("/sys/plugins/{plugin}")
+                    .name("/admin/v1/sys/plugins/{plugin}")
                     .route(web::get().to(plugins::download))
                     .route(web::delete().to(plugins::uninstall))
                     .default_service(web::to(method_not_allowed)),
             )
             .configure(|admin| {
                 if bench_baseline {
-                    admin.route("/native/dict-types", web::get().to(baseline::dict_types));
+                    admin.service(
+                        web::resource("/native/dict-types")
+                            .name("/admin/v1/native/dict-types")
+                            .route(web::get().to(baseline::dict_types)),
+                    );
                 }
             })
             .default_service(dispatch::service(Scope::Admin)),
     );
     if bench_baseline {
-        cfg.route("/native/hello/v1/greet", web::get().to(baseline::greet));
+        cfg.service(
+            web::resource("/native/hello/v1/greet")
+                .name("/native/hello/v1/greet")
+                .route(web::get().to(baseline::greet)),
+        );
     }
     cfg.default_service(dispatch::service(Scope::App));
 }
