@@ -233,9 +233,9 @@ impl RouteMetrics {
     }
 
     /// A request is being answered until the guard is dropped.
-    pub fn enter(self: &Arc<Self>) -> InFlight {
+    pub fn enter(&self) -> InFlight<'_> {
         self.in_flight.increment(1.0);
-        InFlight(self.clone())
+        InFlight(self)
     }
 
     /// The plugin is disabled: the request is answered 503.
@@ -258,9 +258,9 @@ impl RouteMetrics {
 
 /// A request in flight on a route (the gauge goes down when dropped,
 /// also when the client goes away mid-request).
-pub struct InFlight(Arc<RouteMetrics>);
+pub struct InFlight<'a>(&'a RouteMetrics);
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.decrement(1.0);
     }

@@ -26,7 +26,7 @@ use crate::{
     config::Settings,
     plugin::{
         PluginHost,
-        running::router::{CORE_ROUTES, Scope},
+        running::router::{ADMIN_SCOPE, CORE_ROUTES, Scope},
     },
 };
 
@@ -90,6 +90,35 @@ fn extractor_error(message: String) -> actix_web::Error {
     .into()
 }
 
+/// A core resource at `template` (as `CORE_ROUTES` spells it), named by
+/// it: the access log, the metrics and the 405's `Allow` read the name.
+/// Any other method answers 405.
+fn core_resource(template: &str) -> actix_web::Resource {
+    named(web::resource(template), template)
+}
+
+/// A core resource inside the admin scope, at its full `template`.
+fn admin_resource(template: &str) -> actix_web::Resource {
+    let path = template
+        .strip_prefix(ADMIN_SCOPE)
+        .expect("admin routes live below the admin scope");
+    named(web::resource(path), template)
+}
+
+/// An embedded page: `/page`, and `/page/{*tail}` for its files.
+fn page_resource(page: &str) -> actix_web::Resource {
+    named(
+        web::resource([page.to_owned(), format!("{page}/{{tail:.*}}")]),
+        &format!("{page}/{{*tail}}"),
+    )
+}
+
+fn named(resource: actix_web::Resource, template: &str) -> actix_web::Resource {
+    resource
+        .name(template)
+        .default_service(web::to(method_not_allowed))
+}
+
 /// Registers every route of the host on an app.
 pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
     cfg.app_data(
@@ -114,90 +143,46 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
         let message = format!("invalid JSON body: {e}");
         InternalError::from_response(message.clone(), envelope::error(status, &message)).into()
     }))
+    .service(core_resource("/health").route(web::get().to(health)))
+    .service(core_resource("/metrics").route(web::get().to(metrics::metrics)))
+    .service(core_resource("/openapi.json").route(web::get().to(openapi::api_document)))
+    .service(page_resource("/ui").route(web::get().to(ui::page)))
+    .service(page_resource("/docs").route(web::get().to(openapi::docs)))
     .service(
-        web::resource("/health")
-            .name("/health")
-            .route(web::get().to(health))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/metrics")
-            .name("/metrics")
-            .route(web::get().to(metrics::metrics))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/openapi.json")
-            .name("/openapi.json")
-            .route(web::get().to(openapi::api_document))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource(["/ui", "/ui/{tail:.*}"])
-            .name("/ui/{*tail}")
-            .route(web::get().to(ui::page))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource(["/docs", "/docs/{tail:.*}"])
-            .name("/docs/{*tail}")
-            .route(web::get().to(openapi::docs))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::scope("/admin/v1")
+        web::scope(ADMIN_SCOPE)
             .wrap(from_fn(auth::guard))
             .service(
-                web::resource("/auth/login")
-                    .name("/admin/v1/auth/login")
+                admin_resource("/admin/v1/auth/login")
                     .wrap(from_fn(limits::stall_guard))
-                    .route(web::post().to(auth::login))
-                    .default_service(web::to(method_not_allowed)),
+                    .route(web::post().to(auth::login)),
             )
+            .service(admin_resource("/admin/v1/auth/logout").route(web::post().to(auth::logout)))
             .service(
-                web::resource("/auth/logout")
-                    .name("/admin/v1/auth/logout")
-                    .route(web::post().to(auth::logout))
-                    .default_service(web::to(method_not_allowed)),
-            )
-            .service(
-                web::resource("/sys/plugins")
-                    .name("/admin/v1/sys/plugins")
+                admin_resource("/admin/v1/sys/plugins")
                     .wrap(from_fn(limits::stall_guard))
                     .route(web::get().to(plugins::list))
-                    .route(web::post().to(plugins::install))
-                    .default_service(web::to(method_not_allowed)),
+                    .route(web::post().to(plugins::install)),
             )
             .service(
-                web::resource("/sys/plugin-build")
-                    .name("/admin/v1/sys/plugin-build")
-                    .route(web::get().to(plugins::build))
-                    .default_service(web::to(method_not_allowed)),
+                admin_resource("/admin/v1/sys/plugin-build").route(web::get().to(plugins::build)),
             )
             .service(
-                web::resource("/sys/plugins/changed")
-                    .name("/admin/v1/sys/plugins/changed")
-                    .route(web::get().to(plugins::changed))
-                    .default_service(web::to(method_not_allowed)),
+                admin_resource("/admin/v1/sys/plugins/changed")
+                    .route(web::get().to(plugins::changed)),
             )
             .service(
-                web::resource("/sys/plugins/{plugin}/status")
-                    .name("/admin/v1/sys/plugins/{plugin}/status")
-                    .route(web::put().to(plugins::toggle))
-                    .default_service(web::to(method_not_allowed)),
+                admin_resource("/admin/v1/sys/plugins/{plugin}/status")
+                    .route(web::put().to(plugins::toggle)),
             )
             .service(
-                web::resource("/sys/plugins/{plugin}")
-                    .name("/admin/v1/sys/plugins/{plugin}")
+                admin_resource("/admin/v1/sys/plugins/{plugin}")
                     .route(web::get().to(plugins::download))
-                    .route(web::delete().to(plugins::uninstall))
-                    .default_service(web::to(method_not_allowed)),
+                    .route(web::delete().to(plugins::uninstall)),
             )
             .configure(|admin| {
                 if bench_baseline {
                     admin.service(
-                        web::resource("/native/dict-types")
-                            .name("/admin/v1/native/dict-types")
+                        admin_resource("/admin/v1/native/dict-types")
                             .route(web::get().to(baseline::dict_types)),
                     );
                 }

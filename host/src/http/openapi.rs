@@ -355,12 +355,9 @@ static DOCS_CONFIG: LazyLock<Arc<utoipa_swagger_ui::Config<'static>>> = LazyLock
 
 /// `GET /docs/{tail}`: Swagger UI, from the files embedded in the binary.
 pub(crate) async fn docs(req: HttpRequest) -> HttpResponse {
-    let tail = req.match_info().get("tail").unwrap_or("");
-    if tail.is_empty() && !req.path().ends_with('/') {
-        return HttpResponse::PermanentRedirect()
-            .insert_header(("location", "/docs/"))
-            .finish();
-    }
+    let Some(tail) = super::ui::page_file(&req) else {
+        return super::ui::to_page_directory(&req);
+    };
     match utoipa_swagger_ui::serve(tail, DOCS_CONFIG.clone()) {
         Ok(Some(file)) => HttpResponse::Ok()
             .content_type(file.content_type)

@@ -18,14 +18,27 @@ struct Assets;
 /// Only the page's own files, scripts and styles; connections only to this host.
 const POLICY: &str = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
 
+/// The file a request for an embedded page (`/ui/…`, `/docs/…`) names
+/// below the page's directory; `None` for the page itself without its
+/// slash, which [`to_page_directory`] answers.
+pub(crate) fn page_file(req: &HttpRequest) -> Option<&str> {
+    let tail = req.match_info().get("tail").unwrap_or("");
+    (!tail.is_empty() || req.path().ends_with('/')).then_some(tail)
+}
+
+/// The redirect from `/page` to `/page/`, so the page's relative links
+/// resolve.
+pub(crate) fn to_page_directory(req: &HttpRequest) -> HttpResponse {
+    HttpResponse::PermanentRedirect()
+        .insert_header((header::LOCATION, format!("{}/", req.path())))
+        .finish()
+}
+
 /// `GET /ui/{tail}`: a file of the page (`index.html` for the directory).
 pub(crate) async fn page(req: HttpRequest) -> HttpResponse {
-    let tail = req.match_info().get("tail").unwrap_or("");
-    if tail.is_empty() && !req.path().ends_with('/') {
-        return HttpResponse::PermanentRedirect()
-            .insert_header((header::LOCATION, "/ui/"))
-            .finish();
-    }
+    let Some(tail) = page_file(&req) else {
+        return to_page_directory(&req);
+    };
     let name = if tail.is_empty() { "index.html" } else { tail };
     match Assets::get(name) {
         Some(file) => HttpResponse::Ok()
