@@ -55,8 +55,6 @@ enum Command {
     Plugin {
         #[command(subcommand)]
         action: PluginAction,
-        #[command(flatten)]
-        settings: SettingsArgs,
     },
     /// Opens one library and prints the plugin it declares (the host runs
     /// this in a child process before it maps a library itself).
@@ -70,7 +68,10 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum PluginAction {
     /// List every plugin found, with its state.
-    List,
+    List {
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
     /// Install (or upgrade) a plugin from a ZIP package or a Git repository.
     Add {
         /// The package.
@@ -88,6 +89,8 @@ enum PluginAction {
         /// Replace it even with an older or the same version.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
     },
     /// Uninstall a plugin (a backup is kept).
     Remove {
@@ -96,24 +99,32 @@ enum PluginAction {
         /// Also drop its tables (runs its destroy script).
         #[arg(long)]
         purge: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
     },
     /// Enable a plugin.
     Enable {
         /// The plugin.
         name: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
     },
     /// Disable a plugin.
     Disable {
         /// The plugin.
         name: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
     },
-    /// Write a plugin's installable ZIP.
+    /// Write an installed plugin's package (as downloaded from the API).
     Pack {
         /// The plugin.
         name: String,
         /// The file to write.
         #[arg(short, long)]
         output: std::path::PathBuf,
+        #[command(flatten)]
+        settings: SettingsArgs,
     },
     /// Create a new plugin crate that builds and loads as is.
     New {
@@ -125,10 +136,51 @@ enum PluginAction {
         /// Where to create it (default: ./NAME).
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
-        /// The plugin-api dependency: a path to the plugin-api crate, or a version.
-        #[arg(long)]
+        /// The plugin-api dependency: a version (default: this host's own) or the path of a plugin-api checkout.
+        #[arg(long, value_name = "VERSION|PATH")]
         plugin_api: Option<String>,
     },
+    /// Build a plugin crate (release) and write its installable package,
+    /// checked as an install checks it, optionally signed.
+    Package {
+        /// The plugin crate (with Cargo.toml, plugin.toml and README.md).
+        crate_dir: std::path::PathBuf,
+        /// The package to write.
+        #[arg(short, long)]
+        output: std::path::PathBuf,
+        /// Sign it with this secret key (from `plughost plugin keygen`; its
+        /// password, if any, from PLUGHOST_SIGNING_PASSWORD).
+        #[arg(long, value_name = "KEY_FILE")]
+        sign: Option<std::path::PathBuf>,
+    },
+    /// Write a new signing key pair: FILE (secret) and FILE.pub (public, for
+    /// the hosts' PLUGHOST_TRUSTED_KEYS).
+    Keygen {
+        /// The secret key file.
+        #[arg(long, value_name = "FILE")]
+        out: std::path::PathBuf,
+        /// Leave the secret key without a password (else PLUGHOST_SIGNING_PASSWORD, or asked).
+        #[arg(long)]
+        no_password: bool,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+impl PluginAction {
+    /// The host settings of an action that runs against a plugin dir.
+    fn settings(&self) -> Option<&SettingsArgs> {
+        match self {
+            Self::List { settings }
+            | Self::Add { settings, .. }
+            | Self::Remove { settings, .. }
+            | Self::Enable { settings, .. }
+            | Self::Disable { settings, .. }
+            | Self::Pack { settings, .. } => Some(settings),
+            Self::New { .. } | Self::Package { .. } | Self::Keygen { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -279,7 +331,7 @@ fn plugin(args: &SettingsArgs, action: PluginAction) -> anyhow::Result<()> {
     actix_web::rt::System::new().block_on(async move {
         let host = Core::open(settings).await?.plugins().await?;
         match action {
-            PluginAction::List => {
+            PluginAction::List { .. } => {
                 println!("{:<24} {:<10} {:<9} {:<8} error", "name", "version", "state", "enabled");
                 for item in host.list().await {
                     let text = |p: &str| item.pointer(p).and_then(|v| v.as_str()).unwrap_or("").to_owned();
@@ -299,6 +351,7 @@ fn plugin(args: &SettingsArgs, action: PluginAction) -> anyhow::Result<()> {
                 reference,
                 upgrade,
                 force,
+                ..
             } => {
                 let options = InstallOptions {
                     upgrade,
@@ -337,7 +390,7 @@ fn plugin(args: &SettingsArgs, action: PluginAction) -> anyhow::Result<()> {
                     None => println!("installed plugin '{}' {}", installed.name, installed.version),
                 }
             }
-            PluginAction::Remove { name, purge } => {
+            PluginAction::Remove { name, purge, .. } => {
                 let done = host.uninstall(&name, purge).await?;
                 println!(
                     "removed plugin '{name}' (backup: {}{})",
@@ -345,18 +398,82 @@ fn plugin(args: &SettingsArgs, action: PluginAction) -> anyhow::Result<()> {
                     if done.purged { "; tables dropped" } else { "" }
                 );
             }
-            PluginAction::Enable { name } => set_enabled(&host, &name, true).await?,
-            PluginAction::Disable { name } => set_enabled(&host, &name, false).await?,
-            PluginAction::Pack { name, output } => {
+            PluginAction::Enable { name, .. } => set_enabled(&host, &name, true).await?,
+            PluginAction::Disable { name, .. } => set_enabled(&host, &name, false).await?,
+            PluginAction::Pack { name, output, .. } => {
                 let bytes = host.pack(&name)?;
                 std::fs::write(&output, &bytes)
                     .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", output.display()))?;
                 println!("wrote {} ({} bytes)", output.display(), bytes.len());
             }
-            PluginAction::New { .. } => unreachable!("handled without a host"),
+            PluginAction::New { .. } | PluginAction::Package { .. } | PluginAction::Keygen { .. } => {
+                unreachable!("handled without a host")
+            }
         }
         Ok(())
     })
+}
+
+/// Runs a plugin action that needs no host: scaffold, package, keys.
+fn author(action: PluginAction) -> anyhow::Result<()> {
+    use crate::plugin::authoring;
+    match action {
+        PluginAction::New {
+            name,
+            kind,
+            dir,
+            plugin_api,
+        } => {
+            let dir = crate::plugin::scaffold::create(&name, kind, dir, plugin_api)?;
+            println!(
+                "created plugin crate '{name}' in {}; package it with `plughost plugin package {} -o {name}.zip` and install the package, or push it to Git and `plughost plugin add --git URL`",
+                dir.display(),
+                dir.display()
+            );
+        }
+        PluginAction::Package {
+            crate_dir,
+            output,
+            sign,
+        } => {
+            eprintln!("building {} (release)", crate_dir.display());
+            let done = authoring::package(&crate_dir, &output, sign.as_deref())?;
+            println!(
+                "wrote {} ({} bytes): plugin '{}' {} built against plugin-api {}, {}",
+                output.display(),
+                done.size,
+                done.name,
+                done.version,
+                done.contract,
+                done.key_id.map_or_else(
+                    || "unsigned".to_owned(),
+                    |id| format!("signed with key {id}")
+                )
+            );
+        }
+        PluginAction::Keygen {
+            out,
+            no_password,
+            force,
+        } => {
+            let key = authoring::keygen(&out, no_password, force)?;
+            println!(
+                "wrote secret key {} ({}) and public key {} (key id {}); sign with `plughost plugin package CRATE_DIR -o OUT.zip --sign {}`, and trust it on hosts with PLUGHOST_TRUSTED_KEYS={}",
+                key.secret.display(),
+                if key.encrypted {
+                    "password-protected"
+                } else {
+                    "no password"
+                },
+                key.public.display(),
+                key.key_id,
+                key.secret.display(),
+                key.public.display()
+            );
+        }
+        other => unreachable!("{other:?} needs a host"),
+    }
+    Ok(())
 }
 
 async fn set_enabled(
@@ -414,21 +531,10 @@ pub fn main() -> ExitCode {
         Command::Role { action, settings } => {
             manage(&settings, |auth| Box::pin(role(auth, action)))
         }
-        Command::Plugin {
-            action: PluginAction::New {
-                name,
-                kind,
-                dir,
-                plugin_api,
-            },
-            ..
-        } => crate::plugin::scaffold::create(&name, kind, dir, plugin_api).map(|dir| {
-            println!(
-                "created plugin crate '{name}' in {}; build it with `cargo build --release` and install the package, or push it to Git and `plughost plugin add --git URL`",
-                dir.display()
-            );
-        }),
-        Command::Plugin { action, settings } => plugin(&settings, action),
+        Command::Plugin { action } => match action.settings() {
+            Some(settings) => plugin(&settings.clone(), action),
+            None => author(action),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

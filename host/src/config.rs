@@ -152,6 +152,17 @@ pub struct SettingsArgs {
     /// Serve `/metrics` on this address instead, without a token (default: on the main port, with a token holding sys:metrics:read).
     #[arg(long, global = true, env = "PLUGHOST_METRICS_BIND")]
     pub metrics_bind: Option<SocketAddr>,
+    /// Public key files (minisign format) of the signers whose packages this host trusts, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        env = "PLUGHOST_TRUSTED_KEYS",
+        value_delimiter = ','
+    )]
+    pub trusted_keys: Option<Vec<PathBuf>>,
+    /// Refuse packages not signed by a trusted key: true or false (default: true when the environment is `prod`, else false).
+    #[arg(long, global = true, env = "PLUGHOST_REQUIRE_SIGNED", value_parser = clap::builder::BoolishValueParser::new())]
+    pub require_signed: Option<bool>,
     /// Also mount the native baseline route `/native/hello/v1/greet` (benchmarks).
     #[arg(long, global = true, env = "PLUGHOST_BENCH_BASELINE", value_parser = clap::builder::FalseyValueParser::new())]
     pub bench_baseline: bool,
@@ -174,6 +185,8 @@ struct FileSettings {
     access_log: Option<bool>,
     metrics: Option<bool>,
     metrics_bind: Option<SocketAddr>,
+    trusted_keys: Option<Vec<PathBuf>>,
+    require_signed: Option<bool>,
     bench_baseline: Option<bool>,
     required_plugins: Option<Vec<String>>,
     database_url: Option<String>,
@@ -262,6 +275,8 @@ pub struct Settings {
     pub metrics: bool,
     /// A separate address for `/metrics` (no token there).
     pub metrics_bind: Option<SocketAddr>,
+    /// Which package signers are trusted, and whether a signature is required.
+    pub trust: crate::plugin::loading::trust::TrustPolicy,
 }
 
 /// A settings file that cannot be used.
@@ -401,10 +416,31 @@ impl Settings {
                         .into(),
             });
         }
+        let environment = args
+            .environment
+            .clone()
+            .or(file.environment)
+            .unwrap_or_else(|| "dev".into());
+        let trusted_keys = args
+            .trusted_keys
+            .clone()
+            .or(file.trusted_keys)
+            .unwrap_or_default();
+        let trust = crate::plugin::loading::trust::TrustPolicy::load(
+            &trusted_keys,
+            args.require_signed
+                .or(file.require_signed)
+                .unwrap_or(environment == "prod"),
+        )
+        .map_err(|e| ConfigError::Invalid {
+            name: "trusted_keys",
+            message: e.to_string(),
+        })?;
         Ok(Self {
             access_log: args.access_log.or(file.access_log).unwrap_or(true),
             metrics,
             metrics_bind,
+            trust,
             body_timeout: Duration::from_secs(body_timeout),
             instance_id,
             login,
@@ -442,11 +478,7 @@ impl Settings {
             worker_id: worker_id(args.worker_id.or(file.worker_id))?,
             jwt_secret: args.jwt_secret.clone().or(file.jwt_secret),
             token_ttl: Duration::from_secs(args.token_ttl.or(file.token_ttl).unwrap_or(86_400)),
-            environment: args
-                .environment
-                .clone()
-                .or(file.environment)
-                .unwrap_or_else(|| "dev".into()),
+            environment,
             backup_dir: args
                 .backup_dir
                 .clone()

@@ -193,7 +193,15 @@ function render(plugins, routes) {
       title.append(details);
     }
     cell(row, "Plugin", title);
-    cell(row, "Version", meta.version || "");
+    const version = document.createElement("div");
+    version.textContent = meta.version || "";
+    if (item.state !== "error" && item.state !== "absent") {
+      const signer = document.createElement("div");
+      signer.className = "reason";
+      signer.textContent = item.signer ? `signed by ${item.signer}` : "unsigned";
+      version.append(signer);
+    }
+    cell(row, "Version", version);
     cell(row, "Kind", item.app && item.app.extend ? `extend (${item.app.extend})` : item.app ? "app" : "");
 
     const state = document.createElement("div");

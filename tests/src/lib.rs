@@ -669,10 +669,18 @@ fn run_sql_client(backend: Backend, server: &str, sql: &str) {
 /// Runs `plughost ARGS` (a management command) on `data` with `env`;
 /// returns (success, stdout + stderr).
 pub fn cli(data: &DataDir, env: &[(&str, String)], args: &[&str]) -> (bool, String) {
+    let data_dir = data.path().to_str().expect("a UTF-8 temp path");
+    let mut all = args.to_vec();
+    all.extend(["--data-dir", data_dir]);
+    author_cli(env, &all)
+}
+
+/// Runs an author's `plughost` command (no host settings: `plugin new`,
+/// `plugin package`, `plugin keygen`) with `env` added; whether it
+/// succeeded, and what it printed.
+pub fn author_cli(env: &[(&str, String)], args: &[&str]) -> (bool, String) {
     let output = Command::new(binary("plughost"))
         .args(args)
-        .arg("--data-dir")
-        .arg(data.path())
         .env("PLUGHOST_LOG", "warn")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
@@ -936,6 +944,24 @@ pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
+/// The entries of a ZIP archive (name, contents), in order; directories
+/// are left out.
+pub fn zip_entries(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(archive)).expect("a ZIP archive");
+    let mut entries = Vec::new();
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i).expect("entry");
+        if entry.is_dir() {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).expect("read entry");
+        entries.push((entry.name().to_owned(), bytes));
+    }
+    entries
+}
+
 /// The entry names of a ZIP archive.
 pub fn zip_names(archive: &[u8]) -> Vec<String> {
     let zip = zip::ZipArchive::new(std::io::Cursor::new(archive)).expect("a ZIP archive");
@@ -971,8 +997,8 @@ pub fn git(repo: &Path, args: &[&str]) -> String {
 /// `parent/NAME`, committed to a new Git repository there; its path.
 pub fn scaffolded_repository(parent: &Path, name: &str, kind: &str) -> PathBuf {
     let crate_dir = parent.join(name);
-    let (ok, out) = cli(
-        &DataDir::new(),
+    let api = root().join("plugin-api");
+    let (ok, out) = author_cli(
         &[],
         &[
             "plugin",
@@ -982,6 +1008,8 @@ pub fn scaffolded_repository(parent: &Path, name: &str, kind: &str) -> PathBuf {
             kind,
             "--dir",
             crate_dir.to_str().unwrap(),
+            "--plugin-api",
+            api.to_str().unwrap(),
         ],
     );
     assert!(ok, "plughost plugin new {name}: {out}");

@@ -101,6 +101,18 @@ fn handlers_see_path_params_headers_and_their_own_settings_only() {
     assert_eq!(data["id"], "42");
     assert_eq!(data["agent"], "probe");
     assert_eq!(data["greeting"], "hi from the manifest");
+    // Arrays and tables arrive as JSON text.
+    let parse = |key: &str| -> serde_json::Value {
+        serde_json::from_str(data[key].as_str().expect("a string")).expect("JSON text")
+    };
+    assert_eq!(
+        parse("exclude"),
+        json!([
+            ["POST", "/api/v1/auth/logout"],
+            ["POST", "/api/v1/auth/token/new"]
+        ])
+    );
+    assert_eq!(parse("limits"), json!({"rpm": 60, "burst": 1.5}));
     assert!(
         data["undeclared"].is_null(),
         "a plugin reads only settings it declares"

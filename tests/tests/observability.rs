@@ -203,6 +203,22 @@ fn every_log_line_of_a_request_carries_its_trace_id() {
         access.contains("method=GET") && access.contains(&trace) && access.contains("duration_us="),
         "{access}"
     );
+    // `2026-11-24T20:09:55.123456Z  INFO access: …`, like the other lines.
+    let stamp = access.split_whitespace().next().unwrap();
+    assert!(
+        stamp.len() == 27
+            && stamp.ends_with('Z')
+            && stamp.as_bytes()[10] == b'T'
+            && stamp.as_bytes()[19] == b'.'
+            && stamp[20..26].bytes().all(|b| b.is_ascii_digit()),
+        "{access}"
+    );
+    assert!(
+        access.contains(
+            "Z  INFO access: method=GET route=\"/panicky/v1/sync\" status=500 duration_us="
+        ),
+        "{access}"
+    );
     let greet = log
         .lines()
         .find(|l| l.contains("route=\"/hello/v1/greet\""))

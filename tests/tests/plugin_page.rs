@@ -211,7 +211,7 @@ fn the_plugin_page_manages_plugins_in_a_real_browser() {
         .await;
         let dict = row_text(&client, "dict").await;
         assert!(
-            dict.contains("0.1.0") && dict.contains("extend (admin)"),
+            dict.contains("0.1.0") && dict.contains("extend (admin)") && dict.contains("unsigned"),
             "{dict}"
         );
         assert!(row_text(&client, "hello").await.contains("app"));

@@ -3,7 +3,7 @@
 use e2e::{DataDir, Host};
 
 const VALID_HEAD: &str =
-    "[plugin]\nsummary = \"s\"\nversion = \"1.0.0\"\ndescription = \"d\"\nauthor = \"a\"\n";
+    "[plugin]\nsummary = \"s\"\nversion = \"0.1.0\"\ndescription = \"d\"\nauthor = \"a\"\n";
 
 /// (directory name, plugin.toml, expected part of the reason)
 fn bad_manifests() -> Vec<(&'static str, String, &'static str)> {
@@ -15,7 +15,7 @@ fn bad_manifests() -> Vec<(&'static str, String, &'static str)> {
         ),
         (
             "bad_version",
-            VALID_HEAD.replace("1.0.0", "1.0") + "[app]\nrouter = [\"r\"]\n",
+            VALID_HEAD.replace("0.1.0", "1.0") + "[app]\nrouter = [\"r\"]\n",
             "plugin.version: '1.0' is not a version",
         ),
         (

@@ -106,7 +106,7 @@ where
         let took = this.started.elapsed();
         let status = match &mut result {
             Ok(response) => {
-                if let Ok(value) = HeaderValue::from_str(this.trace.as_str()) {
+                if let Ok(value) = HeaderValue::from_bytes(this.trace.as_bytes()) {
                     response.headers_mut().insert(REQUEST_ID, value);
                 }
                 response.status()
@@ -135,7 +135,7 @@ where
                 route,
                 status.as_u16(),
                 took,
-                this.trace.as_str(),
+                this.trace,
             );
         }
         Poll::Ready(result)

@@ -2,6 +2,7 @@
 //!
 //! [`PluginHost`] is the one facade the HTTP layer and the CLI use.
 
+pub mod authoring;
 pub mod lifecycle;
 pub mod loading;
 pub mod running;
@@ -175,6 +176,7 @@ impl PluginHost {
                 let prepared = converge::prepare(
                     &db,
                     settings.package_limits,
+                    &settings.trust,
                     &settings.plugin_dir,
                     &mut candidates,
                 )
@@ -192,7 +194,8 @@ impl PluginHost {
                 converge::Prepared::default()
             }
         };
-        let cache = libcache::LibraryCache::new(settings.data_dir.join("libs"));
+        let cache =
+            libcache::LibraryCache::new(settings.data_dir.join("libs"), settings.trust.clone());
         let mut outcome = registry::load_all(
             &candidates,
             &cache,
@@ -539,8 +542,12 @@ fn list_item(record: &PluginRecord, required: bool, revision: i64) -> Value {
     let (mut item, state, error) = match (&record.state, &record.manifest) {
         (PluginState::Loaded(p), _) => {
             let enabled = p.enabled();
+            let mut value = p.manifest.flag_value(&p.name, enabled);
+            if let Value::Object(map) = &mut value {
+                map.insert("signer".into(), Value::from(p.signer.clone()));
+            }
             (
-                p.manifest.flag_value(&p.name, enabled),
+                value,
                 if enabled { "loaded" } else { "disabled" },
                 Value::Null,
             )

@@ -14,15 +14,13 @@ pub enum Kind {
 }
 
 /// The plugin-api dependency line: a path when `spec` is an existing
-/// directory (or, by default, the plugin-api this host was built from, if
-/// it is still there), else a version.
+/// directory, else a version: `spec`, by default the contract version this
+/// host speaks.
 fn dependency(spec: Option<String>) -> String {
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-api");
     match spec {
         Some(s) if Path::new(&s).is_dir() => path_dependency(Path::new(&s)),
         Some(version) => format!("plugin-api = \"{version}\""),
-        None if local.is_dir() => path_dependency(&local),
-        None => "plugin-api = \"1\"".into(),
+        None => format!("plugin-api = \"{}\"", plugin_api::CONTRACT_VERSION),
     }
 }
 
@@ -111,7 +109,7 @@ pub fn create(
         (
             "README.md",
             format!(
-                "# {name}\n\nA plughost plugin. Build with `cargo build --release`; the library is `target/release/lib{name}.so`.\n"
+                "# {name}\n\nA plughost plugin. `plughost plugin package . -o {name}.zip [--sign KEY]` builds it and writes its package; `cargo build --release` alone builds `target/release/lib{name}.so`.\n"
             ),
         ),
         ("src/lib.rs", source(name, kind)),

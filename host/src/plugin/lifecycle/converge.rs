@@ -39,7 +39,10 @@ use crate::{
     db::Db,
     plugin::{
         PluginHost,
-        loading::discover::{self, Candidate, mark_package, package_of},
+        loading::{
+            discover::{self, Candidate, mark_package, package_of},
+            trust::TrustPolicy,
+        },
         running::registry::{PluginRecord, PluginState, Refusal},
     },
 };
@@ -131,13 +134,14 @@ fn plan(
 pub(super) async fn fetch(
     db: &Db,
     limits: package::Limits,
+    trust: &TrustPolicy,
     plugin_dir: &Path,
     desired: &Desired,
 ) -> Result<Staging, LifecycleError> {
     let bytes = store::get(db, &desired.digest).await?;
     let staging = Staging::new(plugin_dir)?;
     let dest = staging.path().to_owned();
-    let (expected, digest) = (desired.name.clone(), desired.digest.clone());
+    let (expected, digest, trust) = (desired.name.clone(), desired.digest.clone(), trust.clone());
     let result = blocking(move || {
         let name = package::unpack(&bytes, &limits, &dest)?;
         if name != expected {
@@ -146,6 +150,7 @@ pub(super) async fn fetch(
             )));
         }
         let dir = dest.join(&name);
+        super::check_signature(&dir, &name, &trust)?;
         mark_package(&dir, &digest).map_err(|e| io_error("write into", &dir, e))
     })
     .await;
@@ -187,6 +192,7 @@ pub struct Prepared {
 pub async fn prepare(
     db: &Db,
     limits: package::Limits,
+    trust: &TrustPolicy,
     plugin_dir: &Path,
     candidates: &mut Vec<Candidate>,
 ) -> Result<Prepared, sea_orm::DbErr> {
@@ -227,7 +233,7 @@ pub async fn prepare(
             }
             (found, _) => {
                 let old = found.map(|c| c.source.path().to_owned());
-                match put_in_place(db, limits, plugin_dir, d, old).await {
+                match put_in_place(db, limits, trust, plugin_dir, d, old).await {
                     Ok(()) => {
                         tracing::info!(plugin = %d.name, version = %d.version, "fetched from the package store");
                         changed = true;
@@ -257,11 +263,12 @@ pub async fn prepare(
 async fn put_in_place(
     db: &Db,
     limits: package::Limits,
+    trust: &TrustPolicy,
     plugin_dir: &Path,
     desired: &Desired,
     old: Option<PathBuf>,
 ) -> Result<(), LifecycleError> {
-    let staging = fetch(db, limits, plugin_dir, desired).await?;
+    let staging = fetch(db, limits, trust, plugin_dir, desired).await?;
     let (from, to, dir) = (
         staging.path().join(&desired.name),
         plugin_dir.join(&desired.name),
@@ -492,7 +499,15 @@ impl PluginHost {
                         self.install_staged(guard, Placement::InPlace, &d.name, &options, None)
                             .await
                     }
-                    _ => match fetch(&self.db, self.limits, &self.plugin_dir, d).await {
+                    _ => match fetch(
+                        &self.db,
+                        self.limits,
+                        self.cache.trust(),
+                        &self.plugin_dir,
+                        d,
+                    )
+                    .await
+                    {
                         Ok(staging) => {
                             // A refused local copy that was removed meanwhile.
                             let stale = self

@@ -223,7 +223,7 @@ fn build_event(update: impl FnOnce(&mut Build)) {
 
 /// Builds the plugin crate in `dir` with cargo (release), logging its
 /// progress, killed after the policy's time limit; returns the library.
-fn build(dir: &Path, policy: &GitPolicy) -> Result<PathBuf, LifecycleError> {
+pub(crate) fn build(dir: &Path, policy: &GitPolicy) -> Result<PathBuf, LifecycleError> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     tracing::info!(crate_dir = %dir.display(), timeout_s = policy.build_timeout.as_secs(), "building the plugin crate");
     let mut child = Command::new(&cargo)
@@ -315,7 +315,7 @@ fn build(dir: &Path, policy: &GitPolicy) -> Result<PathBuf, LifecycleError> {
 }
 
 /// Copies the package files of `root` (library `library`) into `dest/<name>/`.
-fn stage(root: &Path, library: &Path, dest: &Path) -> Result<String, LifecycleError> {
+pub(crate) fn stage(root: &Path, library: &Path, dest: &Path) -> Result<String, LifecycleError> {
     let file = library
         .file_name()
         .and_then(|f| f.to_str())
@@ -355,10 +355,11 @@ impl PluginHost {
         let guard = self.take_lock("install from Git").await?;
         let staging = Staging::new(&self.plugin_dir)?;
         let work = staging.path().to_owned();
-        let (url_owned, reference_owned, policy) = (
+        let (url_owned, reference_owned, policy, trust) = (
             url.to_owned(),
             reference.map(str::to_owned),
             self.git.clone(),
+            self.cache.trust().clone(),
         );
         let name = blocking(move || {
             let checkout = work.join(".clone");
@@ -375,6 +376,7 @@ impl PluginHost {
                 }
             };
             let name = stage(&root, &library, &work)?;
+            super::check_signature(&work.join(&name), &name, &trust)?;
             let source = serde_json::json!({
                 "url": redact_url(&url_owned),
                 "ref": reference_owned,

@@ -30,7 +30,8 @@ use crate::plugin::{
     PluginError, PluginHost,
     loading::{
         discover::{Candidate, Source, library_file_name, mark_package},
-        manifest::{Version, is_valid_plugin_name},
+        manifest::{PluginManifest, Version, is_valid_plugin_name},
+        trust::{self, TrustPolicy, Verdict},
     },
     running::{
         registry::{self, PluginRecord, PluginState, Refusal},
@@ -202,6 +203,26 @@ impl Drop for Staging {
     }
 }
 
+/// Checks the signature of the package staged as `dir` (plugin `name`)
+/// against the host's trusted keys, before its library is opened. A
+/// package whose manifest cannot be read is left to the manifest's own
+/// check, which names what is wrong.
+pub(crate) fn check_signature(
+    dir: &Path,
+    name: &str,
+    trust: &TrustPolicy,
+) -> Result<Verdict, LifecycleError> {
+    let version = std::fs::read_to_string(dir.join("plugin.toml"))
+        .ok()
+        .and_then(|text| PluginManifest::parse(&text).ok())
+        .map(|manifest| manifest.version.to_string());
+    match version {
+        Some(version) => trust::verify_dir(dir, name, &version, trust)
+            .map_err(|e| LifecycleError::refused(name, e.into())),
+        None => Ok(Verdict::Unsigned),
+    }
+}
+
 /// Removes the temporary files an interrupted backup left in `backup_dir`
 /// (`.{plugin}.{uuid}.tmp`; finished backups never start with a dot).
 pub fn remove_backup_leftovers(backup_dir: &Path) {
@@ -298,10 +319,11 @@ impl PluginHost {
         let guard = self.take_lock("install").await?;
         let staging = Staging::new(&self.plugin_dir)?;
         let dest = staging.path().to_owned();
-        let limits = self.limits;
+        let (limits, trust) = (self.limits, self.cache.trust().clone());
         let started = std::time::Instant::now();
         let (name, archive) = blocking(move || {
             let name = package::unpack(&archive, &limits, &dest)?;
+            check_signature(&dest.join(&name), &name, &trust)?;
             Ok((name, archive))
         })
         .await?;
@@ -738,8 +760,14 @@ impl PluginHost {
                 guard.ensure_held().await?;
                 self.flags.remove(name).await?;
                 let purged = if purge {
-                    let staging =
-                        converge::fetch(&self.db, self.limits, &self.plugin_dir, package).await?;
+                    let staging = converge::fetch(
+                        &self.db,
+                        self.limits,
+                        self.cache.trust(),
+                        &self.plugin_dir,
+                        package,
+                    )
+                    .await?;
                     let purged = sql::destroy(&self.db, name, &staging.path().join(name)).await;
                     Self::discard(staging).await;
                     purged?

@@ -15,7 +15,11 @@ use std::{
 
 use zip::{CompressionMethod, ZipArchive, ZipWriter, write::SimpleFileOptions};
 
-use crate::plugin::loading::{discover::library_file_name, manifest::is_valid_plugin_name};
+use crate::plugin::loading::{
+    discover::library_file_name,
+    manifest::is_valid_plugin_name,
+    trust::{CHECKSUMS, SIGNATURE},
+};
 
 /// Limits on an uploaded package.
 #[derive(Debug, Clone, Copy)]
@@ -353,11 +357,18 @@ pub fn unpack(archive: &[u8], limits: &Limits, dest: &Path) -> Result<String, Pa
 }
 
 /// The files of a plugin directory a package carries, relative to it: the
-/// manifest, the README, the library and the SQL scripts. Nothing else
+/// manifest, the README, the library, the SQL scripts and, when signed,
+/// the checksums and their signature. Nothing else
 /// (build artefacts, editor files, credentials) is ever packed or staged.
 pub fn packable(dir: &Path, name: &str) -> std::io::Result<Vec<String>> {
     let mut files = Vec::new();
-    for fixed in ["plugin.toml", "README.md", &library_file_name(name)] {
+    for fixed in [
+        "plugin.toml",
+        "README.md",
+        &library_file_name(name),
+        CHECKSUMS,
+        SIGNATURE,
+    ] {
         if dir.join(fixed).is_file() {
             files.push(fixed.to_owned());
         }

@@ -28,7 +28,7 @@ use object::{
 };
 use sha2::{Digest as _, Sha256};
 
-use crate::plugin::loading::loader::LoadError;
+use crate::plugin::loading::{loader::LoadError, trust::TrustPolicy};
 
 /// The ELF machine of the libraries this host can map.
 #[cfg(target_arch = "x86_64")]
@@ -61,15 +61,24 @@ pub struct LibraryCache {
     /// The `plughost` binary that probes a library in a child process
     /// (none in unit tests, whose binary is the test harness).
     probe: Option<PathBuf>,
+    /// The signers whose signatures are checked before a packaged
+    /// plugin's library is opened.
+    trust: TrustPolicy,
 }
 
 impl LibraryCache {
     /// The cache in `dir`, probing new libraries with the running binary.
-    pub fn new(dir: PathBuf) -> Self {
+    pub fn new(dir: PathBuf, trust: TrustPolicy) -> Self {
         Self {
             dir,
             probe: std::env::current_exe().ok(),
+            trust,
         }
+    }
+
+    /// The signers this host trusts.
+    pub fn trust(&self) -> &TrustPolicy {
+        &self.trust
     }
 
     /// The directory of copies.
@@ -399,6 +408,7 @@ mod tests {
         let cache = LibraryCache {
             dir: dir.path().join("libs"),
             probe: None,
+            trust: TrustPolicy::default(),
         };
         let copy = cache.prepare(&source).unwrap();
         assert!(

@@ -258,6 +258,13 @@ pub fn load_library(path: &Path) -> Result<PluginModRef, LoadError> {
     }
 }
 
+/// The plugin-api version the library at `path` was built against (read
+/// from its header; the library must be one this process opened or may
+/// open).
+pub fn library_contract(path: &Path) -> Option<String> {
+    lib_header_from_path(path).ok().map(plugin_version)
+}
+
 /// Accepts a plugin built against an older minor version of this contract.
 ///
 /// abi_stable only accepts a library whose prefix types have at least the

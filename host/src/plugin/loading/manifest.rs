@@ -122,8 +122,36 @@ fn is_prefix(prefix: &str) -> bool {
 
 fn is_setting_key(key: &str) -> bool {
     let mut chars = key.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_uppercase())
-        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A setting's value as the plugin reads it: strings as they are, numbers,
+/// booleans and dates as TOML writes them, arrays and tables as JSON text.
+fn setting_text(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Datetime(d) => d.to_string(),
+        toml::Value::Array(_) | toml::Value::Table(_) => to_json(value).to_string(),
+        _ => value.to_string(),
+    }
+}
+
+/// A TOML value as JSON (dates and times as their TOML text).
+fn to_json(value: &toml::Value) -> Value {
+    match value {
+        toml::Value::String(s) => Value::from(s.as_str()),
+        toml::Value::Integer(i) => Value::from(*i),
+        toml::Value::Float(f) => {
+            serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number)
+        }
+        toml::Value::Boolean(b) => Value::from(*b),
+        toml::Value::Datetime(d) => Value::from(d.to_string()),
+        toml::Value::Array(items) => Value::Array(items.iter().map(to_json).collect()),
+        toml::Value::Table(table) => {
+            Value::Object(table.iter().map(|(k, v)| (k.clone(), to_json(v))).collect())
+        }
+    }
 }
 
 fn parse_version(text: &str) -> Option<Version> {
@@ -271,26 +299,15 @@ impl PluginManifest {
                 if !is_setting_key(key) {
                     return Err(err(
                         format!("settings.{key}"),
-                        "setting keys must be upper case (^[A-Z][A-Z0-9_]*$)",
+                        "setting keys must be environment variable names (^[A-Za-z_][A-Za-z0-9_]*$), \
+                         since the variable of the same name overrides the setting",
                     ));
                 }
-                let rendered = match value {
-                    toml::Value::String(s) => s.clone(),
-                    toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
-                        value.to_string()
-                    }
-                    _ => {
-                        return Err(err(
-                            format!("settings.{key}"),
-                            "must be a string, number or boolean",
-                        ));
-                    }
-                };
-                settings.insert(key.clone(), rendered);
+                settings.insert(key.clone(), setting_text(value));
             }
         }
 
-        let json = serde_json::to_value(&doc).map_err(|e| err("(document)", e.to_string()))?;
+        let json = to_json(&toml::Value::Table(doc));
         Ok(Self {
             version,
             depends_on,
@@ -466,13 +483,53 @@ author = "a"
         );
         check("[app]\nrouter = [\"r\"]\n[extra]\n", Err("extra"));
         check(
-            "[app]\nrouter = [\"r\"]\n[settings]\nlower = 1\n",
-            Err("settings.lower"),
+            "[app]\nrouter = [\"r\"]\n[settings]\n\"a-b\" = 1\n",
+            Err("settings.a-b"),
+        );
+        check(
+            "[app]\nrouter = [\"r\"]\n[settings]\nlower_case = 1\n",
+            Ok(()),
         );
         check(
             "[app]\nrouter = [\"r\"]\n[settings]\nKEY = \"v\"\nN = 3\n",
             Ok(()),
         );
+    }
+
+    #[test]
+    fn settings_take_any_toml_value() {
+        let text = format!(
+            "{BASE}[app]\nrouter = [\"r\"]\n[settings]\n\
+             RBAC_CASBIN_EXCLUDE = [[\"POST\", \"/api/v1/auth/logout\"], [\"POST\", \"/api/v1/auth/token/new\"]]\n\
+             AI_PROVIDERS = [{{ name = \"openai\", timeout = 30 }}]\n\
+             LIMITS = {{ rpm = 60, burst = 1.5 }}\n\
+             SINCE = 2026-01-02T03:04:05Z\n\
+             WINDOWS = [{{ from = 08:00:00, to = 18:00:00 }}]\n\
+             NAME = \"x\"\nN = 3\nON = true\n"
+        );
+        let m = PluginManifest::parse(&text).unwrap();
+        let json = |key: &str| serde_json::from_str::<Value>(&m.settings[key]).unwrap();
+        assert_eq!(
+            json("RBAC_CASBIN_EXCLUDE"),
+            serde_json::json!([
+                ["POST", "/api/v1/auth/logout"],
+                ["POST", "/api/v1/auth/token/new"]
+            ])
+        );
+        assert_eq!(
+            json("AI_PROVIDERS"),
+            serde_json::json!([{"name": "openai", "timeout": 30}])
+        );
+        assert_eq!(json("LIMITS"), serde_json::json!({"rpm": 60, "burst": 1.5}));
+        assert_eq!(m.settings["SINCE"], "2026-01-02T03:04:05Z");
+        assert_eq!(
+            json("WINDOWS"),
+            serde_json::json!([{"from": "08:00:00", "to": "18:00:00"}])
+        );
+        assert_eq!(m.json["settings"]["SINCE"], "2026-01-02T03:04:05Z");
+        assert_eq!(m.settings["NAME"], "x");
+        assert_eq!(m.settings["N"], "3");
+        assert_eq!(m.settings["ON"], "true");
     }
 
     #[test]

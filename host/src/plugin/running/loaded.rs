@@ -22,6 +22,8 @@ pub struct LoadedPlugin {
     pub library: PathBuf,
     /// The sha256 of the library's bytes (its private copy is what is mapped).
     pub digest: String,
+    /// The id of the trusted key that signed its package (`None`: unsigned).
+    pub signer: Option<String>,
     enabled: AtomicBool,
 }
 
@@ -46,6 +48,7 @@ impl LoadedPlugin {
         module: PluginModRef,
         library: PathBuf,
         digest: String,
+        signer: Option<String>,
         enabled: bool,
     ) -> Self {
         Self {
@@ -54,6 +57,7 @@ impl LoadedPlugin {
             module,
             library,
             digest,
+            signer,
             enabled: AtomicBool::new(enabled),
         }
     }

@@ -25,11 +25,12 @@ use crate::plugin::{
     lifecycle::sql::{self, ScriptError},
     loading::{
         discover::{Candidate, Source, library_file_name, package_of},
-        libcache::LibraryCache,
-        loader::{LoadError, load_library},
+        libcache::{CachedLibrary, LibraryCache},
+        loader::{LoadError, library_contract, load_library},
         manifest::{
             ManifestError, PLUGIN_NAME_PATTERN, PluginKind, PluginManifest, is_valid_plugin_name,
         },
+        trust::{self, TrustError, Verdict},
     },
     services::host_services,
 };
@@ -65,6 +66,9 @@ pub enum Refusal {
     /// The library is refused (damaged, not a plugin, another contract).
     #[error(transparent)]
     Library(#[from] LoadError),
+    /// The package's signature is refused.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
     /// The library declares another name.
     #[error(
         "the library declares plugin '{declared}' but is installed as '{installed}'; rename it to match"
@@ -74,6 +78,17 @@ pub enum Refusal {
         declared: String,
         /// The name it is installed under.
         installed: String,
+    },
+    /// The shipped plugin.toml describes another version than the library.
+    #[error(
+        "plugin.toml says version {shipped} but the library was built as version {built}; \
+         ship the plugin.toml the library was built with (or rebuild the library)"
+    )]
+    VersionMismatch {
+        /// `[plugin] version` of the plugin.toml beside the library.
+        shipped: String,
+        /// `[plugin] version` of the manifest embedded in the library.
+        built: String,
     },
     /// A lone library's embedded manifest is not valid.
     #[error("embedded manifest: {0}")]
@@ -235,6 +250,8 @@ pub(crate) struct Loaded {
     pub(crate) module: PluginModRef,
     pub(crate) library: PathBuf,
     pub(crate) digest: String,
+    /// The trusted key that signed the plugin's package, if any.
+    pub(crate) signer: Option<String>,
     pub(crate) manifest: PluginManifest,
     /// The plugin's directory (lone libraries have none, and so no scripts).
     pub(crate) dir: Option<PathBuf>,
@@ -249,6 +266,7 @@ pub(crate) fn probe_plugin(name: &str, loaded: &Loaded) -> Arc<LoadedPlugin> {
         loaded.module,
         loaded.library.clone(),
         loaded.digest.clone(),
+        loaded.signer.clone(),
         false,
     ))
 }
@@ -301,15 +319,48 @@ pub(crate) fn open_candidate(
         }
         Source::Library(path) => (None, path.clone()),
     };
+    // A signed package's signature, before its library is opened. The
+    // plugin dir is the operator's: an unsigned directory loads, but one
+    // whose files differ from what a trusted key signed does not.
+    let verdict = match (&candidate.source, &file_manifest) {
+        (Source::Directory(dir), Some(manifest)) => {
+            let relaxed = cache.trust().relaxed();
+            match trust::verify_dir(
+                dir,
+                &candidate.name,
+                &manifest.version.to_string(),
+                &relaxed,
+            ) {
+                Ok(verdict) => verdict,
+                Err(e) => return (file_manifest, Err(e.into())),
+            }
+        }
+        _ => Verdict::Unsigned,
+    };
     let opened = cache.prepare(&library).and_then(|copy| {
         load_library(&copy.path)
-            .map(|module| (module, copy.digest))
+            .map(|module| (module, copy))
             .map_err(|e| e.naming(&library))
     });
-    let (module, digest) = match opened {
+    let (module, CachedLibrary { path: copy, digest }) = match opened {
         Ok(opened) => opened,
         Err(e) => return (file_manifest, Err(e.into())),
     };
+    if let Verdict::Signed { statement, .. } = &verdict
+        && let Some(built) = library_contract(&copy)
+        && built != statement.contract
+    {
+        return (
+            file_manifest,
+            Err(TrustError::Contract {
+                plugin: candidate.name.clone(),
+                signed: statement.contract.clone(),
+                built,
+            }
+            .into()),
+        );
+    }
+    let signer = verdict.signer().map(str::to_owned);
     let declared = module.name().as_str();
     if declared != candidate.name {
         return (
@@ -320,12 +371,22 @@ pub(crate) fn open_candidate(
             }),
         );
     }
-    let manifest = match file_manifest {
-        Some(m) => m,
-        None => match PluginManifest::parse(module.manifest().as_str()) {
-            Ok(m) => m,
-            Err(e) => return (None, Err(Refusal::EmbeddedManifest(e))),
-        },
+    let embedded = PluginManifest::parse(module.manifest().as_str());
+    let manifest = match (file_manifest, embedded) {
+        // The shipped plugin.toml decides (an operator may change its
+        // settings, tags and prefixes), but it must describe this build.
+        (Some(shipped), Ok(built)) if shipped.version != built.version => {
+            return (
+                Some(shipped.clone()),
+                Err(Refusal::VersionMismatch {
+                    shipped: shipped.version.to_string(),
+                    built: built.version.to_string(),
+                }),
+            );
+        }
+        (Some(shipped), _) => shipped,
+        (None, Ok(built)) => built,
+        (None, Err(e)) => return (None, Err(Refusal::EmbeddedManifest(e))),
     };
     let dir = match &candidate.source {
         Source::Directory(dir) => Some(dir.clone()),
@@ -335,6 +396,7 @@ pub(crate) fn open_candidate(
         module,
         library,
         digest,
+        signer,
         manifest: manifest.clone(),
         dir,
     };
@@ -646,6 +708,7 @@ pub(crate) async fn mount(
         loaded.module,
         loaded.library,
         loaded.digest,
+        loaded.signer,
         enabled,
     ));
     // Reserve the routes first: a colliding plugin's code never runs.
