@@ -153,6 +153,20 @@ enum PluginAction {
         #[arg(long, value_name = "KEY_FILE")]
         sign: Option<std::path::PathBuf>,
     },
+    /// Check a plugin as an install would, without a host: a plugin.toml, a
+    /// plugin directory, a lone library, a crate (built first) or a package
+    /// ZIP. Prints each problem with what to do; exits 0 when it would install.
+    Check {
+        /// What to check.
+        path: std::path::PathBuf,
+        /// A public key file to trust (repeat for several); with it, the
+        /// signature is checked as a host with these keys checks it.
+        #[arg(long = "trusted-key", value_name = "FILE")]
+        trusted_keys: Vec<std::path::PathBuf>,
+        /// Also refuse a package that is not signed by a trusted key.
+        #[arg(long)]
+        require_signed: bool,
+    },
     /// Write a new signing key pair: FILE (secret) and FILE.pub (public, for
     /// the hosts' PLUGHOST_TRUSTED_KEYS).
     Keygen {
@@ -178,7 +192,9 @@ impl PluginAction {
             | Self::Enable { settings, .. }
             | Self::Disable { settings, .. }
             | Self::Pack { settings, .. } => Some(settings),
-            Self::New { .. } | Self::Package { .. } | Self::Keygen { .. } => None,
+            Self::New { .. } | Self::Package { .. } | Self::Keygen { .. } | Self::Check { .. } => {
+                None
+            }
         }
     }
 }
@@ -406,9 +422,10 @@ fn plugin(args: &SettingsArgs, action: PluginAction) -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", output.display()))?;
                 println!("wrote {} ({} bytes)", output.display(), bytes.len());
             }
-            PluginAction::New { .. } | PluginAction::Package { .. } | PluginAction::Keygen { .. } => {
-                unreachable!("handled without a host")
-            }
+            PluginAction::New { .. }
+            | PluginAction::Package { .. }
+            | PluginAction::Keygen { .. }
+            | PluginAction::Check { .. } => unreachable!("handled without a host"),
         }
         Ok(())
     })
@@ -469,6 +486,39 @@ fn author(action: PluginAction) -> anyhow::Result<()> {
                 key.key_id,
                 key.secret.display(),
                 key.public.display()
+            );
+        }
+        PluginAction::Check {
+            path,
+            trusted_keys,
+            require_signed,
+        } => {
+            let trust =
+                crate::plugin::loading::trust::TrustPolicy::load(&trusted_keys, require_signed)?;
+            let report = authoring::check(&path, &trust)?;
+            let what = match (&report.version, &report.contract) {
+                (Some(v), Some(c)) => format!("plugin '{}' {v} (plugin-api {c})", report.name),
+                (Some(v), None) => format!("plugin '{}' {v}", report.name),
+                _ => format!("plugin '{}'", report.name),
+            };
+            for problem in &report.problems {
+                println!("problem: {problem}");
+            }
+            for note in &report.notes {
+                println!("note: {note}");
+            }
+            if !report.problems.is_empty() {
+                anyhow::bail!(
+                    "{what} would be refused ({} problem{})",
+                    report.problems.len(),
+                    if report.problems.len() == 1 { "" } else { "s" }
+                );
+            }
+            println!(
+                "ok: {what} would install, {}",
+                report
+                    .signer
+                    .map_or_else(|| "unsigned".to_owned(), |id| format!("signed by key {id}"))
             );
         }
         other => unreachable!("{other:?} needs a host"),

@@ -112,6 +112,28 @@ impl<'a> Request<'a> {
             .map(|p| p.value.as_str())
     }
 
+    /// A path parameter parsed as `T` (`req.path_param::<i64>("id")`).
+    ///
+    /// A value that does not parse answers 422 naming the parameter and
+    /// the value; a name the route pattern does not have is the handler's
+    /// mistake and answers 500.
+    pub fn path_param<T: std::str::FromStr>(&self, name: &str) -> Result<T, Error> {
+        let value = self.param(name).ok_or_else(|| {
+            Error::internal(format!(
+                "the route {} has no path parameter '{name}'",
+                self.path()
+            ))
+        })?;
+        value.parse().map_err(|_| {
+            let wanted = std::any::type_name::<T>();
+            let wanted = wanted.rsplit("::").next().unwrap_or(wanted);
+            Error::new(
+                422,
+                format!("path parameter '{name}': '{value}' is not a valid {wanted}"),
+            )
+        })
+    }
+
     /// A request header by case-insensitive name (`None` when absent or not UTF-8).
     pub fn header(&self, name: &str) -> Option<&'a str> {
         let source = &self.raw.headers;

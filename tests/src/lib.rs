@@ -993,6 +993,16 @@ pub fn git(repo: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
+/// The cargo target dir plugin crates built by the tests share (so their
+/// dependencies are built once), as `CARGO_TARGET_DIR` for `plugin
+/// package` and `plugin check`.
+pub fn plugin_build_env() -> Vec<(&'static str, String)> {
+    vec![(
+        "CARGO_TARGET_DIR",
+        root().join("target/plugin-builds").display().to_string(),
+    )]
+}
+
 /// A plugin crate made by `plughost plugin new NAME --kind KIND` in
 /// `parent/NAME`, committed to a new Git repository there; its path.
 pub fn scaffolded_repository(parent: &Path, name: &str, kind: &str) -> PathBuf {

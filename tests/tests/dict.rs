@@ -30,6 +30,11 @@ fn crud_round_trip(host: &Host, label: &str) {
         &json!({"name": "Gender", "code": "gender", "colour": "x"}),
     )
     .assert_error(422, "unknown field `colour`");
+    // Typed path parameters: a value that is not an id is named.
+    host.get(&format!("{TYPES}/abc"))
+        .assert_error(422, "path parameter 'id': 'abc' is not a valid i64");
+    host.get(&format!("{TYPES}/99999999999999999999"))
+        .assert_error(422, "'99999999999999999999' is not a valid i64");
     let gender = host
         .post(
             TYPES,

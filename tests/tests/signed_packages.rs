@@ -55,13 +55,7 @@ fn signed_packages_install_and_tampered_ones_are_refused_everywhere() {
 
     // A new plugin crate, packaged signed (twice: each key) and unsigned.
     let crate_dir = e2e::scaffolded_repository(work.path(), "signed_demo", "app");
-    let target = [(
-        "CARGO_TARGET_DIR",
-        e2e::root()
-            .join("target/plugin-builds")
-            .display()
-            .to_string(),
-    )];
+    let target = e2e::plugin_build_env();
     let package = |out: &str, sign: Option<&str>, env: &[(&str, String)]| -> Vec<u8> {
         let file = work.path().join(out);
         let mut args = vec![

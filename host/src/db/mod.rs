@@ -67,7 +67,8 @@ pub enum PkMode {
 }
 
 impl PkMode {
-    fn name(self) -> &'static str {
+    /// The mode's name, as settings and messages spell it.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Autoincrement => "autoincrement",
             Self::Snowflake => "snowflake",

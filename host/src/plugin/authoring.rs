@@ -21,7 +21,7 @@ use super::{
         manifest::PluginManifest,
         trust::{self, CHECKSUMS, SIGNATURE, Statement, TrustPolicy},
     },
-    running::registry,
+    running::{registry, router::RouteTableBuilder},
 };
 
 /// The environment variable holding a secret key's password.
@@ -161,14 +161,24 @@ fn target_dir(dir: &Path) -> Result<PathBuf, AuthoringError> {
         .ok_or_else(|| fail("`cargo metadata` names no target directory"))
 }
 
-/// Builds the plugin crate in `crate_dir` (release) and writes its package
-/// to `output`, signed with the secret key `sign` when given. The package
-/// is checked as an install checks it before it is written.
-pub fn package(
-    crate_dir: &Path,
-    output: &Path,
-    sign: Option<&Path>,
-) -> Result<Packaged, AuthoringError> {
+/// A plugin crate built and staged as a package directory in a temporary
+/// directory (removed when dropped).
+struct Staged {
+    work: tempfile::TempDir,
+    name: String,
+    manifest_text: String,
+    manifest: PluginManifest,
+}
+
+impl Staged {
+    fn dir(&self) -> PathBuf {
+        self.work.path().join(&self.name)
+    }
+}
+
+/// Builds the plugin crate in `crate_dir` (release, cargo's output as it
+/// goes) and stages its package files, without a signature.
+fn build_and_stage(crate_dir: &Path) -> Result<Staged, AuthoringError> {
     for required in ["Cargo.toml", "plugin.toml", "README.md"] {
         if !crate_dir.join(required).is_file() {
             return Err(fail(format!(
@@ -177,15 +187,9 @@ pub fn package(
             )));
         }
     }
-    let text = std::fs::read_to_string(crate_dir.join("plugin.toml"))
+    let manifest_text = std::fs::read_to_string(crate_dir.join("plugin.toml"))
         .map_err(|e| fail(format!("cannot read plugin.toml: {e}")))?;
-    let manifest = PluginManifest::parse(&text).map_err(|e| fail(e.to_string()))?;
-    // Read before the build, so that a wrong password fails at once.
-    let key = sign
-        .map(|path| trust::read_secret_key(path, password()))
-        .transpose()
-        .map_err(|e| fail(e.to_string()))?;
-
+    let manifest = PluginManifest::parse(&manifest_text).map_err(|e| fail(e.to_string()))?;
     let policy = GitPolicy {
         hosts: Vec::new(),
         allow_local: true,
@@ -193,36 +197,243 @@ pub fn package(
         build_dir: target_dir(crate_dir)?,
     };
     let library = git::build(crate_dir, &policy).map_err(|e| fail(e.to_string()))?;
-
     let work = tempfile::tempdir().map_err(|e| fail(format!("cannot make a work dir: {e}")))?;
     let name = git::stage(crate_dir, &library, work.path()).map_err(|e| fail(e.to_string()))?;
-    let dir = work.path().join(&name);
+    let staged = Staged {
+        work,
+        name,
+        manifest_text,
+        manifest,
+    };
     // A signature left in the crate is not this build's.
     for stale in [CHECKSUMS, SIGNATURE] {
-        let _ = std::fs::remove_file(dir.join(stale));
+        let _ = std::fs::remove_file(staged.dir().join(stale));
     }
+    Ok(staged)
+}
 
-    // The checks of an install: library (in a child first), name, manifest,
-    // routers.
-    let cache = LibraryCache::new(work.path().join(".libs"), TrustPolicy::default());
-    let candidate = Candidate {
-        name: name.clone(),
-        source: Source::Directory(dir.clone()),
+/// What an install would find in a package directory: the checks of
+/// [`registry::open_candidate`] (manifest, README, signature, library in a
+/// child process, ABI, declared name, versions), the routers against the
+/// manifest and the core routes, and the SQL scripts. `problems` refuse
+/// it; `notes` do not.
+#[derive(Debug, Default)]
+pub struct Inspection {
+    /// The plugin.
+    pub name: String,
+    /// Its version, once the manifest was read.
+    pub version: Option<String>,
+    /// The contract its library was built against, once opened.
+    pub contract: Option<String>,
+    /// The trusted key that signed it.
+    pub signer: Option<String>,
+    /// Why an install would refuse it, each with what to do.
+    pub problems: Vec<String>,
+    /// What an install accepts but an operator should know.
+    pub notes: Vec<String>,
+}
+
+/// Inspects the package directory `dir` of plugin `name` with the
+/// signature policy `trust`, through the install's own checks.
+fn inspect_dir(dir: &Path, name: &str, trust: &TrustPolicy) -> Inspection {
+    let mut report = Inspection {
+        name: name.to_owned(),
+        ..Inspection::default()
     };
-    let (_, opened) = registry::open_candidate(&candidate, &cache);
-    let loaded = opened.map_err(|e| fail(format!("plugin '{name}' would be refused: {e}")))?;
+    // The install's signature check (with `require`) before anything opens.
+    match super::lifecycle::check_signature(dir, name, trust) {
+        Ok(verdict) => report.signer = verdict.signer().map(str::to_owned),
+        Err(e) => {
+            report.problems.push(e.to_string());
+            return report;
+        }
+    }
+    let work = match tempfile::tempdir() {
+        Ok(work) => work,
+        Err(e) => {
+            report.problems.push(format!("cannot make a work dir: {e}"));
+            return report;
+        }
+    };
+    let cache = LibraryCache::new(work.path().join("libs"), trust.clone());
+    let candidate = Candidate {
+        name: name.to_owned(),
+        source: Source::Directory(dir.to_owned()),
+    };
+    let (manifest, opened) = registry::open_candidate(&candidate, &cache);
+    report.version = manifest.as_ref().map(|m| m.version.to_string());
+    let loaded = match opened {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            report.problems.push(e.to_string());
+            return report;
+        }
+    };
+    if let Ok(copy) = cache.prepare(&loaded.library) {
+        report.contract = library_contract(&copy.path);
+    }
     let routers = (loaded.module.routers())().into_vec();
-    registry::plugin_routes(&name, &loaded.manifest, &routers)
-        .map_err(|e| fail(format!("plugin '{name}' would be refused: {e}")))?;
-    let contract = library_contract(
-        &cache
-            .prepare(&dir.join(super::loading::discover::library_file_name(&name)))
-            .map_err(|e| fail(e.to_string()))?
-            .path,
-    )
-    .unwrap_or_else(|| plugin_api::CONTRACT_VERSION.to_owned());
+    match registry::plugin_routes(name, &loaded.manifest, &routers) {
+        Ok(routes) => {
+            let probe = registry::probe_plugin(name, &loaded);
+            let mut table = RouteTableBuilder::default();
+            if let Err(e) = table.add(probe, routes) {
+                report.problems.push(e.to_string());
+            }
+        }
+        Err(e) => report.problems.push(e.to_string()),
+    }
+    inspect_sql(dir, &loaded.manifest, &mut report);
+    report
+}
 
-    let version = manifest.version.to_string();
+/// The plugin's SQL scripts: each must split into statements on its
+/// backend; a plugin that ships SQL should have an init script for every
+/// backend it declares, in both key modes.
+fn inspect_sql(dir: &Path, manifest: &PluginManifest, report: &mut Inspection) {
+    use super::lifecycle::sql::{Script, script_path};
+    use crate::db::{Backend, PkMode};
+    if !dir.join("sql").is_dir() {
+        return;
+    }
+    let declared: Vec<Backend> = [Backend::Sqlite, Backend::Postgresql, Backend::Mysql]
+        .into_iter()
+        .filter(|b| {
+            manifest.databases.is_empty() || manifest.databases.iter().any(|d| d == b.name())
+        })
+        .collect();
+    for backend in declared {
+        for pk_mode in [PkMode::Autoincrement, PkMode::Snowflake] {
+            for script in [Script::Init, Script::Destroy] {
+                let relative = script_path(script, backend, pk_mode);
+                let path = dir.join(&relative);
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    if matches!(script, Script::Init) {
+                        report.notes.push(format!(
+                            "{relative} is missing: on {} in {} mode the plugin's tables would not be created",
+                            backend.name(),
+                            pk_mode.name()
+                        ));
+                    }
+                    continue;
+                };
+                if let Err(e) = crate::db::split::split(&text, backend.escapes()) {
+                    report
+                        .problems
+                        .push(format!("{relative}: {e}; fix the script"));
+                }
+            }
+        }
+    }
+}
+
+/// Checks `path` as an install would, without a host: a plugin.toml, a
+/// plugin directory, a lone library, a plugin crate (built first) or a
+/// package ZIP (unpacked with the install's limits first). `trust` is the
+/// signature policy to check against.
+pub fn check(path: &Path, trust: &TrustPolicy) -> Result<Inspection, AuthoringError> {
+    let file_name = path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    if path.is_file() && file_name.ends_with(".toml") {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+        let mut report = Inspection::default();
+        match PluginManifest::parse(&text) {
+            Ok(manifest) => report.version = Some(manifest.version.to_string()),
+            Err(e) => report.problems.push(e.to_string()),
+        }
+        report.name = path
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return Ok(report);
+    }
+    if path.is_file() && file_name.ends_with(".zip") {
+        let bytes = std::fs::read(path)
+            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+        let work = tempfile::tempdir().map_err(|e| fail(format!("cannot make a work dir: {e}")))?;
+        let name = match package::unpack(&bytes, &package::Limits::default(), work.path()) {
+            Ok(name) => name,
+            Err(e) => {
+                return Ok(Inspection {
+                    name: file_name,
+                    problems: vec![e.to_string()],
+                    ..Inspection::default()
+                });
+            }
+        };
+        return Ok(inspect_dir(&work.path().join(&name), &name, trust));
+    }
+    if path.is_file() {
+        let Some(name) = super::loading::discover::name_from_library_file(&file_name) else {
+            return Err(fail(format!(
+                "{} is neither a plugin.toml, a package ZIP, a plugin library (lib<name>.so), a plugin directory nor a crate",
+                path.display()
+            )));
+        };
+        let work = tempfile::tempdir().map_err(|e| fail(format!("cannot make a work dir: {e}")))?;
+        let cache = LibraryCache::new(work.path().join("libs"), trust.clone());
+        let candidate = Candidate {
+            name: name.to_owned(),
+            source: Source::Library(path.to_owned()),
+        };
+        let mut report = Inspection {
+            name: name.to_owned(),
+            ..Inspection::default()
+        };
+        let (_, opened) = registry::open_candidate(&candidate, &cache);
+        match opened {
+            Ok(loaded) => {
+                report.version = Some(loaded.manifest.version.to_string());
+                let routers = (loaded.module.routers())().into_vec();
+                if let Err(e) = registry::plugin_routes(name, &loaded.manifest, &routers) {
+                    report.problems.push(e.to_string());
+                }
+            }
+            Err(e) => report.problems.push(e.to_string()),
+        }
+        return Ok(report);
+    }
+    if path.join("Cargo.toml").is_file() {
+        let staged = build_and_stage(path)?;
+        return Ok(inspect_dir(&staged.dir(), &staged.name, trust));
+    }
+    if path.is_dir() {
+        return Ok(inspect_dir(path, &file_name, trust));
+    }
+    Err(fail(format!("{} does not exist", path.display())))
+}
+
+/// Builds the plugin crate in `crate_dir` (release) and writes its package
+/// to `output`, signed with the secret key `sign` when given. The package
+/// is checked as an install checks it before it is written.
+pub fn package(
+    crate_dir: &Path,
+    output: &Path,
+    sign: Option<&Path>,
+) -> Result<Packaged, AuthoringError> {
+    // Read before the build, so that a wrong password fails at once.
+    let key = sign
+        .map(|path| trust::read_secret_key(path, password()))
+        .transpose()
+        .map_err(|e| fail(e.to_string()))?;
+    let staged = build_and_stage(crate_dir)?;
+    let (dir, name) = (staged.dir(), staged.name.clone());
+    let report = inspect_dir(&dir, &name, &TrustPolicy::default());
+    if let Some(problem) = report.problems.first() {
+        return Err(fail(format!("plugin '{name}' would be refused: {problem}")));
+    }
+    for note in &report.notes {
+        eprintln!("note: {note}");
+    }
+    let contract = report
+        .contract
+        .unwrap_or_else(|| plugin_api::CONTRACT_VERSION.to_owned());
+    let version = staged.manifest.version.to_string();
     let key_id = match &key {
         Some(key) => Some(
             trust::sign_dir(
@@ -238,11 +449,11 @@ pub fn package(
         ),
         None => None,
     };
-    let summary = manifest.json["plugin"]["summary"]
+    let summary = staged.manifest.json["plugin"]["summary"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let bytes = package::pack(&dir, &name, &text, &summary)
+    let bytes = package::pack(&dir, &name, &staged.manifest_text, &summary)
         .map_err(|e| fail(format!("cannot pack {}: {e}", dir.display())))?;
     let tmp = output.with_extension("zip.tmp");
     std::fs::write(&tmp, &bytes)

@@ -405,9 +405,7 @@ fn optional_text_schema(max: u32) -> Value {
 const PRINTABLE: &str = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$";
 
 fn id_param(req: &Request<'_>) -> Result<i64, Error> {
-    req.param("id")
-        .and_then(|id| id.parse().ok())
-        .ok_or_else(|| invalid("id", "must be an integer"))
+    req.path_param("id")
 }
 
 async fn fetch<R: Resource>(id: i64) -> Result<Value, Error> {
