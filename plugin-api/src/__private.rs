@@ -8,6 +8,7 @@ use abi_stable::{
     std_types::{RResult, RStr, RString, RVec},
 };
 use async_ffi::LocalBorrowingFfiFuture;
+pub use rust_embed;
 
 use crate::{
     Error, Host, IntoResponse, Request, Router,
@@ -47,10 +48,13 @@ impl PluginState {
     }
 }
 
-/// Gives the generic `extern "C"` functions access to the plugin's `static`.
+/// Gives the generic `extern "C"` functions access to the plugin's `static`
+/// and to the files embedded into its crate.
 pub trait StateAccess: 'static {
     /// The plugin's state.
     fn state() -> &'static PluginState;
+    /// The embedded files, (path, text).
+    fn files() -> Vec<(String, String)>;
 }
 
 /// Expands to `Some(init)` or `None`.
@@ -82,6 +86,7 @@ pub fn root_module<S: StateAccess>(name: &'static str, manifest: &'static str) -
         routers: routers_fn::<S>,
         init: init_fn::<S>,
         handle: handle_fn::<S>,
+        files: files_fn::<S>,
     }
     .leak_into_prefix()
 }
@@ -101,6 +106,14 @@ extern "C" fn routers_fn<S: StateAccess>() -> RVec<RouterSpec> {
         // reports a plugin without routes against its manifest.
         Err(_) => RVec::new(),
     }
+}
+
+extern "C" fn files_fn<S: StateAccess>() -> RVec<crate::abi::OwnedPair> {
+    panic::catch_unwind(S::files)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(path, text)| abi_stable::std_types::Tuple2(RString::from(path), RString::from(text)))
+        .collect()
 }
 
 extern "C" fn init_fn<S: StateAccess>(services: HostRef) -> RResult<(), RString> {

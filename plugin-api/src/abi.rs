@@ -16,6 +16,12 @@
 //! * Never rename the package or these types; rename fields only with
 //!   `#[sabi(rename)]`.
 
+// abi_stable's derive writes the accessors of prefix fields appended after
+// 1.0 (`PluginMod::files`) with `unsafe` blocks: it reads them through a
+// pointer whose length it checked. Nothing in this module is written
+// `unsafe` by hand.
+#![allow(unsafe_code)]
+
 use std::marker::PhantomData;
 
 use abi_stable::{
@@ -259,6 +265,12 @@ pub struct PluginMod {
         handler: u32,
         request: &'a RawRequest<'a>,
     ) -> LocalBorrowingFfiFuture<'a, RawResponse>,
+    /// The files the library carries, as (path, text): the crate's SQL
+    /// scripts (`sql/<backend>/<script>.sql`), embedded at build time like
+    /// the manifest, so that a lone library is a complete plugin. Added in
+    /// 1.1 (a 1.0 plugin has none: read it through the `Option` accessor).
+    #[sabi(missing_field(option))]
+    pub files: extern "C" fn() -> RVec<OwnedPair>,
 }
 
 impl RootModule for PluginModRef {

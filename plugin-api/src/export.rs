@@ -8,6 +8,11 @@
 /// * `routers`: a `fn() -> Vec<Router>`.
 /// * `init` (optional): a `fn(&Host) -> Result<(), String>` run once after
 ///   loading, before any request.
+///
+/// The crate's `sql/` directory (`sql/<backend>/<script>.sql`), if it has
+/// one, is embedded into the library as well, so a lone library creates
+/// its tables like a package does. (The crate must be named `plugin-api`
+/// in the plugin's dependencies, as `plughost plugin new` writes it.)
 #[macro_export]
 macro_rules! export_plugin {
     (name: $name:expr, manifest: $manifest:expr, routers: $routers:path $(, init: $init:path)? $(,)?) => {
@@ -25,9 +30,27 @@ macro_rules! export_plugin {
                 $crate::__private::root_module::<__PluginHandlers>($name, $manifest)
             }
             struct __PluginHandlers;
+            #[derive($crate::__private::rust_embed::RustEmbed)]
+            #[folder = "sql/"]
+            #[prefix = "sql/"]
+            #[allow_missing = true]
+            #[crate_path = "plugin_api::__private::rust_embed"]
+            struct __PluginSql;
             impl $crate::__private::StateAccess for __PluginHandlers {
                 fn state() -> &'static $crate::__private::PluginState {
                     &__PLUGHOST_PLUGIN
+                }
+                fn files() -> ::std::vec::Vec<(::std::string::String, ::std::string::String)> {
+                    __PluginSql::iter()
+                        .filter_map(|path| {
+                            __PluginSql::get(&path).map(|file| {
+                                (
+                                    path.into_owned(),
+                                    ::std::string::String::from_utf8_lossy(&file.data).into_owned(),
+                                )
+                            })
+                        })
+                        .collect()
                 }
             }
             // SAFETY: `erased_module` returns the `PluginModRef` built by `root_module`.

@@ -993,6 +993,18 @@ pub fn git(repo: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
+/// The version of the workspace's plugin-api (the contract this host speaks).
+pub fn plugin_api_version() -> String {
+    let manifest = std::fs::read_to_string(root().join("plugin-api/Cargo.toml"))
+        .expect("plugin-api/Cargo.toml");
+    manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("a version line")
+        .to_owned()
+}
+
 /// The cargo target dir plugin crates built by the tests share (so their
 /// dependencies are built once), as `CARGO_TARGET_DIR` for `plugin
 /// package` and `plugin check`.

@@ -192,6 +192,56 @@ fn dict_crud_works_on_every_backend() {
 }
 
 #[test]
+fn a_lone_dict_library_is_a_complete_plugin_on_every_backend_and_key_mode() {
+    // No directory, no sql/ beside it: the scripts come from the library.
+    for backend in BACKENDS {
+        for pk_mode in ["autoincrement", "snowflake"] {
+            let database = TestDatabase::create(backend);
+            let data = DataDir::new();
+            data.drop_library("dict");
+            let host = Host::start_on(&data, &database, &[("PLUGHOST_PK_MODE", pk_mode)]);
+            assert_eq!(
+                host.plugin("dict")["state"],
+                "loaded",
+                "{backend:?} {pk_mode}"
+            );
+            crud_round_trip(&host, &format!("lone library, {backend:?}, {pk_mode}"));
+        }
+    }
+}
+
+#[test]
+fn a_plugin_declaring_databases_needs_a_script_for_this_one_beside_or_inside_its_library() {
+    let database = TestDatabase::create(Backend::Sqlite);
+    let data = DataDir::new();
+    // dict's directory without its sql/: the library carries the scripts.
+    let dict = data.install_dir("dict");
+    std::fs::remove_dir_all(dict.join("sql")).unwrap();
+    // hello declares databases but has no script anywhere.
+    let hello = data.install_dir("hello");
+    let manifest = std::fs::read_to_string(hello.join("plugin.toml")).unwrap();
+    assert!(manifest.starts_with("[plugin]\n"), "{manifest}");
+    std::fs::write(
+        hello.join("plugin.toml"),
+        manifest.replacen("[plugin]\n", "[plugin]\ndatabase = [\"sqlite\"]\n", 1),
+    )
+    .unwrap();
+    let host = Host::start_on(&data, &database, &[]);
+    assert_eq!(host.plugin("dict")["state"], "loaded");
+    assert_eq!(host.get(&format!("{TYPES}?page=1&size=5")).status, 200);
+    let hello = host.plugin("hello");
+    assert_eq!(hello["state"], "error");
+    let error = hello["error"].as_str().unwrap();
+    assert!(
+        error.contains(
+            "has no sql/sqlite/init.sql for this host's sqlite database in autoincrement mode"
+        ),
+        "{error}"
+    );
+    assert_eq!(host.get("/hello/v1/greet").status, 404);
+}
+
+#[test]
 fn dict_is_listed_as_required_unless_configured_otherwise() {
     let database = TestDatabase::create(Backend::Sqlite);
     let data = DataDir::new();

@@ -49,7 +49,10 @@ fn manifests_directories_libraries_and_packages_are_checked_as_an_install_would(
     passes(
         &notes,
         &[],
-        "ok: plugin 'notes' 0.1.0 (plugin-api 1.0.0) would install, unsigned",
+        &format!(
+            "ok: plugin 'notes' 0.1.0 (plugin-api {}) would install, unsigned",
+            e2e::plugin_api_version()
+        ),
     );
     let hello = data.install_dir("hello");
     let text = std::fs::read_to_string(hello.join("plugin.toml")).unwrap();

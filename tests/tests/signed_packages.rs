@@ -298,18 +298,8 @@ fn author_commands_show_only_their_own_options() {
     assert!(ok, "{out}");
     let cargo = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap();
     assert!(
-        cargo.contains(&format!("plugin-api = \"{}\"", plugin_api_version())),
+        cargo.contains(&format!("plugin-api = \"{}\"", e2e::plugin_api_version())),
         "{cargo}"
     );
     assert!(!cargo.contains("path ="), "{cargo}");
-}
-
-fn plugin_api_version() -> String {
-    let manifest = std::fs::read_to_string(e2e::root().join("plugin-api/Cargo.toml")).unwrap();
-    manifest
-        .lines()
-        .find_map(|l| l.strip_prefix("version = \""))
-        .and_then(|v| v.strip_suffix('"'))
-        .unwrap()
-        .to_owned()
 }

@@ -13,6 +13,7 @@ use super::{
     lifecycle::{
         git::{self, GitPolicy},
         package,
+        sql::{Script, Scripts, script_path},
     },
     loading::{
         discover::{Candidate, Source},
@@ -283,44 +284,43 @@ fn inspect_dir(dir: &Path, name: &str, trust: &TrustPolicy) -> Inspection {
         }
         Err(e) => report.problems.push(e.to_string()),
     }
-    inspect_sql(dir, &loaded.manifest, &mut report);
+    let scripts = Scripts::new(Some(dir), registry::embedded_files(loaded.module));
+    inspect_sql(&scripts, &loaded.manifest, &mut report);
     report
 }
 
-/// The plugin's SQL scripts: each must split into statements on its
-/// backend; a plugin that ships SQL should have an init script for every
-/// backend it declares, in both key modes.
-fn inspect_sql(dir: &Path, manifest: &PluginManifest, report: &mut Inspection) {
-    use super::lifecycle::sql::{Script, script_path};
+/// The plugin's SQL scripts (beside the library, else embedded in it):
+/// each must split into statements on its backend, and a plugin that
+/// declares databases must have an init script for each of them in both
+/// key modes (a host on that backend and mode refuses it otherwise).
+fn inspect_sql(scripts: &Scripts, manifest: &PluginManifest, report: &mut Inspection) {
     use crate::db::{Backend, PkMode};
-    if !dir.join("sql").is_dir() {
-        return;
-    }
     let declared: Vec<Backend> = [Backend::Sqlite, Backend::Postgresql, Backend::Mysql]
         .into_iter()
-        .filter(|b| {
-            manifest.databases.is_empty() || manifest.databases.iter().any(|d| d == b.name())
-        })
+        .filter(|b| manifest.databases.iter().any(|d| d == b.name()))
         .collect();
-    for backend in declared {
+    for backend in [Backend::Sqlite, Backend::Postgresql, Backend::Mysql] {
         for pk_mode in [PkMode::Autoincrement, PkMode::Snowflake] {
             for script in [Script::Init, Script::Destroy] {
                 let relative = script_path(script, backend, pk_mode);
-                let path = dir.join(&relative);
-                let Ok(text) = std::fs::read_to_string(&path) else {
-                    if matches!(script, Script::Init) {
-                        report.notes.push(format!(
-                            "{relative} is missing: on {} in {} mode the plugin's tables would not be created",
+                match scripts.read(&relative) {
+                    Ok(Some(text)) => {
+                        if let Err(e) = crate::db::split::split(&text, backend.escapes()) {
+                            report
+                                .problems
+                                .push(format!("{relative}: {e}; fix the script"));
+                        }
+                    }
+                    Ok(None) if matches!(script, Script::Init) && declared.contains(&backend) => {
+                        report.problems.push(format!(
+                            "plugin.toml declares {} but the plugin has no {relative}: a host on {} in {} mode would refuse it; add the script to sql/",
+                            backend.name(),
                             backend.name(),
                             pk_mode.name()
                         ));
                     }
-                    continue;
-                };
-                if let Err(e) = crate::db::split::split(&text, backend.escapes()) {
-                    report
-                        .problems
-                        .push(format!("{relative}: {e}; fix the script"));
+                    Ok(None) => {}
+                    Err(e) => report.problems.push(e.to_string()),
                 }
             }
         }
@@ -393,6 +393,8 @@ pub fn check(path: &Path, trust: &TrustPolicy) -> Result<Inspection, AuthoringEr
                 if let Err(e) = registry::plugin_routes(name, &loaded.manifest, &routers) {
                     report.problems.push(e.to_string());
                 }
+                let scripts = Scripts::new(None, registry::embedded_files(loaded.module));
+                inspect_sql(&scripts, &loaded.manifest, &mut report);
             }
             Err(e) => report.problems.push(e.to_string()),
         }

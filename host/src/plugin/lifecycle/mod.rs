@@ -768,7 +768,9 @@ impl PluginHost {
                         package,
                     )
                     .await?;
-                    let purged = sql::destroy(&self.db, name, &staging.path().join(name)).await;
+                    let scripts =
+                        sql::Scripts::new(Some(&staging.path().join(name)), Default::default());
+                    let purged = sql::destroy(&self.db, name, &scripts).await;
                     Self::discard(staging).await;
                     purged?
                 } else {
@@ -806,6 +808,13 @@ impl PluginHost {
         let backup = self.backup(name).await?;
         guard.ensure_held().await?;
         self.flags.remove(name).await?;
+        let embedded = self
+            .set
+            .records()
+            .get(name)
+            .and_then(PluginRecord::loaded)
+            .map(|p| registry::embedded_files(p.module))
+            .unwrap_or_default();
 
         // Routes go first, then the files: from here on nothing serves it.
         self.set.unmount(name);
@@ -819,8 +828,9 @@ impl PluginHost {
             Ok(())
         })
         .await?;
-        let purged = if purge && moved.is_dir() {
-            sql::destroy(&self.db, name, &moved).await?
+        let purged = if purge {
+            let scripts = sql::Scripts::new(moved.is_dir().then_some(moved.as_path()), embedded);
+            sql::destroy(&self.db, name, &scripts).await?
         } else {
             false
         };

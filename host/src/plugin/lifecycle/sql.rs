@@ -7,7 +7,10 @@
 //! MariaDB commit DDL implicitly: there, the tables the script created
 //! before failing are dropped again.
 
-use std::path::Path;
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
 
@@ -119,6 +122,51 @@ impl std::fmt::Display for Script {
     }
 }
 
+/// Where a plugin's scripts come from: the `sql/` beside its library (a
+/// package), else the scripts its library carries (embedded by the export
+/// macro, so a lone library is a complete plugin).
+#[derive(Debug, Clone, Default)]
+pub struct Scripts {
+    dir: Option<PathBuf>,
+    embedded: BTreeMap<String, String>,
+}
+
+impl Scripts {
+    /// The scripts of a plugin in `dir` (if a directory) whose library
+    /// carries `embedded`.
+    pub fn new(dir: Option<&Path>, embedded: BTreeMap<String, String>) -> Self {
+        Self {
+            dir: dir.map(Path::to_owned),
+            embedded,
+        }
+    }
+
+    /// The script at `relative` (`sql/<backend>/<script>.sql`), if the
+    /// plugin has it.
+    pub fn read(&self, relative: &str) -> Result<Option<String>, ScriptError> {
+        if let Some(dir) = &self.dir {
+            let path = dir.join(relative);
+            if path.is_file() {
+                return std::fs::read_to_string(&path)
+                    .map(Some)
+                    .map_err(|e| ScriptError::Read {
+                        path: relative.to_owned(),
+                        message: e.to_string(),
+                    });
+            }
+        }
+        Ok(self.embedded.get(relative).cloned())
+    }
+
+    /// Whether the plugin has the script at `relative`.
+    pub fn has(&self, relative: &str) -> bool {
+        self.dir
+            .as_ref()
+            .is_some_and(|d| d.join(relative).is_file())
+            || self.embedded.contains_key(relative)
+    }
+}
+
 /// The relative path of a plugin's script for a backend and key mode.
 pub fn script_path(script: Script, backend: Backend, pk_mode: PkMode) -> String {
     let stem = script.stem();
@@ -141,7 +189,7 @@ pub async fn init_once(
     db: &Db,
     plugin: &str,
     version: &str,
-    dir: &Path,
+    scripts: &Scripts,
 ) -> Result<(), ScriptError> {
     let record = |what: &'static str| {
         move |source: DbErr| ScriptError::Record {
@@ -151,10 +199,9 @@ pub async fn init_once(
         }
     };
     let relative = script_path(Script::Init, db.backend(), db.pk_mode());
-    let path = dir.join(&relative);
-    if !path.is_file() {
+    let Some(script) = scripts.read(&relative)? else {
         return Ok(());
-    }
+    };
     let recorded = db
         .query(
             &placeholders(
@@ -175,10 +222,6 @@ pub async fn init_once(
     if state.as_deref() == Some(INIT_DONE) {
         return Ok(());
     }
-    let script = std::fs::read_to_string(&path).map_err(|e| ScriptError::Read {
-        path: relative.clone(),
-        message: e.to_string(),
-    })?;
     let failed = |source: RunError| ScriptError::Failed {
         script: Script::Init,
         path: relative.clone(),
@@ -267,16 +310,11 @@ async fn drop_created_tables(db: &Db, script: &str) -> Vec<String> {
     tables
 }
 
-/// Runs `plugin`'s destroy script from `dir`, if it has one, and forgets
-/// its init (a later install runs it again). Returns whether a script ran.
-pub async fn destroy(db: &Db, plugin: &str, dir: &Path) -> Result<bool, ScriptError> {
+/// Runs `plugin`'s destroy script, if it has one, and forgets its init (a
+/// later install runs it again). Returns whether a script ran.
+pub async fn destroy(db: &Db, plugin: &str, scripts: &Scripts) -> Result<bool, ScriptError> {
     let relative = script_path(Script::Destroy, db.backend(), db.pk_mode());
-    let path = dir.join(&relative);
-    let ran = if path.is_file() {
-        let script = std::fs::read_to_string(&path).map_err(|e| ScriptError::Read {
-            path: relative.clone(),
-            message: e.to_string(),
-        })?;
+    let ran = if let Some(script) = scripts.read(&relative)? {
         run_script(db, &script, None)
             .await
             .map_err(|source| ScriptError::Failed {

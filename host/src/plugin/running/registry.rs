@@ -79,6 +79,19 @@ pub enum Refusal {
         /// The name it is installed under.
         installed: String,
     },
+    /// The plugin declares databases but has no init script for this one.
+    #[error(
+        "plugin.toml declares databases, but the plugin has no {script} for this host's {backend} database in {pk_mode} mode \
+         (neither beside the library nor embedded in it); add the script to the crate's sql/ and rebuild"
+    )]
+    NoScript {
+        /// The script expected.
+        script: String,
+        /// The host's backend.
+        backend: &'static str,
+        /// The host's key mode.
+        pk_mode: &'static str,
+    },
     /// The shipped plugin.toml describes another version than the library.
     #[error(
         "plugin.toml says version {shipped} but the library was built as version {built}; \
@@ -403,6 +416,20 @@ pub(crate) fn open_candidate(
     (Some(manifest), Ok(loaded))
 }
 
+/// The files a plugin's library carries (its embedded SQL scripts), by
+/// path; none for a plugin built against plugin-api 1.0.
+pub fn embedded_files(module: PluginModRef) -> BTreeMap<String, String> {
+    module
+        .files()
+        .map(|files| {
+            files()
+                .into_iter()
+                .map(|Tuple2(path, text)| (path.into_string(), text.into_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The routes a plugin mounts, checked against its manifest.
 pub fn plugin_routes(
     plugin: &str,
@@ -690,12 +717,23 @@ pub(crate) async fn mount(
     enabled: bool,
     db: Option<&Db>,
 ) -> Result<Arc<LoadedPlugin>, Refusal> {
+    let scripts = sql::Scripts::new(loaded.dir.as_deref(), embedded_files(loaded.module));
     if let Some(db) = db {
         let backend = db.backend().name();
         let declared = &loaded.manifest.databases;
         if !declared.is_empty() && !declared.iter().any(|d| d == backend) {
             return Err(Refusal::Database {
                 supported: declared.join(", "),
+                backend,
+            });
+        }
+        // A plugin that declares databases has tables: without the script
+        // for this backend and key mode it would answer every request 500.
+        let init = sql::script_path(sql::Script::Init, db.backend(), db.pk_mode());
+        if !declared.is_empty() && !scripts.has(&init) {
+            return Err(Refusal::NoScript {
+                script: init,
+                pk_mode: db.pk_mode().name(),
                 backend,
             });
         }
@@ -713,9 +751,9 @@ pub(crate) async fn mount(
     ));
     // Reserve the routes first: a colliding plugin's code never runs.
     builder.add(plugin.clone(), routes)?;
-    if let (Some(db), Some(dir)) = (db, &loaded.dir) {
+    if let Some(db) = db {
         let version = plugin.manifest.version.to_string();
-        if let Err(e) = sql::init_once(db, name, &version, dir).await {
+        if let Err(e) = sql::init_once(db, name, &version, &scripts).await {
             builder.remove_last();
             return Err(e.into());
         }
