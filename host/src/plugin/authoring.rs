@@ -18,7 +18,6 @@ use super::{
     loading::{
         discover::{Candidate, Source},
         libcache::LibraryCache,
-        loader::library_contract,
         manifest::PluginManifest,
         trust::{self, CHECKSUMS, SIGNATURE, Statement, TrustPolicy},
     },
@@ -70,6 +69,7 @@ pub fn keygen(out: &Path, no_password: bool, force: bool) -> Result<Generated, A
             )));
         }
     }
+    let encrypted = password().is_some() || !no_password;
     let pair = match (password(), no_password) {
         (Some(password), _) => minisign::KeyPair::generate_encrypted_keypair(Some(password)),
         (None, true) => minisign::KeyPair::generate_unencrypted_keypair(),
@@ -83,7 +83,6 @@ pub fn keygen(out: &Path, no_password: bool, force: bool) -> Result<Generated, A
         }
     }
     .map_err(|e| fail(format!("cannot generate a key pair: {e}")))?;
-    let encrypted = password().is_some() || !no_password;
     let key_id = trust::key_id(pair.pk.keynum());
     let secret_text = pair
         .sk
@@ -234,19 +233,26 @@ pub struct Inspection {
     pub notes: Vec<String>,
 }
 
-/// Inspects the package directory `dir` of plugin `name` with the
-/// signature policy `trust`, through the install's own checks.
-fn inspect_dir(dir: &Path, name: &str, trust: &TrustPolicy) -> Inspection {
+/// Inspects plugin `candidate` (a package directory or a lone library)
+/// with the signature policy `trust`, through the install's own checks.
+fn inspect(candidate: &Candidate, trust: &TrustPolicy) -> Inspection {
+    let name = candidate.name.as_str();
     let mut report = Inspection {
         name: name.to_owned(),
         ..Inspection::default()
     };
+    let dir = match &candidate.source {
+        Source::Directory(dir) => Some(dir.as_path()),
+        Source::Library(_) => None,
+    };
     // The install's signature check (with `require`) before anything opens.
-    match super::lifecycle::check_signature(dir, name, trust) {
-        Ok(verdict) => report.signer = verdict.signer().map(str::to_owned),
-        Err(e) => {
-            report.problems.push(e.to_string());
-            return report;
+    if let Some(dir) = dir {
+        match super::lifecycle::check_signature(dir, name, trust) {
+            Ok(verdict) => report.signer = verdict.signer().map(str::to_owned),
+            Err(e) => {
+                report.problems.push(e.to_string());
+                return report;
+            }
         }
     }
     let work = match tempfile::tempdir() {
@@ -257,11 +263,7 @@ fn inspect_dir(dir: &Path, name: &str, trust: &TrustPolicy) -> Inspection {
         }
     };
     let cache = LibraryCache::new(work.path().join("libs"), trust.clone());
-    let candidate = Candidate {
-        name: name.to_owned(),
-        source: Source::Directory(dir.to_owned()),
-    };
-    let (manifest, opened) = registry::open_candidate(&candidate, &cache);
+    let (manifest, opened) = registry::open_candidate(candidate, &cache);
     report.version = manifest.as_ref().map(|m| m.version.to_string());
     let loaded = match opened {
         Ok(loaded) => loaded,
@@ -270,9 +272,8 @@ fn inspect_dir(dir: &Path, name: &str, trust: &TrustPolicy) -> Inspection {
             return report;
         }
     };
-    if let Ok(copy) = cache.prepare(&loaded.library) {
-        report.contract = library_contract(&copy.path);
-    }
+    report.version = Some(loaded.manifest.version.to_string());
+    report.contract.clone_from(&loaded.contract);
     let routers = (loaded.module.routers())().into_vec();
     match registry::plugin_routes(name, &loaded.manifest, &routers) {
         Ok(routes) => {
@@ -284,9 +285,20 @@ fn inspect_dir(dir: &Path, name: &str, trust: &TrustPolicy) -> Inspection {
         }
         Err(e) => report.problems.push(e.to_string()),
     }
-    let scripts = Scripts::new(Some(dir), registry::embedded_files(loaded.module));
+    let scripts = Scripts::new(dir, registry::embedded_files(loaded.module));
     inspect_sql(&scripts, &loaded.manifest, &mut report);
     report
+}
+
+/// [`inspect`] of the package directory `dir` of plugin `name`.
+fn inspect_dir(dir: &Path, name: &str, trust: &TrustPolicy) -> Inspection {
+    inspect(
+        &Candidate {
+            name: name.to_owned(),
+            source: Source::Directory(dir.to_owned()),
+        },
+        trust,
+    )
 }
 
 /// The plugin's SQL scripts (beside the library, else embedded in it):
@@ -375,30 +387,13 @@ pub fn check(path: &Path, trust: &TrustPolicy) -> Result<Inspection, AuthoringEr
                 path.display()
             )));
         };
-        let work = tempfile::tempdir().map_err(|e| fail(format!("cannot make a work dir: {e}")))?;
-        let cache = LibraryCache::new(work.path().join("libs"), trust.clone());
-        let candidate = Candidate {
-            name: name.to_owned(),
-            source: Source::Library(path.to_owned()),
-        };
-        let mut report = Inspection {
-            name: name.to_owned(),
-            ..Inspection::default()
-        };
-        let (_, opened) = registry::open_candidate(&candidate, &cache);
-        match opened {
-            Ok(loaded) => {
-                report.version = Some(loaded.manifest.version.to_string());
-                let routers = (loaded.module.routers())().into_vec();
-                if let Err(e) = registry::plugin_routes(name, &loaded.manifest, &routers) {
-                    report.problems.push(e.to_string());
-                }
-                let scripts = Scripts::new(None, registry::embedded_files(loaded.module));
-                inspect_sql(&scripts, &loaded.manifest, &mut report);
-            }
-            Err(e) => report.problems.push(e.to_string()),
-        }
-        return Ok(report);
+        return Ok(inspect(
+            &Candidate {
+                name: name.to_owned(),
+                source: Source::Library(path.to_owned()),
+            },
+            trust,
+        ));
     }
     if path.join("Cargo.toml").is_file() {
         let staged = build_and_stage(path)?;

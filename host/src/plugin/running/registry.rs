@@ -265,6 +265,8 @@ pub(crate) struct Loaded {
     pub(crate) digest: String,
     /// The trusted key that signed the plugin's package, if any.
     pub(crate) signer: Option<String>,
+    /// The plugin-api version the library was built against.
+    pub(crate) contract: Option<String>,
     pub(crate) manifest: PluginManifest,
     /// The plugin's directory (lone libraries have none, and so no scripts).
     pub(crate) dir: Option<PathBuf>,
@@ -359,16 +361,17 @@ pub(crate) fn open_candidate(
         Ok(opened) => opened,
         Err(e) => return (file_manifest, Err(e.into())),
     };
+    let contract = library_contract(&copy);
     if let Verdict::Signed { statement, .. } = &verdict
-        && let Some(built) = library_contract(&copy)
-        && built != statement.contract
+        && let Some(built) = &contract
+        && *built != statement.contract
     {
         return (
             file_manifest,
             Err(TrustError::Contract {
                 plugin: candidate.name.clone(),
                 signed: statement.contract.clone(),
-                built,
+                built: built.clone(),
             }
             .into()),
         );
@@ -410,6 +413,7 @@ pub(crate) fn open_candidate(
         library,
         digest,
         signer,
+        contract,
         manifest: manifest.clone(),
         dir,
     };
@@ -717,8 +721,11 @@ pub(crate) async fn mount(
     enabled: bool,
     db: Option<&Db>,
 ) -> Result<Arc<LoadedPlugin>, Refusal> {
-    let scripts = sql::Scripts::new(loaded.dir.as_deref(), embedded_files(loaded.module));
-    if let Some(db) = db {
+    // The plugin's scripts, read once from its directory and its library
+    // (only where there is a database to run them on).
+    let scripts =
+        db.map(|_| sql::Scripts::new(loaded.dir.as_deref(), embedded_files(loaded.module)));
+    if let (Some(db), Some(scripts)) = (db, &scripts) {
         let backend = db.backend().name();
         let declared = &loaded.manifest.databases;
         if !declared.is_empty() && !declared.iter().any(|d| d == backend) {
@@ -751,9 +758,9 @@ pub(crate) async fn mount(
     ));
     // Reserve the routes first: a colliding plugin's code never runs.
     builder.add(plugin.clone(), routes)?;
-    if let Some(db) = db {
+    if let (Some(db), Some(scripts)) = (db, &scripts) {
         let version = plugin.manifest.version.to_string();
-        if let Err(e) = sql::init_once(db, name, &version, &scripts).await {
+        if let Err(e) = sql::init_once(db, name, &version, scripts).await {
             builder.remove_last();
             return Err(e.into());
         }
