@@ -243,6 +243,17 @@ pub struct HostServices {
     /// Deletes a key; answers whether it existed.
     #[sabi(last_prefix_field)]
     pub kv_del: extern "C" fn(plugin: RStr<'_>, key: RString) -> FfiFuture<RResult<bool, RString>>,
+    /// Adds `delta` to the whole number stored at a key (a missing or
+    /// expired key counts as 0) in one atomic step, and answers the sum.
+    /// `ttl_ms` > 0 sets the key's expiry when it has none, so the first
+    /// increment of a window starts the window. Added in 1.2 (a 1.0 or 1.1
+    /// host has none: read it through the `Option` accessor).
+    pub kv_incr: extern "C" fn(
+        plugin: RStr<'_>,
+        key: RString,
+        delta: i64,
+        ttl_ms: u64,
+    ) -> FfiFuture<RResult<i64, RString>>,
 }
 
 /// The root module every plugin library exports.

@@ -63,7 +63,7 @@ struct WireError {
     message: String,
 }
 
-fn decode_error(text: RString) -> DbError {
+pub(crate) fn decode_error(text: RString) -> DbError {
     match serde_json::from_str::<WireError>(&text) {
         Ok(w) => DbError {
             kind: match w.kind.as_str() {
@@ -80,7 +80,7 @@ fn decode_error(text: RString) -> DbError {
     }
 }
 
-fn other(message: String) -> DbError {
+pub(crate) fn other(message: String) -> DbError {
     DbError {
         kind: DbErrorKind::Other,
         message,
@@ -95,6 +95,13 @@ pub struct Executed {
     /// The id of an inserted row (SQLite, MySQL; on PostgreSQL use
     /// `RETURNING id` with a query instead).
     pub last_insert_id: Option<i64>,
+}
+
+/// A time to live as the contract carries it: 0 for none, else at least 1 ms.
+pub(crate) fn ttl_millis(ttl: Option<Duration>) -> u64 {
+    ttl.map_or(0, |d| {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    })
 }
 
 fn encode(params: &[Value]) -> RString {
@@ -201,9 +208,7 @@ impl Host {
         value: &str,
         ttl: Option<Duration>,
     ) -> Result<(), DbError> {
-        let ttl_ms = ttl.map_or(0, |d| {
-            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-        });
+        let ttl_ms = ttl_millis(ttl);
         match (self.services().kv_set())(
             RStr::from(self.plugin()),
             RString::from(key),

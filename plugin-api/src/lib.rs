@@ -41,6 +41,7 @@
 //! [`Host`] services (see [`host`]).
 
 pub mod abi;
+mod counter;
 mod db;
 mod export;
 mod host;

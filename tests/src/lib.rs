@@ -1040,3 +1040,32 @@ pub fn scaffolded_repository(parent: &Path, name: &str, kind: &str) -> PathBuf {
     git(&crate_dir, &["commit", "-qm", "scaffold"]);
     crate_dir
 }
+
+/// Increments the `notes` fixture's counter `key` from `threads` threads
+/// at once (spread over `hosts`), `each` times per
+/// thread, and answers every value the increments returned, sorted.
+pub fn count_concurrently(hosts: &[&Host], key: &str, threads: usize, each: usize) -> Vec<i64> {
+    let mut seen: Vec<i64> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let host = hosts[t % hosts.len()];
+                scope.spawn(move || {
+                    (0..each)
+                        .map(|_| {
+                            let reply =
+                                host.request("POST", &format!("/notes/v1/counter/{key}"), None);
+                            assert_eq!(reply.status, 200, "{:?}", reply.json);
+                            reply.data().as_i64().expect("a count")
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("counting thread"))
+            .collect()
+    });
+    seen.sort_unstable();
+    seen
+}

@@ -85,6 +85,56 @@ fn the_key_value_store_sets_gets_expires_and_deletes_per_plugin() {
 }
 
 #[test]
+fn counters_increment_atomically_expire_by_window_and_refuse_what_is_not_a_number() {
+    for backend in BACKENDS {
+        let database = TestDatabase::create(backend);
+        let (_data, host) = notes_host(&database, &[]);
+        // 6 threads x 10 increments: every value from 1 to 60 is answered once.
+        let seen = e2e::count_concurrently(&[&host], "hits", 6, 10);
+        assert_eq!(seen, (1..=60).collect::<Vec<_>>(), "{backend:?}");
+        assert_eq!(host.get("/notes/v1/kv/hits").data(), "60", "{backend:?}");
+        assert_eq!(
+            host.request("POST", "/notes/v1/counter/hits?by=-70", None)
+                .data(),
+            -10
+        );
+
+        // The first increment of a window sets its expiry; later ones keep it.
+        let window = "/notes/v1/counter/window?ttl_ms=400";
+        assert_eq!(host.request("POST", window, None).data(), 1);
+        assert_eq!(host.request("POST", window, None).data(), 2);
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        assert_eq!(
+            host.request("POST", window, None).data(),
+            1,
+            "{backend:?}: a new window after expiry"
+        );
+
+        // Not a number, or past i64: refused, and the key is left as it was.
+        let url = format!("{}/notes/v1/kv/word", host.base());
+        ureq::put(&url).send_string("abc").expect("kv put");
+        host.request("POST", "/notes/v1/counter/word", None)
+            .assert_error(
+                500,
+                "key 'word' does not hold a whole number; kv_incr only counts",
+            );
+        assert_eq!(host.get("/notes/v1/kv/word").data(), "abc", "{backend:?}");
+        let big = format!("/notes/v1/counter/big?by={}", i64::MAX);
+        assert_eq!(host.request("POST", &big, None).data(), i64::MAX);
+        host.request("POST", "/notes/v1/counter/big", None)
+            .assert_error(
+                500,
+                "adding 1 to key 'big' would not fit a 64-bit whole number",
+            );
+        assert_eq!(
+            host.get("/notes/v1/kv/big").data(),
+            i64::MAX.to_string().as_str(),
+            "{backend:?}"
+        );
+    }
+}
+
+#[test]
 fn the_init_script_runs_once_and_survives_restarts() {
     let database = TestDatabase::create(Backend::Sqlite);
     let (data, host) = notes_host(&database, &[]);

@@ -362,6 +362,36 @@ fn the_key_value_service_lives_in_redis_when_configured() {
     );
     assert!(a.get("/notes/v1/kv/shared").data().is_null());
 
+    // Counters are shared by the instances and atomic across them.
+    let seen = e2e::count_concurrently(&[&a, &b], "hits", 6, 10);
+    assert_eq!(seen, (1..=60).collect::<Vec<_>>());
+    assert_eq!(
+        redis.cli(&["--raw", "GET", "fba:plugin_kv:notes:hits"]),
+        "60"
+    );
+    assert_eq!(
+        a.request("POST", "/notes/v1/counter/window?ttl_ms=60000", None)
+            .data(),
+        1
+    );
+    assert_eq!(
+        b.request("POST", "/notes/v1/counter/window?ttl_ms=1", None)
+            .data(),
+        2
+    );
+    let ttl: i64 = redis
+        .cli(&["PTTL", "fba:plugin_kv:notes:window"])
+        .parse()
+        .unwrap();
+    assert!(
+        (1_000..=60_000).contains(&ttl),
+        "the window's first increment set its expiry: {ttl}"
+    );
+    put(&a, "/notes/v1/kv/word", "abc");
+    b.request("POST", "/notes/v1/counter/word?ttl_ms=500", None)
+        .assert_error(500, "key 'word' does not hold a whole number");
+    assert_eq!(redis.cli(&["PTTL", "fba:plugin_kv:notes:word"]), "-1");
+
     redis.stop();
     a.get("/notes/v1/kv/shared")
         .assert_error(500, &format!("Redis at {} is unavailable", redis.url()));

@@ -442,6 +442,123 @@ extern "C" fn kv_del(plugin: RStr<'_>, key: RString) -> FfiFuture<RResult<bool, 
     .into_ffi()
 }
 
+/// Why an increment was refused; the same words on every store.
+fn not_whole(key: &str) -> RString {
+    db_error(
+        "other",
+        format!(
+            "key '{key}' does not hold a whole number; kv_incr only counts (set it with kv_set to start over)"
+        ),
+    )
+}
+
+fn overflows(key: &str, delta: i64) -> RString {
+    db_error(
+        "other",
+        format!("adding {delta} to key '{key}' would not fit a 64-bit whole number"),
+    )
+}
+
+/// Adds to a counter in Redis: one script, so the increment and the
+/// window's expiry are one step, and a refused increment changes nothing.
+const INCR_SCRIPT: &str = r"
+local sum = redis.call('INCRBY', KEYS[1], ARGV[1])
+if tonumber(ARGV[2]) > 0 and redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return sum
+";
+
+/// Adds to a counter in the host database: the row is claimed first (so
+/// SQLite takes its write lock before reading, and PostgreSQL and MariaDB
+/// lock the row), then read, added to and written in one transaction.
+async fn sql_incr(key: &str, shown: &str, delta: i64, ttl_ms: u64) -> Result<i64, RString> {
+    let db = db()?;
+    let backend = db.backend();
+    let claim = match backend {
+        Backend::Mysql => {
+            "INSERT INTO sys_kv (kv_key, kv_value, expires_at) VALUES (?, '0', NULL) \
+             ON DUPLICATE KEY UPDATE kv_key = kv_key"
+        }
+        _ => {
+            "INSERT INTO sys_kv (kv_key, kv_value, expires_at) VALUES (?, '0', NULL) \
+             ON CONFLICT (kv_key) DO NOTHING"
+        }
+    };
+    let read = match backend {
+        Backend::Sqlite => "SELECT kv_value, expires_at FROM sys_kv WHERE kv_key = ?",
+        _ => "SELECT kv_value, expires_at FROM sys_kv WHERE kv_key = ? FOR UPDATE",
+    };
+    let stmt = |sql: &str, values: Vec<sea_orm::Value>| {
+        Statement::from_sql_and_values(
+            db.conn().get_database_backend(),
+            placeholders(backend, sql),
+            values,
+        )
+    };
+    let txn = db.conn().begin().await.map_err(from_db_err)?;
+    txn.execute(stmt(claim, vec![key.into()]))
+        .await
+        .map_err(from_db_err)?;
+    let row = txn
+        .query_one(stmt(read, vec![key.into()]))
+        .await
+        .map_err(from_db_err)?
+        .ok_or_else(|| db_error("other", format!("key '{shown}' vanished while counting")))?;
+    let value: String = row.try_get("", "kv_value").map_err(from_db_err)?;
+    let expires: Option<i64> = row.try_get("", "expires_at").map_err(from_db_err)?;
+    let now = now_ms();
+    let (current, expires) = match expires {
+        Some(at) if at <= now => (0, None),
+        _ => (value.parse::<i64>().map_err(|_| not_whole(shown))?, expires),
+    };
+    let sum = current
+        .checked_add(delta)
+        .ok_or_else(|| overflows(shown, delta))?;
+    let expires = expires.or_else(|| {
+        (ttl_ms > 0).then(|| now.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX)))
+    });
+    txn.execute(stmt(
+        "UPDATE sys_kv SET kv_value = ?, expires_at = ? WHERE kv_key = ?",
+        vec![sum.to_string().into(), expires.into(), key.into()],
+    ))
+    .await
+    .map_err(from_db_err)?;
+    txn.commit().await.map_err(from_db_err)?;
+    Ok(sum)
+}
+
+extern "C" fn kv_incr(
+    plugin: RStr<'_>,
+    key: RString,
+    delta: i64,
+    ttl_ms: u64,
+) -> FfiFuture<RResult<i64, RString>> {
+    let shown = key.into_string();
+    let key = kv_key(plugin.as_str(), &shown);
+    async move {
+        let Some((redis, key)) = kv_redis(&key) else {
+            return sql_incr(&key, &shown, delta, ttl_ms).await;
+        };
+        static SCRIPT: OnceLock<redis::Script> = OnceLock::new();
+        let script = SCRIPT.get_or_init(|| redis::Script::new(INCR_SCRIPT));
+        let mut conn = redis.conn().await.map_err(from_redis_err)?;
+        let sum: redis::RedisResult<i64> = script
+            .key(key)
+            .arg(delta)
+            .arg(ttl_ms)
+            .invoke_async(&mut *conn)
+            .await;
+        match sum {
+            Err(e) if e.to_string().contains("not an integer") => Err(not_whole(&shown)),
+            Err(e) if e.to_string().contains("overflow") => Err(overflows(&shown, delta)),
+            other => redis.check(other).map_err(from_redis_err),
+        }
+    }
+    .map(RResult::from)
+    .into_ffi()
+}
+
 extern "C" fn loaded_plugins() -> u32 {
     LOADED.load(Ordering::Relaxed)
 }
@@ -465,6 +582,7 @@ pub fn host_services() -> HostRef {
             kv_get,
             kv_set,
             kv_del,
+            kv_incr,
         }
         .leak_into_prefix()
     })
