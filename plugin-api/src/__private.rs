@@ -10,6 +10,10 @@ use abi_stable::{
 use async_ffi::LocalBorrowingFfiFuture;
 pub use rust_embed;
 
+/// The wire format of database errors and statement parameters, shared
+/// by the host and the test host.
+pub use crate::db::{wire_error, wire_params};
+
 use crate::{
     Error, Host, IntoResponse, Request, Router,
     abi::{HostRef, PluginMod, PluginModRef, RawRequest, RawResponse, RouterSpec},

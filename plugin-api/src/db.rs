@@ -57,6 +57,22 @@ impl From<DbError> for Error {
     }
 }
 
+/// A database error as the contract carries it: JSON with a kind
+/// (`unique`, `foreign_key` or `other`) and the message.
+pub fn wire_error(kind: &str, message: String) -> RString {
+    RString::from(serde_json::json!({ "kind": kind, "message": message }).to_string())
+}
+
+/// The parameters of a statement as the contract carries them: a JSON
+/// array (empty text for none). The error is the wire error to answer.
+pub fn wire_params(params: &str) -> Result<Vec<Value>, RString> {
+    if params.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str(params)
+        .map_err(|e| wire_error("other", format!("parameters must be a JSON array: {e}")))
+}
+
 #[derive(Deserialize)]
 struct WireError {
     kind: String,

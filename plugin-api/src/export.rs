@@ -19,41 +19,51 @@ macro_rules! export_plugin {
         static __PLUGHOST_PLUGIN: $crate::__private::PluginState =
             $crate::__private::PluginState::new($name, $routers, $crate::__private::init_or_none!($($init)?));
 
+        #[doc(hidden)]
+        struct __PluginHandlers;
+
+        #[derive($crate::__private::rust_embed::RustEmbed)]
+        #[folder = "sql/"]
+        #[prefix = "sql/"]
+        #[allow_missing = true]
+        #[crate_path = "plugin_api::__private::rust_embed"]
+        #[doc(hidden)]
+        struct __PluginSql;
+
+        impl $crate::__private::StateAccess for __PluginHandlers {
+            fn state() -> &'static $crate::__private::PluginState {
+                &__PLUGHOST_PLUGIN
+            }
+            fn files() -> ::std::vec::Vec<(::std::string::String, ::std::string::String)> {
+                __PluginSql::iter()
+                    .filter_map(|path| {
+                        __PluginSql::get(&path).map(|file| {
+                            (
+                                path.into_owned(),
+                                ::std::string::String::from_utf8_lossy(&file.data).into_owned(),
+                            )
+                        })
+                    })
+                    .collect()
+            }
+        }
+
+        /// The plugin's root module, as the host sees it (also what
+        /// `plugin_api::this_plugin!()` gives a test).
+        #[doc(hidden)]
+        #[allow(dead_code)]
+        pub(crate) fn __plughost_root_module() -> $crate::abi::PluginModRef {
+            $crate::__private::root_module::<__PluginHandlers>($name, $manifest)
+        }
+
         #[allow(unsafe_code)]
         #[unsafe(export_name = "_1as_0lib_1header_0root_bmodule_bloader")]
         #[doc(hidden)]
         pub static __PLUGHOST_LIB_HEADER: $crate::__private::abi_stable::library::LibHeader = {
             extern "C" fn erased_module() -> $crate::__private::abi_stable::library::RootModuleResult {
-                $crate::__private::abi_stable::library::__call_root_module_loader(root_module)
+                $crate::__private::abi_stable::library::__call_root_module_loader(__plughost_root_module)
             }
-            fn root_module() -> $crate::abi::PluginModRef {
-                $crate::__private::root_module::<__PluginHandlers>($name, $manifest)
-            }
-            struct __PluginHandlers;
-            #[derive($crate::__private::rust_embed::RustEmbed)]
-            #[folder = "sql/"]
-            #[prefix = "sql/"]
-            #[allow_missing = true]
-            #[crate_path = "plugin_api::__private::rust_embed"]
-            struct __PluginSql;
-            impl $crate::__private::StateAccess for __PluginHandlers {
-                fn state() -> &'static $crate::__private::PluginState {
-                    &__PLUGHOST_PLUGIN
-                }
-                fn files() -> ::std::vec::Vec<(::std::string::String, ::std::string::String)> {
-                    __PluginSql::iter()
-                        .filter_map(|path| {
-                            __PluginSql::get(&path).map(|file| {
-                                (
-                                    path.into_owned(),
-                                    ::std::string::String::from_utf8_lossy(&file.data).into_owned(),
-                                )
-                            })
-                        })
-                        .collect()
-                }
-            }
-            // SAFETY: `erased_module` returns the `PluginModRef` built by `root_module`.
+            // SAFETY: `erased_module` returns the `PluginModRef` built by `__plughost_root_module`.
             unsafe {
                 $crate::__private::abi_stable::library::LibHeader::from_constructor::<
                     $crate::abi::PluginModRef,

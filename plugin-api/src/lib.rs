@@ -41,13 +41,16 @@
 //! [`Host`] services (see [`host`]).
 
 pub mod abi;
-mod counter;
+#[doc(hidden)]
+pub mod counter;
 mod db;
 mod export;
 mod host;
 mod request;
 mod response;
 mod router;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 #[doc(hidden)]
 pub mod __private;

@@ -297,9 +297,16 @@ fn author_commands_show_only_their_own_options() {
     );
     assert!(ok, "{out}");
     let cargo = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap();
+    let version = e2e::plugin_api_version();
     assert!(
-        cargo.contains(&format!("plugin-api = \"{}\"", e2e::plugin_api_version())),
+        cargo.contains(&format!("plugin-api = {{ version = \"{version}\" }}")),
         "{cargo}"
+    );
+    assert!(
+        cargo.contains(&format!(
+            "[dev-dependencies]\nplugin-api = {{ version = \"{version}\", features = [\"testing\"] }}"
+        )),
+        "the handler tests' in-memory host: {cargo}"
     );
     assert!(!cargo.contains("path ="), "{cargo}");
 }

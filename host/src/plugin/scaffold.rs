@@ -13,23 +13,19 @@ pub enum Kind {
     Extend,
 }
 
-/// The plugin-api dependency line: a path when `spec` is an existing
+/// The plugin-api dependency: a path when `spec` is an existing
 /// directory, else a version: `spec`, by default the contract version this
-/// host speaks.
+/// host speaks. As the table that follows `plugin-api = `.
 fn dependency(spec: Option<String>) -> String {
     match spec {
-        Some(s) if Path::new(&s).is_dir() => path_dependency(Path::new(&s)),
-        Some(version) => format!("plugin-api = \"{version}\""),
-        None => format!("plugin-api = \"{}\"", plugin_api::CONTRACT_VERSION),
+        Some(s) if Path::new(&s).is_dir() => {
+            let path = Path::new(&s);
+            let absolute = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+            format!("path = {:?}", absolute.display().to_string())
+        }
+        Some(version) => format!("version = {version:?}"),
+        None => format!("version = {:?}", plugin_api::CONTRACT_VERSION),
     }
-}
-
-fn path_dependency(path: &Path) -> String {
-    let absolute = path.canonicalize().unwrap_or_else(|_| path.to_owned());
-    format!(
-        "plugin-api = {{ path = {:?} }}",
-        absolute.display().to_string()
-    )
 }
 
 fn manifest(name: &str, kind: Kind) -> String {
@@ -45,17 +41,20 @@ fn manifest(name: &str, kind: Kind) -> String {
 }
 
 fn source(name: &str, kind: Kind) -> String {
-    let (router, route_doc) = match kind {
+    let (router, path, token) = match kind {
         Kind::App => (
             format!("Router::new(\"router_v1\").prefix(\"/{name}/v1\")"),
-            format!("GET /{name}/v1/hello"),
+            format!("/{name}/v1/hello"),
+            "",
         ),
         // The manifest's [api.{name}] prefix places it under /admin/v1/sys.
         Kind::Extend => (
             format!("Router::new(\"{name}\")"),
-            format!("GET /admin/v1/sys/{name}/hello (needs a token)"),
+            format!("/admin/v1/sys/{name}/hello"),
+            " (needs a token)",
         ),
     };
+    let route_doc = format!("GET {path}{token}");
     format!(
         r#"//! `{name}`: a plughost plugin.
 
@@ -74,6 +73,23 @@ plugin_api::export_plugin! {{
     name: "{name}",
     manifest: include_str!("../plugin.toml"),
     routers: routers,
+}}
+
+/// `cargo test` runs the handlers against an in-memory host.
+#[cfg(test)]
+mod tests {{
+    use plugin_api::testing::{{TestHost, TestUser}};
+
+    #[test]
+    fn says_hello() {{
+        let host = TestHost::start(plugin_api::this_plugin!()).expect("the plugin loads");
+        let reply = host
+            .get("{path}")
+            .user(&TestUser::new(1, "admin"))
+            .send();
+        assert_eq!(reply.status, 200, "{{}}", reply.text());
+        assert_eq!(reply.data(), "Hello from {name}!");
+    }}
 }}
 "#
     )
@@ -99,9 +115,11 @@ pub fn create(
     std::fs::create_dir_all(dir.join("src"))?;
     let cargo = format!(
         "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n\
-         [lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\n{}\n\n\
+         [lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nplugin-api = {{ {api} }}\n\n\
+         # The in-memory host the handler tests run against.\n\
+         [dev-dependencies]\nplugin-api = {{ {api}, features = [\"testing\"] }}\n\n\
          # A plugin is its own workspace, whatever directory it sits in.\n[workspace]\n",
-        dependency(plugin_api)
+        api = dependency(plugin_api)
     );
     let files = [
         ("Cargo.toml", cargo),
@@ -109,7 +127,7 @@ pub fn create(
         (
             "README.md",
             format!(
-                "# {name}\n\nA plughost plugin. `plughost plugin package . -o {name}.zip [--sign KEY]` builds it and writes its package; `cargo build --release` alone builds `target/release/lib{name}.so`.\n"
+                "# {name}\n\nA plughost plugin. `cargo test` runs its handlers against an in-memory host; `plughost plugin package . -o {name}.zip [--sign KEY]` builds it and writes its package; `cargo build --release` alone builds `target/release/lib{name}.so`.\n"
             ),
         ),
         ("src/lib.rs", source(name, kind)),

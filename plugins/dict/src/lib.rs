@@ -636,3 +636,188 @@ plugin_api::export_plugin! {
     manifest: include_str!("../plugin.toml"),
     routers: routers,
 }
+
+#[cfg(test)]
+mod tests {
+    use plugin_api::testing::{TestHost, TestUser};
+    use serde_json::{Value, json};
+
+    const TYPES: &str = "/admin/v1/sys/dict-types";
+    const DATAS: &str = "/admin/v1/sys/dict-datas";
+
+    fn dict() -> TestHost {
+        TestHost::start(plugin_api::this_plugin!()).expect("dict loads")
+    }
+
+    fn admin() -> TestUser {
+        TestUser::superuser(1, "admin")
+    }
+
+    fn create(host: &TestHost, path: &str, body: Value) -> Value {
+        let reply = host.post(path).json(&body).user(&admin()).send();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        reply.data()
+    }
+
+    #[test]
+    fn types_and_their_data_go_through_create_read_update_and_delete() {
+        let host = dict();
+        let status = create(&host, TYPES, json!({ "name": "Status", "code": "status" }));
+        assert_eq!(status["status"], 1, "enabled by default");
+        let id = status["id"].as_i64().expect("an id");
+        let on = create(
+            &host,
+            DATAS,
+            json!({ "type_id": id, "label": "On", "value": "1", "sort": 2 }),
+        );
+        create(
+            &host,
+            DATAS,
+            json!({ "type_id": id, "label": "Off", "value": "0", "sort": 1 }),
+        );
+
+        let listed = host
+            .get(&format!("{DATAS}?type_id={id}"))
+            .user(&admin())
+            .send()
+            .data();
+        assert_eq!(listed["total"], 2);
+        let labels: Vec<&str> = listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["label"].as_str().unwrap())
+            .collect();
+        assert_eq!(labels, ["Off", "On"], "ordered by sort");
+
+        let renamed = host
+            .put(&format!("{TYPES}/{id}"))
+            .json(&json!({ "name": "State", "code": "state", "status": 0 }))
+            .user(&admin())
+            .send();
+        assert_eq!(renamed.status, 200, "{}", renamed.text());
+        assert_eq!(
+            host.get(&format!("{TYPES}/{id}"))
+                .user(&admin())
+                .send()
+                .data()["code"],
+            "state"
+        );
+        assert_eq!(
+            host.get(&format!("{DATAS}/{}", on["id"]))
+                .user(&admin())
+                .send()
+                .data()["value"],
+            "1"
+        );
+
+        // Deleting a type deletes its data, in one transaction.
+        let deleted = host.delete(&format!("{TYPES}/{id}")).user(&admin()).send();
+        assert_eq!(deleted.data()["deleted"], 1, "{}", deleted.text());
+        assert_eq!(
+            host.query("SELECT COUNT(*) AS n FROM sys_dict_data", &[])[0]["n"],
+            0
+        );
+        let gone = host.get(&format!("{TYPES}/{id}")).user(&admin()).send();
+        assert_eq!(gone.status, 404);
+        assert_eq!(gone.msg(), format!("dict type {id} does not exist"));
+    }
+
+    #[test]
+    fn writes_need_their_permission() {
+        let host = dict();
+        let body = json!({ "name": "Color", "code": "color" });
+        assert_eq!(host.post(TYPES).json(&body).send().status, 401);
+        let reader = TestUser::new(2, "reader").permission("sys:dict:edit");
+        let refused = host.post(TYPES).json(&body).user(&reader).send();
+        assert_eq!(refused.status, 403);
+        assert_eq!(refused.msg(), "permission 'sys:dict:add' is required");
+        let writer = TestUser::new(3, "writer").permission("sys:dict:add");
+        assert_eq!(
+            host.post(TYPES).json(&body).user(&writer).send().status,
+            200
+        );
+        // Reading needs a user (the admin app's guard), no permission.
+        assert_eq!(host.get(TYPES).send().status, 401);
+        let anyone = TestUser::new(4, "anyone");
+        assert_eq!(host.get(TYPES).user(&anyone).send().data()["total"], 1);
+    }
+
+    #[test]
+    fn bad_input_is_refused_naming_the_field() {
+        let host = dict();
+        create(&host, TYPES, json!({ "name": "Status", "code": "status" }));
+        let post = |body: Value| host.post(TYPES).json(&body).user(&admin()).send();
+
+        let taken = post(json!({ "name": "Again", "code": "status" }));
+        assert_eq!(taken.status, 409, "{}", taken.text());
+        let code = post(json!({ "name": "Bad", "code": "no spaces" }));
+        assert_eq!(code.status, 422);
+        assert_eq!(
+            code.msg(),
+            "code: may hold only letters, digits and _ - . :"
+        );
+        let long = post(json!({ "name": "x".repeat(33), "code": "long" }));
+        assert_eq!(long.msg(), "name: must be 1 to 32 characters long");
+        let unknown = post(json!({ "name": "A", "code": "a", "colour": "red" }));
+        assert_eq!(unknown.status, 422, "{}", unknown.text());
+        assert!(
+            unknown.msg().contains("unknown field `colour`"),
+            "{}",
+            unknown.msg()
+        );
+        let orphan = host
+            .post(DATAS)
+            .json(&json!({ "type_id": 99, "label": "L", "value": "v" }))
+            .user(&admin())
+            .send();
+        assert_eq!(orphan.msg(), "type_id: dict type 99 does not exist");
+        let id = host.get(&format!("{TYPES}/abc")).user(&admin()).send();
+        assert_eq!(id.status, 422);
+        assert_eq!(id.msg(), "path parameter 'id': 'abc' is not a valid i64");
+        let page = host.get(&format!("{TYPES}?page=0")).user(&admin()).send();
+        assert_eq!(page.status, 422, "{}", page.text());
+    }
+
+    #[test]
+    fn lists_page_and_filter() {
+        let host = dict();
+        for i in 0..25 {
+            create(
+                &host,
+                TYPES,
+                json!({ "name": format!("Type {i}"), "code": format!("t{i}"), "status": i % 2 }),
+            );
+        }
+        let second = host
+            .get(&format!("{TYPES}?page=2&size=10"))
+            .user(&admin())
+            .send()
+            .data();
+        assert_eq!(second["total"], 25);
+        assert_eq!(second["items"].as_array().unwrap().len(), 10);
+        assert_eq!(second["items"][0]["code"], "t10");
+        let enabled = host
+            .get(&format!("{TYPES}?status=1&size=200"))
+            .user(&admin())
+            .send()
+            .data();
+        assert_eq!(enabled["total"], 12);
+        let named = host
+            .get(&format!("{TYPES}?name=Type%202"))
+            .user(&admin())
+            .send()
+            .data();
+        assert_eq!(named["total"], 6, "Type 2 and Type 20 to 24");
+    }
+
+    #[test]
+    fn snowflake_mode_writes_the_hosts_ids() {
+        let host = TestHost::options()
+            .snowflake()
+            .start(plugin_api::this_plugin!())
+            .expect("dict loads in snowflake mode");
+        let created = create(&host, TYPES, json!({ "name": "Status", "code": "status" }));
+        assert_eq!(created["id"], 1_000_001);
+    }
+}

@@ -56,3 +56,50 @@ plugin_api::export_plugin! {
     manifest: include_str!("../plugin.toml"),
     routers: routers,
 }
+
+#[cfg(test)]
+mod tests {
+    use plugin_api::testing::TestHost;
+    use serde_json::json;
+
+    fn hello() -> TestHost {
+        TestHost::start(plugin_api::this_plugin!()).expect("hello loads")
+    }
+
+    #[test]
+    fn greets_by_name_and_the_world_by_default() {
+        let host = hello();
+        let ada = host.get("/hello/v1/greet?name=Ada").send();
+        assert_eq!(ada.status, 200, "{}", ada.text());
+        assert_eq!(ada.data(), json!({ "message": "Hello, Ada!" }));
+        let world = host.get("/hello/v1/greet").send();
+        assert_eq!(world.data()["message"], "Hello, world!");
+        // Percent-decoded like any query string.
+        let spaced = host.get("/hello/v1/greet?name=Ada%20Lovelace").send();
+        assert_eq!(spaced.data()["message"], "Hello, Ada Lovelace!");
+    }
+
+    #[test]
+    fn echoes_json_and_refuses_what_is_not() {
+        let host = hello();
+        let body = json!({ "a": [1, 2, { "b": null }] });
+        let echoed = host.post("/hello/v1/echo").json(&body).send();
+        assert_eq!(echoed.status, 200, "{}", echoed.text());
+        assert_eq!(echoed.data(), body);
+        let broken = host
+            .post("/hello/v1/echo")
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send();
+        assert_eq!(broken.status, 400, "{}", broken.text());
+        assert_eq!(broken.json()["code"], 400);
+        assert!(broken.json()["data"].is_null());
+    }
+
+    #[test]
+    fn only_its_own_routes_answer() {
+        let host = hello();
+        assert_eq!(host.get("/hello/v1/nope").send().status, 404);
+        assert_eq!(host.delete("/hello/v1/greet").send().status, 404);
+    }
+}

@@ -39,3 +39,25 @@ plugin_api::export_plugin! {
     manifest: include_str!("../plugin.toml"),
     routers: routers,
 }
+
+#[cfg(test)]
+mod tests {
+    use plugin_api::testing::{HOST_VERSION, TestHost, TestUser};
+
+    #[test]
+    fn reports_the_hosts_version_and_plugin_count_below_the_admin_app() {
+        let host = TestHost::start(plugin_api::this_plugin!()).expect("sysinfo loads");
+        assert_eq!(
+            host.get("/admin/v1/sys/sysinfo").send().status,
+            401,
+            "inside the admin app"
+        );
+        let info = host
+            .get("/admin/v1/sys/sysinfo")
+            .user(&TestUser::new(1, "anyone"))
+            .send();
+        assert_eq!(info.status, 200, "{}", info.text());
+        assert_eq!(info.data()["host_version"], HOST_VERSION);
+        assert_eq!(info.data()["loaded_plugins"], 1);
+    }
+}

@@ -30,7 +30,11 @@ use crate::{
 };
 use async_ffi::{FfiFuture, FutureExt};
 use deadpool_redis::redis::{self, AsyncCommands};
-use plugin_api::abi::{HostRef, HostServices, level};
+use plugin_api::{
+    __private::wire_error as db_error,
+    abi::{HostRef, HostServices, level},
+    counter,
+};
 
 static LOADED: AtomicU32 = AtomicU32::new(0);
 static SETTINGS: RwLock<Option<HashMap<String, BTreeMap<String, String>>>> = RwLock::new(None);
@@ -96,11 +100,6 @@ fn db() -> Result<&'static Arc<Db>, RString> {
         .ok_or_else(|| db_error("other", "the host has no database".into()))
 }
 
-/// A database error as the contract carries it: JSON with a kind.
-fn db_error(kind: &str, message: String) -> RString {
-    RString::from(serde_json::json!({ "kind": kind, "message": message }).to_string())
-}
-
 fn from_db_err(e: DbErr) -> RString {
     match e.sql_err() {
         Some(SqlErr::UniqueConstraintViolation(m)) => db_error("unique", m),
@@ -111,13 +110,7 @@ fn from_db_err(e: DbErr) -> RString {
 
 /// JSON parameters to bound values (`null` binds as a NULL string).
 fn bind_values(params: &str) -> Result<Vec<sea_orm::Value>, RString> {
-    let parsed: Vec<serde_json::Value> = if params.trim().is_empty() {
-        Vec::new()
-    } else {
-        serde_json::from_str(params)
-            .map_err(|e| db_error("other", format!("parameters must be a JSON array: {e}")))?
-    };
-    Ok(parsed
+    Ok(plugin_api::__private::wire_params(params)?
         .into_iter()
         .map(|v| match v {
             serde_json::Value::Null => sea_orm::Value::String(None),
@@ -442,23 +435,6 @@ extern "C" fn kv_del(plugin: RStr<'_>, key: RString) -> FfiFuture<RResult<bool, 
     .into_ffi()
 }
 
-/// Why an increment was refused; the same words on every store.
-fn not_whole(key: &str) -> RString {
-    db_error(
-        "other",
-        format!(
-            "key '{key}' does not hold a whole number; kv_incr only counts (set it with kv_set to start over)"
-        ),
-    )
-}
-
-fn overflows(key: &str, delta: i64) -> RString {
-    db_error(
-        "other",
-        format!("adding {delta} to key '{key}' would not fit a 64-bit whole number"),
-    )
-}
-
 /// Adds to a counter in Redis: one script, so the increment and the
 /// window's expiry are one step, and a refused increment changes nothing.
 const INCR_SCRIPT: &str = r"
@@ -507,25 +483,20 @@ async fn sql_incr(key: &str, shown: &str, delta: i64, ttl_ms: u64) -> Result<i64
         .ok_or_else(|| db_error("other", format!("key '{shown}' vanished while counting")))?;
     let value: String = row.try_get("", "kv_value").map_err(from_db_err)?;
     let expires: Option<i64> = row.try_get("", "expires_at").map_err(from_db_err)?;
-    let now = now_ms();
-    let (current, expires) = match expires {
-        Some(at) if at <= now => (0, None),
-        _ => (value.parse::<i64>().map_err(|_| not_whole(shown))?, expires),
-    };
-    let sum = current
-        .checked_add(delta)
-        .ok_or_else(|| overflows(shown, delta))?;
-    let expires = expires.or_else(|| {
-        (ttl_ms > 0).then(|| now.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX)))
-    });
+    let counted = counter::count(shown, Some((&value, expires)), now_ms(), delta, ttl_ms)
+        .map_err(|message| db_error("other", message))?;
     txn.execute(stmt(
         "UPDATE sys_kv SET kv_value = ?, expires_at = ? WHERE kv_key = ?",
-        vec![sum.to_string().into(), expires.into(), key.into()],
+        vec![
+            counted.sum.to_string().into(),
+            counted.expires_at_ms.into(),
+            key.into(),
+        ],
     ))
     .await
     .map_err(from_db_err)?;
     txn.commit().await.map_err(from_db_err)?;
-    Ok(sum)
+    Ok(counted.sum)
 }
 
 extern "C" fn kv_incr(
@@ -550,8 +521,12 @@ extern "C" fn kv_incr(
             .invoke_async(&mut *conn)
             .await;
         match sum {
-            Err(e) if e.to_string().contains("not an integer") => Err(not_whole(&shown)),
-            Err(e) if e.to_string().contains("overflow") => Err(overflows(&shown, delta)),
+            Err(e) if e.to_string().contains("not an integer") => {
+                Err(db_error("other", counter::not_whole(&shown)))
+            }
+            Err(e) if e.to_string().contains("overflow") => {
+                Err(db_error("other", counter::overflows(&shown, delta)))
+            }
             other => redis.check(other).map_err(from_redis_err),
         }
     }

@@ -1,0 +1,905 @@
+//! An in-memory host for a plugin's unit tests (feature `testing`).
+//!
+//! [`TestHost`] loads the plugin the way plughost does, through its root
+//! module: it reads the embedded manifest, creates the tables from the
+//! embedded `sql/sqlite/` init script in an in-memory SQLite, runs the
+//! plugin's `init`, mounts its routers at the paths the host would, and
+//! calls the handlers with real requests. The host services behave like
+//! the host's on SQLite: `?` placeholders, rows as JSON objects, key-value
+//! with expiry and atomic counters, settings, the log.
+//!
+//! ```toml
+//! [dev-dependencies]
+//! plugin-api = { version = "1.2", features = ["testing"] }
+//! ```
+//!
+//! ```ignore
+//! #[cfg(test)]
+//! mod tests {
+//!     use plugin_api::testing::{TestHost, TestUser};
+//!     use serde_json::json;
+//!
+//!     #[test]
+//!     fn creates_and_lists_a_note() {
+//!         let host = TestHost::start(plugin_api::this_plugin!()).unwrap();
+//!         let admin = TestUser::superuser(1, "admin");
+//!         let created = host.post("/notes/v1/notes").json(&json!({"text": "hi"})).user(&admin).send();
+//!         assert_eq!(created.status, 200, "{}", created.text());
+//!         assert_eq!(host.get("/notes/v1/notes").user(&admin).send().data()[0]["text"], "hi");
+//!     }
+//! }
+//! ```
+//!
+//! Differences from a real host, by design: one SQLite connection, so a
+//! statement outside an open transaction runs inside it, and one
+//! transaction at a time; `sleep` blocks the test's thread; settings come
+//! from the manifest and [`TestOptions::setting`], never the environment;
+//! the admin guard is the route's own `auth`/`permission` checked against
+//! the [`TestUser`] the request carries (no tokens); as on the host, every
+//! route of an extend-level plugin (inside the admin app) needs a user.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::{BTreeMap, HashMap},
+    rc::Rc,
+    sync::OnceLock,
+};
+
+use abi_stable::{
+    prefix_type::PrefixTypeTrait,
+    std_types::{ROption, RResult, RSlice, RStr, RString, RVec, Tuple2},
+};
+use async_ffi::{FfiFuture, FutureExt as _};
+use rusqlite::types::{Value as SqlValue, ValueRef};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{
+    Error, IntoResponse, Request,
+    abi::{
+        HeaderSource, HostRef, HostServices, OwnedPair, PluginModRef, Principal, RawRequest,
+        RouteSpec, StrPair, level,
+    },
+    counter,
+    db::{wire_error, wire_params},
+};
+
+/// The root module of the plugin this crate exports with
+/// [`export_plugin!`](crate::export_plugin), for [`TestHost::start`].
+// `crate` is meant: the plugin crate the macro is called from, where
+// `export_plugin!` defined the function.
+#[allow(clippy::crate_in_macro_def)]
+#[macro_export]
+macro_rules! this_plugin {
+    () => {
+        crate::__plughost_root_module()
+    };
+}
+
+/// The version [`Host::host_version`](crate::Host::host_version) reports
+/// under a [`TestHost`].
+pub const HOST_VERSION: &str = "0.0.0-test";
+
+/// Where a plugin's extend-level routers are mounted (below the admin app).
+const ADMIN_SYS_PREFIX: &str = "/admin/v1/sys";
+
+/// The state one [`TestHost`] keeps; the services reach it through the
+/// thread that is running one of its calls.
+struct State {
+    plugin: String,
+    db: rusqlite::Connection,
+    kv: RefCell<HashMap<String, (String, Option<i64>)>>,
+    settings: BTreeMap<String, String>,
+    logs: RefCell<Vec<String>>,
+    next_id: Cell<Option<i64>>,
+    open_tx: Cell<u64>,
+    last_tx: Cell<u64>,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<State>>> = const { RefCell::new(None) };
+}
+
+/// Runs `work` with `state` as the host the services answer for.
+fn with_current<T>(state: &Rc<State>, work: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Rc<State>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CURRENT.with(|c| *c.borrow_mut() = self.0.take());
+        }
+    }
+    let _restore = Restore(CURRENT.with(|c| c.borrow_mut().replace(Rc::clone(state))));
+    work()
+}
+
+fn current() -> Result<Rc<State>, RString> {
+    CURRENT
+        .with(|c| c.borrow().clone())
+        .ok_or_else(|| wire_error("other", "no TestHost call is running on this thread".into()))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn ready<T: Send + 'static>(value: T) -> FfiFuture<T> {
+    async move { value }.into_ffi()
+}
+
+// ---- the services ----
+
+extern "C" fn log(plugin: RStr<'_>, lvl: u8, message: RStr<'_>) {
+    let name = match lvl {
+        level::ERROR => "ERROR",
+        level::WARN => "WARN",
+        level::INFO => "INFO",
+        _ => "DEBUG",
+    };
+    let line = format!("{name} {}", message.as_str());
+    eprintln!("[{}] {line}", plugin.as_str());
+    if let Ok(state) = current() {
+        state.logs.borrow_mut().push(line);
+    }
+}
+
+extern "C" fn setting(_plugin: RStr<'_>, key: RStr<'_>) -> ROption<RString> {
+    current()
+        .ok()
+        .and_then(|s| s.settings.get(key.as_str()).cloned())
+        .map(RString::from)
+        .into()
+}
+
+extern "C" fn host_version() -> RStr<'static> {
+    RStr::from_str(HOST_VERSION)
+}
+
+extern "C" fn loaded_plugins() -> u32 {
+    1
+}
+
+extern "C" fn sleep(millis: u64) -> FfiFuture<()> {
+    std::thread::sleep(std::time::Duration::from_millis(millis));
+    ready(())
+}
+
+extern "C" fn db_backend() -> RStr<'static> {
+    RStr::from_str("sqlite")
+}
+
+fn sql_error(e: rusqlite::Error) -> RString {
+    let kind = match &e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.extended_code {
+            rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+            | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY => "unique",
+            rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => "foreign_key",
+            _ => "other",
+        },
+        _ => "other",
+    };
+    wire_error(kind, e.to_string())
+}
+
+/// JSON parameters as SQLite values, bound the way the host binds them.
+fn bind_values(params: &str) -> Result<Vec<SqlValue>, RString> {
+    Ok(wire_params(params)?
+        .into_iter()
+        .map(|v| match v {
+            Value::Null => SqlValue::Null,
+            Value::Bool(b) => SqlValue::Integer(i64::from(b)),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => SqlValue::Integer(i),
+                None => SqlValue::Real(n.as_f64().unwrap_or_default()),
+            },
+            Value::String(s) => SqlValue::Text(s),
+            other => SqlValue::Text(other.to_string()),
+        })
+        .collect())
+}
+
+/// Checks that `tx` is 0 or the open transaction.
+fn check_tx(state: &State, tx: u64) -> Result<(), RString> {
+    if tx == 0 || tx == state.open_tx.get() {
+        Ok(())
+    } else {
+        Err(wire_error("other", format!("transaction {tx} is not open")))
+    }
+}
+
+/// Runs a query; the rows as JSON objects, columns declared `BOOLEAN` as
+/// booleans (as the host answers them on SQLite).
+fn run_query(db: &rusqlite::Connection, sql: &str, params: &str) -> Result<Vec<Value>, RString> {
+    let mut stmt = db.prepare(sql).map_err(sql_error)?;
+    let columns: Vec<(String, bool)> = stmt
+        .columns()
+        .iter()
+        .map(|c| {
+            let boolean = c
+                .decl_type()
+                .is_some_and(|t| t.to_ascii_uppercase().starts_with("BOOL"));
+            (c.name().to_owned(), boolean)
+        })
+        .collect();
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(bind_values(params)?))
+        .map_err(sql_error)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(sql_error)? {
+        let mut object = serde_json::Map::new();
+        for (i, (name, boolean)) in columns.iter().enumerate() {
+            let value = match row.get_ref(i).map_err(sql_error)? {
+                ValueRef::Null => Value::Null,
+                ValueRef::Integer(n) if *boolean => Value::Bool(n != 0),
+                ValueRef::Integer(n) => Value::from(n),
+                ValueRef::Real(f) => Value::from(f),
+                ValueRef::Text(t) | ValueRef::Blob(t) => {
+                    Value::from(String::from_utf8_lossy(t).into_owned())
+                }
+            };
+            object.insert(name.clone(), value);
+        }
+        out.push(Value::Object(object));
+    }
+    Ok(out)
+}
+
+extern "C" fn sql_query(
+    _plugin: RStr<'_>,
+    tx: u64,
+    sql: RString,
+    params: RString,
+) -> FfiFuture<RResult<RString, RString>> {
+    let answer = current().and_then(|state| {
+        check_tx(&state, tx)?;
+        let rows = run_query(&state.db, &sql, &params)?;
+        Ok(RString::from(Value::Array(rows).to_string()))
+    });
+    ready(answer.into())
+}
+
+extern "C" fn sql_execute(
+    _plugin: RStr<'_>,
+    tx: u64,
+    sql: RString,
+    params: RString,
+) -> FfiFuture<RResult<RString, RString>> {
+    let answer = current().and_then(|state| {
+        check_tx(&state, tx)?;
+        let affected = state
+            .db
+            .execute(&sql, rusqlite::params_from_iter(bind_values(&params)?))
+            .map_err(sql_error)?;
+        Ok(RString::from(
+            serde_json::json!({
+                "rows_affected": affected,
+                "last_insert_id": state.db.last_insert_rowid(),
+            })
+            .to_string(),
+        ))
+    });
+    ready(answer.into())
+}
+
+extern "C" fn sql_begin(_plugin: RStr<'_>) -> FfiFuture<RResult<u64, RString>> {
+    let answer = current().and_then(|state| {
+        let open = state.open_tx.get();
+        if open != 0 {
+            return Err(wire_error(
+                "other",
+                format!(
+                    "the test host runs one transaction at a time (transaction {open} is open)"
+                ),
+            ));
+        }
+        state.db.execute_batch("BEGIN").map_err(sql_error)?;
+        let id = state.last_tx.get() + 1;
+        state.last_tx.set(id);
+        state.open_tx.set(id);
+        Ok(id)
+    });
+    ready(answer.into())
+}
+
+extern "C" fn sql_finish(tx: u64, commit: bool) -> FfiFuture<RResult<(), RString>> {
+    let answer = current().and_then(|state| {
+        if tx == 0 || state.open_tx.get() != tx {
+            return Err(wire_error("other", format!("transaction {tx} is not open")));
+        }
+        state.open_tx.set(0);
+        state
+            .db
+            .execute_batch(if commit { "COMMIT" } else { "ROLLBACK" })
+            .map_err(sql_error)
+    });
+    ready(answer.into())
+}
+
+extern "C" fn next_id() -> ROption<i64> {
+    current()
+        .ok()
+        .and_then(|state| {
+            let id = state.next_id.get()?;
+            state.next_id.set(Some(id + 1));
+            Some(id)
+        })
+        .into()
+}
+
+/// The live entry of `key`, dropping it when it has expired.
+fn kv_live(state: &State, key: &str) -> Option<(String, Option<i64>)> {
+    let mut kv = state.kv.borrow_mut();
+    match kv.get(key) {
+        Some((_, Some(at))) if *at <= now_ms() => {
+            kv.remove(key);
+            None
+        }
+        found => found.cloned(),
+    }
+}
+
+extern "C" fn kv_get(
+    _plugin: RStr<'_>,
+    key: RString,
+) -> FfiFuture<RResult<ROption<RString>, RString>> {
+    let answer = current().map(|state| kv_live(&state, &key).map(|(v, _)| RString::from(v)).into());
+    ready(answer.into())
+}
+
+extern "C" fn kv_set(
+    _plugin: RStr<'_>,
+    key: RString,
+    value: RString,
+    ttl_ms: u64,
+) -> FfiFuture<RResult<(), RString>> {
+    let answer = current().map(|state| {
+        let expires = (ttl_ms > 0)
+            .then(|| now_ms().saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX)));
+        state
+            .kv
+            .borrow_mut()
+            .insert(key.into_string(), (value.into_string(), expires));
+    });
+    ready(answer.into())
+}
+
+extern "C" fn kv_del(_plugin: RStr<'_>, key: RString) -> FfiFuture<RResult<bool, RString>> {
+    let answer = current().map(|state| {
+        let live = kv_live(&state, &key).is_some();
+        state.kv.borrow_mut().remove(key.as_str());
+        live
+    });
+    ready(answer.into())
+}
+
+extern "C" fn kv_incr(
+    _plugin: RStr<'_>,
+    key: RString,
+    delta: i64,
+    ttl_ms: u64,
+) -> FfiFuture<RResult<i64, RString>> {
+    let answer = current().and_then(|state| {
+        let stored = kv_live(&state, &key);
+        let counted = counter::count(
+            &key,
+            stored.as_ref().map(|(v, at)| (v.as_str(), *at)),
+            now_ms(),
+            delta,
+            ttl_ms,
+        )
+        .map_err(|message| wire_error("other", message))?;
+        state.kv.borrow_mut().insert(
+            key.into_string(),
+            (counted.sum.to_string(), counted.expires_at_ms),
+        );
+        Ok(counted.sum)
+    });
+    ready(answer.into())
+}
+
+fn services() -> HostRef {
+    static SERVICES: OnceLock<HostRef> = OnceLock::new();
+    *SERVICES.get_or_init(|| {
+        HostServices {
+            log,
+            setting,
+            host_version,
+            loaded_plugins,
+            sleep,
+            db_backend,
+            sql_query,
+            sql_execute,
+            sql_begin,
+            sql_finish,
+            next_id,
+            kv_get,
+            kv_set,
+            kv_del,
+            kv_incr,
+        }
+        .leak_into_prefix()
+    })
+}
+
+// ---- the host ----
+
+/// How a [`TestHost`] starts: settings and key mode.
+#[derive(Default)]
+pub struct TestOptions {
+    settings: BTreeMap<String, String>,
+    snowflake: bool,
+}
+
+impl TestOptions {
+    /// Sets a plugin setting (over the manifest's `[settings]`).
+    pub fn setting(mut self, key: &str, value: &str) -> Self {
+        self.settings.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Runs in snowflake key mode: `next_id()` hands out ids (from
+    /// 1,000,001) and the `init_snowflake.sql` script creates the tables.
+    pub fn snowflake(mut self) -> Self {
+        self.snowflake = true;
+        self
+    }
+
+    /// Loads the plugin whose root module is `module` (give it
+    /// [`this_plugin!()`](crate::this_plugin)). The error says what the
+    /// host would refuse: a manifest it cannot read, a missing init
+    /// script, a failing script or `init`, clashing routes.
+    pub fn start(self, module: PluginModRef) -> Result<TestHost, String> {
+        TestHost::load(module, self)
+    }
+}
+
+/// A manifest value as the plugin reads it: strings as they are, arrays
+/// and tables as JSON text, the rest as their TOML text.
+fn setting_text(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Array(_) | toml::Value::Table(_) => {
+            serde_json::to_string(value).unwrap_or_default()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Joins a prefix and a route path the way the host mounts them.
+fn join_path(prefix: &str, path: &str) -> String {
+    let joined: Vec<&str> = prefix
+        .split('/')
+        .chain(path.split('/'))
+        .filter(|s| !s.is_empty())
+        .collect();
+    format!("/{}", joined.join("/"))
+}
+
+/// One mounted route.
+struct Mounted {
+    spec: RouteSpec,
+}
+
+/// A plugin loaded into an in-memory host. See the [module](self) docs.
+pub struct TestHost {
+    module: PluginModRef,
+    state: Rc<State>,
+    routes: HashMap<String, matchit::Router<Mounted>>,
+    requests: Cell<u64>,
+}
+
+impl TestHost {
+    /// Options for [`TestOptions::start`]: settings, snowflake mode.
+    pub fn options() -> TestOptions {
+        TestOptions::default()
+    }
+
+    /// Loads the plugin with default options (autoincrement key mode, the
+    /// manifest's settings): `TestHost::start(plugin_api::this_plugin!())`.
+    pub fn start(module: PluginModRef) -> Result<TestHost, String> {
+        TestOptions::default().start(module)
+    }
+
+    fn load(module: PluginModRef, options: TestOptions) -> Result<TestHost, String> {
+        let plugin = module.name().as_str().to_owned();
+        let manifest: toml::Table = module
+            .manifest()
+            .as_str()
+            .parse()
+            .map_err(|e| format!("plugin '{plugin}': plugin.toml is not valid TOML: {e}"))?;
+        let mut settings: BTreeMap<String, String> = manifest
+            .get("settings")
+            .and_then(toml::Value::as_table)
+            .map(|t| {
+                t.iter()
+                    .map(|(k, v)| (k.clone(), setting_text(v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        settings.extend(options.settings);
+        let db = rusqlite::Connection::open_in_memory().map_err(|e| e.to_string())?;
+        let state = Rc::new(State {
+            plugin: plugin.clone(),
+            db,
+            kv: RefCell::default(),
+            settings,
+            logs: RefCell::default(),
+            next_id: Cell::new(options.snowflake.then_some(1_000_001)),
+            open_tx: Cell::new(0),
+            last_tx: Cell::new(0),
+        });
+
+        let script = if options.snowflake {
+            "sql/sqlite/init_snowflake.sql"
+        } else {
+            "sql/sqlite/init.sql"
+        };
+        let files: BTreeMap<String, String> = module
+            .files()
+            .map(|files| {
+                files()
+                    .into_iter()
+                    .map(|Tuple2(path, text)| (path.into_string(), text.into_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        match files.get(script) {
+            Some(sql) => state
+                .db
+                .execute_batch(sql)
+                .map_err(|e| format!("plugin '{plugin}': {script} failed: {e}"))?,
+            None if manifest.contains_key("plugin")
+                && manifest["plugin"].get("database").is_some() =>
+            {
+                return Err(format!(
+                    "plugin '{plugin}' declares a database but its crate has no {script}"
+                ));
+            }
+            None => {}
+        }
+
+        if let RResult::RErr(e) = with_current(&state, || (module.init())(services())) {
+            return Err(format!("plugin '{plugin}': init failed: {e}"));
+        }
+
+        let app = manifest.get("app").and_then(toml::Value::as_table);
+        let extends = app.is_some_and(|a| a.contains_key("extend"));
+        let mut routes: HashMap<String, matchit::Router<Mounted>> = HashMap::new();
+        for router in (module.routers())() {
+            let prefix = if extends {
+                let declared = manifest
+                    .get("api")
+                    .and_then(|api| api.get(router.name.as_str()))
+                    .and_then(|r| r.get("prefix"))
+                    .and_then(toml::Value::as_str)
+                    .ok_or_else(|| {
+                        format!(
+                            "plugin '{plugin}': router '{}' has no [api.{}] prefix in plugin.toml",
+                            router.name, router.name
+                        )
+                    })?;
+                join_path(ADMIN_SYS_PREFIX, declared)
+            } else {
+                router.prefix.to_string()
+            };
+            for mut spec in router.routes {
+                // The admin app's guard covers every route inside it.
+                spec.auth |= extends;
+                let path = join_path(&prefix, &spec.path);
+                let method = spec.method.to_string();
+                routes
+                    .entry(method.clone())
+                    .or_default()
+                    .insert(path.clone(), Mounted { spec })
+                    .map_err(|e| format!("plugin '{plugin}': {method} {path}: {e}"))?;
+            }
+        }
+        Ok(TestHost {
+            module,
+            state,
+            routes,
+            requests: Cell::new(0),
+        })
+    }
+
+    /// A request with `method` to `path` (which may carry `?query`).
+    pub fn request(&self, method: &str, path: &str) -> TestRequest<'_> {
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        TestRequest {
+            host: self,
+            method: method.to_ascii_uppercase(),
+            path: path.to_owned(),
+            query: query.to_owned(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            user: None,
+        }
+    }
+
+    /// A `GET` request.
+    pub fn get(&self, path: &str) -> TestRequest<'_> {
+        self.request("GET", path)
+    }
+
+    /// A `POST` request.
+    pub fn post(&self, path: &str) -> TestRequest<'_> {
+        self.request("POST", path)
+    }
+
+    /// A `PUT` request.
+    pub fn put(&self, path: &str) -> TestRequest<'_> {
+        self.request("PUT", path)
+    }
+
+    /// A `DELETE` request.
+    pub fn delete(&self, path: &str) -> TestRequest<'_> {
+        self.request("DELETE", path)
+    }
+
+    /// Runs a query on the plugin's database directly (to arrange or check
+    /// rows); `?` placeholders, JSON parameters, rows as JSON objects.
+    ///
+    /// # Panics
+    ///
+    /// When the statement fails, with the database's message.
+    pub fn query(&self, sql: &str, params: &[Value]) -> Vec<Value> {
+        run_query(
+            &self.state.db,
+            sql,
+            &Value::from(params.to_vec()).to_string(),
+        )
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The value of a key in the plugin's key-value namespace.
+    pub fn kv(&self, key: &str) -> Option<String> {
+        kv_live(&self.state, key).map(|(v, _)| v)
+    }
+
+    /// The lines the plugin logged so far, as `LEVEL message`.
+    pub fn logs(&self) -> Vec<String> {
+        self.state.logs.borrow().clone()
+    }
+
+    fn send(&self, request: TestRequest<'_>) -> TestResponse {
+        let n = self.requests.get() + 1;
+        self.requests.set(n);
+        let trace_id = format!("test-{n}");
+        let found = self
+            .routes
+            .get(&request.method)
+            .and_then(|router| router.at(&request.path).ok());
+        let params: Vec<(String, String)> = found
+            .as_ref()
+            .map(|m| {
+                m.params
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let pairs: Vec<StrPair<'_>> = params
+            .iter()
+            .map(|(k, v)| StrPair {
+                name: RStr::from(k.as_str()),
+                value: RStr::from(v.as_str()),
+            })
+            .collect();
+        let permissions: Vec<RStr<'_>> = request
+            .user
+            .iter()
+            .flat_map(|u| u.permissions.iter().map(|p| RStr::from(p.as_str())))
+            .collect();
+        let principal = request.user.as_ref().map(|u| Principal {
+            user_id: u.id,
+            username: RStr::from(u.username.as_str()),
+            superuser: u.superuser,
+            permissions: RSlice::from_slice(&permissions),
+        });
+        let raw = RawRequest {
+            method: RStr::from(request.method.as_str()),
+            path: RStr::from(request.path.as_str()),
+            query: RStr::from(request.query.as_str()),
+            params: RSlice::from_slice(&pairs),
+            headers: HeaderSource {
+                ctx: std::ptr::from_ref(&request.headers).cast(),
+                get: header_get,
+                list: header_list,
+                _marker: std::marker::PhantomData,
+            },
+            body: RSlice::from_slice(&request.body),
+            principal: ROption::from(principal),
+            trace_id: RStr::from(trace_id.as_str()),
+            extensions: RSlice::from_slice(&[]),
+        };
+        let response = match found {
+            None => Error::new(
+                404,
+                format!(
+                    "no route of plugin '{}' for {} {}",
+                    self.state.plugin, request.method, request.path
+                ),
+            )
+            .into_response(&Request::from_raw(&raw))
+            .into_raw(),
+            Some(m) => match guard(&m.value.spec, request.user.as_ref()) {
+                Some(refused) => refused.into_response(&Request::from_raw(&raw)).into_raw(),
+                None => with_current(&self.state, || {
+                    futures_executor::block_on((self.module.handle())(m.value.spec.handler, &raw))
+                }),
+            },
+        };
+        TestResponse {
+            status: response.status,
+            content_type: response.content_type.to_string(),
+            headers: response
+                .headers
+                .into_iter()
+                .map(|Tuple2(k, v)| (k.into_string(), v.into_string()))
+                .collect(),
+            body: response.body.into_vec(),
+        }
+    }
+}
+
+/// The admin guard of a route, as the host applies it.
+fn guard(spec: &RouteSpec, user: Option<&TestUser>) -> Option<Error> {
+    if !spec.auth {
+        return None;
+    }
+    let Some(user) = user else {
+        return Some(Error::new(
+            401,
+            "this route needs an authenticated user: give the request one with .user(&TestUser)",
+        ));
+    };
+    match spec.permission.as_ref().into_option() {
+        Some(p) if !user.superuser && !user.permissions.iter().any(|q| q == p.as_str()) => {
+            Some(Error::new(403, format!("permission '{p}' is required")))
+        }
+        _ => None,
+    }
+}
+
+/// Looks a header up in the request's `Vec<(String, String)>`.
+#[allow(unsafe_code)]
+unsafe extern "C" fn header_get(ctx: *const (), name: RStr<'_>) -> ROption<RStr<'static>> {
+    // SAFETY: `ctx` is the `headers` of the `TestRequest` being sent,
+    // which outlives the handler's future; the strings borrow from it.
+    let headers = unsafe { &*ctx.cast::<Vec<(String, String)>>() };
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name.as_str()))
+        .map(|(_, v)| RStr::from_str(unsafe { &*std::ptr::from_ref::<str>(v.as_str()) }))
+        .into()
+}
+
+#[allow(unsafe_code)]
+unsafe extern "C" fn header_list(ctx: *const ()) -> RVec<OwnedPair> {
+    // SAFETY: as in `header_get`.
+    let headers = unsafe { &*ctx.cast::<Vec<(String, String)>>() };
+    headers
+        .iter()
+        .map(|(k, v)| Tuple2(RString::from(k.as_str()), RString::from(v.as_str())))
+        .collect()
+}
+
+/// The caller a request carries into routes behind `.auth()` or
+/// `.permission(…)`.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    id: i64,
+    username: String,
+    superuser: bool,
+    permissions: Vec<String>,
+}
+
+impl TestUser {
+    /// A user without permissions.
+    pub fn new(id: i64, username: &str) -> Self {
+        Self {
+            id,
+            username: username.to_owned(),
+            superuser: false,
+            permissions: Vec::new(),
+        }
+    }
+
+    /// A superuser: passes every permission check.
+    pub fn superuser(id: i64, username: &str) -> Self {
+        Self {
+            superuser: true,
+            ..Self::new(id, username)
+        }
+    }
+
+    /// Grants a permission (`sys:dict:add`).
+    pub fn permission(mut self, permission: &str) -> Self {
+        self.permissions.push(permission.to_owned());
+        self
+    }
+}
+
+/// A request being built; [`send`](Self::send) runs it.
+pub struct TestRequest<'h> {
+    host: &'h TestHost,
+    method: String,
+    path: String,
+    query: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    user: Option<TestUser>,
+}
+
+impl TestRequest<'_> {
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// `value` as the JSON body, with its content type.
+    pub fn json<T: Serialize + ?Sized>(self, value: &T) -> Self {
+        let body = serde_json::to_vec(value).expect("a JSON body");
+        self.header("content-type", "application/json").body(body)
+    }
+
+    /// The raw body.
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// The authenticated caller.
+    pub fn user(mut self, user: &TestUser) -> Self {
+        self.user = Some(user.clone());
+        self
+    }
+
+    /// Runs the request through the route's guard and handler.
+    pub fn send(self) -> TestResponse {
+        let host = self.host;
+        host.send(self)
+    }
+}
+
+/// What a handler answered.
+#[derive(Debug, Clone)]
+pub struct TestResponse {
+    /// The HTTP status.
+    pub status: u16,
+    /// The `content-type` (empty for none).
+    pub content_type: String,
+    /// Further headers.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl TestResponse {
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON.
+    ///
+    /// # Panics
+    ///
+    /// When the body is not JSON, showing it.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("the body is not JSON ({e}): {}", self.text()))
+    }
+
+    /// `data` of the envelope.
+    pub fn data(&self) -> Value {
+        self.json()["data"].clone()
+    }
+
+    /// `msg` of the envelope.
+    pub fn msg(&self) -> String {
+        self.json()["msg"].as_str().unwrap_or_default().to_owned()
+    }
+}
