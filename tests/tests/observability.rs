@@ -183,9 +183,13 @@ fn every_log_line_of_a_request_carries_its_trace_id() {
         .to_owned();
     let boom = host.get("/panicky/v1/sync");
     let trace = boom.json["trace_id"].as_str().unwrap().to_owned();
-    assert!(e2e::eventually(std::time::Duration::from_secs(5), || host
-        .log()
-        .contains("route=\"/panicky/v1/sync\" status=500")));
+    // Each access line is written when its answer is done, on the worker
+    // that served it: wait for both, in whatever order they came.
+    assert!(e2e::eventually(std::time::Duration::from_secs(5), || {
+        let log = host.log();
+        log.contains("route=\"/panicky/v1/sync\" status=500")
+            && log.contains("route=\"/hello/v1/greet\" status=200")
+    }));
     let log = host.log();
     let panic_line = log
         .lines()

@@ -6,7 +6,10 @@
 //! swapped in whole: a request holds the table it started with, and with it
 //! every library that table refers to.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
 
 use actix_web::http::Method;
 
@@ -281,24 +284,169 @@ pub fn join_path(prefix: &str, path: &str) -> String {
     format!("/{}", segs.join("/"))
 }
 
-/// Builds route tables, refusing plugins whose routes collide.
+/// An accepted route, as the collision index holds it.
+#[derive(Clone)]
+struct Indexed<P> {
+    owner: P,
+    method: Method,
+    path: String,
+}
+
+/// Accepted route patterns in a trie of segments, so that the patterns a
+/// new one overlaps are found by walking its own segments, not by
+/// comparing it with every accepted route.
+struct PatternIndex<P> {
+    literal: HashMap<String, PatternIndex<P>>,
+    param: Option<Box<PatternIndex<P>>>,
+    /// Patterns ending here with a `{*rest}` segment.
+    catch_all: Vec<Indexed<P>>,
+    /// Patterns ending here.
+    ends: Vec<Indexed<P>>,
+}
+
+impl<P> Default for PatternIndex<P> {
+    fn default() -> Self {
+        Self {
+            literal: HashMap::new(),
+            param: None,
+            catch_all: Vec::new(),
+            ends: Vec::new(),
+        }
+    }
+}
+
+impl<P> PatternIndex<P> {
+    fn insert(&mut self, route: Indexed<P>) {
+        let segs: Vec<String> = segments(&route.path)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let mut node = self;
+        for seg in &segs {
+            if is_catch_all(seg) {
+                node.catch_all.push(route);
+                return;
+            }
+            node = if is_param(seg) {
+                node.param.get_or_insert_with(Box::default)
+            } else {
+                node.literal.entry(seg.clone()).or_default()
+            };
+        }
+        node.ends.push(route);
+    }
+
+    /// Removes the routes at `path` whose owner `is_owner` picks.
+    fn remove(&mut self, path: &str, is_owner: impl Fn(&P) -> bool) {
+        let mut node = self;
+        for seg in segments(path) {
+            if is_catch_all(seg) {
+                node.catch_all.retain(|r| !is_owner(&r.owner));
+                return;
+            }
+            let next = if is_param(seg) {
+                node.param.as_deref_mut()
+            } else {
+                node.literal.get_mut(seg)
+            };
+            match next {
+                Some(next) => node = next,
+                None => return,
+            }
+        }
+        node.ends.retain(|r| !is_owner(&r.owner));
+    }
+
+    /// Calls `found` with every indexed pattern that some concrete path
+    /// matches together with `segs[i..]` (what [`patterns_overlap`] says),
+    /// until it answers true; whether it did.
+    fn overlapping(
+        &self,
+        segs: &[&str],
+        i: usize,
+        found: &mut dyn FnMut(&Indexed<P>) -> bool,
+    ) -> bool {
+        let Some(seg) = segs.get(i) else {
+            return self.ends.iter().any(&mut *found);
+        };
+        // A `{*rest}` here matches whatever has a segment here.
+        if self.catch_all.iter().any(&mut *found) {
+            return true;
+        }
+        if is_catch_all(seg) {
+            return self.any_below(found);
+        }
+        if let Some(param) = &self.param
+            && param.overlapping(segs, i + 1, found)
+        {
+            return true;
+        }
+        if is_param(seg) {
+            self.literal
+                .values()
+                .any(|child| child.overlapping(segs, i + 1, found))
+        } else {
+            self.literal
+                .get(*seg)
+                .is_some_and(|child| child.overlapping(segs, i + 1, found))
+        }
+    }
+
+    /// Every pattern with a segment below this node.
+    fn any_below(&self, found: &mut dyn FnMut(&Indexed<P>) -> bool) -> bool {
+        self.catch_all.iter().any(&mut *found)
+            || self.param.as_ref().is_some_and(|p| p.all(found))
+            || self.literal.values().any(|child| child.all(found))
+    }
+
+    fn all(&self, found: &mut dyn FnMut(&Indexed<P>) -> bool) -> bool {
+        self.ends.iter().any(&mut *found) || self.any_below(found)
+    }
+}
+
+/// Builds route tables, refusing plugins whose routes collide. Each
+/// [`add`](Self::add) costs what the plugin's own routes cost (an index
+/// walk and a trie insert per route), whatever the number of plugins
+/// already accepted; [`build`](Self::build) makes the table once.
 #[derive(Default)]
 pub struct RouteTableBuilder {
     accepted: Vec<(Arc<LoadedPlugin>, Vec<MountedRoute>)>,
+    index: PatternIndex<Arc<LoadedPlugin>>,
+    /// Every distinct accepted path, in matchit's trie, to learn what it
+    /// refuses before the table is built; and how many routes use each.
+    trial: matchit::Router<()>,
+    paths: HashMap<String, usize>,
 }
 
 impl RouteTableBuilder {
     /// Starts from `table`'s plugins, without plugin `except` (the one an
     /// install replaces or an uninstall removes).
     pub fn from_table(table: &RouteTable, except: Option<&str>) -> Self {
-        Self {
-            accepted: table
-                .accepted
-                .iter()
-                .filter(|(p, _)| Some(p.name.as_str()) != except)
-                .cloned()
-                .collect(),
+        let mut builder = Self::default();
+        for (plugin, routes) in &table.accepted {
+            if Some(plugin.name.as_str()) != except {
+                builder.accept(plugin.clone(), routes.clone());
+            }
         }
+        builder
+    }
+
+    /// Records an accepted plugin in the index and the trial trie.
+    fn accept(&mut self, plugin: Arc<LoadedPlugin>, routes: Vec<MountedRoute>) {
+        for route in &routes {
+            self.index.insert(Indexed {
+                owner: plugin.clone(),
+                method: route.method.clone(),
+                path: route.path.clone(),
+            });
+            let users = self.paths.entry(route.path.clone()).or_insert(0);
+            if *users == 0 {
+                // Known to fit: checked by `add`, or part of a built table.
+                let _ = self.trial.insert(route.path.clone(), ());
+            }
+            *users += 1;
+        }
+        self.accepted.push((plugin, routes));
     }
 
     /// Adds every route of `plugin`, or none of them with the reason.
@@ -307,7 +455,8 @@ impl RouteTableBuilder {
         plugin: Arc<LoadedPlugin>,
         routes: Vec<MountedRoute>,
     ) -> Result<(), RouteError> {
-        for (i, route) in routes.iter().enumerate() {
+        let mut own = HashSet::new();
+        for route in &routes {
             for (core_method, core_path) in CORE_ROUTES {
                 if patterns_overlap(&route.path, core_path) {
                     return Err(RouteError::Core {
@@ -318,48 +467,75 @@ impl RouteTableBuilder {
                     });
                 }
             }
-            for earlier in &routes[..i] {
-                if earlier.method == route.method && earlier.path == route.path {
-                    return Err(RouteError::Twice {
-                        method: route.method.to_string(),
-                        path: route.path.clone(),
-                    });
-                }
+            if !own.insert((&route.method, route.path.as_str())) {
+                return Err(RouteError::Twice {
+                    method: route.method.to_string(),
+                    path: route.path.clone(),
+                });
             }
-            for (other, other_routes) in &self.accepted {
-                for theirs in other_routes {
-                    let same = theirs.path == route.path;
-                    if (same && theirs.method == route.method)
-                        || (!same && patterns_overlap(&theirs.path, &route.path))
-                    {
-                        return Err(RouteError::Collides {
-                            method: route.method.to_string(),
-                            path: route.path.clone(),
-                            their_method: theirs.method.to_string(),
-                            their_path: theirs.path.clone(),
-                            plugin: other.name.clone(),
-                        });
+            let mut clash = None;
+            self.index
+                .overlapping(&segments(&route.path), 0, &mut |theirs| {
+                    let collides = theirs.path != route.path || theirs.method == route.method;
+                    if collides {
+                        clash = Some(theirs.clone());
                     }
-                }
+                    collides
+                });
+            if let Some(theirs) = clash {
+                return Err(RouteError::Collides {
+                    method: route.method.to_string(),
+                    path: route.path.clone(),
+                    their_method: theirs.method.to_string(),
+                    their_path: theirs.path,
+                    plugin: theirs.owner.name.clone(),
+                });
             }
         }
-        self.accepted.push((plugin, routes));
-        if let Err(e) = self.try_build() {
-            let (plugin, _) = self.accepted.pop().expect("just pushed");
-            return Err(RouteError::Unmountable {
-                plugin: plugin.name.clone(),
-                reason: e.to_string(),
-            });
+        // What the trie would refuse (parameters named differently at one
+        // place, say), tried on the new paths alone.
+        let mut inserted = Vec::new();
+        for route in &routes {
+            if self.paths.contains_key(&route.path) || inserted.contains(&&route.path) {
+                continue;
+            }
+            if let Err(e) = self.trial.insert(route.path.clone(), ()) {
+                // A refused insert may have reshaped the trie: make it again.
+                self.trial = matchit::Router::new();
+                for path in self.paths.keys() {
+                    let _ = self.trial.insert(path.clone(), ());
+                }
+                return Err(RouteError::Unmountable {
+                    plugin: plugin.name.clone(),
+                    reason: e.to_string(),
+                });
+            }
+            inserted.push(&route.path);
         }
+        self.accept(plugin, routes);
         Ok(())
     }
 
     /// Takes the most recently added plugin back out.
     pub fn remove_last(&mut self) {
-        self.accepted.pop();
+        let Some((plugin, routes)) = self.accepted.pop() else {
+            return;
+        };
+        for route in &routes {
+            self.index
+                .remove(&route.path, |owner| Arc::ptr_eq(owner, &plugin));
+            if let Some(users) = self.paths.get_mut(&route.path) {
+                *users -= 1;
+                if *users == 0 {
+                    self.paths.remove(&route.path);
+                    self.trial.remove(route.path.clone());
+                }
+            }
+        }
     }
 
-    fn try_build(&self) -> Result<RouteTable, matchit::InsertError> {
+    /// The table of every accepted plugin.
+    pub fn build(&self) -> RouteTable {
         let mut by_path: BTreeMap<&str, PathRoutes> = BTreeMap::new();
         for (plugin, routes) in &self.accepted {
             for route in routes {
@@ -384,23 +560,21 @@ impl RouteTableBuilder {
         }
         let mut router = matchit::Router::new();
         for (path, routes) in by_path {
-            router.insert(path, routes)?;
+            router
+                .insert(path, routes)
+                .expect("every accepted path was inserted into the trial trie");
         }
-        Ok(RouteTable {
+        RouteTable {
             router,
             accepted: self.accepted.clone(),
-        })
-    }
-
-    /// The table of every accepted plugin.
-    pub fn build(&self) -> RouteTable {
-        self.try_build()
-            .expect("every accepted plugin was checked by a trial build")
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
@@ -424,6 +598,70 @@ mod tests {
             assert_eq!(patterns_overlap(a, b), want, "{a} vs {b}");
             assert_eq!(patterns_overlap(b, a), want, "{b} vs {a}");
         }
+    }
+
+    /// The index finds exactly the patterns `patterns_overlap` pairs with
+    /// a new one, on a mix of literals, parameters and catch-alls; and
+    /// forgets what is removed.
+    #[test]
+    fn the_pattern_index_agrees_with_the_pairwise_check() {
+        let patterns = [
+            "/",
+            "/a",
+            "/a/b",
+            "/a/{id}",
+            "/a/{id}/x",
+            "/a/b/y",
+            "/a/{*rest}",
+            "/b/{x}/{y}",
+            "/b/c/d",
+            "/{top}",
+            "/{top}/z",
+            "/c/{*all}",
+            "/c",
+            "/admin/v1/sys/plugins/{plugin}",
+            "/admin/v1/sys/dict-types/{id}",
+        ];
+        let mut index = PatternIndex::default();
+        for (owner, path) in patterns.iter().enumerate() {
+            index.insert(Indexed {
+                owner,
+                method: Method::GET,
+                path: (*path).to_owned(),
+            });
+        }
+        let probes = patterns.iter().copied().chain([
+            "/a/q",
+            "/a/b/c/d",
+            "/{any}/{thing}",
+            "/{*everything}",
+            "/q/r/s",
+            "/admin/v1/sys/dict-types",
+            "/admin/{x}/sys/plugins/p",
+        ]);
+        for probe in probes {
+            let mut found = BTreeSet::new();
+            index.overlapping(&segments(probe), 0, &mut |r| {
+                found.insert(r.owner);
+                false
+            });
+            let expected: BTreeSet<usize> = patterns
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| patterns_overlap(p, probe))
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(found, expected, "patterns overlapping {probe}");
+        }
+        index.remove("/a/{id}", |owner| *owner == 3);
+        index.remove("/a/{*rest}", |owner| *owner == 6);
+        let mut found = Vec::new();
+        index.overlapping(&segments("/a/{x}"), 0, &mut |r| {
+            found.push(r.path.clone());
+            false
+        });
+        found.sort();
+        assert_eq!(found, ["/a/b", "/{top}/z"]);
     }
 
     #[test]
