@@ -36,17 +36,20 @@ impl Core {
         let db =
             Arc::new(Db::open(&settings.database_url, settings.pk_mode, settings.worker_id).await?);
         let secret = load_or_create_secret(settings.jwt_secret.as_deref(), &settings.data_dir)?;
+        let redis = settings.redis_url.as_deref().map(Redis::open).transpose()?;
+        if let Some(redis) = &redis {
+            services::set_redis(redis.clone(), &settings.flag_prefix);
+        }
+        // A token's principal is kept as long as a flag may lag behind.
         let auth = Arc::new(AuthService::new(
             db.clone(),
             &secret,
             settings.token_ttl,
             settings.login,
+            settings.flag_reconcile,
+            redis.clone().map(|r| (r, settings.flag_prefix.as_str())),
         ));
         services::set_db(db);
-        let redis = settings.redis_url.as_deref().map(Redis::open).transpose()?;
-        if let Some(redis) = &redis {
-            services::set_redis(redis.clone(), &settings.flag_prefix);
-        }
         Ok(Self {
             settings,
             auth,

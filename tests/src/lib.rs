@@ -630,8 +630,48 @@ impl Drop for TestDatabase {
     }
 }
 
-/// Runs one statement on a server with its command-line client.
-fn run_sql_client(backend: Backend, server: &str, sql: &str) {
+impl TestDatabase {
+    /// Closes every connection to this database from the server's side
+    /// (what a database restart or failover does to a host's pool).
+    pub fn sever_connections(&self) {
+        let Some(server) = self
+            .url
+            .as_deref()
+            .and_then(|u| u.rsplit_once('/'))
+            .map(|(s, _)| s)
+        else {
+            return;
+        };
+        let name = &self.name;
+        match self.backend {
+            Backend::Postgresql => {
+                run_sql_client(
+                    self.backend,
+                    server,
+                    &format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+                    ),
+                );
+            }
+            Backend::Mysql => {
+                let ids = run_sql_client(
+                    self.backend,
+                    server,
+                    &format!("SELECT id FROM information_schema.processlist WHERE db = '{name}'"),
+                );
+                for id in ids.split_whitespace().filter(|w| w.parse::<u64>().is_ok()) {
+                    run_sql_client(self.backend, server, &format!("KILL {id}"));
+                }
+            }
+            Backend::Sqlite => {}
+        }
+    }
+}
+
+/// Runs one statement on a server with its command-line client; what it
+/// printed (MariaDB's without column names).
+fn run_sql_client(backend: Backend, server: &str, sql: &str) -> String {
     let output = match backend {
         Backend::Postgresql => Command::new("psql")
             .arg(format!("{server}/postgres"))
@@ -651,12 +691,13 @@ fn run_sql_client(backend: Backend, server: &str, sql: &str) {
                     port,
                     "-u",
                     user,
+                    "-N",
                     "-e",
                     sql,
                 ])
                 .output()
         }
-        Backend::Sqlite => return,
+        Backend::Sqlite => return String::new(),
     }
     .expect("run the database client");
     assert!(
@@ -664,6 +705,7 @@ fn run_sql_client(backend: Backend, server: &str, sql: &str) {
         "{sql} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// Runs `plughost ARGS` (a management command) on `data` with `env`;

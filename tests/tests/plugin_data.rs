@@ -135,6 +135,52 @@ fn counters_increment_atomically_expire_by_window_and_refuse_what_is_not_a_numbe
 }
 
 #[test]
+fn statements_survive_the_database_closing_every_connection() {
+    for backend in [Backend::Postgresql, Backend::Mysql] {
+        let database = TestDatabase::create(backend);
+        let (_data, host) = notes_host(&database, &[]);
+        // Warm the pool: several connections, all idle afterwards.
+        let seen = e2e::count_concurrently(&[&host], "warm", 4, 5);
+        assert_eq!(seen.len(), 20);
+        assert_eq!(
+            host.request("GET", "/admin/v1/sys/plugins", None).status,
+            200
+        );
+
+        database.sever_connections();
+        // No ping before use: each lost connection fails its statement,
+        // which runs again on a fresh one; nothing reaches the caller.
+        for round in 0..3 {
+            let notes = host.get("/notes/v1/notes");
+            assert_eq!(
+                notes.status, 200,
+                "{backend:?} round {round}: {:?}",
+                notes.json
+            );
+            let created = host.post(
+                "/notes/v1/notes",
+                &json!({ "text": format!("after {round}") }),
+            );
+            assert_eq!(created.status, 200, "{backend:?}: {:?}", created.json);
+            // The admin guard's query too.
+            let listed = host.request("GET", "/admin/v1/sys/plugins", None);
+            assert_eq!(listed.status, 200, "{backend:?}: {:?}", listed.json);
+        }
+        let texts = e2e::strings(host.get("/notes/v1/notes").data(), "/text");
+        assert_eq!(
+            texts,
+            ["seeded; by init", "after 0", "after 1", "after 2"],
+            "{backend:?}: each insert ran once"
+        );
+        assert!(
+            host.log().contains("a database connection was lost"),
+            "{backend:?}: the retry is logged:\n{}",
+            host.log()
+        );
+    }
+}
+
+#[test]
 fn the_init_script_runs_once_and_survives_restarts() {
     let database = TestDatabase::create(Backend::Sqlite);
     let (data, host) = notes_host(&database, &[]);

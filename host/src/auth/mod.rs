@@ -1,6 +1,7 @@
 //! Authentication and RBAC: users with argon2 password hashes, JWT access
 //! tokens (revocable), roles carrying permission strings.
 
+mod cache;
 mod secret;
 mod throttle;
 
@@ -17,11 +18,15 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::db::{
-    Db,
-    entity::{role, role_permission, token_revocation, user, user_role},
-    placeholders,
+use crate::{
+    db::{
+        Db,
+        entity::{role, role_permission, token_revocation, user, user_role},
+        placeholders,
+    },
+    redis::Redis,
 };
+use cache::PrincipalCache;
 pub use secret::{SecretError, load_or_create_secret, random_password};
 use throttle::{HashGate, LoginThrottle};
 pub use throttle::{LoginLimits, Throttled};
@@ -194,6 +199,7 @@ pub struct AuthService {
     decoding: DecodingKey,
     validation: Validation,
     ttl: Duration,
+    principals: Arc<PrincipalCache>,
 }
 
 fn now() -> i64 {
@@ -305,8 +311,17 @@ fn check_password(password: &str) -> Result<(), AuthError> {
 
 impl AuthService {
     /// A service signing tokens with `secret`, valid for `ttl`, with
-    /// logins limited by `limits`.
-    pub fn new(db: Arc<Db>, secret: &[u8], ttl: Duration, limits: LoginLimits) -> Self {
+    /// logins limited by `limits`; the principals of tokens in use are
+    /// kept for `principal_ttl`, and their invalidations travel through
+    /// `redis` (with the flags' key prefix).
+    pub fn new(
+        db: Arc<Db>,
+        secret: &[u8],
+        ttl: Duration,
+        limits: LoginLimits,
+        principal_ttl: Duration,
+        redis: Option<(Arc<Redis>, &str)>,
+    ) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
@@ -318,7 +333,14 @@ impl AuthService {
             decoding: DecodingKey::from_secret(secret),
             validation,
             ttl,
+            principals: Arc::new(PrincipalCache::new(principal_ttl, redis)),
         }
+    }
+
+    /// Listens for other instances' invalidations of cached principals
+    /// (a server does; a one-shot command only publishes its own).
+    pub fn watch(&self) {
+        PrincipalCache::watch(&self.principals);
     }
 
     /// The database the service works on.
@@ -394,36 +416,52 @@ impl AuthService {
             })
     }
 
-    /// The caller of a request with this `Authorization` header: one
-    /// query reads the revocation, the user and their permissions.
+    /// The caller of a request with this `Authorization` header: the
+    /// token's cached principal, or one query that reads the revocation,
+    /// the user and their permissions (then cached).
     pub async fn authenticate(
         &self,
         authorization: Option<&str>,
-    ) -> Result<(Principal, String, i64), AuthError> {
+    ) -> Result<(Arc<Principal>, String, i64), AuthError> {
         let claims = self.decode(authorization)?;
         let user_id: i64 = claims
             .sub
             .parse()
             .map_err(|_| AuthError::Invalid("bad subject".into()))?;
-        let principal = self
+        if let Some(cached) = self
+            .principals
+            .get(&claims.jti)
+            .filter(|c| c.principal.user_id == user_id)
+        {
+            if claims.ver < cached.token_version {
+                return Err(AuthError::Superseded);
+            }
+            return Ok((cached.principal, claims.jti, claims.exp));
+        }
+        let generation = self.principals.generation();
+        let (principal, version) = self
             .load_principal(user_id, Some((&claims.jti, claims.ver)))
             .await?;
+        let principal = Arc::new(principal);
+        self.principals
+            .put(&claims.jti, principal.clone(), version, generation);
         Ok((principal, claims.jti, claims.exp))
     }
 
     /// Loads a user's principal (roles and their permissions).
     pub async fn principal(&self, user_id: i64) -> Result<Principal, AuthError> {
-        self.load_principal(user_id, None).await
+        Ok(self.load_principal(user_id, None).await?.0)
     }
 
     /// One row per permission of an active user (one row with NULL for a
     /// user without any), each saying whether token `jti` is revoked and
     /// the user's token version (a token of an older one is superseded).
+    /// The principal and that version.
     async fn load_principal(
         &self,
         user_id: i64,
         token: Option<(&str, i64)>,
-    ) -> Result<Principal, AuthError> {
+    ) -> Result<(Principal, i64), AuthError> {
         let sql = placeholders(
             self.db.backend(),
             "SELECT u.username, u.is_superuser, u.token_version, rp.permission, \
@@ -441,11 +479,8 @@ impl AuthService {
         if first.try_get::<i64>("", "revoked")? > 0 {
             return Err(AuthError::Revoked);
         }
-        if token.is_some_and(|(_, version)| {
-            first
-                .try_get::<i64>("", "token_version")
-                .is_ok_and(|current| version < current)
-        }) {
+        let current: i64 = first.try_get("", "token_version")?;
+        if token.is_some_and(|(_, version)| version < current) {
             return Err(AuthError::Superseded);
         }
         let mut permissions = Vec::new();
@@ -456,12 +491,13 @@ impl AuthService {
         }
         permissions.sort();
         permissions.dedup();
-        Ok(Principal {
+        let principal = Principal {
             user_id,
             username: first.try_get("", "username")?,
             superuser: first.try_get("", "is_superuser")?,
             permissions,
-        })
+        };
+        Ok((principal, current))
     }
 
     /// Revokes a token until its expiry.
@@ -476,6 +512,7 @@ impl AuthService {
         }
         .insert(self.db.conn())
         .await?;
+        self.principals.invalidate().await;
         Ok(())
     }
 
@@ -558,6 +595,7 @@ impl AuthService {
         // Tokens issued before now carry an older version: refused.
         model.token_version = Set(version);
         model.update(self.db.conn()).await?;
+        self.principals.invalidate().await;
         Ok(())
     }
 
@@ -632,6 +670,7 @@ impl AuthService {
             }
         }
         txn.commit().await?;
+        self.principals.invalidate().await;
         Ok(())
     }
 

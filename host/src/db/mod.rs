@@ -175,6 +175,55 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Whether `e` says the statement's connection was lost: closed by the
+/// server (PostgreSQL's SQLSTATE class 08 and 57P01-57P03, a server
+/// restart or `pg_terminate_backend`), or broken on the way (an I/O error,
+/// MariaDB's "server has gone away").
+pub fn connection_lost(e: &DbErr) -> bool {
+    use sea_orm::{RuntimeErr, sqlx};
+    let (DbErr::Conn(RuntimeErr::SqlxError(e))
+    | DbErr::Exec(RuntimeErr::SqlxError(e))
+    | DbErr::Query(RuntimeErr::SqlxError(e))) = e
+    else {
+        return false;
+    };
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
+/// Connections the pool keeps.
+const POOL_SIZE: u32 = 16;
+
+/// Runs `work` again while its connection turns out lost (the pool hands
+/// out connections without pinging them first). A lost connection is
+/// closed when it goes back, so after a database restart each pooled one
+/// fails once and the statement ends on a fresh connection: at most one
+/// try per pooled connection, plus the fresh one. A statement inside a
+/// transaction is never run again this way: its transaction is gone too.
+pub async fn retrying<T, F, Fut>(work: F) -> Result<T, DbErr>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DbErr>>,
+{
+    let mut tries = 1;
+    loop {
+        match work().await {
+            Err(e) if connection_lost(&e) && tries <= POOL_SIZE => {
+                tracing::info!(
+                    "a database connection was lost ({e}); running the statement again on another"
+                );
+                tries += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// The SQLite URL of the default database file in `data_dir`.
 pub fn default_url(data_dir: &Path) -> String {
     format!(
@@ -187,9 +236,13 @@ impl Db {
     /// Connects and brings the schema up to date.
     pub async fn open(url: &str, pk_mode: PkMode, worker_id: u16) -> Result<Self, DbError> {
         let mut options = ConnectOptions::new(url.to_owned());
+        // No ping before a connection is handed out (a round trip per
+        // statement): a lost connection shows in the statement that uses
+        // it, which then runs again on another (`retrying`).
         options
-            .max_connections(16)
+            .max_connections(POOL_SIZE)
             .connect_timeout(Duration::from_secs(10))
+            .test_before_acquire(false)
             .sqlx_logging(false);
         let conn = sea_orm::Database::connect(options)
             .await
@@ -310,19 +363,21 @@ impl Db {
             .map(|path| std::path::PathBuf::from(format!("{path}.{purpose}.lock")))
     }
 
-    /// Runs a query with bound values and returns its rows.
+    /// Runs a query with bound values and returns its rows (once more on
+    /// a fresh connection if its connection was lost).
     pub async fn query(
         &self,
         sql: &str,
         values: Vec<sea_orm::Value>,
     ) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
-        self.conn
-            .query_all(Statement::from_sql_and_values(
-                self.conn.get_database_backend(),
-                sql,
-                values,
-            ))
-            .await
+        let stmt = Statement::from_sql_and_values(self.conn.get_database_backend(), sql, values);
+        retrying(|| self.conn.query_all(stmt.clone())).await
+    }
+
+    /// Executes a statement outside a transaction (once more on a fresh
+    /// connection if its connection was lost).
+    pub async fn execute(&self, stmt: Statement) -> Result<sea_orm::ExecResult, DbErr> {
+        retrying(|| self.conn.execute(stmt.clone())).await
     }
 
     async fn migrate(&self) -> Result<(), DbError> {

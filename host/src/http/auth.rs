@@ -75,7 +75,7 @@ pub async fn guard(
     match state.auth.authenticate(authorization(req.request())).await {
         Ok((principal, jti, exp)) => {
             req.extensions_mut().insert(Caller {
-                principal: Arc::new(principal),
+                principal,
                 token: (jti, exp),
             });
             next.call(req)

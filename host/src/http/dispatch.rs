@@ -7,7 +7,7 @@
 //! into the plugin with borrowed request data: headers are read lazily
 //! through a callback, the body is passed as a slice, nothing is copied.
 
-use std::{panic::AssertUnwindSafe, sync::Arc};
+use std::panic::AssertUnwindSafe;
 
 use abi_stable::std_types::{ROption, RSlice, RStr, RVec, Tuple2};
 use actix_web::{
@@ -128,7 +128,7 @@ async fn answer(scope: Scope, req: &HttpRequest, payload: &mut Payload) -> HttpR
                 .auth
                 .authenticate(super::auth::authorization(req))
                 .await
-                .map(|(principal, _, _)| Arc::new(principal))
+                .map(|(principal, _, _)| principal)
                 .map_err(ApiError::from),
         };
         match found {

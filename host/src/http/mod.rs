@@ -241,6 +241,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let core = crate::runtime::Core::open(settings).await?;
     let auth = core.auth.clone();
+    auth.watch();
     let admin_password = std::env::var("PLUGHOST_ADMIN_PASSWORD").ok();
     if let Some(generated) = auth.ensure_admin(admin_password).await? {
         // Printed once, on the console only: it is not stored anywhere.

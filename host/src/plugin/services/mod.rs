@@ -178,14 +178,14 @@ macro_rules! on_connection {
         let tx: u64 = $tx;
         if tx == 0 {
             let $conn = db()?.conn();
-            $work
+            crate::db::retrying(|| $work).await
         } else {
             let handle = transaction(tx)?;
             let guard = handle.lock().await;
             let $conn = guard
                 .as_ref()
                 .ok_or_else(|| db_error("other", format!("transaction {tx} is finished")))?;
-            $work
+            $work.await
         }
     }};
 }
@@ -193,7 +193,7 @@ macro_rules! on_connection {
 async fn run_query(tx: u64, sql: String, params: String) -> Result<RString, RString> {
     let db = db()?;
     let stmt = statement(db, &sql, &params)?;
-    let rows = on_connection!(tx, |conn| conn.query_all(stmt).await).map_err(from_db_err)?;
+    let rows = on_connection!(tx, |conn| conn.query_all(stmt.clone())).map_err(from_db_err)?;
     let rows = rows
         .iter()
         .map(|row| row_json(row, db.backend()))
@@ -205,7 +205,7 @@ async fn run_query(tx: u64, sql: String, params: String) -> Result<RString, RStr
 async fn run_execute(tx: u64, sql: String, params: String) -> Result<RString, RString> {
     let db = db()?;
     let stmt = statement(db, &sql, &params)?;
-    let result = on_connection!(tx, |conn| conn.execute(stmt).await).map_err(from_db_err)?;
+    let result = on_connection!(tx, |conn| conn.execute(stmt.clone())).map_err(from_db_err)?;
     // PostgreSQL reports no insert id: use `RETURNING id` with a query there.
     let last_insert_id = match db.backend() {
         Backend::Postgresql => serde_json::Value::Null,
@@ -261,7 +261,9 @@ extern "C" fn sql_execute(
 extern "C" fn sql_begin(_plugin: RStr<'_>) -> FfiFuture<RResult<u64, RString>> {
     async move {
         let db = db()?;
-        let txn = db.conn().begin().await.map_err(from_db_err)?;
+        let txn = crate::db::retrying(|| db.conn().begin())
+            .await
+            .map_err(from_db_err)?;
         let id = NEXT_TX.fetch_add(1, Ordering::Relaxed);
         TRANSACTIONS
             .lock()
@@ -397,14 +399,12 @@ extern "C" fn kv_set(
                  ON CONFLICT (kv_key) DO UPDATE SET kv_value = excluded.kv_value, expires_at = excluded.expires_at"
             }
         };
-        db.conn()
-            .execute(Statement::from_sql_and_values(
-                db.conn().get_database_backend(),
-                placeholders(db.backend(), sql),
-                vec![key.into(), value.into_string().into(), expires.into()],
-            ))
-            .await
-            .map_err(from_db_err)?;
+        db.execute(db.statement(
+            sql,
+            vec![key.into(), value.into_string().into(), expires.into()],
+        ))
+        .await
+        .map_err(from_db_err)?;
         Ok(())
     }
     .map(RResult::from)
@@ -421,10 +421,8 @@ extern "C" fn kv_del(plugin: RStr<'_>, key: RString) -> FfiFuture<RResult<bool, 
         }
         let db = db()?;
         let result = db
-            .conn()
-            .execute(Statement::from_sql_and_values(
-                db.conn().get_database_backend(),
-                placeholders(db.backend(), "DELETE FROM sys_kv WHERE kv_key = ? AND (expires_at IS NULL OR expires_at > ?)"),
+            .execute(db.statement(
+                "DELETE FROM sys_kv WHERE kv_key = ? AND (expires_at IS NULL OR expires_at > ?)",
                 vec![key.into(), now_ms().into()],
             ))
             .await
@@ -465,14 +463,10 @@ async fn sql_incr(key: &str, shown: &str, delta: i64, ttl_ms: u64) -> Result<i64
         Backend::Sqlite => "SELECT kv_value, expires_at FROM sys_kv WHERE kv_key = ?",
         _ => "SELECT kv_value, expires_at FROM sys_kv WHERE kv_key = ? FOR UPDATE",
     };
-    let stmt = |sql: &str, values: Vec<sea_orm::Value>| {
-        Statement::from_sql_and_values(
-            db.conn().get_database_backend(),
-            placeholders(backend, sql),
-            values,
-        )
-    };
-    let txn = db.conn().begin().await.map_err(from_db_err)?;
+    let stmt = |sql: &str, values: Vec<sea_orm::Value>| db.statement(sql, values);
+    let txn = crate::db::retrying(|| db.conn().begin())
+        .await
+        .map_err(from_db_err)?;
     txn.execute(stmt(claim, vec![key.into()]))
         .await
         .map_err(from_db_err)?;
