@@ -68,6 +68,14 @@ def start(binary, data_dir, port):
     return proc, url, ms, rss
 
 
+def check_served(url, n):
+    """Every generated plugin of the first n answers its route."""
+    c = conn(url)
+    for i in range(1, n + 1):
+        status, body = call(c, "GET", f"/manyplug_{i:06d}/v1/hit")
+        assert status == 200 and f"manyplug_{i:06d}".encode() in body, (i, status, body)
+
+
 def stop(proc):
     proc.terminate()
     proc.wait(timeout=30)
@@ -91,7 +99,8 @@ def upload(url, headers, body, name):
                           dict(headers, **{"content-type": f"multipart/form-data; boundary={boundary}"}))
     ms = (time.perf_counter() - t0) * 1000
     assert status == 200, answer
-    assert call(c, "GET", f"/{name}/v1/hit")[0] == 200
+    served = call(c, "GET", f"/{name}/v1/hit")
+    assert served[0] == 200, served
     return ms
 
 
@@ -112,7 +121,8 @@ def main():
         for p in plugins[:n]:
             shutil.copytree(p, d / "plugins" / p.name)
     for n in counts:
-        proc, _, ms, rss = start(binary, dirs[n], free_port())
+        proc, url, ms, rss = start(binary, dirs[n], free_port())
+        check_served(url, n)
         stop(proc)
         print(f"cold\t{n}\t{ms:.1f}\t{rss}", file=out, flush=True)
     for _ in range(3):
