@@ -476,16 +476,11 @@ fn join_path(prefix: &str, path: &str) -> String {
     format!("/{}", joined.join("/"))
 }
 
-/// One mounted route.
-struct Mounted {
-    spec: RouteSpec,
-}
-
 /// A plugin loaded into an in-memory host. See the [module](self) docs.
 pub struct TestHost {
     module: PluginModRef,
     state: Rc<State>,
-    routes: HashMap<String, matchit::Router<Mounted>>,
+    routes: HashMap<String, matchit::Router<RouteSpec>>,
     requests: Cell<u64>,
 }
 
@@ -549,8 +544,10 @@ impl TestHost {
                 .db
                 .execute_batch(sql)
                 .map_err(|e| format!("plugin '{plugin}': {script} failed: {e}"))?,
-            None if manifest.contains_key("plugin")
-                && manifest["plugin"].get("database").is_some() =>
+            None if manifest
+                .get("plugin")
+                .and_then(|p| p.get("database"))
+                .is_some() =>
             {
                 return Err(format!(
                     "plugin '{plugin}' declares a database but its crate has no {script}"
@@ -565,7 +562,7 @@ impl TestHost {
 
         let app = manifest.get("app").and_then(toml::Value::as_table);
         let extends = app.is_some_and(|a| a.contains_key("extend"));
-        let mut routes: HashMap<String, matchit::Router<Mounted>> = HashMap::new();
+        let mut routes: HashMap<String, matchit::Router<RouteSpec>> = HashMap::new();
         for router in (module.routers())() {
             let prefix = if extends {
                 let declared = manifest
@@ -591,7 +588,7 @@ impl TestHost {
                 routes
                     .entry(method.clone())
                     .or_default()
-                    .insert(path.clone(), Mounted { spec })
+                    .insert(path.clone(), spec)
                     .map_err(|e| format!("plugin '{plugin}': {method} {path}: {e}"))?;
             }
         }
@@ -723,10 +720,10 @@ impl TestHost {
             )
             .into_response(&Request::from_raw(&raw))
             .into_raw(),
-            Some(m) => match guard(&m.value.spec, request.user.as_ref()) {
+            Some(m) => match guard(m.value, request.user.as_ref()) {
                 Some(refused) => refused.into_response(&Request::from_raw(&raw)).into_raw(),
                 None => with_current(&self.state, || {
-                    futures_executor::block_on((self.module.handle())(m.value.spec.handler, &raw))
+                    futures_executor::block_on((self.module.handle())(m.value.handler, &raw))
                 }),
             },
         };

@@ -80,7 +80,7 @@ enum Store {
     /// queries of concurrent requests).
     Postgres(Vec<PgConn>, AtomicUsize),
     /// sqlx's MySQL pool (it prepares and caches statements per connection).
-    Mysql(sqlx::MySqlPool),
+    Mysql(sqlx::MySqlPool, MysqlSql),
 }
 
 struct State {
@@ -132,7 +132,7 @@ async fn list(state: web::Data<State>, req: HttpRequest) -> HttpResponse {
                 .await
                 .map_err(|e| e.to_string())
         }
-        Store::Mysql(pool) => mysql_list(pool, &claims, user_id, limit, offset)
+        Store::Mysql(pool, sql) => mysql_list(pool, sql, &claims, user_id, limit, offset)
             .await
             .map_err(|e| e.to_string()),
     };
@@ -191,31 +191,39 @@ async fn pg_list(
     Ok(Some((items, total)))
 }
 
+/// `sql` with MySQL's `?` placeholders instead of `$1`, `$2`…
+fn mysql_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' {
+            out.push('?');
+            while chars.peek().is_some_and(char::is_ascii_digit) {
+                chars.next();
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The statements in MySQL's placeholders, written once.
+struct MysqlSql {
+    principal: String,
+    page: String,
+}
+
 async fn mysql_list(
     pool: &sqlx::MySqlPool,
+    sql: &MysqlSql,
     claims: &Claims,
     user_id: i64,
     limit: i64,
     offset: i64,
 ) -> Result<Listed, sqlx::Error> {
     use sqlx::Row as _;
-    let question = |sql: &str| {
-        // MySQL's placeholders are `?`.
-        let mut out = String::with_capacity(sql.len());
-        let mut chars = sql.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == '$' {
-                out.push('?');
-                while chars.peek().is_some_and(char::is_ascii_digit) {
-                    chars.next();
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    };
-    let rows = sqlx::query(&question(PRINCIPAL))
+    let rows = sqlx::query(&sql.principal)
         .bind(&claims.jti)
         .bind(user_id)
         .fetch_all(pool)
@@ -231,7 +239,7 @@ async fn mysql_list(
         return Ok(None);
     }
     let total: i64 = sqlx::query(COUNT).fetch_one(pool).await?.try_get("total")?;
-    let items = sqlx::query(&question(PAGE))
+    let items = sqlx::query(&sql.page)
         .bind(limit)
         .bind(offset)
         .fetch_all(pool)
@@ -257,7 +265,11 @@ async fn open(url: &str) -> Result<Store, Box<dyn std::error::Error>> {
             .test_before_acquire(false)
             .connect(url)
             .await?;
-        return Ok(Store::Mysql(pool));
+        let sql = MysqlSql {
+            principal: mysql_placeholders(PRINCIPAL),
+            page: mysql_placeholders(PAGE),
+        };
+        return Ok(Store::Mysql(pool, sql));
     }
     let mut conns = Vec::new();
     for _ in 0..CONNECTIONS {

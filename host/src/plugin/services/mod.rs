@@ -463,15 +463,14 @@ async fn sql_incr(key: &str, shown: &str, delta: i64, ttl_ms: u64) -> Result<i64
         Backend::Sqlite => "SELECT kv_value, expires_at FROM sys_kv WHERE kv_key = ?",
         _ => "SELECT kv_value, expires_at FROM sys_kv WHERE kv_key = ? FOR UPDATE",
     };
-    let stmt = |sql: &str, values: Vec<sea_orm::Value>| db.statement(sql, values);
     let txn = crate::db::retrying(|| db.conn().begin())
         .await
         .map_err(from_db_err)?;
-    txn.execute(stmt(claim, vec![key.into()]))
+    txn.execute(db.statement(claim, vec![key.into()]))
         .await
         .map_err(from_db_err)?;
     let row = txn
-        .query_one(stmt(read, vec![key.into()]))
+        .query_one(db.statement(read, vec![key.into()]))
         .await
         .map_err(from_db_err)?
         .ok_or_else(|| db_error("other", format!("key '{shown}' vanished while counting")))?;
@@ -479,7 +478,7 @@ async fn sql_incr(key: &str, shown: &str, delta: i64, ttl_ms: u64) -> Result<i64
     let expires: Option<i64> = row.try_get("", "expires_at").map_err(from_db_err)?;
     let counted = counter::count(shown, Some((&value, expires)), now_ms(), delta, ttl_ms)
         .map_err(|message| db_error("other", message))?;
-    txn.execute(stmt(
+    txn.execute(db.statement(
         "UPDATE sys_kv SET kv_value = ?, expires_at = ? WHERE kv_key = ?",
         vec![
             counted.sum.to_string().into(),
