@@ -160,7 +160,7 @@ fn describe() {
     describe_histogram!(
         "plughost_openapi_render_seconds",
         Unit::Seconds,
-        "Time to render the API document after a route table change"
+        "Time to render the API document, on the first request for it after a route table change"
     );
     describe_gauge!(
         "plughost_build_info",

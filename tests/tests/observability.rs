@@ -138,7 +138,21 @@ fn metrics_count_each_plugin_route_by_template_behind_a_token() {
         "{text}"
     );
     assert!(text.contains("plughost_build_info{version=\""), "{text}");
-    assert!(sample(&text, "plughost_openapi_render_seconds_count").unwrap() >= 1.0);
+    // The API document is rendered when first asked for, once per table.
+    assert_eq!(
+        sample(&text, "plughost_openapi_render_seconds_count"),
+        None,
+        "{text}"
+    );
+    for _ in 0..2 {
+        assert_eq!(host.get("/openapi.json").status, 200);
+    }
+    let (_, text) = metrics_text(&host, Some(&prom));
+    assert_eq!(
+        sample(&text, "plughost_openapi_render_seconds_count"),
+        Some(1.0),
+        "{text}"
+    );
 }
 
 #[test]

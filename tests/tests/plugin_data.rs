@@ -139,9 +139,20 @@ fn statements_survive_the_database_closing_every_connection() {
     for backend in [Backend::Postgresql, Backend::Mysql] {
         let database = TestDatabase::create(backend);
         let (_data, host) = notes_host(&database, &[]);
-        // Warm the pool: several connections, all idle afterwards.
+        // Warm both pools (the host's own, which counters use, and the
+        // one plugin statements run on): several connections each, all
+        // idle afterwards.
         let seen = e2e::count_concurrently(&[&host], "warm", 4, 5);
         assert_eq!(seen.len(), 20);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..5 {
+                        assert_eq!(host.get("/notes/v1/notes").status, 200);
+                    }
+                });
+            }
+        });
         assert_eq!(
             host.request("GET", "/admin/v1/sys/plugins", None).status,
             200

@@ -1,6 +1,7 @@
 //! The host's database: connection (SQLite, PostgreSQL or MySQL/MariaDB,
 //! chosen by `DATABASE_URL`), schema migrations, primary-key mode.
 
+pub mod direct;
 pub mod entity;
 pub mod lock;
 pub mod split;
@@ -120,6 +121,8 @@ pub enum DbError {
 /// The host's database.
 pub struct Db {
     conn: DatabaseConnection,
+    /// The connections plugin statements run on.
+    direct: direct::Direct,
     url: String,
     backend: Backend,
     pk_mode: PkMode,
@@ -180,13 +183,18 @@ pub fn redact_url(url: &str) -> String {
 /// restart or `pg_terminate_backend`), or broken on the way (an I/O error,
 /// MariaDB's "server has gone away").
 pub fn connection_lost(e: &DbErr) -> bool {
-    use sea_orm::{RuntimeErr, sqlx};
-    let (DbErr::Conn(RuntimeErr::SqlxError(e))
-    | DbErr::Exec(RuntimeErr::SqlxError(e))
-    | DbErr::Query(RuntimeErr::SqlxError(e))) = e
-    else {
-        return false;
-    };
+    use sea_orm::RuntimeErr;
+    match e {
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => sqlx_connection_lost(e),
+        _ => false,
+    }
+}
+
+/// [`connection_lost`] for the driver's own error.
+pub fn sqlx_connection_lost(e: &sea_orm::sqlx::Error) -> bool {
+    use sea_orm::sqlx;
     match e {
         sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
@@ -256,8 +264,18 @@ impl Db {
             conn.execute_unprepared("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;")
                 .await?;
         }
+        let direct = direct::Direct::open(
+            url,
+            backend,
+            (backend == Backend::Sqlite).then(|| conn.get_sqlite_connection_pool()),
+        )
+        .map_err(|message| DbError::Connect {
+            url: redact_url(url),
+            message,
+        })?;
         let db = Self {
             conn,
+            direct,
             url: url.to_owned(),
             backend,
             pk_mode,
@@ -294,6 +312,11 @@ impl Db {
     /// The connection pool.
     pub fn conn(&self) -> &DatabaseConnection {
         &self.conn
+    }
+
+    /// The connections plugin statements run on (see [`direct`]).
+    pub fn direct(&self) -> &direct::Direct {
+        &self.direct
     }
 
     /// The backend.

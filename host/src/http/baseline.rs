@@ -53,29 +53,34 @@ pub(crate) async fn dict_types(
         q.page.unwrap_or(1).max(1),
         q.size.unwrap_or(20).clamp(1, 200),
     );
-    let db = state.auth.db();
-    let backend = db.backend();
-    let rows = |sql: &'static str, values: Vec<sea_orm::Value>| async move {
-        let found = db
-            .query(&crate::db::placeholders(backend, sql), values)
-            .await?;
-        found
-            .iter()
-            .map(|row| crate::plugin::services::row_json(row, backend))
-            .collect::<Result<Vec<_>, _>>()
+    let direct = state.auth.db().direct();
+    let failed = |e: crate::db::direct::DirectError| {
+        envelope::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
     };
-    let total = match rows("SELECT COUNT(*) AS total FROM sys_dict_type", vec![]).await {
-        Ok(r) => r.first().and_then(|r| r["total"].as_i64()).unwrap_or(0),
-        Err(e) => return envelope::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    let counted = match direct
+        .query("SELECT COUNT(*) AS total FROM sys_dict_type", &[])
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => return failed(e),
     };
+    let total = serde_json::from_str::<serde_json::Value>(&counted)
+        .ok()
+        .and_then(|rows| rows[0]["total"].as_i64())
+        .unwrap_or(0);
     let limit = i64::try_from(size).unwrap_or(20);
     let offset = i64::try_from((page - 1) * size).unwrap_or(0);
-    match rows(
-        "SELECT id, name, code, status, remark FROM sys_dict_type ORDER BY id LIMIT ? OFFSET ?",
-        vec![limit.into(), offset.into()],
-    )
-    .await
+    let items = match direct
+        .query(
+            "SELECT id, name, code, status, remark FROM sys_dict_type ORDER BY id LIMIT ? OFFSET ?",
+            &[limit.into(), offset.into()],
+        )
+        .await
     {
+        Ok(rows) => rows,
+        Err(e) => return failed(e),
+    };
+    match serde_json::value::RawValue::from_string(items) {
         Ok(items) => envelope::ok(serde_json::json!({
             "items": items, "total": total, "page": page, "size": size,
         })),

@@ -144,40 +144,59 @@ pub fn core_operations() -> Vec<(String, String)> {
     operations
 }
 
-/// The rendered document, replaced whenever the route table is.
+/// The document of the current route table, rendered when first asked for
+/// (not at start-up, nor at every install).
 pub struct ApiDocument {
-    current: ArcSwap<Bytes>,
+    current: ArcSwap<Rendition>,
+}
+
+/// A route table and, once asked for, its document.
+struct Rendition {
+    table: Arc<RouteTable>,
+    bytes: std::sync::OnceLock<Bytes>,
 }
 
 impl ApiDocument {
-    /// The document of `plugins`' routes, kept current: rendered now and
-    /// whenever a route table becomes current.
+    /// The document of `plugins`' routes, kept current: whenever a route
+    /// table becomes current, its document replaces the last one.
     pub fn watching(plugins: &PluginHost) -> Arc<Self> {
         let document = Arc::new(Self {
-            current: ArcSwap::from_pointee(Bytes::new()),
+            current: ArcSwap::from_pointee(Rendition {
+                table: plugins.routes(),
+                bytes: std::sync::OnceLock::new(),
+            }),
         });
         let updated = document.clone();
         plugins.watch_routes(Box::new(move |table| updated.update(table)));
         document
     }
 
-    /// Renders the document for `table` and makes it current.
-    pub fn update(&self, table: &RouteTable) {
-        let started = Instant::now();
-        let bytes = render(table);
-        let took = started.elapsed();
-        crate::observe::document_rendered(took);
-        tracing::debug!(
-            bytes = bytes.len(),
-            micros = took.as_micros() as u64,
-            "API document rebuilt"
-        );
-        self.current.store(Arc::new(bytes));
+    /// Makes `table`'s document current (rendered when first asked for).
+    pub fn update(&self, table: &Arc<RouteTable>) {
+        self.current.store(Arc::new(Rendition {
+            table: table.clone(),
+            bytes: std::sync::OnceLock::new(),
+        }));
     }
 
     /// The current document.
     pub fn bytes(&self) -> Bytes {
-        Bytes::clone(&self.current.load())
+        let current = self.current.load_full();
+        current
+            .bytes
+            .get_or_init(|| {
+                let started = Instant::now();
+                let bytes = render(&current.table);
+                let took = started.elapsed();
+                crate::observe::document_rendered(took);
+                tracing::debug!(
+                    bytes = bytes.len(),
+                    micros = took.as_micros() as u64,
+                    "API document rendered"
+                );
+                bytes
+            })
+            .clone()
     }
 }
 

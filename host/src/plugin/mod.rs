@@ -509,7 +509,7 @@ impl PluginHost {
             };
             let replaced = record
                 .loaded()
-                .is_some_and(|p| libcache::file_digest(&library).as_ref() != Some(&p.digest));
+                .is_some_and(|p| self.cache.source_digest(&library).as_ref() != Some(&p.digest));
             replaced
                 || (candidate.source.path().is_dir()
                     && on_disk != record.manifest.as_ref().map(|m| m.version))

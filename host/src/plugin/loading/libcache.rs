@@ -28,7 +28,10 @@ use object::{
 };
 use sha2::{Digest as _, Sha256};
 
-use crate::plugin::loading::{loader::LoadError, trust::TrustPolicy};
+use crate::plugin::loading::{
+    loader::{LayoutCheck, LoadError},
+    trust::TrustPolicy,
+};
 
 /// The ELF machine of the libraries this host can map.
 #[cfg(target_arch = "x86_64")]
@@ -52,6 +55,8 @@ pub struct CachedLibrary {
     pub path: PathBuf,
     /// The sha256 of its bytes, in hex.
     pub digest: String,
+    /// Whether its layout must still be checked in this process.
+    pub layout: LayoutCheck,
 }
 
 /// The directory of private copies, and how to probe a new one.
@@ -64,6 +69,9 @@ pub struct LibraryCache {
     /// The signers whose signatures are checked before a packaged
     /// plugin's library is opened.
     trust: TrustPolicy,
+    /// How long ago a source must have last changed for its digest to be
+    /// recorded ([`SETTLED`]).
+    settled: Duration,
 }
 
 impl LibraryCache {
@@ -73,6 +81,7 @@ impl LibraryCache {
             dir,
             probe: std::env::current_exe().ok(),
             trust,
+            settled: SETTLED,
         }
     }
 
@@ -87,42 +96,136 @@ impl LibraryCache {
     }
 
     /// Checks the library at `source` and returns the private copy to open.
+    ///
+    /// A source whose file is unchanged since it was last read (the same
+    /// device, inode, size and change times, see [`stamp`]) is not read
+    /// again: its copy, named by the digest recorded then, is used.
     pub fn prepare(&self, source: &Path) -> Result<CachedLibrary, LoadError> {
         let refused = |reason: String| LoadError::Damaged {
             path: source.to_owned(),
             reason,
         };
-        let bytes = std::fs::read(source).map_err(|e| LoadError::Open {
+        let unreadable = |e: std::io::Error| LoadError::Open {
             path: source.to_owned(),
             reason: e.to_string(),
-        })?;
-        check_elf(&bytes).map_err(refused)?;
-        let digest = hex_digest(&bytes);
-        let path = self.dir.join(format!("{digest}.so"));
-        if !path.is_file() {
-            self.write_copy(&path, &bytes).map_err(|e| {
-                refused(format!(
-                    "cannot write the host's copy {}: {e}",
-                    path.display()
-                ))
-            })?;
-        }
-        let marker = self.dir.join(format!("{digest}.ok"));
-        if !marker.is_file()
-            && let Some(exe) = &self.probe
-        {
-            probe(exe, &path).map_err(|reason| match reason {
-                Probe::Refused(message) => LoadError::Probe {
-                    path: source.to_owned(),
-                    reason: message,
-                },
-                Probe::Crashed(how) => refused(how),
-            })?;
-            if let Err(e) = std::fs::write(&marker, b"") {
-                tracing::warn!(path = %marker.display(), "cannot record a checked library: {e}");
+        };
+        let meta = std::fs::metadata(source).map_err(unreadable)?;
+        let known = self
+            .known_digest(source, &meta)
+            .filter(|digest| self.copy_path(digest).is_file());
+        let digest = match known {
+            Some(digest) => digest,
+            None => {
+                let bytes = std::fs::read(source).map_err(unreadable)?;
+                check_elf(&bytes).map_err(refused)?;
+                let digest = hex_digest(&bytes);
+                let path = self.copy_path(&digest);
+                if !path.is_file() {
+                    self.write_copy(&path, &bytes).map_err(|e| {
+                        refused(format!(
+                            "cannot write the host's copy {}: {e}",
+                            path.display()
+                        ))
+                    })?;
+                }
+                self.remember(source, &meta, &digest);
+                digest
             }
+        };
+        let path = self.copy_path(&digest);
+        let marker = self.dir.join(format!("{digest}.ok"));
+        let layout = match std::fs::read_to_string(&marker) {
+            Ok(checked_by) if checked_by == host_identity() => LayoutCheck::AlreadyPassed,
+            Ok(_) => LayoutCheck::Run,
+            Err(_) => match &self.probe {
+                Some(exe) => {
+                    probe(exe, &path).map_err(|reason| match reason {
+                        Probe::Refused(message) => LoadError::Probe {
+                            path: source.to_owned(),
+                            reason: message,
+                        },
+                        Probe::Crashed(how) => refused(how),
+                    })?;
+                    // The child is this binary: it ran the layout check.
+                    self.write_marker(&marker);
+                    LayoutCheck::AlreadyPassed
+                }
+                None => LayoutCheck::Run,
+            },
+        };
+        Ok(CachedLibrary {
+            path,
+            digest,
+            layout,
+        })
+    }
+
+    /// Records that this binary's layout check passed on `copy`, so later
+    /// starts of the same binary skip it.
+    pub fn layout_passed(&self, copy: &CachedLibrary) {
+        if copy.layout == LayoutCheck::Run && self.probe.is_some() {
+            self.write_marker(&self.dir.join(format!("{}.ok", copy.digest)));
         }
-        Ok(CachedLibrary { path, digest })
+    }
+
+    /// The sha256 of the library at `source`, from its record when the file
+    /// is unchanged since it was last read, else by reading it.
+    pub fn source_digest(&self, source: &Path) -> Option<String> {
+        let meta = std::fs::metadata(source).ok()?;
+        self.known_digest(source, &meta)
+            .or_else(|| file_digest(source))
+    }
+
+    fn copy_path(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}.so"))
+    }
+
+    /// Where the digest of the library at `source` is recorded.
+    fn record_path(&self, source: &Path) -> PathBuf {
+        self.dir
+            .join(SOURCES)
+            .join(hex_digest(source.as_os_str().as_encoded_bytes()))
+    }
+
+    /// The digest recorded for `source`, if its file is unchanged since.
+    fn known_digest(&self, source: &Path, meta: &std::fs::Metadata) -> Option<String> {
+        let record = std::fs::read_to_string(self.record_path(source)).ok()?;
+        let (recorded, digest) = record.trim_end().split_once('\n')?;
+        (recorded == stamp(meta)
+            && digest.len() == 64
+            && digest.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| digest.to_owned())
+    }
+
+    /// Records `digest` for `source` as it was when `meta` was read (before
+    /// its bytes). A file changed in the last seconds is not recorded: a
+    /// second change within the file system's timestamp granularity would
+    /// leave the same stamp on other bytes.
+    fn remember(&self, source: &Path, meta: &std::fs::Metadata, digest: &str) {
+        let settled = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .zip(changed_ago(meta))
+            .is_some_and(|(modified, changed)| modified.min(changed) >= self.settled);
+        if !settled {
+            return;
+        }
+        let path = self.record_path(source);
+        let text = format!("{}\n{digest}\n", stamp(meta));
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| write_replacing(&path, text.as_bytes()));
+        if let Err(e) = written {
+            tracing::debug!(path = %path.display(), "cannot record a library's digest: {e}");
+        }
+    }
+
+    fn write_marker(&self, marker: &Path) {
+        if let Err(e) = write_replacing(marker, host_identity().as_bytes()) {
+            tracing::warn!(path = %marker.display(), "cannot record a checked library: {e}");
+        }
     }
 
     /// Writes a copy once: a temporary file, made read-only, renamed into
@@ -146,28 +249,110 @@ impl LibraryCache {
         written
     }
 
-    /// Removes the copies (and their marks) whose digest is not in `keep`,
-    /// and temporary files an interrupted write left. Mapped copies stay
-    /// mapped when their file is removed.
+    /// Removes the copies (and their marks) whose digest is not in `keep`
+    /// and temporary files an interrupted write left; when a copy went, also
+    /// the records of sources that named a copy not kept. Mapped copies stay mapped when their file is
+    /// removed.
     pub fn prune(&self, keep: &std::collections::BTreeSet<String>) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
+        let remove = |path: &Path| {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!(path = %path.display(), "cannot remove an unused library copy: {e}");
+            }
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let digest = name
-                .strip_suffix(".so")
-                .or_else(|| name.strip_suffix(".ok"));
-            let stale = match digest {
-                Some(d) => !keep.contains(d),
-                None => name.starts_with('.') && name.ends_with(".tmp"),
-            };
-            if stale && let Err(e) = std::fs::remove_file(entry.path()) {
-                tracing::warn!(path = %entry.path().display(), "cannot remove an unused library copy: {e}");
+        let temporary = |name: &str| name.starts_with('.') && name.ends_with(".tmp");
+        let mut removed = false;
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                let digest = name
+                    .strip_suffix(".so")
+                    .or_else(|| name.strip_suffix(".ok"));
+                let stale = match digest {
+                    Some(d) => !keep.contains(d),
+                    None => temporary(&name),
+                };
+                if stale {
+                    remove(&entry.path());
+                    removed = true;
+                }
+            }
+        }
+        // A record names a copy: with no copy removed, none is stale.
+        if !removed {
+            return;
+        }
+        if let Ok(entries) = std::fs::read_dir(self.dir.join(SOURCES)) {
+            for entry in entries.flatten() {
+                let record = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let digest = record.lines().nth(1).unwrap_or_default();
+                if !keep.contains(digest) || temporary(&entry.file_name().to_string_lossy()) {
+                    remove(&entry.path());
+                }
             }
         }
     }
+}
+
+/// The directory, inside the cache, of the digests recorded per source.
+const SOURCES: &str = "sources";
+
+/// How long ago a file must have last changed for its stamp to be recorded.
+const SETTLED: Duration = Duration::from_secs(2);
+
+/// What identifies a file's bytes without reading them, as git's index
+/// does: device, inode, size, and modification and change times to the
+/// nanosecond. Writing the file changes its change time, which no program
+/// can set back.
+fn stamp(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    format!(
+        "{} {} {} {}.{:09} {}.{:09}",
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    )
+}
+
+/// How long ago the file's status last changed.
+fn changed_ago(meta: &std::fs::Metadata) -> Option<Duration> {
+    use std::os::unix::fs::MetadataExt as _;
+    let changed = std::time::UNIX_EPOCH
+        + Duration::new(
+            u64::try_from(meta.ctime()).ok()?,
+            u32::try_from(meta.ctime_nsec()).ok()?,
+        );
+    changed.elapsed().ok()
+}
+
+/// Writes `bytes` to `path` through a temporary file renamed over it, so a
+/// reader sees the old or the new content, never a part.
+fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// What names this host binary in a library's check mark: a library's
+/// layout checked by one build is not taken as checked by another.
+fn host_identity() -> &'static str {
+    static IDENTITY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    IDENTITY.get_or_init(|| {
+        let exe = std::env::current_exe()
+            .and_then(std::fs::metadata)
+            .map(|meta| stamp(&meta))
+            // Unknown: a mark this process writes will not be trusted later.
+            .unwrap_or_else(|_| uuid::Uuid::new_v4().to_string());
+        format!("plughost {} {exe}", env!("CARGO_PKG_VERSION"))
+    })
 }
 
 /// The sha256 of `bytes`, in lower-case hex.
@@ -338,9 +523,9 @@ fn signal_name(signal: i32) -> &'static str {
 /// The child's side of a probe: opens `library`, prints `plugin <name>` or
 /// the reason it is refused. A crash here is the parent's answer.
 pub fn run_probe(library: &Path) -> std::process::ExitCode {
-    match crate::plugin::loading::loader::load_library(library) {
-        Ok(module) => {
-            println!("{PROBE_OK}{}", module.name().as_str());
+    match crate::plugin::loading::loader::load_library(library, LayoutCheck::Run) {
+        Ok(opened) => {
+            println!("{PROBE_OK}{}", opened.module.name().as_str());
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
@@ -409,6 +594,7 @@ mod tests {
             dir: dir.path().join("libs"),
             probe: None,
             trust: TrustPolicy::default(),
+            settled: SETTLED,
         };
         let copy = cache.prepare(&source).unwrap();
         assert!(
@@ -431,5 +617,60 @@ mod tests {
         assert!(!cache.dir().join(".x.tmp").exists());
         cache.prune(&Default::default());
         assert!(!copy.path.exists());
+    }
+
+    #[test]
+    fn an_unchanged_source_is_known_by_its_stamp_and_a_changed_one_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("libc.so");
+        let lib = own_library();
+        std::fs::write(&source, &lib).unwrap();
+        let mut cache = LibraryCache {
+            dir: dir.path().join("libs"),
+            probe: None,
+            trust: TrustPolicy::default(),
+            settled: SETTLED,
+        };
+        let meta = || std::fs::metadata(&source).unwrap();
+        // Just written: not settled, so not recorded.
+        let first = cache.prepare(&source).unwrap();
+        assert_eq!(cache.known_digest(&source, &meta()), None);
+        cache.settled = Duration::ZERO;
+        assert_eq!(cache.prepare(&source).unwrap().digest, first.digest);
+        assert_eq!(
+            cache.known_digest(&source, &meta()),
+            Some(first.digest.clone())
+        );
+        assert_eq!(cache.source_digest(&source), Some(first.digest.clone()));
+        // Other bytes of the same length: the change time moves on (past
+        // the clock's tick), so the record no longer applies.
+        std::thread::sleep(Duration::from_millis(50));
+        let mut other = lib.clone();
+        let last = other.len() - 1;
+        other[last] ^= 0xff;
+        std::fs::write(&source, &other).unwrap();
+        assert_eq!(cache.known_digest(&source, &meta()), None);
+        let second = cache.prepare(&source).unwrap();
+        assert_eq!(second.digest, hex_digest(&other));
+        assert_ne!(second.digest, first.digest);
+        // A recorded digest whose copy was pruned is read again.
+        cache.prune(&[second.digest.clone()].into());
+        assert!(!first.path.exists());
+        assert_eq!(
+            cache.known_digest(&source, &meta()),
+            Some(second.digest.clone())
+        );
+        std::fs::remove_file(&second.path).unwrap();
+        let again = cache.prepare(&source).unwrap();
+        assert_eq!(again.digest, second.digest);
+        assert!(again.path.is_file());
+        // Records of digests no longer kept are pruned with their copies.
+        cache.prune(&Default::default());
+        assert_eq!(
+            std::fs::read_dir(cache.dir().join(SOURCES))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 }

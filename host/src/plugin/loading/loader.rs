@@ -243,26 +243,67 @@ fn describe(path: &Path, header: Option<&LibHeader>, error: LibraryError) -> Loa
     }
 }
 
+/// Whether the contract's layout must be compared with the library's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayoutCheck {
+    /// Compare them (abi_stable's check of every type the contract holds).
+    Run,
+    /// This host binary already compared them for this very library (its
+    /// digest): only the version is checked.
+    AlreadyPassed,
+}
+
+/// An opened library: its root module and the plugin-api version it was
+/// built against.
+pub struct OpenedLibrary {
+    /// The root module.
+    pub module: PluginModRef,
+    /// The contract version its header states.
+    pub contract: String,
+}
+
 /// Opens the library at `path` and returns its checked root module.
 ///
 /// A plugin built against the same or a newer 1.x contract passes
 /// abi_stable's check directly; one built against an older 1.x contract is
-/// accepted through [`accept_older_minor`].
-pub fn load_library(path: &Path) -> Result<PluginModRef, LoadError> {
+/// accepted through [`accept_older_minor`]. With
+/// [`LayoutCheck::AlreadyPassed`] the layout comparison, which this binary
+/// made before on the same bytes, is not repeated.
+#[allow(unsafe_code)]
+pub fn load_library(path: &Path, check: LayoutCheck) -> Result<OpenedLibrary, LoadError> {
     let header = lib_header_from_path(path).map_err(|e| describe(path, None, e))?;
-    match header.init_root_module::<PluginModRef>() {
-        Ok(module) => Ok(module),
-        Err(LibraryError::AbiInstability(report)) => accept_older_minor(header)
-            .map_err(|()| describe(path, Some(header), LibraryError::AbiInstability(report))),
-        Err(e) => Err(describe(path, Some(header), e)),
-    }
+    let module = match check {
+        // SAFETY: this binary compared the layouts of these exact bytes
+        // (the copy is named by its digest) and accepted them.
+        LayoutCheck::AlreadyPassed => {
+            if let Ok(plugin) = VersionNumber::new(header.version_strings())
+                && plugin.major == host_version().major
+                && plugin.minor < host_version().minor
+            {
+                older_minor_accepted(plugin);
+            }
+            unsafe { header.init_root_module_with_unchecked_layout::<PluginModRef>() }
+                .map_err(|e| describe(path, Some(header), e))?
+        }
+        LayoutCheck::Run => match header.init_root_module::<PluginModRef>() {
+            Ok(module) => module,
+            Err(LibraryError::AbiInstability(report)) => accept_older_minor(header)
+                .map_err(|()| describe(path, Some(header), LibraryError::AbiInstability(report)))?,
+            Err(e) => return Err(describe(path, Some(header), e)),
+        },
+    };
+    Ok(OpenedLibrary {
+        module,
+        contract: plugin_version(header),
+    })
 }
 
-/// The plugin-api version the library at `path` was built against (read
-/// from its header; the library must be one this process opened or may
-/// open).
-pub fn library_contract(path: &Path) -> Option<String> {
-    lib_header_from_path(path).ok().map(plugin_version)
+fn older_minor_accepted(plugin: VersionNumber) {
+    tracing::info!(
+        plugin_contract = %plugin,
+        host_contract = %host_version(),
+        "accepting a plugin built against an older minor version of plugin-api"
+    );
 }
 
 /// Accepts a plugin built against an older minor version of this contract.
@@ -288,11 +329,7 @@ fn accept_older_minor(header: &LibHeader) -> Result<PluginModRef, ()> {
             tracing::debug!("reversed layout check failed too: {e}");
         },
     )?;
-    tracing::info!(
-        plugin_contract = %plugin,
-        host_contract = %host,
-        "accepting a plugin built against an older minor version of plugin-api"
-    );
+    older_minor_accepted(plugin);
     // SAFETY: the layouts were checked above, in the direction that is valid
     // for a plugin older than the host; fields the plugin lacks are only read
     // through `Option` accessors.
@@ -323,7 +360,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("libgarbage.so");
         std::fs::write(&path, b"definitely not an ELF file").unwrap();
-        let Err(err) = load_library(&path) else {
+        let Err(err) = load_library(&path, LayoutCheck::Run) else {
             panic!("garbage loaded")
         };
         assert!(matches!(err, LoadError::Open { .. }), "{err}");

@@ -25,8 +25,8 @@ use crate::plugin::{
     lifecycle::sql::{self, ScriptError},
     loading::{
         discover::{Candidate, Source, library_file_name, package_of},
-        libcache::{CachedLibrary, LibraryCache},
-        loader::{LoadError, library_contract, load_library},
+        libcache::LibraryCache,
+        loader::{LoadError, OpenedLibrary, load_library},
         manifest::{
             ManifestError, PLUGIN_NAME_PATTERN, PluginKind, PluginManifest, is_valid_plugin_name,
         },
@@ -286,13 +286,15 @@ pub(crate) fn probe_plugin(name: &str, loaded: &Loaded) -> Arc<LoadedPlugin> {
     ))
 }
 
-fn read_dir_manifest(dir: &Path) -> Result<PluginManifest, Refusal> {
+/// The `plugin.toml` of a plugin directory: its text and what it says.
+fn read_dir_manifest(dir: &Path) -> Result<(String, PluginManifest), Refusal> {
     let path = dir.join("plugin.toml");
     let text = std::fs::read_to_string(&path).map_err(|e| Refusal::Unreadable {
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
-    Ok(PluginManifest::parse(&text)?)
+    let manifest = PluginManifest::parse(&text)?;
+    Ok((text, manifest))
 }
 
 /// Names no plugin may have: their flag key is taken.
@@ -311,10 +313,14 @@ pub(crate) fn open_candidate(
     if RESERVED_NAMES.contains(&candidate.name.as_str()) {
         return (None, Err(Refusal::Reserved(candidate.name.clone())));
     }
+    let mut shipped_text = None;
     let (file_manifest, library) = match &candidate.source {
         Source::Directory(dir) => {
             let manifest = match read_dir_manifest(dir) {
-                Ok(m) => m,
+                Ok((text, m)) => {
+                    shipped_text = Some(text);
+                    m
+                }
                 Err(e) => return (None, Err(e)),
             };
             if !dir.join("README.md").is_file() {
@@ -353,25 +359,23 @@ pub(crate) fn open_candidate(
         _ => Verdict::Unsigned,
     };
     let opened = cache.prepare(&library).and_then(|copy| {
-        load_library(&copy.path)
-            .map(|module| (module, copy))
-            .map_err(|e| e.naming(&library))
+        let opened = load_library(&copy.path, copy.layout).map_err(|e| e.naming(&library))?;
+        cache.layout_passed(&copy);
+        Ok((opened, copy.digest))
     });
-    let (module, CachedLibrary { path: copy, digest }) = match opened {
+    let (OpenedLibrary { module, contract }, digest) = match opened {
         Ok(opened) => opened,
         Err(e) => return (file_manifest, Err(e.into())),
     };
-    let contract = library_contract(&copy);
     if let Verdict::Signed { statement, .. } = &verdict
-        && let Some(built) = &contract
-        && *built != statement.contract
+        && contract != statement.contract
     {
         return (
             file_manifest,
             Err(TrustError::Contract {
                 plugin: candidate.name.clone(),
                 signed: statement.contract.clone(),
-                built: built.clone(),
+                built: contract.clone(),
             }
             .into()),
         );
@@ -387,22 +391,29 @@ pub(crate) fn open_candidate(
             }),
         );
     }
-    let embedded = PluginManifest::parse(module.manifest().as_str());
-    let manifest = match (file_manifest, embedded) {
-        // The shipped plugin.toml decides (an operator may change its
-        // settings, tags and prefixes), but it must describe this build.
-        (Some(shipped), Ok(built)) if shipped.version != built.version => {
-            return (
-                Some(shipped.clone()),
-                Err(Refusal::VersionMismatch {
-                    shipped: shipped.version.to_string(),
-                    built: built.version.to_string(),
-                }),
-            );
-        }
-        (Some(shipped), _) => shipped,
-        (None, Ok(built)) => built,
-        (None, Err(e)) => return (None, Err(Refusal::EmbeddedManifest(e))),
+    let manifest = match file_manifest {
+        // The library embeds the very text shipped beside it (the usual
+        // case): nothing to compare.
+        Some(shipped) if shipped_text.as_deref() == Some(module.manifest().as_str()) => shipped,
+        file_manifest => match (
+            file_manifest,
+            PluginManifest::parse(module.manifest().as_str()),
+        ) {
+            // The shipped plugin.toml decides (an operator may change its
+            // settings, tags and prefixes), but it must describe this build.
+            (Some(shipped), Ok(built)) if shipped.version != built.version => {
+                return (
+                    Some(shipped.clone()),
+                    Err(Refusal::VersionMismatch {
+                        shipped: shipped.version.to_string(),
+                        built: built.version.to_string(),
+                    }),
+                );
+            }
+            (Some(shipped), _) => shipped,
+            (None, Ok(built)) => built,
+            (None, Err(e)) => return (None, Err(Refusal::EmbeddedManifest(e))),
+        },
     };
     let dir = match &candidate.source {
         Source::Directory(dir) => Some(dir.clone()),
@@ -413,7 +424,7 @@ pub(crate) fn open_candidate(
         library,
         digest,
         signer,
-        contract,
+        contract: Some(contract),
         manifest: manifest.clone(),
         dir,
     };

@@ -92,11 +92,12 @@ pub async fn publish(db: &Db, instance: &str, plugins: &[Reported]) -> Result<()
         [instance.into()],
     ))
     .await?;
-    for plugin in plugins {
-        txn.execute(db.statement(
-            "INSERT INTO sys_plugin_instance \
-             (instance, name, state, version, error, is_local, seen_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+    // Many rows per statement: one round trip per plugin made start-up
+    // with hundreds of plugins wait on the database.
+    const ROWS_PER_STATEMENT: usize = 100;
+    for chunk in plugins.chunks(ROWS_PER_STATEMENT) {
+        let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let values = chunk.iter().flat_map(|plugin| {
             [
                 instance.into(),
                 plugin.name.as_str().into(),
@@ -105,7 +106,14 @@ pub async fn publish(db: &Db, instance: &str, plugins: &[Reported]) -> Result<()
                 plugin.error.clone().into(),
                 i16::from(plugin.local).into(),
                 seen_at.into(),
-            ],
+            ]
+        });
+        txn.execute(db.statement(
+            &format!(
+                "INSERT INTO sys_plugin_instance \
+                 (instance, name, state, version, error, is_local, seen_at) VALUES {rows}"
+            ),
+            values,
         ))
         .await?;
     }

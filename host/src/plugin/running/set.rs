@@ -16,7 +16,7 @@ use super::{
 };
 
 /// Called with every route table that becomes current.
-pub type RouteWatcher = Box<dyn Fn(&RouteTable) + Send + Sync>;
+pub type RouteWatcher = Box<dyn Fn(&Arc<RouteTable>) + Send + Sync>;
 
 /// The records and the current route table.
 pub struct PluginSet {

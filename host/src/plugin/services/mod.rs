@@ -19,13 +19,14 @@ use abi_stable::{
     std_types::{ROption, RResult, RStr, RString},
 };
 use futures_util::FutureExt as _;
-use sea_orm::{
-    ConnectionTrait, DatabaseTransaction, DbErr, FromQueryResult, QueryResult, SqlErr, Statement,
-    TransactionTrait,
-};
+use sea_orm::{ConnectionTrait, DbErr, SqlErr, TransactionTrait};
 
 use crate::{
-    db::{Backend, Db, placeholders},
+    db::{
+        Backend, Db,
+        direct::{DirectError, Transaction},
+        placeholders,
+    },
     redis::{Redis, RedisError},
 };
 use async_ffi::{FfiFuture, FutureExt};
@@ -86,7 +87,7 @@ extern "C" fn sleep(millis: u64) -> FfiFuture<()> {
 }
 
 static DB: OnceLock<Arc<Db>> = OnceLock::new();
-static TRANSACTIONS: Mutex<BTreeMap<u64, Arc<tokio::sync::Mutex<Option<DatabaseTransaction>>>>> =
+static TRANSACTIONS: Mutex<BTreeMap<u64, Arc<tokio::sync::Mutex<Option<Transaction>>>>> =
     Mutex::new(BTreeMap::new());
 static NEXT_TX: AtomicU64 = AtomicU64::new(1);
 
@@ -108,32 +109,22 @@ fn from_db_err(e: DbErr) -> RString {
     }
 }
 
-/// JSON parameters to bound values (`null` binds as a NULL string).
-fn bind_values(params: &str) -> Result<Vec<sea_orm::Value>, RString> {
-    Ok(plugin_api::__private::wire_params(params)?
-        .into_iter()
-        .map(|v| match v {
-            serde_json::Value::Null => sea_orm::Value::String(None),
-            serde_json::Value::Bool(b) => sea_orm::Value::Bool(Some(b)),
-            serde_json::Value::Number(n) => match n.as_i64() {
-                Some(i) => sea_orm::Value::BigInt(Some(i)),
-                None => sea_orm::Value::Double(n.as_f64()),
-            },
-            serde_json::Value::String(s) => sea_orm::Value::String(Some(Box::new(s))),
-            other => sea_orm::Value::String(Some(Box::new(other.to_string()))),
-        })
-        .collect())
+/// A plugin statement's error in the wire format: the database's kind
+/// (unique or foreign key) and message where it says them.
+fn from_direct_err(e: DirectError) -> RString {
+    use sea_orm::sqlx::error::ErrorKind;
+    match e.database() {
+        Some(db) if db.kind() == ErrorKind::UniqueViolation => {
+            db_error("unique", db.message().to_owned())
+        }
+        Some(db) if db.kind() == ErrorKind::ForeignKeyViolation => {
+            db_error("foreign_key", db.message().to_owned())
+        }
+        _ => db_error("other", e.to_string()),
+    }
 }
 
-fn statement(db: &Db, sql: &str, params: &str) -> Result<Statement, RString> {
-    Ok(Statement::from_sql_and_values(
-        db.conn().get_database_backend(),
-        placeholders(db.backend(), sql),
-        bind_values(params)?,
-    ))
-}
-
-fn transaction(tx: u64) -> Result<Arc<tokio::sync::Mutex<Option<DatabaseTransaction>>>, RString> {
+fn transaction(tx: u64) -> Result<Arc<tokio::sync::Mutex<Option<Transaction>>>, RString> {
     TRANSACTIONS
         .lock()
         .expect("transactions lock")
@@ -142,79 +133,39 @@ fn transaction(tx: u64) -> Result<Arc<tokio::sync::Mutex<Option<DatabaseTransact
         .ok_or_else(|| db_error("other", format!("transaction {tx} is not open")))
 }
 
-/// One row as a JSON object. sea-orm converts columns by their declared
-/// type; SQLite expressions (`COUNT(*)`, `CAST(…)`) have none, so those
-/// are read by their value instead.
-pub(crate) fn row_json(row: &QueryResult, backend: Backend) -> Result<serde_json::Value, DbErr> {
-    let mut value = serde_json::Value::from_query_result(row, "")?;
-    if backend == Backend::Sqlite
-        && let serde_json::Value::Object(map) = &mut value
-    {
-        for (i, name) in row.column_names().into_iter().enumerate() {
-            if map.contains_key(&name) {
-                continue;
-            }
-            let found = if let Ok(v) = row.try_get_by_index::<Option<i64>>(i) {
-                serde_json::json!(v)
-            } else if let Ok(v) = row.try_get_by_index::<Option<f64>>(i) {
-                serde_json::json!(v)
-            } else if let Ok(v) = row.try_get_by_index::<Option<String>>(i) {
-                serde_json::json!(v)
-            } else if let Ok(v) = row.try_get_by_index::<Option<Vec<u8>>>(i) {
-                serde_json::json!(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
-            } else {
-                serde_json::Value::Null
-            };
-            map.insert(name, found);
-        }
-    }
-    Ok(value)
-}
-
-/// Evaluates `$work` with `$conn` bound to the pool, or to the open
-/// transaction `$tx` (0 for none).
+/// Evaluates `$work` with `$conn` bound to the host's connections, or to
+/// the open transaction `$tx` (0 for none).
 macro_rules! on_connection {
     ($tx:expr, |$conn:ident| $work:expr) => {{
         let tx: u64 = $tx;
         if tx == 0 {
-            let $conn = db()?.conn();
-            crate::db::retrying(|| $work).await
+            let $conn = db()?.direct();
+            $work.await
         } else {
             let handle = transaction(tx)?;
-            let guard = handle.lock().await;
+            let mut guard = handle.lock().await;
             let $conn = guard
-                .as_ref()
+                .as_mut()
                 .ok_or_else(|| db_error("other", format!("transaction {tx} is finished")))?;
             $work.await
         }
+        .map_err(from_direct_err)
     }};
 }
 
 async fn run_query(tx: u64, sql: String, params: String) -> Result<RString, RString> {
-    let db = db()?;
-    let stmt = statement(db, &sql, &params)?;
-    let rows = on_connection!(tx, |conn| conn.query_all(stmt.clone())).map_err(from_db_err)?;
-    let rows = rows
-        .iter()
-        .map(|row| row_json(row, db.backend()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(from_db_err)?;
-    Ok(RString::from(serde_json::Value::Array(rows).to_string()))
+    let params = plugin_api::__private::wire_params(&params)?;
+    let (rows, _) = on_connection!(tx, |conn| conn.rows(&sql, &params, false))?;
+    Ok(RString::from(rows))
 }
 
 async fn run_execute(tx: u64, sql: String, params: String) -> Result<RString, RString> {
-    let db = db()?;
-    let stmt = statement(db, &sql, &params)?;
-    let result = on_connection!(tx, |conn| conn.execute(stmt.clone())).map_err(from_db_err)?;
-    // PostgreSQL reports no insert id: use `RETURNING id` with a query there.
-    let last_insert_id = match db.backend() {
-        Backend::Postgresql => serde_json::Value::Null,
-        _ => serde_json::Value::from(result.last_insert_id()),
-    };
+    let params = plugin_api::__private::wire_params(&params)?;
+    let done = on_connection!(tx, |conn| conn.execute(&sql, &params))?;
     Ok(RString::from(
         serde_json::json!({
-            "rows_affected": result.rows_affected(),
-            "last_insert_id": last_insert_id,
+            "rows_affected": done.rows_affected,
+            "last_insert_id": done.last_insert_id,
         })
         .to_string(),
     ))
@@ -260,10 +211,7 @@ extern "C" fn sql_execute(
 
 extern "C" fn sql_begin(_plugin: RStr<'_>) -> FfiFuture<RResult<u64, RString>> {
     async move {
-        let db = db()?;
-        let txn = crate::db::retrying(|| db.conn().begin())
-            .await
-            .map_err(from_db_err)?;
+        let txn = db()?.direct().begin().await.map_err(from_direct_err)?;
         let id = NEXT_TX.fetch_add(1, Ordering::Relaxed);
         TRANSACTIONS
             .lock()
@@ -287,12 +235,7 @@ extern "C" fn sql_finish(tx: u64, commit: bool) -> FfiFuture<RResult<(), RString
             .await
             .take()
             .ok_or_else(|| db_error("other", format!("transaction {tx} is finished")))?;
-        if commit {
-            txn.commit().await
-        } else {
-            txn.rollback().await
-        }
-        .map_err(from_db_err)
+        txn.finish(commit).await.map_err(from_direct_err)
     });
     async move {
         work.await
