@@ -254,6 +254,22 @@ pub struct HostServices {
         delta: i64,
         ttl_ms: u64,
     ) -> FfiFuture<RResult<i64, RString>>,
+    /// Runs one page of a query and counts the rows of the whole query, in
+    /// one statement when the page has rows (or inside transaction `tx`).
+    /// `sql` is a `SELECT` without `ORDER BY` or `LIMIT`; `order_by` orders
+    /// the page by the query's column names (empty: no order). `params` as
+    /// for [`sql_query`](Self::sql_query). Answers JSON
+    /// `{"rows": [...], "total": N}`. Added in 1.3 (a 1.0-1.2 host has none:
+    /// read it through the `Option` accessor).
+    pub sql_page: extern "C" fn(
+        plugin: RStr<'_>,
+        tx: u64,
+        sql: RString,
+        order_by: RString,
+        params: RString,
+        limit: u64,
+        offset: u64,
+    ) -> FfiFuture<RResult<RString, RString>>,
 }
 
 /// The root module every plugin library exports.

@@ -120,7 +120,7 @@ pub(crate) fn ttl_millis(ttl: Option<Duration>) -> u64 {
     })
 }
 
-fn encode(params: &[Value]) -> RString {
+pub(crate) fn encode(params: &[Value]) -> RString {
     RString::from(Value::Array(params.to_vec()).to_string())
 }
 

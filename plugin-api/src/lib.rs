@@ -46,6 +46,8 @@ pub mod counter;
 mod db;
 mod export;
 mod host;
+#[doc(hidden)]
+pub mod page;
 mod request;
 mod response;
 mod router;
@@ -57,6 +59,7 @@ pub mod __private;
 
 pub use db::{DbError, DbErrorKind, Executed, Transaction};
 pub use host::{Host, host};
+pub use page::Page;
 pub use request::{Paging, Principal, Request};
 pub use response::{Error, IntoResponse, Json, Response};
 pub use router::Router;

@@ -10,7 +10,7 @@
 //!
 //! ```toml
 //! [dev-dependencies]
-//! plugin-api = { version = "1.2", features = ["testing"] }
+//! plugin-api = { version = "1.3", features = ["testing"] }
 //! ```
 //!
 //! ```ignore
@@ -62,6 +62,7 @@ use crate::{
     },
     counter,
     db::{wire_error, wire_params},
+    page::{PAGE_TOTAL, PageSql},
 };
 
 /// The root module of the plugin this crate exports with
@@ -259,6 +260,46 @@ extern "C" fn sql_query(
     ready(answer.into())
 }
 
+extern "C" fn sql_page(
+    _plugin: RStr<'_>,
+    tx: u64,
+    sql: RString,
+    order_by: RString,
+    params: RString,
+    limit: u64,
+    offset: u64,
+) -> FfiFuture<RResult<RString, RString>> {
+    let answer = current().and_then(|state| {
+        check_tx(&state, tx)?;
+        let statements = PageSql::new(&sql, &order_by);
+        let mut bound = wire_params(&params)?;
+        bound.extend([Value::from(limit), Value::from(offset)]);
+        let mut rows = run_query(
+            &state.db,
+            &statements.counted,
+            &Value::from(bound).to_string(),
+        )?;
+        let mut total = None;
+        for row in &mut rows {
+            if let Some(count) = row.as_object_mut().and_then(|r| r.remove(PAGE_TOTAL)) {
+                total = count.as_i64();
+            }
+        }
+        let total = match total {
+            Some(total) => total,
+            None if offset == 0 => 0,
+            None => run_query(&state.db, &statements.count, &params)?
+                .first()
+                .and_then(|row| row["total"].as_i64())
+                .unwrap_or(0),
+        };
+        Ok(RString::from(
+            serde_json::json!({ "rows": rows, "total": total }).to_string(),
+        ))
+    });
+    ready(answer.into())
+}
+
 extern "C" fn sql_execute(
     _plugin: RStr<'_>,
     tx: u64,
@@ -417,6 +458,7 @@ fn services() -> HostRef {
             kv_set,
             kv_del,
             kv_incr,
+            sql_page,
         }
         .leak_into_prefix()
     })

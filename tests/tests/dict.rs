@@ -65,6 +65,11 @@ fn crud_round_trip(host: &Host, label: &str) {
     assert_eq!(page["items"][0]["name"], "Type 09");
     let last = host.get(&format!("{TYPES}?page=3&size=10")).data().clone();
     assert_eq!(last["items"].as_array().unwrap().len(), 6);
+    assert_eq!(last["total"], 26, "{label}");
+    // Past the end: no rows to carry the count, which is still the whole.
+    let past = host.get(&format!("{TYPES}?page=9&size=10")).data().clone();
+    assert_eq!(past["items"], json!([]), "{label}");
+    assert_eq!(past["total"], 26, "{label}");
     let filtered = host
         .get(&format!("{TYPES}?name=Type%201&status=1"))
         .data()
@@ -76,6 +81,7 @@ fn crud_round_trip(host: &Host, label: &str) {
         ],
         "{label}"
     );
+    assert_eq!(filtered["total"], 8, "{label}: the filter's count");
     host.get(&format!("{TYPES}?size=500"))
         .assert_error(422, "size: must be a whole number from 1 to 200");
     host.get(&format!("{TYPES}?status=x"))

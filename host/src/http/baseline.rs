@@ -40,7 +40,7 @@ struct PageQuery {
 /// `GET /admin/v1/native/dict-types?page=&size=`: the `dict` plugin's list,
 /// same queries, same answer, behind the same admin guard.
 pub(crate) async fn dict_types(
-    state: actix_web::web::Data<super::AppState>,
+    _state: actix_web::web::Data<super::AppState>,
     req: HttpRequest,
 ) -> HttpResponse {
     let Ok(q) = serde_urlencoded::from_str::<PageQuery>(req.query_string()) else {
@@ -53,37 +53,25 @@ pub(crate) async fn dict_types(
         q.page.unwrap_or(1).max(1),
         q.size.unwrap_or(20).clamp(1, 200),
     );
-    let direct = state.auth.db().direct();
-    let failed = |e: crate::db::direct::DirectError| {
-        envelope::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
-    };
-    let counted = match direct
-        .query("SELECT COUNT(*) AS total FROM sys_dict_type", &[])
-        .await
-    {
-        Ok(rows) => rows,
-        Err(e) => return failed(e),
-    };
-    let total = serde_json::from_str::<serde_json::Value>(&counted)
-        .ok()
-        .and_then(|rows| rows[0]["total"].as_i64())
-        .unwrap_or(0);
-    let limit = i64::try_from(size).unwrap_or(20);
-    let offset = i64::try_from((page - 1) * size).unwrap_or(0);
-    let items = match direct
-        .query(
-            "SELECT id, name, code, status, remark FROM sys_dict_type ORDER BY id LIMIT ? OFFSET ?",
-            &[limit.into(), offset.into()],
-        )
-        .await
-    {
-        Ok(rows) => rows,
-        Err(e) => return failed(e),
-    };
-    match serde_json::value::RawValue::from_string(items) {
-        Ok(items) => envelope::ok(serde_json::json!({
-            "items": items, "total": total, "page": page, "size": size,
+    let limit = size;
+    let offset = (page - 1) * size;
+    let found = crate::plugin::services::run_page(
+        0,
+        "SELECT id, name, code, status, remark FROM sys_dict_type",
+        "id",
+        "[]",
+        limit,
+        offset,
+    )
+    .await;
+    let found = found.and_then(|text| {
+        serde_json::from_str::<plugin_api::Page<Box<serde_json::value::RawValue>>>(&text)
+            .map_err(|e| e.to_string().into())
+    });
+    match found {
+        Ok(found) => envelope::ok(serde_json::json!({
+            "items": found.rows, "total": found.total, "page": page, "size": size,
         })),
-        Err(e) => envelope::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => envelope::error(StatusCode::INTERNAL_SERVER_ERROR, &e),
     }
 }

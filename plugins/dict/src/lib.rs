@@ -424,36 +424,23 @@ async fn list<R: Resource>(req: Request<'_>) -> Result<Json<Page>, Error> {
     let mut query: BTreeMap<String, String> = req.query()?;
     query.remove("page");
     query.remove("size");
-    let (clauses, mut params) = R::filters(&query)?;
+    let (clauses, params) = R::filters(&query)?;
     let filter = if clauses.is_empty() {
         String::new()
     } else {
         format!(" WHERE {}", clauses.join(" AND "))
     };
-    let host = host();
-    let counted = host
-        .query_json(
-            &format!("SELECT COUNT(*) AS total FROM {}{filter}", R::TABLE),
+    // The page and the count of the whole list in one statement.
+    let found = host()
+        .query_page_raw(
+            &format!("SELECT {} FROM {}{filter}", R::COLUMNS, R::TABLE),
+            R::ORDER,
             &params,
+            size,
+            u64::try_from(offset).unwrap_or(0),
         )
         .await?;
-    let total = counted
-        .first()
-        .and_then(|r| r["total"].as_i64())
-        .unwrap_or(0);
-    params.push(json!(size));
-    params.push(json!(offset));
-    let items = host
-        .query_raw(
-            &format!(
-                "SELECT {} FROM {}{filter} ORDER BY {} LIMIT ? OFFSET ?",
-                R::COLUMNS,
-                R::TABLE,
-                R::ORDER
-            ),
-            &params,
-        )
-        .await?;
+    let (items, total) = (found.rows, found.total);
     Ok(Json(Page {
         items,
         total,

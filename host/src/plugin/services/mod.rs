@@ -35,6 +35,7 @@ use plugin_api::{
     __private::wire_error as db_error,
     abi::{HostRef, HostServices, level},
     counter,
+    page::PageSql,
 };
 
 static LOADED: AtomicU32 = AtomicU32::new(0);
@@ -157,6 +158,57 @@ async fn run_query(tx: u64, sql: String, params: String) -> Result<RString, RStr
     let params = plugin_api::__private::wire_params(&params)?;
     let (rows, _) = on_connection!(tx, |conn| conn.rows(&sql, &params, false))?;
     Ok(RString::from(rows))
+}
+
+/// A page of `sql` ordered by `order_by` and the count of the whole query
+/// (`sql_page`): one statement, and a second only for a page past the end.
+/// JSON `{"rows": [...], "total": N}`.
+pub(crate) async fn run_page(
+    tx: u64,
+    sql: &str,
+    order_by: &str,
+    params: &str,
+    limit: u64,
+    offset: u64,
+) -> Result<String, RString> {
+    let params = plugin_api::__private::wire_params(params)?;
+    let statements = PageSql::new(sql, order_by);
+    let whole = |n: u64| serde_json::Value::from(i64::try_from(n).unwrap_or(i64::MAX));
+    let mut bound = params.clone();
+    bound.extend([whole(limit), whole(offset)]);
+    let (rows, total) = on_connection!(tx, |conn| conn.rows(&statements.counted, &bound, true))?;
+    let total = match total {
+        Some(total) => total,
+        None if offset == 0 => 0,
+        None => {
+            let (counted, _) =
+                on_connection!(tx, |conn| conn.rows(&statements.count, &params, false))?;
+            serde_json::from_str::<serde_json::Value>(&counted)
+                .ok()
+                .and_then(|rows| rows[0]["total"].as_i64())
+                .unwrap_or(0)
+        }
+    };
+    Ok(format!(r#"{{"rows":{rows},"total":{total}}}"#))
+}
+
+extern "C" fn sql_page(
+    plugin: RStr<'_>,
+    tx: u64,
+    sql: RString,
+    order_by: RString,
+    params: RString,
+    limit: u64,
+    offset: u64,
+) -> FfiFuture<RResult<RString, RString>> {
+    tracing::trace!(plugin = plugin.as_str(), sql = sql.as_str(), "plugin page");
+    async move {
+        run_page(tx, &sql, &order_by, &params, limit, offset)
+            .await
+            .map(RString::from)
+            .into()
+    }
+    .into_ffi()
 }
 
 async fn run_execute(tx: u64, sql: String, params: String) -> Result<RString, RString> {
@@ -494,6 +546,7 @@ pub fn host_services() -> HostRef {
             kv_set,
             kv_del,
             kv_incr,
+            sql_page,
         }
         .leak_into_prefix()
     })
