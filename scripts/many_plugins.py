@@ -14,7 +14,8 @@ each start is timed from launch to /health answering (the host binds only
 after every plugin is loaded) and its RSS read then. Then, on a running
 host with 1 and with the largest count, one more plugin is installed
 through the HTTP API (a ZIP upload) and timed, five times each,
-alternating.
+alternating. Between the two, the floor: the host's copies of the
+libraries opened by dlopen alone in a fresh process, three times per count.
 
 OUT_TSV gets lines: kind count ms [rss_kb].
 """
@@ -104,6 +105,23 @@ def upload(url, headers, body, name):
     return ms
 
 
+DLOPEN = """
+import ctypes, os, pathlib, sys, time
+libs = sorted(pathlib.Path(sys.argv[1]).glob("*.so"))
+t0 = time.perf_counter()
+for lib in libs:
+    ctypes.CDLL(str(lib), mode=os.RTLD_NOW | os.RTLD_LOCAL)
+print((time.perf_counter() - t0) * 1000)
+"""
+
+
+def dlopen_alone(libs_dir):
+    """Milliseconds to dlopen every library copy in libs_dir, in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", DLOPEN, str(libs_dir)], check=True,
+                         capture_output=True, text=True).stdout
+    return float(out)
+
+
 def main():
     binary, template, work, out_path = sys.argv[1:5]
     counts = [int(n) for n in sys.argv[5:]] or [1, 100, 300, 500]
@@ -130,6 +148,11 @@ def main():
             proc, _, ms, rss = start(binary, dirs[n], free_port())
             stop(proc)
             print(f"warm\t{n}\t{ms:.1f}\t{rss}", file=out, flush=True)
+    # The floor: the same libraries opened by dlopen alone, in a process
+    # that does nothing else (the host's copies, each with its checks).
+    for _ in range(3):
+        for n in counts:
+            print(f"dlopen\t{n}\t{dlopen_alone(dirs[n] / 'libs'):.1f}", file=out, flush=True)
     hosts = {}
     for n in (min(counts), biggest):
         proc, url, _, _ = start(binary, dirs[n], free_port())
