@@ -192,6 +192,44 @@ fn statements_survive_the_database_closing_every_connection() {
 }
 
 #[test]
+fn statements_a_plugin_drops_half_way_disturb_no_later_statement() {
+    for backend in [Backend::Postgresql, Backend::Mysql] {
+        let database = TestDatabase::create(backend);
+        let (_data, host) = notes_host(&database, &[]);
+        // As many handlers as the pool has connections stop waiting for
+        // their statement half-way and drop it; the server finishes each,
+        // and its answer waits, unread, on the connection.
+        std::thread::scope(|scope| {
+            for _ in 0..16 {
+                scope.spawn(|| {
+                    let gave_up = host.get("/notes/v1/slow?ms=600&give_up_ms=100");
+                    assert_eq!(gave_up.status, 200, "{backend:?}: {:?}", gave_up.json);
+                    assert_eq!(gave_up.data(), false, "{backend:?}: the handler gave up");
+                });
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(900));
+        // A connection handed out with the sleep's answer unread would
+        // answer the next statement with it.
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for _ in 0..5 {
+                        let notes = host.get("/notes/v1/notes");
+                        assert_eq!(notes.status, 200, "{backend:?}: {:?}", notes.json);
+                        assert_eq!(
+                            e2e::strings(notes.data(), "/text"),
+                            ["seeded; by init"],
+                            "{backend:?}"
+                        );
+                    }
+                });
+            }
+        });
+    }
+}
+
+#[test]
 fn the_init_script_runs_once_and_survives_restarts() {
     let database = TestDatabase::create(Backend::Sqlite);
     let (data, host) = notes_host(&database, &[]);

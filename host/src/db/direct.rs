@@ -9,9 +9,12 @@
 //! - **PostgreSQL and MySQL/MariaDB**: connections of a pool of the host's
 //!   own (deadpool), handed out and taken back without a ping. A lost
 //!   connection shows in the statement that used it, which then runs again
-//!   on another. A statement abandoned half-way (its request was dropped)
-//!   takes its connection out of the pool, since the connection may be in
-//!   the middle of an answer. Each connection keeps its prepared statements.
+//!   on another. A connection whose statement was dropped half-way (a
+//!   plugin stopped waiting for it) is closed, not pooled: sqlx drains a
+//!   dropped query's answer before the next statement, but a statement
+//!   dropped while its message was being written would leave the
+//!   connection in the middle of one. Each connection keeps its prepared
+//!   statements.
 //! - **SQLite**: the one pool sea-orm opened (a second pool on the same
 //!   file would only add writers to wait on, and an in-memory database
 //!   exists once, in that pool).
