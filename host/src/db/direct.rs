@@ -40,7 +40,7 @@ use sea_orm::sqlx::{
 };
 use serde_json::Value;
 
-use super::{Backend, POOL_SIZE, placeholders};
+use super::{Backend, POOL_SIZE, placeholders, retrying_while};
 
 /// How long a statement waits for a free connection.
 const WAIT: Duration = Duration::from_secs(30);
@@ -178,12 +178,7 @@ impl Direct {
         counted: bool,
     ) -> Result<(String, Option<i64>), DirectError> {
         let sql = placeholders(self.backend(), sql);
-        retrying(|| self.rows_once(&sql, params, counted)).await
-    }
-
-    /// [`Direct::rows`] without a count.
-    pub async fn query(&self, sql: &str, params: &[Value]) -> Result<String, DirectError> {
-        Ok(self.rows(sql, params, false).await?.0)
+        retrying_while(DirectError::lost, || self.rows_once(&sql, params, counted)).await
     }
 
     async fn rows_once(
@@ -215,7 +210,7 @@ impl Direct {
     /// Executes a statement (`?` placeholders).
     pub async fn execute(&self, sql: &str, params: &[Value]) -> Result<Executed, DirectError> {
         let sql = placeholders(self.backend(), sql);
-        retrying(|| self.execute_once(&sql, params)).await
+        retrying_while(DirectError::lost, || self.execute_once(&sql, params)).await
     }
 
     async fn execute_once(&self, sql: &str, params: &[Value]) -> Result<Executed, DirectError> {
@@ -244,7 +239,7 @@ impl Direct {
 
     /// Begins a transaction on a connection of its own.
     pub async fn begin(&self) -> Result<Transaction, DirectError> {
-        retrying(|| self.begin_once()).await
+        retrying_while(DirectError::lost, || self.begin_once()).await
     }
 
     async fn begin_once(&self) -> Result<Transaction, DirectError> {
@@ -338,26 +333,6 @@ impl Transaction {
             Self::Mysql(mut conn) => checked!(conn, |c| sqlx::Executor::execute(c, end)).map(drop),
             Self::Sqlite(tx) if commit => Ok(tx.commit().await?),
             Self::Sqlite(tx) => Ok(tx.rollback().await?),
-        }
-    }
-}
-
-/// Runs `work` again while its connection turns out lost.
-async fn retrying<T, F, Fut>(work: F) -> Result<T, DirectError>
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<T, DirectError>>,
-{
-    let mut tries = 1;
-    loop {
-        match work().await {
-            Err(e) if e.lost() && tries <= POOL_SIZE => {
-                tracing::info!(
-                    "a database connection was lost ({e}); running the statement again on another"
-                );
-                tries += 1;
-            }
-            done => return done,
         }
     }
 }

@@ -218,10 +218,21 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<T, DbErr>>,
 {
+    retrying_while(connection_lost, work).await
+}
+
+/// [`retrying`] for any error that `lost` tells apart (sea-orm's, or the
+/// plugin statements' own).
+pub(crate) async fn retrying_while<T, E, F, Fut>(lost: impl Fn(&E) -> bool, work: F) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
     let mut tries = 1;
     loop {
         match work().await {
-            Err(e) if connection_lost(&e) && tries <= POOL_SIZE => {
+            Err(e) if lost(&e) && tries <= POOL_SIZE => {
                 tracing::info!(
                     "a database connection was lost ({e}); running the statement again on another"
                 );

@@ -216,14 +216,14 @@ impl LibraryCache {
         let written = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| write_replacing(&path, text.as_bytes()));
+            .and_then(|()| write_replacing(&path, text.as_bytes(), |_| Ok(())));
         if let Err(e) = written {
             tracing::debug!(path = %path.display(), "cannot record a library's digest: {e}");
         }
     }
 
     fn write_marker(&self, marker: &Path) {
-        if let Err(e) = write_replacing(marker, host_identity().as_bytes()) {
+        if let Err(e) = write_replacing(marker, host_identity().as_bytes(), |_| Ok(())) {
             tracing::warn!(path = %marker.display(), "cannot record a checked library: {e}");
         }
     }
@@ -232,21 +232,12 @@ impl LibraryCache {
     /// place (so a copy is whole or absent).
     fn write_copy(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        let tmp = self
-            .dir
-            .join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
-        let written = std::fs::write(&tmp, bytes)
-            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-            .and_then(|()| {
-                let mut permissions = std::fs::metadata(&tmp)?.permissions();
-                permissions.set_readonly(true);
-                std::fs::set_permissions(&tmp, permissions)
-            })
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written
+        write_replacing(path, bytes, |tmp| {
+            std::fs::File::open(tmp)?.sync_all()?;
+            let mut permissions = std::fs::metadata(tmp)?.permissions();
+            permissions.set_readonly(true);
+            std::fs::set_permissions(tmp, permissions)
+        })
     }
 
     /// Removes the copies (and their marks) whose digest is not in `keep`
@@ -329,12 +320,19 @@ fn changed_ago(meta: &std::fs::Metadata) -> Option<Duration> {
     changed.elapsed().ok()
 }
 
-/// Writes `bytes` to `path` through a temporary file renamed over it, so a
-/// reader sees the old or the new content, never a part.
-fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to `path` through a temporary file beside it, finished by
+/// `finish` and renamed over it, so a reader sees the old or the new
+/// content, never a part; the temporary file goes on failure.
+fn write_replacing(
+    path: &Path,
+    bytes: &[u8],
+    finish: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
-    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    let written = std::fs::write(&tmp, bytes)
+        .and_then(|()| finish(&tmp))
+        .and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -276,9 +276,10 @@ pub fn load_library(path: &Path, check: LayoutCheck) -> Result<OpenedLibrary, Lo
         // SAFETY: this binary compared the layouts of these exact bytes
         // (the copy is named by its digest) and accepted them.
         LayoutCheck::AlreadyPassed => {
+            let host = host_version();
             if let Ok(plugin) = VersionNumber::new(header.version_strings())
-                && plugin.major == host_version().major
-                && plugin.minor < host_version().minor
+                && plugin.major == host.major
+                && plugin.minor < host.minor
             {
                 older_minor_accepted(plugin);
             }
