@@ -9,13 +9,16 @@ occurrence of the name, in the manifest and in the library's bytes,
 replaced by manyplug_<i> (same length: the library stays a valid ELF, its
 routes move to /manyplug_<i>/v1/hit). For each count a host starts on a
 plugin dir holding that many, on SQLite, once cold (no library copies yet)
-and then warm (restarted) three times, alternating with the other counts;
+and then warm (restarted) five times, alternating with the other counts,
+each time once with every CPU of the machine (kind "warm") and once held
+to one CPU by taskset (kind "warm1", when taskset and two CPUs are there);
 each start is timed from launch to /health answering (the host binds only
 after every plugin is loaded) and its RSS read then. Then, on a running
-host with 1 and with the largest count, one more plugin is installed
-through the HTTP API (a ZIP upload) and timed, five times each,
-alternating. Between the two, the floor: the host's copies of the
-libraries opened by dlopen alone in a fresh process, three times per count.
+host (on one CPU) with 1 and with the largest count, one more plugin is
+installed through the HTTP API (a ZIP upload) and timed, five times
+each, alternating. Between the two, the floor: the host's copies of the
+libraries opened by dlopen alone in a fresh process on one CPU, three
+times per count.
 
 OUT_TSV gets lines: kind count ms [rss_kb].
 """
@@ -25,6 +28,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from benchlib import call, conn, login  # noqa: E402
 
 TEMPLATE = "manyplug_000000"
+# One CPU for the host (and the dlopen floor), when the machine can spare it.
+ONE_CPU = ["taskset", "-c", "0"] if shutil.which("taskset") and (os.cpu_count() or 1) >= 2 else []
 PASSWORD = "bench-admin-password"
 
 
@@ -45,11 +50,11 @@ def make_plugin(template, out_dir, i):
     return target
 
 
-def start(binary, data_dir, port):
+def start(binary, data_dir, port, pin=()):
     env = dict(os.environ, PLUGHOST_ADMIN_PASSWORD=PASSWORD, PLUGHOST_LOG="warn")
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [binary, "serve", "--bind", f"127.0.0.1:{port}", "--data-dir", str(data_dir), "--workers", "1"],
+        [*pin, binary, "serve", "--bind", f"127.0.0.1:{port}", "--data-dir", str(data_dir), "--workers", "1"],
         env=env, stdout=subprocess.DEVNULL, stderr=open(data_dir / "host.log", "ab"))
     url = f"http://127.0.0.1:{port}"
     while True:
@@ -117,7 +122,7 @@ print((time.perf_counter() - t0) * 1000)
 
 def dlopen_alone(libs_dir):
     """Milliseconds to dlopen every library copy in libs_dir, in a fresh process."""
-    out = subprocess.run([sys.executable, "-c", DLOPEN, str(libs_dir)], check=True,
+    out = subprocess.run([*ONE_CPU, sys.executable, "-c", DLOPEN, str(libs_dir)], check=True,
                          capture_output=True, text=True).stdout
     return float(out)
 
@@ -143,11 +148,13 @@ def main():
         check_served(url, n)
         stop(proc)
         print(f"cold\t{n}\t{ms:.1f}\t{rss}", file=out, flush=True)
-    for _ in range(3):
+    variants = [("warm", ())] + ([("warm1", ONE_CPU)] if ONE_CPU else [])
+    for _ in range(5):
         for n in counts:
-            proc, _, ms, rss = start(binary, dirs[n], free_port())
-            stop(proc)
-            print(f"warm\t{n}\t{ms:.1f}\t{rss}", file=out, flush=True)
+            for kind, pin in variants:
+                proc, _, ms, rss = start(binary, dirs[n], free_port(), pin)
+                stop(proc)
+                print(f"{kind}\t{n}\t{ms:.1f}\t{rss}", file=out, flush=True)
     # The floor: the same libraries opened by dlopen alone, in a process
     # that does nothing else (the host's copies, each with its checks).
     for _ in range(3):
@@ -155,7 +162,7 @@ def main():
             print(f"dlopen\t{n}\t{dlopen_alone(dirs[n] / 'libs'):.1f}", file=out, flush=True)
     hosts = {}
     for n in (min(counts), biggest):
-        proc, url, _, _ = start(binary, dirs[n], free_port())
+        proc, url, _, _ = start(binary, dirs[n], free_port(), ONE_CPU)
         hosts[n] = (proc, url, login(conn(url), PASSWORD))
     for i, plugin in enumerate(extra):
         for n, (proc, url, headers) in hosts.items():

@@ -180,12 +180,19 @@ pub fn upkeep() {
     }
 }
 
-/// The handles of one plugin route.
+/// The series of one plugin route, registered when the route is first
+/// used (a host with hundreds of plugins registers none at start-up).
 pub struct RouteMetrics {
     /// The plugin.
     pub plugin: Arc<str>,
     /// The route template (`/admin/v1/sys/dict-types/{id}`), never a raw path.
     pub route: Arc<str>,
+    method: Box<str>,
+    handles: std::sync::OnceLock<Handles>,
+}
+
+/// The registered handles of a route's series.
+struct Handles {
     by_class: [Counter; 5],
     latency: Histogram,
     in_flight: Gauge,
@@ -203,56 +210,66 @@ impl std::fmt::Debug for RouteMetrics {
 }
 
 impl RouteMetrics {
-    /// The handles of `method route` of `plugin`.
+    /// The series of `method route` of `plugin`.
     pub fn new(plugin: &str, method: &str, route: &str) -> Self {
-        let labels = [
-            ("plugin", plugin.to_owned()),
-            ("method", method.to_owned()),
-            ("route", route.to_owned()),
-        ];
-        let class = |class: &'static str| {
-            let mut all = labels.to_vec();
-            all.push(("status", class.to_owned()));
-            metrics::counter!("plughost_requests_total", &all)
-        };
         Self {
             plugin: Arc::from(plugin),
             route: Arc::from(route),
-            by_class: [
-                class("1xx"),
-                class("2xx"),
-                class("3xx"),
-                class("4xx"),
-                class("5xx"),
-            ],
-            latency: metrics::histogram!("plughost_request_duration_seconds", &labels),
-            in_flight: metrics::gauge!("plughost_requests_in_flight", &labels),
-            panics: metrics::counter!("plughost_plugin_panics_total", &labels),
-            disabled: metrics::counter!("plughost_plugin_disabled_total", &labels),
+            method: Box::from(method),
+            handles: std::sync::OnceLock::new(),
         }
+    }
+
+    fn handles(&self) -> &Handles {
+        self.handles.get_or_init(|| {
+            let labels = [
+                ("plugin", self.plugin.to_string()),
+                ("method", self.method.to_string()),
+                ("route", self.route.to_string()),
+            ];
+            let class = |class: &'static str| {
+                let mut all = labels.to_vec();
+                all.push(("status", class.to_owned()));
+                metrics::counter!("plughost_requests_total", &all)
+            };
+            Handles {
+                by_class: [
+                    class("1xx"),
+                    class("2xx"),
+                    class("3xx"),
+                    class("4xx"),
+                    class("5xx"),
+                ],
+                latency: metrics::histogram!("plughost_request_duration_seconds", &labels),
+                in_flight: metrics::gauge!("plughost_requests_in_flight", &labels),
+                panics: metrics::counter!("plughost_plugin_panics_total", &labels),
+                disabled: metrics::counter!("plughost_plugin_disabled_total", &labels),
+            }
+        })
     }
 
     /// A request is being answered until the guard is dropped.
     pub fn enter(&self) -> InFlight<'_> {
-        self.in_flight.increment(1.0);
+        self.handles().in_flight.increment(1.0);
         InFlight(self)
     }
 
     /// The plugin is disabled: the request is answered 503.
     pub fn refused(&self) {
-        self.disabled.increment(1);
+        self.handles().disabled.increment(1);
     }
 
     /// The handler panicked.
     pub fn panicked(&self) {
-        self.panics.increment(1);
+        self.handles().panics.increment(1);
     }
 
     /// The request was answered `status` after `took`.
     pub fn answered(&self, status: u16, took: Duration) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.by_class[class].increment(1);
-        self.latency.record(took.as_secs_f64());
+        let handles = self.handles();
+        handles.by_class[class].increment(1);
+        handles.latency.record(took.as_secs_f64());
     }
 }
 
@@ -262,7 +279,7 @@ pub struct InFlight<'a>(&'a RouteMetrics);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.decrement(1.0);
+        self.0.handles().in_flight.decrement(1.0);
     }
 }
 

@@ -205,10 +205,24 @@ fn checked_libraries_are_recorded_by_digest_and_unused_copies_pruned() {
         names.sort();
         names
     };
+    // The copies the host checked, by digest, in its index.
+    let checked = || {
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(libs.join("index.json")).unwrap()).unwrap();
+        let mut checked: Vec<String> = index["checked"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|digest| format!("{digest}.so"))
+            .collect();
+        checked.sort();
+        checked
+    };
     let first = names();
     assert_eq!(first.len(), 2, "{first:?}");
-    assert!(first[0].ends_with(".ok") && first[1].ends_with(".so"));
-    let copy = libs.join(&first[1]);
+    assert!(first[0].ends_with(".so") && first[1] == "index.json");
+    assert_eq!(checked(), [first[0].clone()]);
+    let copy = libs.join(&first[0]);
     assert!(std::fs::metadata(&copy).unwrap().permissions().readonly());
     assert!(host.stop().success());
 
@@ -219,7 +233,8 @@ fn checked_libraries_are_recorded_by_digest_and_unused_copies_pruned() {
     assert_eq!(host.plugin("sysinfo")["state"], "loaded");
     let second = names();
     assert_eq!(second.len(), 2, "{second:?}");
-    assert!(!second.contains(&first[1]));
+    assert!(!second.contains(&first[0]));
+    assert_eq!(checked(), [second[0].clone()]);
 }
 
 #[test]

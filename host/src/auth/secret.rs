@@ -68,7 +68,7 @@ pub fn load_or_create_secret(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut bytes = [0u8; 32];
             OsRng.fill_bytes(&mut bytes);
-            let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let secret = hex::encode(bytes);
             let mut file = OpenOptions::new()
                 .write(true)
                 .create_new(true)

@@ -236,7 +236,7 @@ fn metrics_server(
 /// get `shutdown_timeout` to finish.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     if settings.metrics {
-        // Before any plugin loads: its routes' metric handles are made then.
+        // Before anything records a metric.
         crate::observe::install();
     }
     let core = crate::runtime::Core::open(settings).await?;

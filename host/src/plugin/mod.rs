@@ -153,11 +153,10 @@ impl PluginHost {
         }
         let flags = FlagStore::new(db.clone(), redis.clone(), &settings.flag_prefix);
         flags.import_legacy(&settings.data_dir).await?;
-        let recorded: HashMap<String, bool> = flags
-            .all()
-            .await?
-            .into_iter()
-            .map(|f| (f.name, f.enabled))
+        let recorded = flags.all().await?;
+        let recorded_enabled: HashMap<&str, bool> = recorded
+            .iter()
+            .map(|f| (f.name.as_str(), f.enabled))
             .collect();
         let mut candidates =
             discover::discover(&settings.plugin_dir).map_err(|source| StartError::Dir {
@@ -199,7 +198,7 @@ impl PluginHost {
         let mut outcome = registry::load_all(
             &candidates,
             &cache,
-            &|name| recorded.get(name).copied().unwrap_or(true),
+            &|name| recorded_enabled.get(name).copied().unwrap_or(true),
             Some(&db),
         )
         .await;
@@ -228,6 +227,7 @@ impl PluginHost {
             .collect();
         let synced: HashMap<String, bool> = flags
             .sync(
+                recorded,
                 &loaded
                     .iter()
                     .map(|p| (p.name.clone(), p.manifest.flag_value(&p.name, true)))

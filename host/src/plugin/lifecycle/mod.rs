@@ -546,10 +546,10 @@ impl PluginHost {
         // Init SQL and the plugin's init, against the table without the old version.
         loaded.library = target.join(library_file_name(name));
         loaded.dir = Some(target.clone());
-        let enabled = match previous_enabled {
-            Some(enabled) => enabled,
-            None => self.flags.recorded(name).await?.unwrap_or(true),
-        };
+        let recorded = self.flags.flag(name).await?;
+        let enabled = previous_enabled
+            .or(recorded.as_ref().map(|f| f.enabled))
+            .unwrap_or(true);
         let mut builder = RouteTableBuilder::from_table(&table, Some(name));
         let started = std::time::Instant::now();
         let plugin =
@@ -567,7 +567,10 @@ impl PluginHost {
         );
         let flags = match self
             .flags
-            .sync(&[(name.to_owned(), plugin.manifest.flag_value(name, true))])
+            .sync(
+                recorded.into_iter().collect(),
+                &[(name.to_owned(), plugin.manifest.flag_value(name, true))],
+            )
             .await
         {
             Ok(flags) => flags,

@@ -11,13 +11,22 @@
 //! runs the ABI check and reads the plugin's name. A library that crashes
 //! or hangs the child is refused with the reason; the host opens only
 //! copies that passed, so overwriting, truncating or deleting a file in the
-//! plugin dir never touches mapped code. A passed copy is marked
-//! (`<sha256>.ok`), so later starts skip the child.
+//! plugin dir never touches mapped code.
+//!
+//! What is known without reading a library lives in one file,
+//! `<data-dir>/libs/index.json`, read once per process: each source's
+//! digest with the file's stamp when it was read (an unchanged library is
+//! not read again), and each copy whose layout check passed with the host
+//! binary that checked it (that binary skips the child next time). Losing
+//! an entry (a damaged file, two processes writing it at once) only costs
+//! a library read or a probe again.
 
 use std::{
+    collections::BTreeMap,
     io::Read as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -26,6 +35,7 @@ use object::{
     elf::{self, FileHeader64},
     read::elf::{FileHeader as _, ProgramHeader as _, SectionHeader as _},
 };
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::plugin::loading::{
@@ -72,6 +82,31 @@ pub struct LibraryCache {
     /// How long ago a source must have last changed for its digest to be
     /// recorded ([`SETTLED`]).
     settled: Duration,
+    /// The index file's content, once read (shared by clones).
+    index: Arc<Mutex<Option<Index>>>,
+}
+
+/// The file, inside the cache, of what is known without reading libraries.
+const INDEX: &str = "index.json";
+
+/// What the cache knows without reading a library.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Index {
+    /// Per source path: the digest of its bytes, and the file's stamp
+    /// ([`stamp`]) when they were read.
+    #[serde(default)]
+    sources: BTreeMap<String, Known>,
+    /// Per copy (by digest): the host binary whose layout check passed on
+    /// it ([`host_identity`]).
+    #[serde(default)]
+    checked: BTreeMap<String, String>,
+}
+
+/// A source's digest, and its stamp when it was read.
+#[derive(Debug, Serialize, Deserialize)]
+struct Known {
+    stamp: String,
+    digest: String,
 }
 
 impl LibraryCache {
@@ -82,6 +117,7 @@ impl LibraryCache {
             probe: std::env::current_exe().ok(),
             trust,
             settled: SETTLED,
+            index: Arc::default(),
         }
     }
 
@@ -110,8 +146,9 @@ impl LibraryCache {
             reason: e.to_string(),
         };
         let meta = std::fs::metadata(source).map_err(unreadable)?;
+        let stamp = stamp(&meta);
         let known = self
-            .known_digest(source, &meta)
+            .known_digest(source, &stamp)
             .filter(|digest| self.copy_path(digest).is_file());
         let digest = match known {
             Some(digest) => digest,
@@ -128,16 +165,22 @@ impl LibraryCache {
                         ))
                     })?;
                 }
-                self.remember(source, &meta, &digest);
+                self.remember(source, &meta, stamp, &digest);
                 digest
             }
         };
         let path = self.copy_path(&digest);
-        let marker = self.dir.join(format!("{digest}.ok"));
-        let layout = match std::fs::read_to_string(&marker) {
-            Ok(checked_by) if checked_by == host_identity() => LayoutCheck::AlreadyPassed,
-            Ok(_) => LayoutCheck::Run,
-            Err(_) => match &self.probe {
+        let checked_by = self.read_index(|index| {
+            index
+                .checked
+                .get(&digest)
+                .map(|by| by.as_str() == host_identity())
+        });
+        let layout = match checked_by {
+            Some(true) => LayoutCheck::AlreadyPassed,
+            // Checked by another build: this one checks it in process.
+            Some(false) => LayoutCheck::Run,
+            None => match &self.probe {
                 Some(exe) => {
                     probe(exe, &path).map_err(|reason| match reason {
                         Probe::Refused(message) => LoadError::Probe {
@@ -147,7 +190,7 @@ impl LibraryCache {
                         Probe::Crashed(how) => refused(how),
                     })?;
                     // The child is this binary: it ran the layout check.
-                    self.write_marker(&marker);
+                    self.mark_checked(&digest);
                     LayoutCheck::AlreadyPassed
                 }
                 None => LayoutCheck::Run,
@@ -164,15 +207,15 @@ impl LibraryCache {
     /// starts of the same binary skip it.
     pub fn layout_passed(&self, copy: &CachedLibrary) {
         if copy.layout == LayoutCheck::Run && self.probe.is_some() {
-            self.write_marker(&self.dir.join(format!("{}.ok", copy.digest)));
+            self.mark_checked(&copy.digest);
         }
     }
 
-    /// The sha256 of the library at `source`, from its record when the file
+    /// The sha256 of the library at `source`, from the index when the file
     /// is unchanged since it was last read, else by reading it.
     pub fn source_digest(&self, source: &Path) -> Option<String> {
         let meta = std::fs::metadata(source).ok()?;
-        self.known_digest(source, &meta)
+        self.known_digest(source, &stamp(&meta))
             .or_else(|| file_digest(source))
     }
 
@@ -180,51 +223,84 @@ impl LibraryCache {
         self.dir.join(format!("{digest}.so"))
     }
 
-    /// Where the digest of the library at `source` is recorded.
-    fn record_path(&self, source: &Path) -> PathBuf {
-        self.dir
-            .join(SOURCES)
-            .join(hex_digest(source.as_os_str().as_encoded_bytes()))
-    }
-
-    /// The digest recorded for `source`, if its file is unchanged since.
-    fn known_digest(&self, source: &Path, meta: &std::fs::Metadata) -> Option<String> {
-        let record = std::fs::read_to_string(self.record_path(source)).ok()?;
-        let (recorded, digest) = record.trim_end().split_once('\n')?;
-        (recorded == stamp(meta)
-            && digest.len() == 64
-            && digest.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| digest.to_owned())
+    /// The digest recorded for `source`, if its file still has `stamp`.
+    fn known_digest(&self, source: &Path, stamp: &str) -> Option<String> {
+        let key = source.to_str()?;
+        self.read_index(|index| {
+            index
+                .sources
+                .get(key)
+                .filter(|known| known.stamp == stamp)
+                .map(|known| known.digest.clone())
+        })
     }
 
     /// Records `digest` for `source` as it was when `meta` was read (before
     /// its bytes). A file changed in the last seconds is not recorded: a
     /// second change within the file system's timestamp granularity would
     /// leave the same stamp on other bytes.
-    fn remember(&self, source: &Path, meta: &std::fs::Metadata, digest: &str) {
+    fn remember(&self, source: &Path, meta: &std::fs::Metadata, stamp: String, digest: &str) {
         let settled = meta
             .modified()
             .ok()
             .and_then(|t| t.elapsed().ok())
             .zip(changed_ago(meta))
             .is_some_and(|(modified, changed)| modified.min(changed) >= self.settled);
-        if !settled {
+        let Some(key) = source.to_str().filter(|_| settled) else {
+            return;
+        };
+        let digest = digest.to_owned();
+        self.change_index(|index| {
+            index
+                .sources
+                .insert(key.to_owned(), Known { stamp, digest });
+            true
+        });
+    }
+
+    fn mark_checked(&self, digest: &str) {
+        self.change_index(|index| {
+            index
+                .checked
+                .insert(digest.to_owned(), host_identity().to_owned());
+            true
+        });
+    }
+
+    /// Runs `read` on the index, read from its file the first time.
+    fn read_index<T>(&self, read: impl FnOnce(&Index) -> T) -> T {
+        let mut index = self.index.lock().expect("library index lock");
+        read(index.get_or_insert_with(|| self.load_index()))
+    }
+
+    /// Runs `change` on the index and writes it when `change` says it
+    /// changed anything.
+    fn change_index(&self, change: impl FnOnce(&mut Index) -> bool) {
+        let mut index = self.index.lock().expect("library index lock");
+        let index = index.get_or_insert_with(|| self.load_index());
+        if !change(index) {
             return;
         }
-        let path = self.record_path(source);
-        let text = format!("{}\n{digest}\n", stamp(meta));
-        let written = path
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| write_replacing(&path, text.as_bytes(), |_| Ok(())));
+        let path = self.dir.join(INDEX);
+        let written = serde_json::to_vec(index)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                std::fs::create_dir_all(&self.dir)?;
+                write_replacing(&path, &bytes, |_| Ok(()))
+            });
         if let Err(e) = written {
-            tracing::debug!(path = %path.display(), "cannot record a library's digest: {e}");
+            tracing::warn!(path = %path.display(), "cannot write the library index: {e}");
         }
     }
 
-    fn write_marker(&self, marker: &Path) {
-        if let Err(e) = write_replacing(marker, host_identity().as_bytes(), |_| Ok(())) {
-            tracing::warn!(path = %marker.display(), "cannot record a checked library: {e}");
+    fn load_index(&self) -> Index {
+        let path = self.dir.join(INDEX);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), "the library index is damaged and is built again: {e}");
+                Index::default()
+            }),
+            Err(_) => Index::default(),
         }
     }
 
@@ -240,53 +316,47 @@ impl LibraryCache {
         })
     }
 
-    /// Removes the copies (and their marks) whose digest is not in `keep`
-    /// and temporary files an interrupted write left; when a copy went, also
-    /// the records of sources that named a copy not kept. Mapped copies stay mapped when their file is
-    /// removed.
+    /// Removes the copies whose digest is not in `keep`, their entries in
+    /// the index, temporary files an interrupted write left and what an
+    /// older version kept here (`.ok` marks, `sources/`). Mapped copies
+    /// stay mapped when their file is removed.
     pub fn prune(&self, keep: &std::collections::BTreeSet<String>) {
         let remove = |path: &Path| {
             if let Err(e) = std::fs::remove_file(path) {
                 tracing::warn!(path = %path.display(), "cannot remove an unused library copy: {e}");
             }
         };
-        let temporary = |name: &str| name.starts_with('.') && name.ends_with(".tmp");
-        let mut removed = false;
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                let digest = name
-                    .strip_suffix(".so")
-                    .or_else(|| name.strip_suffix(".ok"));
-                let stale = match digest {
-                    Some(d) => !keep.contains(d),
-                    None => temporary(&name),
+                let stale = match name.strip_suffix(".so") {
+                    Some(digest) => !keep.contains(digest),
+                    None => {
+                        (name.starts_with('.') && name.ends_with(".tmp")) || name.ends_with(".ok")
+                    }
                 };
                 if stale {
                     remove(&entry.path());
-                    removed = true;
                 }
             }
         }
-        // A record names a copy: with no copy removed, none is stale.
-        if !removed {
-            return;
+        let older = self.dir.join("sources");
+        if older.is_dir()
+            && let Err(e) = std::fs::remove_dir_all(&older)
+        {
+            tracing::warn!(path = %older.display(), "cannot remove an older version's records: {e}");
         }
-        if let Ok(entries) = std::fs::read_dir(self.dir.join(SOURCES)) {
-            for entry in entries.flatten() {
-                let record = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                let digest = record.lines().nth(1).unwrap_or_default();
-                if !keep.contains(digest) || temporary(&entry.file_name().to_string_lossy()) {
-                    remove(&entry.path());
-                }
-            }
-        }
+        self.change_index(|index| {
+            let before = (index.sources.len(), index.checked.len());
+            index
+                .sources
+                .retain(|_, known| keep.contains(&known.digest));
+            index.checked.retain(|digest, _| keep.contains(digest));
+            before != (index.sources.len(), index.checked.len())
+        });
     }
 }
-
-/// The directory, inside the cache, of the digests recorded per source.
-const SOURCES: &str = "sources";
 
 /// How long ago a file must have last changed for its stamp to be recorded.
 const SETTLED: Duration = Duration::from_secs(2);
@@ -355,10 +425,7 @@ fn host_identity() -> &'static str {
 
 /// The sha256 of `bytes`, in lower-case hex.
 pub fn hex_digest(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// The sha256 of the file at `path`, if it can be read.
@@ -554,6 +621,29 @@ mod tests {
             .expect("the C library is readable")
     }
 
+    /// A cache in a new directory, and a source holding `lib` there.
+    fn with_source(lib: &[u8], settled: Duration) -> (tempfile::TempDir, PathBuf, LibraryCache) {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("libc.so");
+        std::fs::write(&source, lib).unwrap();
+        let cache = LibraryCache {
+            dir: dir.path().join("libs"),
+            probe: None,
+            trust: TrustPolicy::default(),
+            settled,
+            index: Arc::default(),
+        };
+        (dir, source, cache)
+    }
+
+    /// The same cache as the next process sees it (its index read again).
+    fn next_process(cache: &LibraryCache) -> LibraryCache {
+        LibraryCache {
+            index: Arc::default(),
+            ..cache.clone()
+        }
+    }
+
     fn check(bytes: &[u8], expected: Option<&str>) {
         match (check_elf(bytes), expected) {
             (Ok(()), None) => {}
@@ -585,15 +675,7 @@ mod tests {
 
     #[test]
     fn copies_are_written_once_read_only_and_pruned_when_unused() {
-        let dir = tempfile::tempdir().unwrap();
-        let source = dir.path().join("libc.so");
-        std::fs::write(&source, own_library()).unwrap();
-        let cache = LibraryCache {
-            dir: dir.path().join("libs"),
-            probe: None,
-            trust: TrustPolicy::default(),
-            settled: SETTLED,
-        };
+        let (_dir, source, cache) = with_source(&own_library(), SETTLED);
         let copy = cache.prepare(&source).unwrap();
         assert!(
             std::fs::metadata(&copy.path)
@@ -619,17 +701,9 @@ mod tests {
 
     #[test]
     fn an_unchanged_source_is_known_by_its_stamp_and_a_changed_one_is_read_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let source = dir.path().join("libc.so");
         let lib = own_library();
-        std::fs::write(&source, &lib).unwrap();
-        let mut cache = LibraryCache {
-            dir: dir.path().join("libs"),
-            probe: None,
-            trust: TrustPolicy::default(),
-            settled: SETTLED,
-        };
-        let meta = || std::fs::metadata(&source).unwrap();
+        let (_dir, source, mut cache) = with_source(&lib, SETTLED);
+        let meta = || stamp(&std::fs::metadata(&source).unwrap());
         // Just written: not settled, so not recorded.
         let first = cache.prepare(&source).unwrap();
         assert_eq!(cache.known_digest(&source, &meta()), None);
@@ -662,13 +736,51 @@ mod tests {
         let again = cache.prepare(&source).unwrap();
         assert_eq!(again.digest, second.digest);
         assert!(again.path.is_file());
-        // Records of digests no longer kept are pruned with their copies.
-        cache.prune(&Default::default());
+        // The index is one file, read by the next process.
+        let next = next_process(&cache);
         assert_eq!(
-            std::fs::read_dir(cache.dir().join(SOURCES))
-                .unwrap()
-                .count(),
-            0
+            next.known_digest(&source, &meta()),
+            Some(second.digest.clone())
+        );
+        // Entries of digests no longer kept are pruned with their copies.
+        cache.prune(&Default::default());
+        let next = next_process(&cache);
+        assert_eq!(next.known_digest(&source, &meta()), None);
+        assert!(next.read_index(|index| index.sources.is_empty() && index.checked.is_empty()));
+    }
+
+    #[test]
+    fn a_copy_checked_by_this_binary_skips_the_check_and_one_checked_by_another_does_not() {
+        let (_dir, source, cache) = with_source(&own_library(), Duration::ZERO);
+        let copy = cache.prepare(&source).unwrap();
+        assert_eq!(copy.layout, LayoutCheck::Run);
+        cache.mark_checked(&copy.digest);
+        assert_eq!(
+            cache.prepare(&source).unwrap().layout,
+            LayoutCheck::AlreadyPassed
+        );
+        cache.change_index(|index| {
+            index
+                .checked
+                .insert(copy.digest.clone(), "plughost 0.0.1 another build".into());
+            true
+        });
+        assert_eq!(cache.prepare(&source).unwrap().layout, LayoutCheck::Run);
+        // A damaged index is built again: the library is read once more.
+        std::fs::write(cache.dir().join(INDEX), b"{not json").unwrap();
+        let next = next_process(&cache);
+        assert_eq!(
+            next.known_digest(&source, &stamp(&std::fs::metadata(&source).unwrap())),
+            None
+        );
+        let again = next.prepare(&source).unwrap();
+        assert_eq!(
+            (again.digest, again.layout),
+            (copy.digest, LayoutCheck::Run)
+        );
+        assert!(
+            next.known_digest(&source, &stamp(&std::fs::metadata(&source).unwrap()))
+                .is_some()
         );
     }
 }

@@ -25,7 +25,7 @@ use crate::plugin::{
     lifecycle::sql::{self, ScriptError},
     loading::{
         discover::{Candidate, Source, library_file_name, package_of},
-        libcache::LibraryCache,
+        libcache::{CachedLibrary, LibraryCache},
         loader::{LoadError, OpenedLibrary, load_library},
         manifest::{
             ManifestError, PLUGIN_NAME_PATTERN, PluginKind, PluginManifest, is_valid_plugin_name,
@@ -307,6 +307,28 @@ pub(crate) fn open_candidate(
     candidate: &Candidate,
     cache: &LibraryCache,
 ) -> (Option<PluginManifest>, Result<Loaded, Refusal>) {
+    open_checked(candidate, cache, check_candidate(candidate, cache))
+}
+
+/// A candidate whose files passed every check that runs no plugin code:
+/// what [`open_checked`] needs to open it.
+pub(crate) struct Checked {
+    shipped_text: Option<String>,
+    library: PathBuf,
+    verdict: Verdict,
+    copy: CachedLibrary,
+}
+
+/// What [`check_candidate`] found: the manifest read (if any) and the
+/// candidate ready to open, or why not.
+pub(crate) type CheckedCandidate = (Option<PluginManifest>, Result<Checked, Refusal>);
+
+/// The checks of a candidate before its library is opened: its name, its
+/// manifest, its files, its signature, and the library's private copy
+/// (checked, copied and probed by `cache`). Nothing here runs plugin code
+/// or touches the host's state, so candidates may be checked on another
+/// thread while others are opened.
+pub(crate) fn check_candidate(candidate: &Candidate, cache: &LibraryCache) -> CheckedCandidate {
     if !is_valid_plugin_name(&candidate.name) {
         return (None, Err(Refusal::InvalidName(candidate.name.clone())));
     }
@@ -358,12 +380,42 @@ pub(crate) fn open_candidate(
         }
         _ => Verdict::Unsigned,
     };
-    let opened = cache.prepare(&library).and_then(|copy| {
-        let opened = load_library(&copy.path, copy.layout).map_err(|e| e.naming(&library))?;
+    match cache.prepare(&library) {
+        Ok(copy) => (
+            file_manifest,
+            Ok(Checked {
+                shipped_text,
+                library,
+                verdict,
+                copy,
+            }),
+        ),
+        Err(e) => (file_manifest, Err(e.into())),
+    }
+}
+
+/// Opens a checked candidate's library (its private copy), then checks
+/// the name it declares, the manifest it embeds and the contract it was
+/// signed for.
+pub(crate) fn open_checked(
+    candidate: &Candidate,
+    cache: &LibraryCache,
+    (file_manifest, checked): CheckedCandidate,
+) -> (Option<PluginManifest>, Result<Loaded, Refusal>) {
+    let Checked {
+        shipped_text,
+        library,
+        verdict,
+        copy,
+    } = match checked {
+        Ok(checked) => checked,
+        Err(e) => return (file_manifest, Err(e)),
+    };
+    let opened = load_library(&copy.path, copy.layout).map_err(|e| e.naming(&library));
+    if opened.is_ok() {
         cache.layout_passed(&copy);
-        Ok((opened, copy.digest))
-    });
-    let (OpenedLibrary { module, contract }, digest) = match opened {
+    }
+    let (OpenedLibrary { module, contract }, digest) = match opened.map(|o| (o, copy.digest)) {
         Ok(opened) => opened,
         Err(e) => return (file_manifest, Err(e.into())),
     };
@@ -605,6 +657,47 @@ fn dependency_order(
     (order, failed)
 }
 
+/// Opens `candidates`, in order. With more than one CPU their files are
+/// checked on a second thread while this one opens the libraries already
+/// checked (the dynamic loader opens one library at a time anyway).
+fn open_all(
+    candidates: &[&Candidate],
+    cache: &LibraryCache,
+) -> Vec<(Option<PluginManifest>, Result<Loaded, Refusal>)> {
+    let serial = || {
+        candidates
+            .iter()
+            .map(|c| open_candidate(c, cache))
+            .collect()
+    };
+    if candidates.len() < 2 || !std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
+        return serial();
+    }
+    std::thread::scope(|scope| {
+        let (checked_tx, checked) = std::sync::mpsc::channel();
+        let checking = std::thread::Builder::new()
+            .name("plugin-check".into())
+            .spawn_scoped(scope, move || {
+                for candidate in candidates {
+                    if checked_tx.send(check_candidate(candidate, cache)).is_err() {
+                        break;
+                    }
+                }
+            });
+        match checking {
+            Ok(_) => candidates
+                .iter()
+                .zip(checked)
+                .map(|(candidate, checked)| open_checked(candidate, cache, checked))
+                .collect(),
+            Err(e) => {
+                tracing::debug!("plugins are checked on one thread: {e}");
+                serial()
+            }
+        }
+    })
+}
+
 /// Loads every candidate and mounts what can be mounted.
 pub async fn load_all(
     candidates: &[Candidate],
@@ -612,18 +705,23 @@ pub async fn load_all(
     flags: &dyn Fn(&str) -> bool,
     db: Option<&Db>,
 ) -> LoadOutcome {
-    let mut pending: BTreeMap<String, Pending> = BTreeMap::new();
+    let mut first: BTreeMap<&str, &Candidate> = BTreeMap::new();
     let mut duplicates = Vec::new();
     for candidate in candidates {
-        if let Some(first) = pending.get(&candidate.name) {
-            duplicates.push((
+        match first.get(candidate.name.as_str()) {
+            Some(earlier) => duplicates.push((
                 candidate.name.clone(),
                 candidate.source.path().to_owned(),
-                first.source.clone(),
-            ));
-            continue;
+                earlier.source.path().to_owned(),
+            )),
+            None => {
+                first.insert(&candidate.name, candidate);
+            }
         }
-        let (manifest, result) = open_candidate(candidate, cache);
+    }
+    let unique: Vec<&Candidate> = first.into_values().collect();
+    let mut pending: BTreeMap<String, Pending> = BTreeMap::new();
+    for (candidate, (manifest, result)) in unique.iter().zip(open_all(&unique, cache)) {
         pending.insert(
             candidate.name.clone(),
             Pending {

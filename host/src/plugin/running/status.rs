@@ -110,6 +110,20 @@ pub fn enable_of(text: &str) -> Option<bool> {
     }
 }
 
+/// Whether the recorded flag value `recorded` holds the settings of
+/// `value` (whatever either says of `plugin.enable`).
+fn same_settings(recorded: &str, value: &Value) -> bool {
+    match serde_json::from_str::<Value>(recorded) {
+        Ok(mut json) => {
+            let mut value = value.clone();
+            set_enable(&mut json, true);
+            set_enable(&mut value, true);
+            json == value
+        }
+        Err(_) => false,
+    }
+}
+
 fn with_enable(value: &str, enabled: bool) -> String {
     match serde_json::from_str::<Value>(value) {
         Ok(mut json) => {
@@ -176,7 +190,7 @@ impl FlagStore {
     }
 
     /// The recorded flag of `name`, if any.
-    pub async fn recorded(&self, name: &str) -> Result<Option<bool>, FlagError> {
+    pub async fn flag(&self, name: &str) -> Result<Option<Flag>, FlagError> {
         let row = self
             .db
             .conn()
@@ -185,7 +199,7 @@ impl FlagStore {
                 [name.into()],
             ))
             .await?;
-        Ok(row.map(|r| flag_of(&r)).transpose()?.map(|f| f.enabled))
+        Ok(row.map(|r| flag_of(&r)).transpose()?)
     }
 
     /// Forgets `name`'s flag (an uninstall): the Redis key goes, and the
@@ -277,35 +291,48 @@ impl FlagStore {
         Ok(())
     }
 
-    /// Start-up: every given plugin gets a flag (new plugins start enabled,
+    /// Every given plugin gets a flag (new plugins start enabled,
     /// recorded flags are kept) and its current manifest; nothing is
-    /// deleted. Redis is seeded when reachable (a host whose Redis is down
-    /// still starts, with the database's flags). Returns every flag, for
-    /// the caller to apply.
-    pub async fn sync(&self, plugins: &[(String, Value)]) -> Result<Vec<Flag>, FlagError> {
-        let recorded: HashMap<String, Flag> = self
-            .all()
-            .await?
-            .into_iter()
-            .map(|f| (f.name.clone(), f))
-            .collect();
+    /// deleted. `recorded` is what the caller read of them ([`Self::all`]
+    /// at start-up, [`Self::flag`] for one plugin); only rows written here
+    /// are read again. Redis is seeded when reachable (a host whose Redis
+    /// is down still starts, with the database's flags). Returns
+    /// `recorded` brought up to date, for the caller to apply.
+    pub async fn sync(
+        &self,
+        recorded: Vec<Flag>,
+        plugins: &[(String, Value)],
+    ) -> Result<Vec<Flag>, FlagError> {
+        let mut flags: BTreeMap<String, Flag> =
+            recorded.into_iter().map(|f| (f.name.clone(), f)).collect();
+        let mut inserted = Vec::new();
         for (name, value) in plugins {
-            let text = value.to_string();
-            match recorded.get(name) {
-                None => self.insert_missing(name, true, &text).await?,
-                Some(flag) if with_enable(&flag.value, true) != with_enable(&text, true) => {
+            match flags.get_mut(name) {
+                None => {
+                    self.insert_missing(name, true, &value.to_string()).await?;
+                    inserted.push(name);
+                }
+                Some(flag) if !same_settings(&flag.value, value) => {
+                    let text = value.to_string();
                     self.db
                         .conn()
                         .execute(self.db.statement(
                             "UPDATE sys_plugin_flag SET value = ? WHERE name = ?",
-                            [text.into(), name.as_str().into()],
+                            [text.as_str().into(), name.as_str().into()],
                         ))
                         .await?;
+                    flag.value = text;
                 }
                 Some(_) => {}
             }
         }
-        let flags = self.all().await?;
+        // An inserted row may be another instance's, inserted first.
+        match inserted.as_slice() {
+            [] => {}
+            [name] => flags.extend(self.flag(name).await?.map(|f| (f.name.clone(), f))),
+            _ => flags.extend(self.all().await?.into_iter().map(|f| (f.name.clone(), f))),
+        }
+        let flags: Vec<Flag> = flags.into_values().collect();
         if let Err(e) = self.seed_redis(&flags).await {
             tracing::warn!("plugin flags not mirrored to Redis at start-up: {e}");
         }
@@ -687,7 +714,10 @@ mod tests {
         let db = sqlite_in(dir.path()).await;
         let value = serde_json::json!({"plugin": {"name": "a", "enable": "1"}});
         let store = FlagStore::new(db.clone(), None, "fba:plugin");
-        let flags = store.sync(&[("a".into(), value.clone())]).await.unwrap();
+        let flags = store
+            .sync(Vec::new(), &[("a".into(), value.clone())])
+            .await
+            .unwrap();
         assert_eq!((flags[0].enabled, flags[0].revision), (true, 1));
         assert!(store.advance("a", 1, || {}));
         let off = store.toggle("a", &flags[0]).await.unwrap();
@@ -699,9 +729,21 @@ mod tests {
 
         // A second store on the same database (another instance) keeps it.
         let other = FlagStore::new(db, None, "fba:plugin");
-        let flags = other.sync(&[("a".into(), value)]).await.unwrap();
+        let recorded = other.all().await.unwrap();
+        let flags = other.sync(recorded, &[("a".into(), value)]).await.unwrap();
         assert_eq!((flags[0].enabled, flags[0].revision), (false, 2));
         assert!(other.advance("a", 2, || {}));
+        // New settings in the manifest: the value follows, the state and
+        // revision stay.
+        let changed =
+            serde_json::json!({"plugin": {"name": "a", "enable": "1"}, "settings": {"K": "v"}});
+        let flags = other
+            .sync(other.all().await.unwrap(), &[("a".into(), changed)])
+            .await
+            .unwrap();
+        assert_eq!((flags[0].enabled, flags[0].revision), (false, 2));
+        assert!(flags[0].value.contains(r#""K":"v""#), "{}", flags[0].value);
+        assert_eq!(other.all().await.unwrap()[0].value, flags[0].value);
         assert!(!other.advance("a", 2, || panic!("revision 2 is not newer")));
         let mut applied = false;
         assert!(other.advance("a", 3, || applied = true));
