@@ -83,7 +83,32 @@ pub struct LibraryCache {
     /// recorded ([`SETTLED`]).
     settled: Duration,
     /// The index file's content, once read (shared by clones).
-    index: Arc<Mutex<Option<Index>>>,
+    index: Arc<Mutex<IndexState>>,
+}
+
+/// The index in memory, and whether changes wait for a batch's end.
+#[derive(Debug, Default)]
+struct IndexState {
+    /// Read from its file on first use.
+    index: Option<Index>,
+    /// Open batches ([`LibraryCache::batch`]): changes are written when
+    /// the last ends.
+    batches: usize,
+    /// Changed since last written.
+    dirty: bool,
+}
+
+/// Holds the index's changes until dropped (see [`LibraryCache::batch`]).
+pub struct Batch<'a>(&'a LibraryCache);
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.index.lock().expect("library index lock");
+        state.batches -= 1;
+        if state.batches == 0 && state.dirty {
+            self.0.write_index(&mut state);
+        }
+    }
 }
 
 /// The file, inside the cache, of what is known without reading libraries.
@@ -267,20 +292,35 @@ impl LibraryCache {
         });
     }
 
-    /// Runs `read` on the index, read from its file the first time.
-    fn read_index<T>(&self, read: impl FnOnce(&Index) -> T) -> T {
-        let mut index = self.index.lock().expect("library index lock");
-        read(index.get_or_insert_with(|| self.load_index()))
+    /// Holds every change to the index until the returned guard is
+    /// dropped, then writes it once: a start-up with hundreds of new
+    /// libraries writes the file once, not twice per library.
+    pub fn batch(&self) -> Batch<'_> {
+        self.index.lock().expect("library index lock").batches += 1;
+        Batch(self)
     }
 
-    /// Runs `change` on the index and writes it when `change` says it
-    /// changed anything.
+    /// Runs `read` on the index, read from its file the first time.
+    fn read_index<T>(&self, read: impl FnOnce(&Index) -> T) -> T {
+        let mut state = self.index.lock().expect("library index lock");
+        read(state.index.get_or_insert_with(|| self.load_index()))
+    }
+
+    /// Runs `change` on the index; when `change` says it changed anything,
+    /// writes it (at the end of the batch, in one).
     fn change_index(&self, change: impl FnOnce(&mut Index) -> bool) {
-        let mut index = self.index.lock().expect("library index lock");
-        let index = index.get_or_insert_with(|| self.load_index());
-        if !change(index) {
-            return;
+        let mut state = self.index.lock().expect("library index lock");
+        let changed = change(state.index.get_or_insert_with(|| self.load_index()));
+        state.dirty |= changed;
+        if state.dirty && state.batches == 0 {
+            self.write_index(&mut state);
         }
+    }
+
+    fn write_index(&self, state: &mut IndexState) {
+        let Some(index) = &state.index else {
+            return;
+        };
         let path = self.dir.join(INDEX);
         let written = serde_json::to_vec(index)
             .map_err(std::io::Error::other)
@@ -288,8 +328,11 @@ impl LibraryCache {
                 std::fs::create_dir_all(&self.dir)?;
                 write_replacing(&path, &bytes, |_| Ok(()))
             });
-        if let Err(e) = written {
-            tracing::warn!(path = %path.display(), "cannot write the library index: {e}");
+        match written {
+            Ok(()) => state.dirty = false,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot write the library index: {e}")
+            }
         }
     }
 
@@ -781,6 +824,22 @@ mod tests {
         assert!(
             next.known_digest(&source, &stamp(&std::fs::metadata(&source).unwrap()))
                 .is_some()
+        );
+    }
+
+    #[test]
+    fn changes_in_a_batch_are_written_once_at_its_end() {
+        let (_dir, source, cache) = with_source(&own_library(), Duration::ZERO);
+        let batch = cache.batch();
+        let copy = cache.prepare(&source).unwrap();
+        cache.mark_checked(&copy.digest);
+        assert!(!cache.dir().join(INDEX).exists());
+        drop(batch);
+        let next = next_process(&cache);
+        let again = next.prepare(&source).unwrap();
+        assert_eq!(
+            (again.digest, again.layout),
+            (copy.digest, LayoutCheck::AlreadyPassed)
         );
     }
 }

@@ -664,6 +664,8 @@ fn open_all(
     candidates: &[&Candidate],
     cache: &LibraryCache,
 ) -> Vec<(Option<PluginManifest>, Result<Loaded, Refusal>)> {
+    // What the cache learns is written once, at the end.
+    let _batch = cache.batch();
     let serial = || {
         candidates
             .iter()
