@@ -41,37 +41,75 @@ trait Resource: 'static {
     }
 }
 
-/// Whole numbers as JSON Schema counts them: `2` and `2.0` alike (what
-/// the routes' schemas say `"type": "integer"` means).
+/// Whole numbers as JSON Schema counts them: `2`, `2.0` and `0.2e1` alike
+/// (what the routes' schemas say `"type": "integer"` means). The number's
+/// text is read exactly: past 2^53 a float cannot tell `-9223372036854775808.0`
+/// (in range) from `-9223372036854775809` (out of it).
 mod whole {
     use serde::{Deserialize, Deserializer, de::Error};
-    use serde_json::Number;
+    use serde_json::value::RawValue;
 
-    fn whole<E: Error>(n: &Number) -> Result<i64, E> {
-        if let Some(i) = n.as_i64() {
-            return Ok(i);
+    fn whole<E: Error>(raw: &RawValue) -> Result<i64, E> {
+        let text = raw.get();
+        exact(text).ok_or_else(|| E::custom(format!("{text} is not a 64-bit whole number")))
+    }
+
+    /// The value of a JSON number's text, if it is a whole number that
+    /// fits an `i64`.
+    fn exact(text: &str) -> Option<i64> {
+        if let Ok(i) = text.parse::<i64>() {
+            return Some(i);
         }
-        match n.as_f64() {
-            Some(f) if f.fract() == 0.0 && f > i64::MIN as f64 && f < i64::MAX as f64 => {
-                Ok(f as i64)
-            }
-            _ => Err(E::custom(format!("{n} is not a 64-bit whole number"))),
+        let (negative, unsigned) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let (mantissa, exponent) = unsigned.split_once(['e', 'E']).unwrap_or((unsigned, "0"));
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let digits: Vec<u8> = int.bytes().chain(frac.bytes()).collect();
+        if int.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
         }
+        let digits = match digits.iter().position(|d| *d != b'0') {
+            Some(first) => &digits[first..],
+            None => return Some(0),
+        };
+        // The value is `digits` times 10^scale.
+        let exponent: i64 = exponent
+            .strip_prefix('+')
+            .unwrap_or(exponent)
+            .parse()
+            .ok()?;
+        let scale = exponent.checked_sub(i64::try_from(frac.len()).ok()?)?;
+        let kept = i64::try_from(digits.len()).ok()? + scale.min(0);
+        let (kept, dropped) = digits.split_at(usize::try_from(kept).ok()?);
+        if dropped.iter().any(|d| *d != b'0') || kept.len() as i64 + scale.max(0) > 19 {
+            return None;
+        }
+        let mut value: i128 = 0;
+        for d in kept {
+            value = value * 10 + i128::from(d - b'0');
+        }
+        value *= 10i128.pow(u32::try_from(scale.max(0)).ok()?);
+        i64::try_from(if negative { -value } else { value }).ok()
     }
 
     pub(crate) fn required<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-        whole(&Number::deserialize(d)?)
+        whole(&Box::<RawValue>::deserialize(d)?)
     }
 
     pub(crate) fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-        Option::<Number>::deserialize(d)?
-            .as_ref()
+        Option::<Box<RawValue>>::deserialize(d)?
+            .as_deref()
             .map(whole)
             .transpose()
     }
 
     pub(crate) fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
-        Vec::<Number>::deserialize(d)?.iter().map(whole).collect()
+        Vec::<Box<RawValue>>::deserialize(d)?
+            .iter()
+            .map(|raw| whole(raw))
+            .collect()
     }
 }
 
@@ -644,6 +682,57 @@ mod tests {
         let reply = host.post(path).json(&body).user(&admin()).send();
         assert_eq!(reply.status, 200, "{}", reply.text());
         reply.data()
+    }
+
+    /// A whole number is read from its text exactly, in every form JSON
+    /// allows, and nothing else passes for one.
+    #[test]
+    fn whole_numbers_are_read_exactly_from_their_text() {
+        #[derive(serde::Deserialize)]
+        struct Ids(#[serde(deserialize_with = "super::whole::list")] Vec<i64>);
+        let read = |text: &str| serde_json::from_str::<Ids>(text).map(|ids| ids.0);
+        assert_eq!(
+            read(
+                "[-2158068809527055.0, 7497.0, -22, 0.0, -0, 1e3, 2.5E+1, 1200e-2, \
+                 9223372036854775807, -9223372036854775808.000, 922337203685477580.7e1, \
+                 0e99999999999999999999]"
+            )
+            .expect("whole numbers"),
+            [
+                -2158068809527055,
+                7497,
+                -22,
+                0,
+                0,
+                1000,
+                25,
+                12,
+                i64::MAX,
+                i64::MIN,
+                i64::MAX,
+                0
+            ]
+        );
+        for refused in [
+            "1.5",
+            "1e-1",
+            "-9223372036854775809",
+            "9223372036854775808.0",
+            "-9.223372036854776e18",
+            "1e19",
+            "1e999999999999",
+            "\"5\"",
+            "true",
+        ] {
+            let error = read(&format!("[{refused}]"))
+                .err()
+                .unwrap_or_else(|| panic!("{refused} is refused"))
+                .to_string();
+            assert!(
+                error.contains(&format!("{refused} is not a 64-bit whole number")),
+                "{refused}: {error}"
+            );
+        }
     }
 
     #[test]
