@@ -293,12 +293,17 @@ pub struct PluginMod {
         request: &'a RawRequest<'a>,
     ) -> LocalBorrowingFfiFuture<'a, RawResponse>,
     /// The files the library carries, as (path, text): the crate's SQL
-    /// scripts (`sql/<backend>/<script>.sql`), embedded at build time like
-    /// the manifest, so that a lone library is a complete plugin. Added in
-    /// 1.1 (a 1.0 plugin has none: read it through the `Option` accessor).
+    /// scripts (`sql/<backend>/<script>.sql`) and, when the plugin passes
+    /// `readme:` to `export_plugin!`, its README ([`README_PATH`]),
+    /// embedded at build time like the manifest, so that a lone library is
+    /// a complete plugin. Added in 1.1 (a 1.0 plugin has none: read it
+    /// through the `Option` accessor).
     #[sabi(missing_field(option))]
     pub files: extern "C" fn() -> RVec<OwnedPair>,
 }
+
+/// The path under which [`PluginMod::files`] carries the plugin's README.
+pub const README_PATH: &str = "README.md";
 
 impl RootModule for PluginModRef {
     declare_root_module_statics! {PluginModRef}

@@ -5,6 +5,10 @@
 /// * `name`: the plugin's name, `^[a-z][a-z0-9_]{0,63}$`; the host
 ///   refuses a library whose file or directory name says otherwise.
 /// * `manifest`: the plugin.toml text, usually `include_str!("../plugin.toml")`.
+/// * `readme` (optional): the README text, usually
+///   `include_str!("../README.md")`. A lone library then carries its own
+///   README into the package the host writes of it (a download, a backup);
+///   without it the host writes one from the manifest's summary.
 /// * `routers`: a `fn() -> Vec<Router>`.
 /// * `init` (optional): a `fn(&Host) -> Result<(), String>` run once after
 ///   loading, before any request.
@@ -15,7 +19,7 @@
 /// in the plugin's dependencies, as `plughost plugin new` writes it.)
 #[macro_export]
 macro_rules! export_plugin {
-    (name: $name:expr, manifest: $manifest:expr, routers: $routers:path $(, init: $init:path)? $(,)?) => {
+    (name: $name:expr, manifest: $manifest:expr, $(readme: $readme:expr,)? routers: $routers:path $(, init: $init:path)? $(,)?) => {
         static __PLUGHOST_PLUGIN: $crate::__private::PluginState =
             $crate::__private::PluginState::new($name, $routers, $crate::__private::init_or_none!($($init)?));
 
@@ -35,7 +39,8 @@ macro_rules! export_plugin {
                 &__PLUGHOST_PLUGIN
             }
             fn files() -> ::std::vec::Vec<(::std::string::String, ::std::string::String)> {
-                __PluginSql::iter()
+                #[allow(unused_mut)]
+                let mut files: ::std::vec::Vec<(::std::string::String, ::std::string::String)> = __PluginSql::iter()
                     .filter_map(|path| {
                         __PluginSql::get(&path).map(|file| {
                             (
@@ -44,7 +49,12 @@ macro_rules! export_plugin {
                             )
                         })
                     })
-                    .collect()
+                    .collect();
+                $(files.push((
+                    ::std::string::String::from($crate::abi::README_PATH),
+                    ::std::string::String::from($readme),
+                ));)?
+                files
             }
         }
 

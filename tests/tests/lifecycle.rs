@@ -195,6 +195,7 @@ fn a_download_reinstalls_to_the_same_routes_and_carries_only_package_files() {
     let data = DataDir::new();
     data.install_dir("hello");
     data.drop_library("sysinfo");
+    data.drop_library("panicky");
     // Files that must never leave the host in a download.
     let dir = data.plugins().join("hello");
     std::fs::write(dir.join(".env"), "SECRET=1").unwrap();
@@ -227,6 +228,26 @@ fn a_download_reinstalls_to_the_same_routes_and_carries_only_package_files() {
             "sysinfo/libsysinfo.so",
             "sysinfo/plugin.toml"
         ]
+    );
+    // The library embeds its README (`readme:` in export_plugin!), and the
+    // package carries it; a library that embeds none gets one written from
+    // its manifest's summary.
+    let readme = |archive: &[u8], entry: &str| {
+        let (_, bytes) = e2e::zip_entries(archive)
+            .into_iter()
+            .find(|(name, _)| name == entry)
+            .unwrap_or_else(|| panic!("{entry} in the package"));
+        String::from_utf8(bytes).unwrap()
+    };
+    assert_eq!(
+        readme(&lone, "sysinfo/README.md"),
+        std::fs::read_to_string(e2e::root().join("plugins/sysinfo/README.md")).unwrap()
+    );
+    let (status, _, _, written) = host.download("/admin/v1/sys/plugins/panicky");
+    assert_eq!(status, 200);
+    assert_eq!(
+        readme(&written, "panicky/README.md"),
+        "# panicky\n\nMisbehaving handlers\n"
     );
 
     // Round trip: uninstall, reinstall the download, same routes.

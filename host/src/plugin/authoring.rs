@@ -446,11 +446,8 @@ pub fn package(
         ),
         None => None,
     };
-    let summary = staged.manifest.json["plugin"]["summary"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let bytes = package::pack(&dir, &name, &staged.manifest_text, &summary)
+    // A directory: its own README.md is packed.
+    let bytes = package::pack(&dir, &name, &staged.manifest_text, "")
         .map_err(|e| fail(format!("cannot pack {}: {e}", dir.display())))?;
     let tmp = output.with_extension("zip.tmp");
     std::fs::write(&tmp, &bytes)

@@ -72,6 +72,7 @@ fn routers() -> Vec<Router> {{
 plugin_api::export_plugin! {{
     name: "{name}",
     manifest: include_str!("../plugin.toml"),
+    readme: include_str!("../README.md"),
     routers: routers,
 }}
 

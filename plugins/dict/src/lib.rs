@@ -659,6 +659,7 @@ fn routers() -> Vec<Router> {
 plugin_api::export_plugin! {
     name: "dict",
     manifest: include_str!("../plugin.toml"),
+    readme: include_str!("../README.md"),
     routers: routers,
 }
 

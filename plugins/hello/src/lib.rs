@@ -54,6 +54,7 @@ fn routers() -> Vec<Router> {
 plugin_api::export_plugin! {
     name: "hello",
     manifest: include_str!("../plugin.toml"),
+    readme: include_str!("../README.md"),
     routers: routers,
 }
 

@@ -37,6 +37,7 @@ fn routers() -> Vec<Router> {
 plugin_api::export_plugin! {
     name: "sysinfo",
     manifest: include_str!("../plugin.toml"),
+    readme: include_str!("../README.md"),
     routers: routers,
 }
 

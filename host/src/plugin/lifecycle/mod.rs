@@ -26,6 +26,8 @@ pub mod package;
 pub mod sql;
 pub mod store;
 
+use plugin_api::abi::PluginModRef;
+
 use crate::plugin::{
     PluginError, PluginHost,
     loading::{
@@ -463,15 +465,15 @@ impl PluginHost {
             Some(digest) => digest.clone(),
             None => {
                 let (dir, owned) = (staged.clone(), name.to_owned());
-                let (text, summary) = (
+                let (text, readme) = (
                     loaded.module.manifest().as_str().to_owned(),
-                    summary_of(&loaded.manifest.json),
+                    readme_of(name, loaded.module, &loaded.manifest.json),
                 );
                 let bytes = match archive {
                     Some(bytes) => bytes,
                     None => {
                         blocking(move || {
-                            package::pack(&dir, &owned, &text, &summary)
+                            package::pack(&dir, &owned, &text, &readme)
                                 .map_err(|e| io_error("pack", &dir, e))
                         })
                         .await?
@@ -843,50 +845,42 @@ impl PluginHost {
 
     /// The installable ZIP of an installed plugin.
     pub fn pack(&self, name: &str) -> Result<Vec<u8>, LifecycleError> {
-        let (source, manifest, summary) = self.pack_parts(name)?;
-        package::pack(&source, name, &manifest, &summary).map_err(|e| io_error("pack", &source, e))
+        let (source, manifest, readme) = self.pack_parts(name)?;
+        package::pack(&source, name, &manifest, &readme).map_err(|e| io_error("pack", &source, e))
     }
 
     /// What a package of `name` is made from: its directory or library,
-    /// its manifest text and summary.
+    /// its manifest text and the README a lone library's package carries.
     fn pack_parts(&self, name: &str) -> Result<(PathBuf, String, String), LifecycleError> {
         if !is_valid_plugin_name(name) {
             return Err(PluginError::InvalidName(name.to_owned()).into());
         }
-        let (source, manifest, summary) = {
-            let records = self.set.records();
-            let record = records
-                .get(name)
-                .ok_or_else(|| PluginError::NotFound(name.to_owned()))?;
-            let (manifest, summary) = match record.loaded() {
-                Some(p) => (
-                    p.module.manifest().as_str().to_owned(),
-                    p.manifest
-                        .json
-                        .pointer("/plugin/summary")
-                        .and_then(serde_json::Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned(),
-                ),
-                None if record.source.is_dir() => (String::new(), String::new()),
-                None => {
-                    return Err(LifecycleError::Conflict(format!(
-                        "plugin '{name}' failed to load and has no readable manifest to pack"
-                    )));
-                }
-            };
-            (record.source.clone(), manifest, summary)
+        let records = self.set.records();
+        let record = records
+            .get(name)
+            .ok_or_else(|| PluginError::NotFound(name.to_owned()))?;
+        let (manifest, readme) = match record.loaded() {
+            Some(p) => (
+                p.module.manifest().as_str().to_owned(),
+                readme_of(name, p.module, &p.manifest.json),
+            ),
+            None if record.source.is_dir() => (String::new(), String::new()),
+            None => {
+                return Err(LifecycleError::Conflict(format!(
+                    "plugin '{name}' failed to load and has no readable manifest to pack"
+                )));
+            }
         };
-        Ok((source, manifest, summary))
+        Ok((record.source.clone(), manifest, readme))
     }
 
     /// Writes `{name}.{YYYYMMDDHHMMSS}.backup.zip` into the backups dir
     /// (temporary file, then rename) and keeps the newest `backup_keep`.
     async fn backup(&self, name: &str) -> Result<PathBuf, LifecycleError> {
-        let (source, manifest, summary) = self.pack_parts(name)?;
+        let (source, manifest, readme) = self.pack_parts(name)?;
         let owned = name.to_owned();
         let bytes = blocking(move || {
-            package::pack(&source, &owned, &manifest, &summary)
+            package::pack(&source, &owned, &manifest, &readme)
                 .map_err(|e| io_error("pack", &source, e))
         })
         .await?;
@@ -921,13 +915,19 @@ impl PluginHost {
     }
 }
 
-/// The manifest's `plugin.summary`.
-fn summary_of(manifest: &serde_json::Value) -> String {
-    manifest
-        .pointer("/plugin/summary")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
+/// The README of plugin `name` when it is packed from a lone library: the
+/// one the library embeds (`readme:` in `export_plugin!`), else a heading
+/// and the manifest's `plugin.summary`.
+fn readme_of(name: &str, module: PluginModRef, manifest: &serde_json::Value) -> String {
+    registry::embedded_files(module)
+        .remove(plugin_api::abi::README_PATH)
+        .unwrap_or_else(|| {
+            let summary = manifest
+                .pointer("/plugin/summary")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default();
+            format!("# {name}\n\n{summary}\n")
+        })
 }
 
 /// Keeps the newest `keep` backups of `name` in `backup_dir`.

@@ -395,9 +395,9 @@ pub fn packable(dir: &Path, name: &str) -> std::io::Result<Vec<String>> {
 }
 
 /// Packs plugin `name` as an installable ZIP: from its directory, or, for a
-/// lone library, from the library and its embedded `manifest` (a
-/// `plugin.toml` and a `README.md` are written out).
-pub fn pack(source: &Path, name: &str, manifest: &str, summary: &str) -> std::io::Result<Vec<u8>> {
+/// lone library, from the library, its embedded `manifest` and `readme`
+/// (written out as `plugin.toml` and `README.md`).
+pub fn pack(source: &Path, name: &str, manifest: &str, readme: &str) -> std::io::Result<Vec<u8>> {
     let mut zip = ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options = SimpleFileOptions::default()
         .compression_method(CompressionMethod::Deflated)
@@ -417,7 +417,7 @@ pub fn pack(source: &Path, name: &str, manifest: &str, summary: &str) -> std::io
         zip.write_all(manifest.as_bytes())?;
         zip.start_file(format!("{name}/README.md"), options)
             .map_err(to_io)?;
-        zip.write_all(format!("# {name}\n\n{summary}\n").as_bytes())?;
+        zip.write_all(readme.as_bytes())?;
         zip.start_file(format!("{name}/{}", library_file_name(name)), options)
             .map_err(to_io)?;
         zip.write_all(&std::fs::read(source)?)?;
