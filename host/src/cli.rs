@@ -223,6 +223,29 @@ enum UserAction {
         #[arg(long)]
         password: String,
     },
+    /// Give a user roles or take them away.
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true).args(["add", "remove"])))]
+    Roles {
+        /// Login name.
+        name: String,
+        /// A role to give (repeat for several).
+        #[arg(long = "add")]
+        add: Vec<String>,
+        /// A role to take away (repeat for several).
+        #[arg(long = "remove")]
+        remove: Vec<String>,
+    },
+    /// Disable a user: no login, and every token issued before is refused
+    /// on every instance, also after the user is enabled again.
+    Disable {
+        /// Login name.
+        name: String,
+    },
+    /// Enable a disabled user (who logs in again for a new token).
+    Enable {
+        /// Login name.
+        name: String,
+    },
     /// List users and their roles.
     List,
 }
@@ -236,6 +259,15 @@ enum RoleAction {
     },
     /// Give a role permissions (e.g. sys:dict:add).
     Grant {
+        /// Role name.
+        name: String,
+        /// Permission strings.
+        #[arg(required = true)]
+        permissions: Vec<String>,
+    },
+    /// Take permissions from a role; tokens in use lose them on every
+    /// instance.
+    Revoke {
         /// Role name.
         name: String,
         /// Permission strings.
@@ -272,6 +304,28 @@ async fn user(auth: Arc<AuthService>, action: UserAction) -> anyhow::Result<()> 
         UserAction::Passwd { name, password } => {
             auth.set_password(&name, &password).await?;
             println!("password of '{name}' changed");
+        }
+        UserAction::Roles { name, add, remove } => {
+            let roles = auth.set_roles(&name, &add, &remove).await?;
+            if roles.is_empty() {
+                println!("user '{name}' holds no role");
+            } else {
+                println!("user '{name}' holds {}", roles.join(", "));
+            }
+        }
+        UserAction::Disable { name } => {
+            if auth.set_active(&name, false).await? {
+                println!("user '{name}' disabled; its tokens are refused");
+            } else {
+                println!("user '{name}' was disabled already");
+            }
+        }
+        UserAction::Enable { name } => {
+            if auth.set_active(&name, true).await? {
+                println!("user '{name}' enabled; it logs in for a new token");
+            } else {
+                println!("user '{name}' was enabled already");
+            }
         }
         UserAction::List => {
             println!(
@@ -334,6 +388,20 @@ async fn role(auth: Arc<AuthService>, action: RoleAction) -> anyhow::Result<()> 
         RoleAction::Grant { name, permissions } => {
             auth.grant(&name, &permissions).await?;
             println!("role '{name}' holds {}", permissions.join(", "));
+        }
+        RoleAction::Revoke { name, permissions } => {
+            let absent = auth.revoke(&name, &permissions).await?;
+            let taken: Vec<&str> = permissions
+                .iter()
+                .filter(|p| !absent.contains(p))
+                .map(String::as_str)
+                .collect();
+            if !taken.is_empty() {
+                println!("role '{name}' no longer holds {}", taken.join(", "));
+            }
+            if !absent.is_empty() {
+                println!("role '{name}' did not hold {}", absent.join(", "));
+            }
         }
     }
     Ok(())

@@ -167,7 +167,7 @@ fn tokens_issued_before_a_password_change_are_refused() {
     host.request_as(As::Header(&header), "GET", "/admin/v1/sys/plugins", None)
         .assert_error(
             401,
-            "token was issued before the user's password changed; log in again",
+            "token was issued before the user's password changed or the user was disabled; log in again",
         );
     let new = host.token("admin", "a brand new password");
     let header = format!("Bearer {new}");

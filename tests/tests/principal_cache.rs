@@ -70,8 +70,9 @@ fn cli(data: &DataDir, env: &[(&str, &str)], args: &[&str]) {
     assert!(ok, "plughost {args:?}: {out}");
 }
 
-/// Logout, a password change and a grant, each made on A (or by the CLI),
-/// take effect on B within `bound`, while B had the principal cached.
+/// Logout, a password change, a grant, a revoke, a user's roles changed
+/// and a user disabled, each made on A (or by the CLI), take effect on B
+/// within `bound`, while B had the principal cached.
 fn changes_reach_the_other_instance(
     backend: Backend,
     redis: Option<&str>,
@@ -164,6 +165,68 @@ fn changes_reach_the_other_instance(
             eventually(bound, || status(host, &bob, SECRET_ROUTE) == 200),
             "{label}: {name} sees bob's new permission"
         );
+    }
+
+    // A revoke by the CLI: the held token loses the permission everywhere.
+    cli(
+        &data_a,
+        &env,
+        &["role", "revoke", "reader", "panicky:secret:read"],
+    );
+    for (name, host) in [("A", &a), ("B", &b)] {
+        assert!(
+            eventually(bound, || status(host, &bob, SECRET_ROUTE) == 403),
+            "{label}: {name} sees bob lose the permission"
+        );
+    }
+
+    // The user's roles changed by the CLI: taking the role that holds the
+    // permission takes it, giving it back gives it.
+    cli(
+        &data_a,
+        &env,
+        &["role", "grant", "reader", "panicky:secret:read"],
+    );
+    for host in [&a, &b] {
+        assert!(eventually(bound, || status(host, &bob, SECRET_ROUTE) == 200));
+    }
+    cli(
+        &data_a,
+        &env,
+        &["user", "roles", "bob", "--remove", "reader"],
+    );
+    for (name, host) in [("A", &a), ("B", &b)] {
+        assert!(
+            eventually(bound, || status(host, &bob, SECRET_ROUTE) == 403),
+            "{label}: {name} sees bob lose the role"
+        );
+    }
+    cli(&data_a, &env, &["user", "roles", "bob", "--add", "reader"]);
+    for (name, host) in [("A", &a), ("B", &b)] {
+        assert!(
+            eventually(bound, || status(host, &bob, SECRET_ROUTE) == 200),
+            "{label}: {name} sees bob hold the role again"
+        );
+    }
+
+    // A user disabled by the CLI: its token is refused everywhere, it
+    // cannot log in, and enabling it again does not revive the old token.
+    cli(&data_a, &env, &["user", "disable", "bob"]);
+    for (name, host) in [("A", &a), ("B", &b)] {
+        assert!(
+            eventually(bound, || status(host, &bob, PLUGINS) == 401),
+            "{label}: {name} refuses the disabled user's token"
+        );
+    }
+    b.request_as(As::Header(&format!("Bearer {bob}")), "GET", PLUGINS, None)
+        .assert_error(401, "no longer exists or is disabled");
+    assert_eq!(b.login("bob", "bob-password-123").status, 401, "{label}");
+    cli(&data_a, &env, &["user", "enable", "bob"]);
+    let fresh = b.token("bob", "bob-password-123");
+    assert_eq!(status(&a, &fresh, SECRET_ROUTE), 200, "{label}");
+    for host in [&a, &b] {
+        host.request_as(As::Header(&format!("Bearer {bob}")), "GET", PLUGINS, None)
+            .assert_error(401, "log in again");
     }
 }
 

@@ -83,8 +83,10 @@ pub enum AuthError {
     /// The token's user was deleted or disabled.
     #[error("the token's user no longer exists or is disabled")]
     UserGone,
-    /// Issued before the user's password changed.
-    #[error("token was issued before the user's password changed; log in again")]
+    /// Issued before the user's password changed or the user was disabled.
+    #[error(
+        "token was issued before the user's password changed or the user was disabled; log in again"
+    )]
     Superseded,
     /// Too many failed logins for the name or from the address.
     #[error("{}", throttled_message(*.0))]
@@ -584,11 +586,7 @@ impl AuthService {
     /// Sets a user's password.
     pub async fn set_password(&self, username: &str, password: &str) -> Result<(), AuthError> {
         check_password(password)?;
-        let found = self.find_user(username).await?.ok_or_else(|| {
-            AuthError::Unknown(format!(
-                "user '{username}' does not exist; create it with `plughost user add {username}`"
-            ))
-        })?;
+        let found = self.existing_user(username).await?;
         let version = found.token_version + 1;
         let mut model: user::ActiveModel = found.into();
         model.password_hash = Set(self.hash_password(password.to_owned()).await?);
@@ -597,6 +595,84 @@ impl AuthService {
         model.update(self.db.conn()).await?;
         self.principals.invalidate().await;
         Ok(())
+    }
+
+    async fn existing_user(&self, username: &str) -> Result<user::Model, AuthError> {
+        self.find_user(username).await?.ok_or_else(|| {
+            AuthError::Unknown(format!(
+                "user '{username}' does not exist; `plughost user list` lists the users"
+            ))
+        })
+    }
+
+    /// Disables a user (`active` false: no login, and every token issued
+    /// before is refused for good, also after the user is enabled again)
+    /// or enables one. Returns whether anything changed.
+    pub async fn set_active(&self, username: &str, active: bool) -> Result<bool, AuthError> {
+        let found = self.existing_user(username).await?;
+        let status = i16::from(active);
+        if found.status == status {
+            return Ok(false);
+        }
+        let version = found.token_version + 1;
+        let mut model: user::ActiveModel = found.into();
+        model.status = Set(status);
+        if !active {
+            model.token_version = Set(version);
+        }
+        model.update(self.db.conn()).await?;
+        self.principals.invalidate().await;
+        Ok(true)
+    }
+
+    /// Gives user `username` the roles `add` and takes `remove` from it.
+    /// Every role named must exist; the user's roles after the change.
+    pub async fn set_roles(
+        &self,
+        username: &str,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<Vec<String>, AuthError> {
+        let found = self.existing_user(username).await?;
+        let mut adding = Vec::new();
+        for name in add {
+            adding.push(self.find_role(name).await?.id);
+        }
+        let mut removing = Vec::new();
+        for name in remove {
+            removing.push(self.find_role(name).await?.id);
+        }
+        let txn = self.db.conn().begin().await?;
+        if !removing.is_empty() {
+            user_role::Entity::delete_many()
+                .filter(user_role::Column::UserId.eq(found.id))
+                .filter(user_role::Column::RoleId.is_in(removing))
+                .exec(&txn)
+                .await?;
+        }
+        for role_id in adding {
+            if user_role::Entity::find_by_id((found.id, role_id))
+                .one(&txn)
+                .await?
+                .is_none()
+            {
+                user_role::ActiveModel {
+                    user_id: Set(found.id),
+                    role_id: Set(role_id),
+                }
+                .insert(&txn)
+                .await?;
+            }
+        }
+        txn.commit().await?;
+        self.principals.invalidate().await;
+        Ok(self
+            .list_users()
+            .await?
+            .into_iter()
+            .find(|u| u.id == found.id)
+            .map(|u| u.roles)
+            .unwrap_or_default())
     }
 
     /// Every user with its roles.
@@ -672,6 +748,33 @@ impl AuthService {
         txn.commit().await?;
         self.principals.invalidate().await;
         Ok(())
+    }
+
+    /// Takes permissions from a role. Returns those it did not hold.
+    pub async fn revoke(
+        &self,
+        role_name: &str,
+        permissions: &[String],
+    ) -> Result<Vec<String>, AuthError> {
+        let found = self.find_role(role_name).await?;
+        let held: Vec<String> = role_permission::Entity::find()
+            .filter(role_permission::Column::RoleId.eq(found.id))
+            .all(self.db.conn())
+            .await?
+            .into_iter()
+            .map(|p| p.permission)
+            .collect();
+        let (taking, absent): (Vec<String>, Vec<String>) =
+            permissions.iter().cloned().partition(|p| held.contains(p));
+        if !taking.is_empty() {
+            role_permission::Entity::delete_many()
+                .filter(role_permission::Column::RoleId.eq(found.id))
+                .filter(role_permission::Column::Permission.is_in(taking))
+                .exec(self.db.conn())
+                .await?;
+            self.principals.invalidate().await;
+        }
+        Ok(absent)
     }
 
     /// Creates the superuser `admin` on first start. Returns the password
