@@ -84,6 +84,15 @@ fn changes_reach_the_other_instance(
     let (data_a, a) = instance(&env);
     let (_data_b, b) = instance(&env);
     let label = format!("{backend:?}, Redis: {}", redis.is_some());
+    // Both instances answer `token` on `path` with `want` within the bound.
+    let both = |token: &str, path: &str, want: u16, what: &str| {
+        for (name, host) in [("A", &a), ("B", &b)] {
+            assert!(
+                eventually(bound, || status(host, token, path) == want),
+                "{label}: {name} {what}"
+            );
+        }
+    };
 
     // Logout on A: refused on A at once, and on B within the bound.
     let token = a.token("admin", e2e::ADMIN_PASSWORD);
@@ -121,12 +130,12 @@ fn changes_reach_the_other_instance(
             "a-new-password-123",
         ],
     );
-    for (name, host) in [("A", &a), ("B", &b)] {
-        assert!(
-            eventually(bound, || status(host, &token, PLUGINS) == 401),
-            "{label}: {name} refuses a token from before the password change"
-        );
-    }
+    both(
+        &token,
+        PLUGINS,
+        401,
+        "refuses a token from before the password change",
+    );
     assert_eq!(
         a.login("admin", "a-new-password-123").status,
         200,
@@ -160,12 +169,7 @@ fn changes_reach_the_other_instance(
         &env,
         &["role", "grant", "reader", "panicky:secret:read"],
     );
-    for (name, host) in [("A", &a), ("B", &b)] {
-        assert!(
-            eventually(bound, || status(host, &bob, SECRET_ROUTE) == 200),
-            "{label}: {name} sees bob's new permission"
-        );
-    }
+    both(&bob, SECRET_ROUTE, 200, "sees bob's new permission");
 
     // A revoke by the CLI: the held token loses the permission everywhere.
     cli(
@@ -173,12 +177,7 @@ fn changes_reach_the_other_instance(
         &env,
         &["role", "revoke", "reader", "panicky:secret:read"],
     );
-    for (name, host) in [("A", &a), ("B", &b)] {
-        assert!(
-            eventually(bound, || status(host, &bob, SECRET_ROUTE) == 403),
-            "{label}: {name} sees bob lose the permission"
-        );
-    }
+    both(&bob, SECRET_ROUTE, 403, "sees bob lose the permission");
 
     // The user's roles changed by the CLI: taking the role that holds the
     // permission takes it, giving it back gives it.
@@ -187,37 +186,20 @@ fn changes_reach_the_other_instance(
         &env,
         &["role", "grant", "reader", "panicky:secret:read"],
     );
-    for host in [&a, &b] {
-        assert!(eventually(bound, || status(host, &bob, SECRET_ROUTE) == 200));
-    }
+    both(&bob, SECRET_ROUTE, 200, "sees bob's permission again");
     cli(
         &data_a,
         &env,
         &["user", "roles", "bob", "--remove", "reader"],
     );
-    for (name, host) in [("A", &a), ("B", &b)] {
-        assert!(
-            eventually(bound, || status(host, &bob, SECRET_ROUTE) == 403),
-            "{label}: {name} sees bob lose the role"
-        );
-    }
+    both(&bob, SECRET_ROUTE, 403, "sees bob lose the role");
     cli(&data_a, &env, &["user", "roles", "bob", "--add", "reader"]);
-    for (name, host) in [("A", &a), ("B", &b)] {
-        assert!(
-            eventually(bound, || status(host, &bob, SECRET_ROUTE) == 200),
-            "{label}: {name} sees bob hold the role again"
-        );
-    }
+    both(&bob, SECRET_ROUTE, 200, "sees bob hold the role again");
 
     // A user disabled by the CLI: its token is refused everywhere, it
     // cannot log in, and enabling it again does not revive the old token.
     cli(&data_a, &env, &["user", "disable", "bob"]);
-    for (name, host) in [("A", &a), ("B", &b)] {
-        assert!(
-            eventually(bound, || status(host, &bob, PLUGINS) == 401),
-            "{label}: {name} refuses the disabled user's token"
-        );
-    }
+    both(&bob, PLUGINS, 401, "refuses the disabled user's token");
     b.request_as(As::Header(&format!("Bearer {bob}")), "GET", PLUGINS, None)
         .assert_error(401, "no longer exists or is disabled");
     assert_eq!(b.login("bob", "bob-password-123").status, 401, "{label}");

@@ -4,11 +4,12 @@
 //! An entry lives for a short time (the flag reconcile period) and is
 //! dropped at once, on every instance, by whatever can change what a token
 //! is allowed: a logout, a password change, a grant or revoke, a user's
-//! roles changed, a user disabled. The instance that makes the change clears its own cache and
-//! publishes on `{prefix}_auth` in Redis; every instance clears on that
-//! message, and on every (re)subscription in case it missed one. Without
-//! Redis (or for a change made behind the host's back) an entry's lifetime
-//! is the bound, the same as a flag change's without Redis.
+//! roles changed, a user disabled. The instance that makes the change
+//! clears its own cache and publishes on `{prefix}_auth` in Redis; every
+//! instance clears on that message, and on every (re)subscription in case
+//! it missed one. Without Redis (or for a change made behind the host's
+//! back) an entry's lifetime is the bound, the same as a flag change's
+//! without Redis.
 
 use std::{
     collections::HashMap,

@@ -166,7 +166,6 @@ fn target_dir(dir: &Path) -> Result<PathBuf, AuthoringError> {
 struct Staged {
     work: tempfile::TempDir,
     name: String,
-    manifest_text: String,
     manifest: PluginManifest,
 }
 
@@ -202,7 +201,6 @@ fn build_and_stage(crate_dir: &Path) -> Result<Staged, AuthoringError> {
     let staged = Staged {
         work,
         name,
-        manifest_text,
         manifest,
     };
     // A signature left in the crate is not this build's.
@@ -446,8 +444,7 @@ pub fn package(
         ),
         None => None,
     };
-    // A directory: its own README.md is packed.
-    let bytes = package::pack(&dir, &name, &staged.manifest_text, "")
+    let bytes = package::pack(&package::PackSource::Dir(dir.clone()), &name)
         .map_err(|e| fail(format!("cannot pack {}: {e}", dir.display())))?;
     let tmp = output.with_extension("zip.tmp");
     std::fs::write(&tmp, &bytes)

@@ -637,7 +637,7 @@ impl PluginHost {
         {
             return Ok(());
         }
-        let (text, readme, version) = {
+        let (text, version) = {
             let records = self.set.records();
             let plugin = records
                 .get(name)
@@ -645,13 +645,13 @@ impl PluginHost {
                 .ok_or_else(|| LifecycleError::Io(format!("plugin '{name}' is not loaded")))?;
             (
                 plugin.module.manifest().as_str().to_owned(),
-                super::readme_of(name, plugin.module, &plugin.manifest.json),
                 plugin.manifest.version.to_string(),
             )
         };
-        let (from, owned, manifest) = (dir.to_owned(), name.to_owned(), text.clone());
+        let (from, owned) = (dir.to_owned(), name.to_owned());
         let bytes = blocking(move || {
-            package::pack(&from, &owned, &manifest, &readme).map_err(|e| io_error("pack", &from, e))
+            package::pack(&package::PackSource::Dir(from.clone()), &owned)
+                .map_err(|e| io_error("pack", &from, e))
         })
         .await?;
         let digest = store::put(&self.db, &bytes).await?;

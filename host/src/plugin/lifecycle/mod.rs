@@ -465,15 +465,11 @@ impl PluginHost {
             Some(digest) => digest.clone(),
             None => {
                 let (dir, owned) = (staged.clone(), name.to_owned());
-                let (text, readme) = (
-                    loaded.module.manifest().as_str().to_owned(),
-                    readme_of(name, loaded.module, &loaded.manifest.json),
-                );
                 let bytes = match archive {
                     Some(bytes) => bytes,
                     None => {
                         blocking(move || {
-                            package::pack(&dir, &owned, &text, &readme)
+                            package::pack(&package::PackSource::Dir(dir.clone()), &owned)
                                 .map_err(|e| io_error("pack", &dir, e))
                         })
                         .await?
@@ -845,13 +841,13 @@ impl PluginHost {
 
     /// The installable ZIP of an installed plugin.
     pub fn pack(&self, name: &str) -> Result<Vec<u8>, LifecycleError> {
-        let (source, manifest, readme) = self.pack_parts(name)?;
-        package::pack(&source, name, &manifest, &readme).map_err(|e| io_error("pack", &source, e))
+        let source = self.pack_source(name)?;
+        package::pack(&source, name).map_err(|e| io_error("pack", source.path(), e))
     }
 
-    /// What a package of `name` is made from: its directory or library,
-    /// its manifest text and the README a lone library's package carries.
-    fn pack_parts(&self, name: &str) -> Result<(PathBuf, String, String), LifecycleError> {
+    /// What a package of `name` is made from: its directory, or its lone
+    /// library with the manifest and README the library embeds.
+    fn pack_source(&self, name: &str) -> Result<package::PackSource, LifecycleError> {
         if !is_valid_plugin_name(name) {
             return Err(PluginError::InvalidName(name.to_owned()).into());
         }
@@ -859,29 +855,28 @@ impl PluginHost {
         let record = records
             .get(name)
             .ok_or_else(|| PluginError::NotFound(name.to_owned()))?;
-        let (manifest, readme) = match record.loaded() {
-            Some(p) => (
-                p.module.manifest().as_str().to_owned(),
-                readme_of(name, p.module, &p.manifest.json),
-            ),
-            None if record.source.is_dir() => (String::new(), String::new()),
-            None => {
-                return Err(LifecycleError::Conflict(format!(
-                    "plugin '{name}' failed to load and has no readable manifest to pack"
-                )));
-            }
-        };
-        Ok((record.source.clone(), manifest, readme))
+        if record.source.is_dir() {
+            return Ok(package::PackSource::Dir(record.source.clone()));
+        }
+        let p = record.loaded().ok_or_else(|| {
+            LifecycleError::Conflict(format!(
+                "plugin '{name}' failed to load and has no readable manifest to pack"
+            ))
+        })?;
+        Ok(package::PackSource::Library {
+            path: record.source.clone(),
+            manifest: p.module.manifest().as_str().to_owned(),
+            readme: readme_of(name, p.module, &p.manifest.json),
+        })
     }
 
     /// Writes `{name}.{YYYYMMDDHHMMSS}.backup.zip` into the backups dir
     /// (temporary file, then rename) and keeps the newest `backup_keep`.
     async fn backup(&self, name: &str) -> Result<PathBuf, LifecycleError> {
-        let (source, manifest, readme) = self.pack_parts(name)?;
+        let source = self.pack_source(name)?;
         let owned = name.to_owned();
         let bytes = blocking(move || {
-            package::pack(&source, &owned, &manifest, &readme)
-                .map_err(|e| io_error("pack", &source, e))
+            package::pack(&source, &owned).map_err(|e| io_error("pack", source.path(), e))
         })
         .await?;
         let (dir, owned, keep) = (self.backup_dir.clone(), name.to_owned(), self.backup_keep);

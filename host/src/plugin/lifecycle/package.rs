@@ -10,7 +10,7 @@
 use std::{
     collections::HashMap,
     io::{Read, Write},
-    path::{Component, Path},
+    path::{Component, Path, PathBuf},
 };
 
 use zip::{CompressionMethod, ZipArchive, ZipWriter, write::SimpleFileOptions};
@@ -394,10 +394,33 @@ pub fn packable(dir: &Path, name: &str) -> std::io::Result<Vec<String>> {
     Ok(files)
 }
 
-/// Packs plugin `name` as an installable ZIP: from its directory, or, for a
-/// lone library, from the library, its embedded `manifest` and `readme`
-/// (written out as `plugin.toml` and `README.md`).
-pub fn pack(source: &Path, name: &str, manifest: &str, readme: &str) -> std::io::Result<Vec<u8>> {
+/// What a plugin's package is made from.
+pub enum PackSource {
+    /// A plugin directory: its package files as they are.
+    Dir(PathBuf),
+    /// A lone library, with the manifest and README it embeds (written out
+    /// as `plugin.toml` and `README.md`).
+    Library {
+        /// The library file.
+        path: PathBuf,
+        /// The embedded manifest's text.
+        manifest: String,
+        /// The embedded README, or one written from the manifest.
+        readme: String,
+    },
+}
+
+impl PackSource {
+    /// The directory or library file.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Dir(path) | Self::Library { path, .. } => path,
+        }
+    }
+}
+
+/// Packs plugin `name` as an installable ZIP.
+pub fn pack(source: &PackSource, name: &str) -> std::io::Result<Vec<u8>> {
     let mut zip = ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options = SimpleFileOptions::default()
         .compression_method(CompressionMethod::Deflated)
@@ -405,22 +428,29 @@ pub fn pack(source: &Path, name: &str, manifest: &str, readme: &str) -> std::io:
     let to_io = |e: zip::result::ZipError| std::io::Error::other(e.to_string());
     zip.add_directory(format!("{name}/"), options)
         .map_err(to_io)?;
-    if source.is_dir() {
-        for file in packable(source, name)? {
-            zip.start_file(format!("{name}/{file}"), options)
-                .map_err(to_io)?;
-            zip.write_all(&std::fs::read(source.join(&file))?)?;
+    match source {
+        PackSource::Dir(dir) => {
+            for file in packable(dir, name)? {
+                zip.start_file(format!("{name}/{file}"), options)
+                    .map_err(to_io)?;
+                zip.write_all(&std::fs::read(dir.join(&file))?)?;
+            }
         }
-    } else {
-        zip.start_file(format!("{name}/plugin.toml"), options)
-            .map_err(to_io)?;
-        zip.write_all(manifest.as_bytes())?;
-        zip.start_file(format!("{name}/README.md"), options)
-            .map_err(to_io)?;
-        zip.write_all(readme.as_bytes())?;
-        zip.start_file(format!("{name}/{}", library_file_name(name)), options)
-            .map_err(to_io)?;
-        zip.write_all(&std::fs::read(source)?)?;
+        PackSource::Library {
+            path,
+            manifest,
+            readme,
+        } => {
+            zip.start_file(format!("{name}/plugin.toml"), options)
+                .map_err(to_io)?;
+            zip.write_all(manifest.as_bytes())?;
+            zip.start_file(format!("{name}/README.md"), options)
+                .map_err(to_io)?;
+            zip.write_all(readme.as_bytes())?;
+            zip.start_file(format!("{name}/{}", library_file_name(name)), options)
+                .map_err(to_io)?;
+            zip.write_all(&std::fs::read(path)?)?;
+        }
     }
     Ok(zip.finish().map_err(to_io)?.into_inner())
 }
