@@ -128,6 +128,12 @@ pub struct SettingsArgs {
     /// This instance's name in the plugin list's `instances` (default: a random id kept in <data-dir>/instance.id).
     #[arg(long, global = true, env = "PLUGHOST_INSTANCE_ID")]
     pub instance_id: Option<String>,
+    /// Seconds a plugin's start or stop hook may take.
+    #[arg(long, global = true, env = "PLUGHOST_HOOK_TIMEOUT")]
+    pub hook_timeout: Option<u64>,
+    /// Blocking calls one plugin may run at once (the rest wait).
+    #[arg(long, global = true, env = "PLUGHOST_PLUGIN_BLOCKING")]
+    pub plugin_blocking: Option<usize>,
     /// Seconds a request body may stall (no bytes arriving) before the request is answered 408.
     #[arg(long, global = true, env = "PLUGHOST_BODY_TIMEOUT")]
     pub body_timeout: Option<u64>,
@@ -208,6 +214,8 @@ struct FileSettings {
     build_dir: Option<PathBuf>,
     body_timeout: Option<u64>,
     instance_id: Option<String>,
+    hook_timeout: Option<u64>,
+    plugin_blocking: Option<usize>,
     password_hashes: Option<usize>,
     login_failures: Option<u32>,
     login_address_failures: Option<u32>,
@@ -277,6 +285,26 @@ pub struct Settings {
     pub metrics_bind: Option<SocketAddr>,
     /// Which package signers are trusted, and whether a signature is required.
     pub trust: crate::plugin::loading::trust::TrustPolicy,
+    /// How long lifespan hooks may take, and how much blocking work a plugin may run at once.
+    pub plugin_runs: PluginRunLimits,
+}
+
+/// Bounds on what a running plugin does in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginRunLimits {
+    /// How long a start or stop hook may take.
+    pub hook_timeout: Duration,
+    /// Blocking calls of one plugin running at once.
+    pub blocking: usize,
+}
+
+impl Default for PluginRunLimits {
+    fn default() -> Self {
+        Self {
+            hook_timeout: Duration::from_secs(10),
+            blocking: 8,
+        }
+    }
 }
 
 /// A settings file that cannot be used.
@@ -508,6 +536,20 @@ impl Settings {
                 }
             },
             lock_wait: Duration::from_secs(args.lock_wait.or(file.lock_wait).unwrap_or(10)),
+            plugin_runs: {
+                let default = PluginRunLimits::default();
+                PluginRunLimits {
+                    hook_timeout: args
+                        .hook_timeout
+                        .or(file.hook_timeout)
+                        .map_or(default.hook_timeout, Duration::from_secs),
+                    blocking: args
+                        .plugin_blocking
+                        .or(file.plugin_blocking)
+                        .unwrap_or(default.blocking)
+                        .max(1),
+                }
+            },
             git: crate::plugin::lifecycle::git::GitPolicy {
                 hosts: args
                     .git_hosts

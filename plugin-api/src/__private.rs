@@ -23,11 +23,20 @@ use crate::{
 /// A plugin's optional init hook.
 pub type InitFn = fn(&Host) -> Result<(), String>;
 
+/// The future of a lifespan hook.
+pub type HookFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+/// A plugin's optional start or stop hook, as the macro wraps it.
+pub type HookFn = fn() -> HookFuture;
+
 /// Everything the export macro keeps in the plugin's one `static`.
 pub struct PluginState {
     name: &'static str,
     routers: fn() -> Vec<Router>,
     init: Option<InitFn>,
+    pub(crate) start: Option<HookFn>,
+    pub(crate) stop: Option<HookFn>,
     table: OnceLock<RouteTable>,
 }
 
@@ -37,11 +46,15 @@ impl PluginState {
         name: &'static str,
         routers: fn() -> Vec<Router>,
         init: Option<InitFn>,
+        start: Option<HookFn>,
+        stop: Option<HookFn>,
     ) -> Self {
         Self {
             name,
             routers,
             init,
+            start,
+            stop,
             table: OnceLock::new(),
         }
     }
@@ -74,6 +87,37 @@ macro_rules! __init_or_none {
 }
 pub use crate::__init_or_none as init_or_none;
 
+/// Expands to `Some(hook)` (the async fn wrapped into a [`HookFn`]) or `None`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __hook_or_none {
+    () => {
+        None
+    };
+    ($hook:path) => {
+        Some(|| -> $crate::__private::HookFuture { ::std::boxed::Box::pin($hook()) })
+    };
+}
+pub use crate::__hook_or_none as hook_or_none;
+
+/// A plugin without routes (a capability plugin) exports none.
+pub fn no_routers() -> Vec<Router> {
+    Vec::new()
+}
+
+/// Expands to the routers function, or [`no_routers`].
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __routers_or_none {
+    () => {
+        $crate::__private::no_routers
+    };
+    ($routers:path) => {
+        $routers
+    };
+}
+pub use crate::__routers_or_none as routers_or_none;
+
 static NAME: OnceLock<&'static str> = OnceLock::new();
 
 /// The name of the plugin this copy of plugin-api is linked into.
@@ -91,6 +135,8 @@ pub fn root_module<S: StateAccess>(name: &'static str, manifest: &'static str) -
         init: init_fn::<S>,
         handle: handle_fn::<S>,
         files: files_fn::<S>,
+        start: crate::lifespan::start_fn::<S>,
+        stop: crate::lifespan::stop_fn::<S>,
     }
     .leak_into_prefix()
 }

@@ -17,7 +17,7 @@
 //!   `#[sabi(rename)]`.
 
 // abi_stable's derive writes the accessors of prefix fields appended after
-// 1.0 (`PluginMod::files`) with `unsafe` blocks: it reads them through a
+// 1.0 (`PluginMod::files`, `start`, `stop`) with `unsafe` blocks: it reads them through a
 // pointer whose length it checked. Nothing in this module is written
 // `unsafe` by hand.
 #![allow(unsafe_code)]
@@ -270,6 +270,23 @@ pub struct HostServices {
         limit: u64,
         offset: u64,
     ) -> FfiFuture<RResult<RString, RString>>,
+    /// Runs `task` in the background on the host's runtime, owned by the
+    /// plugin's run `owner` (the number its [`PluginMod::start`] received):
+    /// cancelled when that run stops, a panic logged with the plugin's and
+    /// the task's name. Refused when `owner` is not running. Added in 1.4
+    /// (an older host has none: read it through the `Option` accessor).
+    pub spawn: extern "C" fn(
+        plugin: RStr<'_>,
+        owner: u64,
+        task: RStr<'_>,
+        future: FfiFuture<()>,
+    ) -> RResult<(), RString>,
+    /// Polls `work` to its end on one of the host's blocking threads (at
+    /// most the plugin's share of them at once, the rest wait), so that
+    /// blocking code never stalls a request's worker; completes when it
+    /// has. Errors when `work` panicked. Added in 1.4.
+    pub blocking:
+        extern "C" fn(plugin: RStr<'_>, work: FfiFuture<()>) -> FfiFuture<RResult<(), RString>>,
 }
 
 /// The root module every plugin library exports.
@@ -300,6 +317,17 @@ pub struct PluginMod {
     /// through the `Option` accessor).
     #[sabi(missing_field(option))]
     pub files: extern "C" fn() -> RVec<OwnedPair>,
+    /// Starts run `owner` of the plugin (a number the host gives each run,
+    /// never 0): its lifespan start hook, after [`init`](Self::init) and
+    /// before its routes are served. Tasks it spawns belong to the run.
+    /// Added in 1.4 (an older plugin has no hooks).
+    #[sabi(missing_field(option))]
+    pub start: extern "C" fn(owner: u64) -> FfiFuture<RResult<(), RString>>,
+    /// Stops run `owner`: its lifespan stop hook, when the plugin is
+    /// uninstalled, replaced by an upgrade or the host stops. The host
+    /// cancels the run's tasks after it. Added in 1.4.
+    #[sabi(missing_field(option))]
+    pub stop: extern "C" fn(owner: u64) -> FfiFuture<RResult<(), RString>>,
 }
 
 /// The path under which [`PluginMod::files`] carries the plugin's README.

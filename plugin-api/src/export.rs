@@ -9,9 +9,19 @@
 ///   `include_str!("../README.md")`. A lone library then carries its own
 ///   README into the package the host writes of it (a download, a backup);
 ///   without it the host writes one from the manifest's summary.
-/// * `routers`: a `fn() -> Vec<Router>`.
+/// * `routers` (optional): a `fn() -> Vec<Router>`. A plugin without
+///   routers is a capability plugin (its manifest has no `[app]` table):
+///   it works through its hooks and tasks only.
 /// * `init` (optional): a `fn(&Host) -> Result<(), String>` run once after
 ///   loading, before any request.
+/// * `start` (optional): an `async fn() -> Result<(), String>` run after
+///   `init`, in dependency order, before the plugin's routes are served;
+///   it may spawn tasks ([`Host::spawn`](crate::Host::spawn)). An error or
+///   a time-out makes the plugin `error` with the reason; the others serve.
+/// * `stop` (optional): an `async fn() -> Result<(), String>` run when the
+///   plugin is uninstalled, replaced by an upgrade (after the new build
+///   started) or the host stops, in reverse dependency order; its tasks
+///   are cancelled after it.
 ///
 /// The crate's `sql/` directory (`sql/<backend>/<script>.sql`), if it has
 /// one, is embedded into the library as well, so a lone library creates
@@ -19,9 +29,23 @@
 /// in the plugin's dependencies, as `plughost plugin new` writes it.)
 #[macro_export]
 macro_rules! export_plugin {
-    (name: $name:expr, manifest: $manifest:expr, $(readme: $readme:expr,)? routers: $routers:path $(, init: $init:path)? $(,)?) => {
-        static __PLUGHOST_PLUGIN: $crate::__private::PluginState =
-            $crate::__private::PluginState::new($name, $routers, $crate::__private::init_or_none!($($init)?));
+    (
+        name: $name:expr,
+        manifest: $manifest:expr
+        $(, readme: $readme:expr)?
+        $(, routers: $routers:path)?
+        $(, init: $init:path)?
+        $(, start: $start:path)?
+        $(, stop: $stop:path)?
+        $(,)?
+    ) => {
+        static __PLUGHOST_PLUGIN: $crate::__private::PluginState = $crate::__private::PluginState::new(
+            $name,
+            $crate::__private::routers_or_none!($($routers)?),
+            $crate::__private::init_or_none!($($init)?),
+            $crate::__private::hook_or_none!($($start)?),
+            $crate::__private::hook_or_none!($($stop)?),
+        );
 
         #[doc(hidden)]
         struct __PluginHandlers;

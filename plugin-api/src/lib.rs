@@ -46,6 +46,7 @@ pub mod counter;
 mod db;
 mod export;
 mod host;
+mod lifespan;
 #[doc(hidden)]
 pub mod page;
 mod request;
@@ -59,6 +60,7 @@ pub mod __private;
 
 pub use db::{DbError, DbErrorKind, Executed, Transaction};
 pub use host::{Host, host};
+pub use lifespan::TaskError;
 pub use page::Page;
 pub use request::{Paging, Principal, Request};
 pub use response::{Error, IntoResponse, Json, Response};

@@ -6,11 +6,14 @@
 //! plugin's `init`, mounts its routers at the paths the host would, and
 //! calls the handlers with real requests. The host services behave like
 //! the host's on SQLite: `?` placeholders, rows as JSON objects, key-value
-//! with expiry and atomic counters, settings, the log.
+//! with expiry and atomic counters, settings, the log. The plugin's start
+//! hook runs after `init`; [`TestHost::stop`] runs its stop hook. Spawned
+//! tasks are recorded, not run, until the test runs one
+//! ([`TestHost::run_task`]); blocking work runs where it is called.
 //!
 //! ```toml
 //! [dev-dependencies]
-//! plugin-api = { version = "1.3", features = ["testing"] }
+//! plugin-api = { version = "1.4", features = ["testing"] }
 //! ```
 //!
 //! ```ignore
@@ -95,6 +98,10 @@ struct State {
     next_id: Cell<Option<i64>>,
     open_tx: Cell<u64>,
     last_tx: Cell<u64>,
+    /// Tasks the plugin spawned, by name, not run yet.
+    tasks: RefCell<Vec<(String, FfiFuture<()>)>>,
+    /// From the start hook on, until the plugin stops.
+    running: Cell<bool>,
 }
 
 thread_local! {
@@ -439,6 +446,49 @@ extern "C" fn kv_incr(
     ready(answer.into())
 }
 
+/// The run a test host starts its plugin as.
+const TEST_RUN: u64 = 1;
+
+extern "C" fn spawn(
+    plugin: RStr<'_>,
+    owner: u64,
+    task: RStr<'_>,
+    future: FfiFuture<()>,
+) -> RResult<(), RString> {
+    match current() {
+        Ok(state) if owner != TEST_RUN || !state.running.get() => {
+            RResult::RErr(RString::from(format!(
+                "plugin '{}' cannot spawn task '{}': it is not running (tasks may be spawned from its start hook on, until it stops)",
+                plugin.as_str(),
+                task.as_str()
+            )))
+        }
+        Ok(state) => {
+            state
+                .tasks
+                .borrow_mut()
+                .push((task.as_str().to_owned(), future));
+            RResult::ROk(())
+        }
+        Err(e) => RResult::RErr(e),
+    }
+}
+
+/// Blocking work runs where it is awaited: the test's thread.
+extern "C" fn blocking(plugin: RStr<'_>, work: FfiFuture<()>) -> FfiFuture<RResult<(), RString>> {
+    use futures_util::FutureExt as _;
+    let plugin = plugin.as_str().to_owned();
+    async move {
+        match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+            Ok(()) => RResult::ROk(()),
+            Err(_) => RResult::RErr(RString::from(format!(
+                "blocking work of plugin '{plugin}' panicked"
+            ))),
+        }
+    }
+    .into_ffi()
+}
+
 fn services() -> HostRef {
     static SERVICES: OnceLock<HostRef> = OnceLock::new();
     *SERVICES.get_or_init(|| {
@@ -459,6 +509,8 @@ fn services() -> HostRef {
             kv_del,
             kv_incr,
             sql_page,
+            spawn,
+            blocking,
         }
         .leak_into_prefix()
     })
@@ -565,6 +617,8 @@ impl TestHost {
             next_id: Cell::new(options.snowflake.then_some(1_000_001)),
             open_tx: Cell::new(0),
             last_tx: Cell::new(0),
+            tasks: RefCell::default(),
+            running: Cell::new(false),
         });
 
         let script = if options.snowflake {
@@ -600,6 +654,13 @@ impl TestHost {
 
         if let RResult::RErr(e) = with_current(&state, || (module.init())(services())) {
             return Err(format!("plugin '{plugin}': init failed: {e}"));
+        }
+        state.running.set(true);
+        if let Some(start) = module.start()
+            && let RResult::RErr(e) =
+                with_current(&state, || futures_executor::block_on(start(TEST_RUN)))
+        {
+            return Err(format!("plugin '{plugin}': its start hook failed: {e}"));
         }
 
         let app = manifest.get("app").and_then(toml::Value::as_table);
@@ -699,6 +760,56 @@ impl TestHost {
     /// The lines the plugin logged so far, as `LEVEL message`.
     pub fn logs(&self) -> Vec<String> {
         self.state.logs.borrow().clone()
+    }
+
+    /// The names of the tasks the plugin spawned ([`Host::spawn`](crate::Host::spawn))
+    /// that have not been run, in the order they were spawned. A test host
+    /// runs no task by itself: see [`run_task`](Self::run_task).
+    pub fn tasks(&self) -> Vec<String> {
+        self.state
+            .tasks
+            .borrow()
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Runs the first spawned task named `name` to its end, on the test's
+    /// thread (a task that never ends never returns), and answers whether
+    /// there was one.
+    pub fn run_task(&self, name: &str) -> bool {
+        let task = {
+            let mut tasks = self.state.tasks.borrow_mut();
+            tasks
+                .iter()
+                .position(|(n, _)| n == name)
+                .map(|i| tasks.remove(i).1)
+        };
+        match task {
+            Some(task) => {
+                with_current(&self.state, || futures_executor::block_on(task));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops the plugin as a host does before it unloads it: its stop hook
+    /// runs, and the tasks it spawned and nobody ran are dropped.
+    pub fn stop(self) -> Result<(), String> {
+        let stopped = match self.module.stop() {
+            Some(stop) => with_current(&self.state, || futures_executor::block_on(stop(TEST_RUN))),
+            None => RResult::ROk(()),
+        };
+        self.state.running.set(false);
+        self.state.tasks.borrow_mut().clear();
+        match stopped {
+            RResult::ROk(()) => Ok(()),
+            RResult::RErr(e) => Err(format!(
+                "plugin '{}': its stop hook failed: {e}",
+                self.state.plugin
+            )),
+        }
     }
 
     fn send(&self, request: TestRequest<'_>) -> TestResponse {

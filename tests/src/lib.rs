@@ -484,6 +484,26 @@ impl Host {
         self.terminate()
     }
 
+    /// Sends SIGTERM, waits for the process to exit, and answers how it
+    /// exited and everything it logged (its last line included).
+    pub fn stop_and_log(mut self) -> (ExitStatus, String) {
+        let status = self.terminate();
+        // The reader thread takes the last lines after the exit.
+        eventually(Duration::from_secs(5), || self.log().contains("stopped"));
+        (status, self.log())
+    }
+
+    /// The Prometheus text of `/metrics`, read as the admin.
+    pub fn metrics(&self) -> String {
+        let response = self
+            .agent
+            .get(&format!("{}/metrics", self.base))
+            .set("Authorization", &self.admin_header())
+            .call()
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}\nhost log:\n{}", self.log()));
+        response.into_string().expect("metrics text")
+    }
+
     fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("host running");
         let _ = Command::new("kill")

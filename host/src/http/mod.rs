@@ -252,6 +252,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let plugins = core.plugins().await?;
     let settings = core.settings;
+    // Start hooks run before the server takes requests; plugin tasks run
+    // on this thread's runtime, which serves none.
+    plugins.start_plugins(settings.plugin_runs).await;
     if settings.metrics {
         // Histograms keep their samples until drained: drain them even
         // when nothing scrapes.
@@ -271,6 +274,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         Some(address) => Some(metrics_server(address, plugins.clone())?),
         None => None,
     };
+    let running = plugins.clone();
     let state = web::Data::new(AppState {
         metrics_bind: settings.metrics_bind,
         document,
@@ -332,6 +336,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         tracing::info!("listening on http://{addr}");
     }
     server.await?;
+    // Stop hooks once no request is served any more, dependents first.
+    running.stop_plugins().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -472,13 +472,14 @@ impl PluginHost {
                     .records()
                     .get(&d.name)
                     .and_then(|r| r.manifest.clone());
-                self.set.refuse(PluginRecord {
+                let left = self.set.refuse(PluginRecord {
                     name: d.name.clone(),
                     source: local.clone(),
                     manifest,
                     state: PluginState::Failed(reason.clone()),
                     package: None,
                 });
+                self.retire(left).await;
                 self.publish_services();
                 self.diverged
                     .lock()
@@ -516,7 +517,8 @@ impl PluginHost {
                                 .get(&d.name)
                                 .is_some_and(|r| r.package.is_none() && !r.source.exists());
                             if stale {
-                                self.set.unmount(&d.name);
+                                let left = self.set.unmount(&d.name);
+                                self.retire(left).await;
                             }
                             let result = self
                                 .install_staged(
@@ -577,7 +579,8 @@ impl PluginHost {
             // They go first when the cluster uninstalled them too.
             return Err(Wait);
         }
-        self.set.unmount(name);
+        let left = self.set.unmount(name);
+        self.retire(left).await;
         self.publish_services();
         // Only the copy it served: another process on the same plugin dir
         // may have put a new one there.

@@ -563,6 +563,37 @@ impl PluginHost {
             ms = started.elapsed().as_millis(),
             "plugin mounted"
         );
+        // A serving host starts the new build before its routes go live;
+        // the old build serves meanwhile and stops once they are. The same
+        // library mounted again shares its statics with the old build,
+        // which then stops first.
+        let replacing = self
+            .set
+            .records()
+            .get(name)
+            .and_then(PluginRecord::loaded)
+            .cloned();
+        let same_library = replacing
+            .as_ref()
+            .is_some_and(|old| old.digest == plugin.digest);
+        if self.serving() {
+            if same_library {
+                self.retire(replacing.clone()).await;
+            }
+            if let Err(e) = plugin.start().await {
+                let _ = undo().await;
+                if same_library
+                    && let Some(old) = &replacing
+                    && let Err(e) = old.start().await
+                {
+                    tracing::error!(
+                        plugin = name,
+                        "the build it replaced cannot start again: {e}"
+                    );
+                }
+                return Err(LifecycleError::refused(name, e.into()));
+            }
+        }
         let flags = match self
             .flags
             .sync(
@@ -573,13 +604,14 @@ impl PluginHost {
         {
             Ok(flags) => flags,
             Err(e) => {
+                plugin.stop().await;
                 let _ = undo().await;
                 return Err(e.into());
             }
         };
         let manifest = plugin.manifest.clone();
         let text = plugin.module.manifest().as_str().to_owned();
-        self.set.mount(
+        let left = self.set.mount(
             PluginRecord {
                 name: name.to_owned(),
                 source: target.clone(),
@@ -589,6 +621,9 @@ impl PluginHost {
             },
             builder.build(),
         );
+        if !same_library {
+            self.retire(left).await;
+        }
         for flag in flags.iter().filter(|f| f.name == name) {
             self.apply(&flag.name, flag.enabled, flag.revision);
         }
@@ -818,7 +853,8 @@ impl PluginHost {
             .unwrap_or_default();
 
         // Routes go first, then the files: from here on nothing serves it.
-        self.set.unmount(name);
+        let left = self.set.unmount(name);
+        self.retire(left).await;
         self.publish_services();
         let staging = Staging::new(&self.plugin_dir)?;
         let moved = staging.path().join(name);

@@ -56,6 +56,9 @@ pub enum PluginKind {
         /// Router names.
         routers: Vec<String>,
     },
+    /// No `[app]` and no `[api]`: a capability plugin, which mounts no
+    /// routes and works through its hooks and tasks.
+    Capability,
 }
 
 /// A semantic version `x.y.z`.
@@ -283,14 +286,16 @@ impl PluginManifest {
             ));
         }
 
-        let app = table(
-            doc.get("app")
-                .ok_or_else(|| err("app", "the [app] table is required"))?,
-            "app",
-        )?;
-        let kind = match doc.get("api") {
-            Some(api) => Self::extend_kind(app, table(api, "api")?)?,
-            None => Self::app_kind(app)?,
+        let kind = match (doc.get("app"), doc.get("api")) {
+            (None, None) => PluginKind::Capability,
+            (None, Some(_)) => {
+                return Err(err(
+                    "app",
+                    "[api] routers need an [app] table with extend = \"admin\" (or leave both out for a plugin without routes)",
+                ));
+            }
+            (Some(app), Some(api)) => Self::extend_kind(table(app, "app")?, table(api, "api")?)?,
+            (Some(app), None) => Self::app_kind(table(app, "app")?)?,
         };
 
         let mut settings = BTreeMap::new();
@@ -456,6 +461,9 @@ author = "a"
             "[app]\nextend = \"admin\"\n[api.dict_data]\nprefix = \"/dict-datas\"\ntags = \"t\"\n",
             Ok(()),
         );
+        // A capability plugin: no routes, hooks and tasks only.
+        check("", Ok(()));
+        check("[api.x]\nprefix = \"/x\"\n", Err("app"));
         check("[app]\nrouter = []\n", Err("app.router"));
         check("[app]\n", Err("app.router"));
         check("[app]\nrouter = [\"9x\"]\n", Err("app.router"));

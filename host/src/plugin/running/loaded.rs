@@ -3,12 +3,15 @@
 
 use std::{
     path::PathBuf,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use plugin_api::abi::PluginModRef;
 
-use crate::plugin::loading::manifest::PluginManifest;
+use crate::plugin::{loading::manifest::PluginManifest, services::lifespan};
 
 /// A plugin whose library is loaded and initialised.
 pub struct LoadedPlugin {
@@ -25,6 +28,7 @@ pub struct LoadedPlugin {
     /// The id of the trusted key that signed its package (`None`: unsigned).
     pub signer: Option<String>,
     enabled: AtomicBool,
+    run: Mutex<Option<Arc<lifespan::Run>>>,
 }
 
 impl LoadedPlugin {
@@ -37,6 +41,34 @@ impl LoadedPlugin {
     /// Sets the cached flag (after the store has recorded it).
     pub fn set_enabled(&self, enabled: bool) {
         self.enabled.store(enabled, Ordering::Release);
+    }
+
+    /// Starts this plugin's run (its start hook); a plugin runs once at a time.
+    pub(crate) async fn start(&self) -> Result<(), lifespan::StartError> {
+        let run = lifespan::start(&self.name, self.module).await?;
+        if let Some(earlier) = self.run.lock().expect("run lock").replace(run) {
+            tracing::warn!(plugin = self.name, run = earlier.id(), "started twice");
+        }
+        Ok(())
+    }
+
+    /// Stops this plugin's run, if it has one: its stop hook, then its
+    /// tasks are cancelled.
+    pub(crate) async fn stop(&self) {
+        let run = self.run.lock().expect("run lock").take();
+        if let Some(run) = run {
+            lifespan::stop(&run, self.module).await;
+            tracing::info!(plugin = self.name, "stopped");
+        }
+    }
+
+    /// Whether the plugin is started, and how many tasks it runs.
+    pub fn running_tasks(&self) -> Option<usize> {
+        self.run
+            .lock()
+            .expect("run lock")
+            .as_ref()
+            .map(|run| run.tasks())
     }
 }
 
@@ -59,6 +91,7 @@ impl LoadedPlugin {
             digest,
             signer,
             enabled: AtomicBool::new(enabled),
+            run: Mutex::new(None),
         }
     }
 }

@@ -112,6 +112,11 @@ pub enum Refusal {
     /// The library has a router the manifest does not name.
     #[error("the library's router '{0}' is not declared in plugin.toml")]
     RouterUndeclared(String),
+    /// A capability plugin (no `[app]`) exports a router.
+    #[error(
+        "the library has router '{0}' but plugin.toml has no [app] table (a plugin without routes); declare it under [app] router or [api]"
+    )]
+    RouterWithoutApp(String),
     /// An app-level router's prefix is not allowed.
     #[error(
         "app-level router '{router}' has prefix '{prefix}': it must start with / and may not be / or lie under {ADMIN_SCOPE}"
@@ -207,6 +212,12 @@ pub enum Refusal {
     /// Its init hook refused.
     #[error("init failed: {0}")]
     Init(String),
+    /// Its start hook failed or timed out.
+    #[error("not started: {0}")]
+    Start(#[from] crate::plugin::services::lifespan::StartError),
+    /// A dependency could not be started.
+    #[error("not started: it depends on '{0}', which could not be started")]
+    DependencyNotStarted(String),
 }
 
 /// A plugin's state, as the list endpoint reports it.
@@ -509,6 +520,7 @@ pub fn plugin_routes(
             (routers.keys().map(String::as_str).collect(), Scope::Admin)
         }
         PluginKind::App { routers } => (routers.iter().map(String::as_str).collect(), Scope::App),
+        PluginKind::Capability => (BTreeSet::new(), Scope::App),
     };
     if let Some(missing) = declared.difference(&library_names).next() {
         return Err(Refusal::RouterMissing((*missing).to_owned()));
@@ -517,10 +529,14 @@ pub fn plugin_routes(
     for router in routers {
         let name = router.name.as_str();
         if !declared.contains(name) {
+            if manifest.kind == PluginKind::Capability {
+                return Err(Refusal::RouterWithoutApp(name.to_owned()));
+            }
             return Err(Refusal::RouterUndeclared(name.to_owned()));
         }
         let prefix = match &manifest.kind {
             PluginKind::Extend { routers, .. } => join_path(ADMIN_SYS_PREFIX, &routers[name]),
+            PluginKind::Capability => unreachable!("a capability plugin declares no router"),
             PluginKind::App { .. } => {
                 let prefix = router.prefix.as_str();
                 let under_admin =
@@ -593,7 +609,7 @@ pub fn plugin_routes(
 
 /// Orders `names` so that dependencies come first; reports missing
 /// dependencies and cycles by chain.
-fn dependency_order(
+pub(crate) fn dependency_order(
     deps: &BTreeMap<String, Vec<String>>,
 ) -> (Vec<String>, BTreeMap<String, Refusal>) {
     #[derive(Clone, Copy, PartialEq)]

@@ -11,7 +11,8 @@ use std::{
 use arc_swap::ArcSwap;
 
 use super::{
-    registry::PluginRecord,
+    loaded::LoadedPlugin,
+    registry::{PluginRecord, PluginState},
     router::{RouteTable, RouteTableBuilder},
 };
 
@@ -69,19 +70,39 @@ impl PluginSet {
     /// Puts `record` in place of any record of its name and makes `table`
     /// (built from the current one, with the record's routes) current, in
     /// one step: no reader sees the one without the other.
-    pub fn mount(&self, record: PluginRecord, table: RouteTable) {
+    /// Answers the plugin it replaced, which the caller stops.
+    #[must_use = "the replaced plugin is still running: stop it"]
+    pub fn mount(&self, record: PluginRecord, table: RouteTable) -> Option<Arc<LoadedPlugin>> {
         let mut records = self.records.write().expect("records lock");
-        records.insert(record.name.clone(), record);
+        let left = records.insert(record.name.clone(), record);
         self.swap(table);
+        left.and_then(|r| r.loaded().cloned())
     }
 
     /// Replaces the record of `record.name` by `record` (a refused one) and
-    /// takes the name's routes out, in one step.
-    pub fn refuse(&self, record: PluginRecord) {
+    /// takes the name's routes out, in one step. Answers the plugin it
+    /// replaced, which the caller stops.
+    #[must_use = "the replaced plugin is still running: stop it"]
+    pub fn refuse(&self, record: PluginRecord) -> Option<Arc<LoadedPlugin>> {
         let mut records = self.records.write().expect("records lock");
         let table = RouteTableBuilder::from_table(&self.routes(), Some(&record.name)).build();
         self.swap(table);
-        records.insert(record.name.clone(), record);
+        let left = records.insert(record.name.clone(), record);
+        left.and_then(|r| r.loaded().cloned())
+    }
+
+    /// Marks the loaded plugin `name` refused with `reason`, its routes
+    /// out, in one step; answers it (the caller stops it).
+    #[must_use = "the refused plugin may still be running: stop it"]
+    pub fn fail(&self, name: &str, reason: String) -> Option<Arc<LoadedPlugin>> {
+        let mut records = self.records.write().expect("records lock");
+        let record = records.get_mut(name)?;
+        let table = RouteTableBuilder::from_table(&self.routes(), Some(name)).build();
+        self.swap(table);
+        match std::mem::replace(&mut record.state, PluginState::Failed(reason)) {
+            PluginState::Loaded(plugin) => Some(plugin),
+            PluginState::Failed(_) => None,
+        }
     }
 
     /// Records that `name` is installed from the package `digest`.
@@ -94,10 +115,12 @@ impl PluginSet {
 
     /// Takes `name` out: a table without its routes becomes current, then
     /// its record goes. Requests holding the old table finish on it.
-    pub fn unmount(&self, name: &str) {
+    /// Answers the plugin taken out, which the caller stops.
+    #[must_use = "the plugin taken out is still running: stop it"]
+    pub fn unmount(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
         let mut records = self.records.write().expect("records lock");
         let table = RouteTableBuilder::from_table(&self.routes(), Some(name)).build();
         self.swap(table);
-        records.remove(name);
+        records.remove(name).and_then(|r| r.loaded().cloned())
     }
 }

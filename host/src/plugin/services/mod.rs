@@ -4,6 +4,7 @@
 //! plugin's name, and reads what it needs from this module's state, which
 //! the plugin host refreshes whenever the set of loaded plugins changes.
 
+pub mod lifespan;
 pub mod panic_log;
 
 use std::{
@@ -547,6 +548,8 @@ pub fn host_services() -> HostRef {
             kv_del,
             kv_incr,
             sql_page,
+            spawn: lifespan::spawn,
+            blocking: lifespan::blocking,
         }
         .leak_into_prefix()
     })
