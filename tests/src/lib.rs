@@ -764,6 +764,82 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A real SMTP server for one test (`tests/smtp/server.py`, aiosmtpd) on a
+/// free loopback port: it requires a login and keeps every message it
+/// accepts. Stopped when dropped.
+pub struct TestSmtp {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl TestSmtp {
+    /// A server that takes the login `user`/`password` and accepts each
+    /// message after `delay`.
+    pub fn start(user: &str, password: &str, delay: Duration) -> Self {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("a temp dir for mail");
+        let mut child = Command::new("python3")
+            .arg(root().join("tests/smtp/server.py"))
+            .args([
+                "--port",
+                &port.to_string(),
+                "--user",
+                user,
+                "--password",
+                password,
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--delay", &delay.as_secs_f64().to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 tests/smtp/server.py (scripts/test-deps installs aiosmtpd)");
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().expect("stdout piped"))
+            .read_line(&mut ready)
+            .expect("the SMTP server's first line");
+        assert_eq!(ready.trim(), "ready", "the SMTP server did not start");
+        Self { child, port, dir }
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The messages it accepted so far, in order, each with an
+    /// `X-Rcpt-To` header naming its envelope recipients.
+    pub fn messages(&self) -> Vec<String> {
+        let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(self.dir.path())
+            .expect("the mail dir")
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                let n = path
+                    .file_name()?
+                    .to_str()?
+                    .strip_suffix(".eml")?
+                    .parse()
+                    .ok()?;
+                Some((n, path))
+            })
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .map(|(_, path)| std::fs::read_to_string(path).expect("a message"))
+            .collect()
+    }
+}
+
+impl Drop for TestSmtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A private `redis-server` for one test, on a free loopback port, without
 /// persistence: stopping and starting it again gives an empty (flushed)
 /// Redis on the same URL. Stopped when dropped.
