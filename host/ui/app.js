@@ -192,6 +192,25 @@ function render(plugins, routes) {
       details.append(label, ul);
       title.append(details);
     }
+    const jobs = item.jobs || [];
+    if (jobs.length) {
+      const details = document.createElement("details");
+      details.className = "jobs";
+      const label = document.createElement("summary");
+      label.textContent = `${jobs.length} job${jobs.length === 1 ? "" : "s"}`;
+      const ul = document.createElement("ul");
+      ul.className = "routes";
+      for (const j of jobs) {
+        const li = document.createElement("li");
+        const code = document.createElement("code");
+        code.textContent = j.name;
+        const last = j.last_run ? `last run ${j.last_run}${j.outcome ? " (" + j.outcome + (j.error ? ": " + j.error : "") + ")" : " (running)"}` : "not run yet";
+        li.append(code, ` ${j.schedule}, ${j.cluster === "once" ? "once per tick in the cluster" : "on each instance"}; ${last}; next run ${j.next_run || "none"}`);
+        ul.append(li);
+      }
+      details.append(label, ul);
+      title.append(details);
+    }
     cell(row, "Plugin", title);
     const version = document.createElement("div");
     version.textContent = meta.version || "";
@@ -202,7 +221,8 @@ function render(plugins, routes) {
       version.append(signer);
     }
     cell(row, "Version", version);
-    cell(row, "Kind", item.app && item.app.extend ? `extend (${item.app.extend})` : item.app ? "app" : "");
+    const kind = item.app && item.app.extend ? `extend (${item.app.extend})` : item.app ? "app" : "capability";
+    cell(row, "Kind", item.state === "absent" ? "" : kind);
 
     const state = document.createElement("div");
     const badge = document.createElement("span");

@@ -182,6 +182,16 @@ pub mod level {
     pub const DEBUG: u8 = 4;
 }
 
+/// Outcomes accepted by [`HostServices::job_done`].
+pub mod job_outcome {
+    /// The run answered `Ok`.
+    pub const OK: u8 = 0;
+    /// The run answered an error.
+    pub const ERROR: u8 = 1;
+    /// The run panicked.
+    pub const PANICKED: u8 = 2;
+}
+
 /// Services the host lends to a plugin at [`PluginMod::init`].
 ///
 /// Every function takes the calling plugin's name first, so the host can
@@ -287,6 +297,29 @@ pub struct HostServices {
     /// has. Errors when `work` panicked. Added in 1.4.
     pub blocking:
         extern "C" fn(plugin: RStr<'_>, work: FfiFuture<()>) -> FfiFuture<RResult<(), RString>>,
+    /// Declares a job of run `owner`: `spec` is JSON `{"name", "every_ms"
+    /// | "cron", "cluster": "once" | "each"}`. Refused naming what is wrong
+    /// (a name, a cron expression, a run that is not running). Added in 1.4.
+    pub job_add:
+        extern "C" fn(plugin: RStr<'_>, owner: u64, spec: RStr<'_>) -> RResult<(), RString>,
+    /// Completes at the next tick of job `job` that this instance is to
+    /// run (the plugin enabled; for a `once` job, the tick taken by this
+    /// instance), answering its scheduled time in milliseconds since the
+    /// Unix epoch; an error once the run stopped. Added in 1.4.
+    pub job_wait: extern "C" fn(
+        plugin: RStr<'_>,
+        owner: u64,
+        job: RStr<'_>,
+    ) -> FfiFuture<RResult<i64, RString>>,
+    /// Records how the last run of job `job` ended: `outcome` 0 ok, 1 an
+    /// error, 2 a panic, with a message. Added in 1.4.
+    pub job_done: extern "C" fn(
+        plugin: RStr<'_>,
+        owner: u64,
+        job: RStr<'_>,
+        outcome: u8,
+        message: ROption<RString>,
+    ),
 }
 
 /// The root module every plugin library exports.

@@ -46,6 +46,7 @@ pub mod counter;
 mod db;
 mod export;
 mod host;
+mod jobs;
 mod lifespan;
 #[doc(hidden)]
 pub mod page;
@@ -60,6 +61,7 @@ pub mod __private;
 
 pub use db::{DbError, DbErrorKind, Executed, Transaction};
 pub use host::{Host, host};
+pub use jobs::{Cluster, Schedule};
 pub use lifespan::TaskError;
 pub use page::Page;
 pub use request::{Paging, Principal, Request};

@@ -20,6 +20,11 @@ use crate::{__private::StateAccess, Error, Host};
 /// The run the host started this plugin as (0: not started, or stopped).
 static OWNER: AtomicU64 = AtomicU64::new(0);
 
+/// The run the host started this plugin as (0: none).
+pub(crate) fn owner() -> u64 {
+    OWNER.load(Ordering::Acquire)
+}
+
 /// What went wrong with a task or blocking work: the host refused it (the
 /// plugin is not running, or the host is older than plugin-api 1.4 for
 /// [`Host::spawn`]), or the work panicked.
@@ -27,6 +32,10 @@ static OWNER: AtomicU64 = AtomicU64::new(0);
 pub struct TaskError(String);
 
 impl TaskError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+
     /// What happened, in words.
     pub fn message(&self) -> &str {
         &self.0
@@ -83,7 +92,7 @@ impl Host {
         };
         match spawn(
             RStr::from(self.plugin()),
-            OWNER.load(Ordering::Acquire),
+            owner(),
             RStr::from(name),
             future.into_ffi(),
         ) {

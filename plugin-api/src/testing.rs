@@ -102,6 +102,17 @@ struct State {
     tasks: RefCell<Vec<(String, FfiFuture<()>)>>,
     /// From the start hook on, until the plugin stops.
     running: Cell<bool>,
+    /// Jobs declared: name, spec, runs asked for and not yet begun, and
+    /// the outcome of the last run.
+    jobs: RefCell<BTreeMap<String, TestJob>>,
+}
+
+#[derive(Default)]
+struct TestJob {
+    spec: String,
+    asked: u32,
+    done: u32,
+    outcome: Option<Result<(), String>>,
 }
 
 thread_local! {
@@ -489,6 +500,81 @@ extern "C" fn blocking(plugin: RStr<'_>, work: FfiFuture<()>) -> FfiFuture<RResu
     .into_ffi()
 }
 
+extern "C" fn job_add(plugin: RStr<'_>, owner: u64, spec: RStr<'_>) -> RResult<(), RString> {
+    let state = match current() {
+        Ok(state) if owner == TEST_RUN && state.running.get() => state,
+        Ok(_) => {
+            return RResult::RErr(RString::from(format!(
+                "plugin '{}' cannot declare a job: it is not running",
+                plugin.as_str()
+            )));
+        }
+        Err(e) => return RResult::RErr(e),
+    };
+    let name = serde_json::from_str::<Value>(spec.as_str())
+        .ok()
+        .and_then(|v| v["name"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut jobs = state.jobs.borrow_mut();
+    if jobs.contains_key(&name) {
+        return RResult::RErr(RString::from(format!(
+            "plugin '{}' declares job '{name}' twice",
+            plugin.as_str()
+        )));
+    }
+    jobs.insert(
+        name,
+        TestJob {
+            spec: spec.as_str().to_owned(),
+            ..TestJob::default()
+        },
+    );
+    RResult::ROk(())
+}
+
+/// Ready when the test asked for a run of the job ([`TestHost::run_job`]).
+extern "C" fn job_wait(
+    _plugin: RStr<'_>,
+    _owner: u64,
+    job: RStr<'_>,
+) -> FfiFuture<RResult<i64, RString>> {
+    let job = job.as_str().to_owned();
+    std::future::poll_fn(move |_| {
+        let Ok(state) = current() else {
+            return std::task::Poll::Pending;
+        };
+        let mut jobs = state.jobs.borrow_mut();
+        match jobs.get_mut(&job) {
+            Some(j) if j.asked > 0 => {
+                j.asked -= 1;
+                std::task::Poll::Ready(RResult::ROk(now_ms()))
+            }
+            _ => std::task::Poll::Pending,
+        }
+    })
+    .into_ffi()
+}
+
+extern "C" fn job_done(
+    _plugin: RStr<'_>,
+    _owner: u64,
+    job: RStr<'_>,
+    outcome: u8,
+    message: ROption<RString>,
+) {
+    if let Ok(state) = current()
+        && let Some(j) = state.jobs.borrow_mut().get_mut(job.as_str())
+    {
+        j.done += 1;
+        j.outcome = Some(match outcome {
+            crate::abi::job_outcome::OK => Ok(()),
+            _ => Err(message
+                .into_option()
+                .map_or_else(|| "failed".to_owned(), RString::into_string)),
+        });
+    }
+}
+
 fn services() -> HostRef {
     static SERVICES: OnceLock<HostRef> = OnceLock::new();
     *SERVICES.get_or_init(|| {
@@ -511,6 +597,9 @@ fn services() -> HostRef {
             sql_page,
             spawn,
             blocking,
+            job_add,
+            job_wait,
+            job_done,
         }
         .leak_into_prefix()
     })
@@ -619,6 +708,7 @@ impl TestHost {
             last_tx: Cell::new(0),
             tasks: RefCell::default(),
             running: Cell::new(false),
+            jobs: RefCell::default(),
         });
 
         let script = if options.snowflake {
@@ -792,6 +882,73 @@ impl TestHost {
             }
             None => false,
         }
+    }
+
+    /// The jobs the plugin declared ([`Host::job`](crate::Host::job)), by
+    /// name, with the spec the host would read (`{"name", "every_ms" |
+    /// "cron", "cluster"}` as JSON).
+    pub fn jobs(&self) -> BTreeMap<String, Value> {
+        self.state
+            .jobs
+            .borrow()
+            .iter()
+            .map(|(name, job)| {
+                (
+                    name.clone(),
+                    serde_json::from_str(&job.spec).unwrap_or(Value::Null),
+                )
+            })
+            .collect()
+    }
+
+    /// Runs job `name` once, now, on the test's thread (a host waits for
+    /// its tick; a test host runs it when asked), and answers how the run
+    /// ended: `Err` with the job's error, or "it panicked".
+    ///
+    /// # Panics
+    ///
+    /// When the plugin declared no job `name`, or its task is gone.
+    pub fn run_job(&self, name: &str) -> Result<(), String> {
+        let before = {
+            let mut jobs = self.state.jobs.borrow_mut();
+            let job = jobs.get_mut(name).unwrap_or_else(|| {
+                panic!("plugin '{}' declared no job '{name}'", self.state.plugin)
+            });
+            job.asked += 1;
+            job.done
+        };
+        let task_name = format!("job:{name}");
+        let mut task = {
+            let mut tasks = self.state.tasks.borrow_mut();
+            let i = tasks
+                .iter()
+                .position(|(n, _)| *n == task_name)
+                .unwrap_or_else(|| panic!("the task of job '{name}' is gone"));
+            tasks.remove(i).1
+        };
+        let waker = futures_util::task::noop_waker();
+        let mut context = std::task::Context::from_waker(&waker);
+        // The job's task runs until it has finished the run asked for and
+        // waits for the next one (which only another `run_job` gives).
+        let outcome = with_current(&self.state, || {
+            use std::future::Future as _;
+            for _ in 0..100_000 {
+                let polled = std::pin::Pin::new(&mut task).poll(&mut context);
+                let jobs = self.state.jobs.borrow();
+                let job = &jobs[name];
+                if job.done > before {
+                    return job.outcome.clone().unwrap_or(Ok(()));
+                }
+                if polled.is_ready() {
+                    return Err(format!("the task of job '{name}' ended"));
+                }
+            }
+            Err(format!(
+                "the run of job '{name}' did not finish: it waits on something the test host never completes"
+            ))
+        });
+        self.state.tasks.borrow_mut().push((task_name, task));
+        outcome
     }
 
     /// Stops the plugin as a host does before it unloads it: its stop hook

@@ -547,6 +547,7 @@ fn list_item(record: &PluginRecord, required: bool, revision: i64) -> Value {
             let mut value = p.manifest.flag_value(&p.name, enabled);
             if let Value::Object(map) = &mut value {
                 map.insert("signer".into(), Value::from(p.signer.clone()));
+                map.insert("jobs".into(), Value::from(p.jobs()));
             }
             (
                 value,

@@ -27,7 +27,7 @@ pub struct LoadedPlugin {
     pub digest: String,
     /// The id of the trusted key that signed its package (`None`: unsigned).
     pub signer: Option<String>,
-    enabled: AtomicBool,
+    enabled: Arc<AtomicBool>,
     run: Mutex<Option<Arc<lifespan::Run>>>,
 }
 
@@ -45,7 +45,7 @@ impl LoadedPlugin {
 
     /// Starts this plugin's run (its start hook); a plugin runs once at a time.
     pub(crate) async fn start(&self) -> Result<(), lifespan::StartError> {
-        let run = lifespan::start(&self.name, self.module).await?;
+        let run = lifespan::start(&self.name, self.module, self.enabled.clone()).await?;
         if let Some(earlier) = self.run.lock().expect("run lock").replace(run) {
             tracing::warn!(plugin = self.name, run = earlier.id(), "started twice");
         }
@@ -60,6 +60,16 @@ impl LoadedPlugin {
             lifespan::stop(&run, self.module).await;
             tracing::info!(plugin = self.name, "stopped");
         }
+    }
+
+    /// Its jobs, as the plugin list shows them (none before it started).
+    pub fn jobs(&self) -> Vec<serde_json::Value> {
+        self.run
+            .lock()
+            .expect("run lock")
+            .as_ref()
+            .map(|run| run.jobs())
+            .unwrap_or_default()
     }
 
     /// Whether the plugin is started, and how many tasks it runs.
@@ -90,7 +100,7 @@ impl LoadedPlugin {
             library,
             digest,
             signer,
-            enabled: AtomicBool::new(enabled),
+            enabled: Arc::new(AtomicBool::new(enabled)),
             run: Mutex::new(None),
         }
     }

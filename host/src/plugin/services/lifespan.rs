@@ -12,7 +12,7 @@ use std::{
     panic::AssertUnwindSafe,
     sync::{
         Arc, Mutex, OnceLock,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -24,16 +24,21 @@ use plugin_api::abi::PluginModRef;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::jobs::Job;
 use crate::config::PluginRunLimits;
 
 /// One run of a started plugin: its id (what its tasks name), and the
 /// tasks it owns.
 pub struct Run {
     id: u64,
-    plugin: String,
+    pub(super) plugin: String,
     cancel: CancellationToken,
     tasks: AtomicUsize,
     idle: Notify,
+    /// The plugin's flag, as its gate reads it.
+    enabled: Arc<AtomicBool>,
+    /// The jobs it declared, by name.
+    pub(super) jobs: Mutex<BTreeMap<String, Arc<Job>>>,
 }
 
 impl Run {
@@ -46,6 +51,35 @@ impl Run {
     pub fn tasks(&self) -> usize {
         self.tasks.load(Ordering::Acquire)
     }
+
+    /// Whether the plugin is enabled now.
+    pub(super) fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
+    }
+
+    /// Completes when the run stops.
+    pub(super) async fn stopped(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// Its jobs, as the plugin list shows them.
+    pub fn jobs(&self) -> Vec<serde_json::Value> {
+        self.jobs
+            .lock()
+            .expect("jobs lock")
+            .values()
+            .map(|job| job.describe())
+            .collect()
+    }
+}
+
+/// The run `owner` of `plugin`, while it runs.
+pub(super) fn run_of(plugin: &str, owner: u64) -> Option<Arc<Run>> {
+    RUNS.lock()
+        .expect("runs lock")
+        .get(&owner)
+        .filter(|r| r.plugin == plugin && !r.cancel.is_cancelled())
+        .cloned()
 }
 
 static RUNS: Mutex<BTreeMap<u64, Arc<Run>>> = Mutex::new(BTreeMap::new());
@@ -81,13 +115,19 @@ pub enum StartError {
 /// plugin's start hook (a plugin older than contract 1.4 has none), bounded
 /// by the hook time-out. On failure the run is stopped again (its tasks
 /// cancelled) and the reason answered.
-pub async fn start(name: &str, module: PluginModRef) -> Result<Arc<Run>, StartError> {
+pub async fn start(
+    name: &str,
+    module: PluginModRef,
+    enabled: Arc<AtomicBool>,
+) -> Result<Arc<Run>, StartError> {
     let run = Arc::new(Run {
         id: NEXT_RUN.fetch_add(1, Ordering::Relaxed),
         plugin: name.to_owned(),
         cancel: CancellationToken::new(),
         tasks: AtomicUsize::new(0),
         idle: Notify::new(),
+        enabled,
+        jobs: Mutex::default(),
     });
     RUNS.lock().expect("runs lock").insert(run.id, run.clone());
     let Some(hook) = module.start() else {
@@ -169,8 +209,7 @@ pub(super) extern "C" fn spawn(
     future: FfiFuture<()>,
 ) -> RResult<(), RString> {
     let (plugin, task) = (plugin.as_str(), task.as_str().to_owned());
-    let run = RUNS.lock().expect("runs lock").get(&owner).cloned();
-    let Some(run) = run.filter(|r| r.plugin == plugin && !r.cancel.is_cancelled()) else {
+    let Some(run) = run_of(plugin, owner) else {
         return refused(format!(
             "plugin '{plugin}' cannot spawn task '{task}': it is not running (tasks may be spawned from its start hook on, until it stops)"
         ));

@@ -4,6 +4,7 @@
 //! plugin's name, and reads what it needs from this module's state, which
 //! the plugin host refreshes whenever the set of loaded plugins changes.
 
+pub mod jobs;
 pub mod lifespan;
 pub mod panic_log;
 
@@ -523,6 +524,60 @@ extern "C" fn kv_incr(
     .into_ffi()
 }
 
+/// Moves a job's last claimed tick to `tick` if it is behind: whether this
+/// caller did (and so runs the tick). One script on Redis; on the
+/// database, the row is claimed (inserted if absent) and then moved
+/// forward by one conditional update, whose row count says who won.
+/// Ticks are written as 20 digits, so text order is number order.
+pub(crate) async fn claim_tick(job: &str, tick: i64) -> Result<bool, RString> {
+    const CLAIM_SCRIPT: &str = r"
+local last = redis.call('GET', KEYS[1])
+if (not last) or last < ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+";
+    // `#` is in no plugin name, so no plugin key can be this one.
+    let key = format!("#job:{job}");
+    let value = format!("{:020}", tick.max(0));
+    if let Some((redis, key)) = kv_redis(&key) {
+        static SCRIPT: OnceLock<redis::Script> = OnceLock::new();
+        let script = SCRIPT.get_or_init(|| redis::Script::new(CLAIM_SCRIPT));
+        let mut conn = redis.conn().await.map_err(from_redis_err)?;
+        let won: redis::RedisResult<i64> =
+            script.key(key).arg(value).invoke_async(&mut *conn).await;
+        return Ok(redis.check(won).map_err(from_redis_err)? == 1);
+    }
+    let db = db()?;
+    let insert = match db.backend() {
+        Backend::Mysql => {
+            "INSERT INTO sys_kv (kv_key, kv_value, expires_at) VALUES (?, '', NULL) \
+             ON DUPLICATE KEY UPDATE kv_key = kv_key"
+        }
+        _ => {
+            "INSERT INTO sys_kv (kv_key, kv_value, expires_at) VALUES (?, '', NULL) \
+             ON CONFLICT (kv_key) DO NOTHING"
+        }
+    };
+    crate::db::retrying(|| db.execute(db.statement(insert, vec![key.clone().into()])))
+        .await
+        .map_err(from_db_err)?;
+    let moved = crate::db::retrying(|| {
+        db.execute(db.statement(
+            "UPDATE sys_kv SET kv_value = ? WHERE kv_key = ? AND kv_value < ?",
+            vec![
+                value.clone().into(),
+                key.clone().into(),
+                value.clone().into(),
+            ],
+        ))
+    })
+    .await
+    .map_err(from_db_err)?;
+    Ok(moved.rows_affected() == 1)
+}
+
 extern "C" fn loaded_plugins() -> u32 {
     LOADED.load(Ordering::Relaxed)
 }
@@ -550,6 +605,9 @@ pub fn host_services() -> HostRef {
             sql_page,
             spawn: lifespan::spawn,
             blocking: lifespan::blocking,
+            job_add: jobs::job_add,
+            job_wait: jobs::job_wait,
+            job_done: jobs::job_done,
         }
         .leak_into_prefix()
     })
