@@ -211,6 +211,12 @@ function render(plugins, routes) {
       details.append(label, ul);
       title.append(details);
     }
+    if ((item.http_allow || []).length) {
+      const reach = document.createElement("div");
+      reach.className = "reason reach";
+      reach.textContent = `may reach ${item.http_allow.join(", ")}`;
+      title.append(reach);
+    }
     cell(row, "Plugin", title);
     const version = document.createElement("div");
     version.textContent = meta.version || "";

@@ -320,6 +320,25 @@ pub struct HostServices {
         outcome: u8,
         message: ROption<RString>,
     ),
+    /// Sends an HTTP request through the host's client, when the plugin
+    /// may reach its destination (its manifest's `[permissions] http`, or
+    /// the operator's `PLUGHOST_HTTP_ALLOW_<PLUGIN>`). `head` is JSON
+    /// `{"method", "url", "headers": [[name, value], ...], "timeout_ms"}`.
+    /// Answers JSON `{"status", "headers": [[name, value], ...], "body": N}`
+    /// once the response head arrived, N naming its body for
+    /// [`http_read`](Self::http_read). Errors are JSON `{"kind": "refused" |
+    /// "timeout" | "connect" | "other", "message"}`. Added in 1.4.
+    pub http_send: extern "C" fn(
+        plugin: RStr<'_>,
+        head: RString,
+        body: RVec<u8>,
+    ) -> FfiFuture<RResult<RString, RString>>,
+    /// The next chunk of response body `body`; empty at its end (the body
+    /// is then gone). Errors as for `http_send`. Added in 1.4.
+    pub http_read:
+        extern "C" fn(plugin: RStr<'_>, body: u64) -> FfiFuture<RResult<RVec<u8>, RString>>,
+    /// Drops response body `body` unread. Added in 1.4.
+    pub http_close: extern "C" fn(plugin: RStr<'_>, body: u64),
 }
 
 /// The root module every plugin library exports.

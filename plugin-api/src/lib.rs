@@ -46,6 +46,7 @@ pub mod counter;
 mod db;
 mod export;
 mod host;
+mod http;
 mod jobs;
 mod lifespan;
 #[doc(hidden)]
@@ -61,6 +62,7 @@ pub mod __private;
 
 pub use db::{DbError, DbErrorKind, Executed, Transaction};
 pub use host::{Host, host};
+pub use http::{HttpError, HttpErrorKind, HttpRequest, HttpResponse};
 pub use jobs::{Cluster, Schedule};
 pub use lifespan::TaskError;
 pub use page::Page;

@@ -105,6 +105,19 @@ struct State {
     /// Jobs declared: name, spec, runs asked for and not yet begun, and
     /// the outcome of the last run.
     jobs: RefCell<BTreeMap<String, TestJob>>,
+    /// Outbound HTTP: the test's answers, the requests sent, bodies open.
+    http_answers: Vec<TestHttpAnswer>,
+    http_sent: RefCell<Vec<Value>>,
+    http_bodies: RefCell<HashMap<u64, Vec<u8>>>,
+}
+
+/// An answer a test gives for outbound HTTP requests to one URL.
+#[derive(Clone)]
+struct TestHttpAnswer {
+    method: String,
+    url: String,
+    status: u16,
+    body: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -575,6 +588,69 @@ extern "C" fn job_done(
     }
 }
 
+extern "C" fn http_send(
+    _plugin: RStr<'_>,
+    head: RString,
+    body: RVec<u8>,
+) -> FfiFuture<RResult<RString, RString>> {
+    let answer = (|| {
+        let state = current()?;
+        let mut head: Value = serde_json::from_str(&head)
+            .map_err(|e| RString::from(format!("{{\"kind\":\"other\",\"message\":\"{e}\"}}")))?;
+        let (method, url) = (
+            head["method"]
+                .as_str()
+                .unwrap_or_default()
+                .to_ascii_uppercase(),
+            head["url"].as_str().unwrap_or_default().to_owned(),
+        );
+        head["body"] = Value::from(String::from_utf8_lossy(&body).into_owned());
+        state.http_sent.borrow_mut().push(head);
+        let found = state
+            .http_answers
+            .iter()
+            .find(|a| a.method == method && a.url == url)
+            .cloned()
+            .ok_or_else(|| {
+                RString::from(
+                    serde_json::json!({
+                        "kind": "connect",
+                        "message": format!("the test host has no answer for {method} {url} (TestOptions::http)"),
+                    })
+                    .to_string(),
+                )
+            })?;
+        let mut bodies = state.http_bodies.borrow_mut();
+        let id = bodies.len() as u64 + 1;
+        bodies.insert(id, found.body);
+        Ok(RString::from(
+            serde_json::json!({ "status": found.status, "headers": [], "body": id }).to_string(),
+        ))
+    })();
+    ready(answer.into())
+}
+
+/// The whole body in one chunk, then its end.
+extern "C" fn http_read(_plugin: RStr<'_>, body: u64) -> FfiFuture<RResult<RVec<u8>, RString>> {
+    let chunk = current()
+        .map(|state| {
+            state
+                .http_bodies
+                .borrow_mut()
+                .get_mut(&body)
+                .map(std::mem::take)
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    ready(RResult::ROk(RVec::from(chunk)))
+}
+
+extern "C" fn http_close(_plugin: RStr<'_>, body: u64) {
+    if let Ok(state) = current() {
+        state.http_bodies.borrow_mut().remove(&body);
+    }
+}
+
 fn services() -> HostRef {
     static SERVICES: OnceLock<HostRef> = OnceLock::new();
     *SERVICES.get_or_init(|| {
@@ -600,6 +676,9 @@ fn services() -> HostRef {
             job_add,
             job_wait,
             job_done,
+            http_send,
+            http_read,
+            http_close,
         }
         .leak_into_prefix()
     })
@@ -612,12 +691,27 @@ fn services() -> HostRef {
 pub struct TestOptions {
     settings: BTreeMap<String, String>,
     snowflake: bool,
+    http: Vec<TestHttpAnswer>,
 }
 
 impl TestOptions {
     /// Sets a plugin setting (over the manifest's `[settings]`).
     pub fn setting(mut self, key: &str, value: &str) -> Self {
         self.settings.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Answers the plugin's outbound `method` requests to `url` (the
+    /// whole URL, query included) with `status` and `body`. A request the
+    /// test gave no answer for fails with an error naming it. (The test
+    /// host does not check `[permissions] http`; a host does.)
+    pub fn http(mut self, method: &str, url: &str, status: u16, body: impl Into<Vec<u8>>) -> Self {
+        self.http.push(TestHttpAnswer {
+            method: method.to_ascii_uppercase(),
+            url: url.to_owned(),
+            status,
+            body: body.into(),
+        });
         self
     }
 
@@ -709,6 +803,9 @@ impl TestHost {
             tasks: RefCell::default(),
             running: Cell::new(false),
             jobs: RefCell::default(),
+            http_answers: options.http,
+            http_sent: RefCell::default(),
+            http_bodies: RefCell::default(),
         });
 
         let script = if options.snowflake {
@@ -882,6 +979,13 @@ impl TestHost {
             }
             None => false,
         }
+    }
+
+    /// The outbound HTTP requests the plugin sent so far, in order, each
+    /// as JSON `{"method", "url", "headers": [[name, value], ...],
+    /// "timeout_ms", "body"}` (the body as text).
+    pub fn http_sent(&self) -> Vec<Value> {
+        self.state.http_sent.borrow().clone()
     }
 
     /// The jobs the plugin declared ([`Host::job`](crate::Host::job)), by

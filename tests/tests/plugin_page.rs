@@ -187,7 +187,10 @@ async fn assert_only_local_resources(client: &Client, base: &str) {
 
 #[test]
 fn the_plugin_page_manages_plugins_in_a_real_browser() {
-    let (_data, host) = e2e::serve(&["hello", "sysinfo", "dict"]);
+    let (_data, host) = e2e::serve_with(
+        &["hello", "sysinfo", "dict", "ticker", "beacon"],
+        &[("TICKER_JOB_MS", "60000")],
+    );
     let driver = Driver::start();
     let base = host.base().to_owned();
     let package = tempfile::tempdir().unwrap();
@@ -215,6 +218,21 @@ fn the_plugin_page_manages_plugins_in_a_real_browser() {
             "{dict}"
         );
         assert!(row_text(&client, "hello").await.contains("app"));
+        // What a plugin does in time and may reach: its job, its hosts; a
+        // plugin without routes is a capability.
+        let ticker = row_text(&client, "ticker").await;
+        assert!(
+            ticker.contains("1 job") && ticker.contains("may reach 127.0.0.1"),
+            "{ticker}"
+        );
+        click(&client, "tr[data-plugin='ticker'] details.jobs summary").await;
+        let ticker = row_text(&client, "ticker").await;
+        assert!(
+            ticker
+                .contains("count every 1m, once per tick in the cluster; not run yet; next run 20"),
+            "{ticker}"
+        );
+        assert!(row_text(&client, "beacon").await.contains("capability"));
         assert_only_local_resources(&client, &base).await;
         snap(&client, "1-plugins").await;
 

@@ -289,6 +289,18 @@ impl PluginHost {
             .collect();
         let loaded = u32::try_from(settings.len()).unwrap_or(u32::MAX);
         services::publish(loaded, settings);
+        services::http::publish(
+            records
+                .values()
+                .filter_map(PluginRecord::loaded)
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        services::http::allowed_for(&p.name, &p.manifest.http),
+                    )
+                })
+                .collect(),
+        );
     }
 
     /// The current route table (held by a request for its whole life).
@@ -548,6 +560,13 @@ fn list_item(record: &PluginRecord, required: bool, revision: i64) -> Value {
             if let Value::Object(map) = &mut value {
                 map.insert("signer".into(), Value::from(p.signer.clone()));
                 map.insert("jobs".into(), Value::from(p.jobs()));
+                map.insert(
+                    "http_allow".into(),
+                    services::http::allowed_for(&p.name, &p.manifest.http)
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                );
             }
             (
                 value,

@@ -37,6 +37,8 @@ pub struct PluginManifest {
     pub kind: PluginKind,
     /// `[settings]`, values rendered as strings.
     pub settings: BTreeMap<String, String>,
+    /// `[permissions] http`: the hosts the plugin may send HTTP requests to.
+    pub http: Vec<super::permissions::HostPattern>,
     /// The whole manifest as JSON, for the list endpoint and the flag store.
     pub json: Value,
 }
@@ -221,10 +223,13 @@ impl PluginManifest {
             err("(document)", format!("not valid TOML: {}", e.message()))
         })?;
         for key in doc.keys() {
-            if !matches!(key.as_str(), "plugin" | "app" | "api" | "settings") {
+            if !matches!(
+                key.as_str(),
+                "plugin" | "app" | "api" | "settings" | "permissions"
+            ) {
                 return Err(err(
                     key.as_str(),
-                    "unknown table (allowed: plugin, app, api, settings)",
+                    "unknown table (allowed: plugin, app, api, settings, permissions)",
                 ));
             }
         }
@@ -312,6 +317,25 @@ impl PluginManifest {
             }
         }
 
+        let mut http = Vec::new();
+        if let Some(p) = doc.get("permissions") {
+            for (key, value) in table(p, "permissions")? {
+                match key.as_str() {
+                    "http" => {
+                        let list = string_list(value, "permissions.http")?;
+                        http = super::permissions::parse_all(list.iter().map(String::as_str))
+                            .map_err(|e| err("permissions.http", e))?;
+                    }
+                    other => {
+                        return Err(err(
+                            format!("permissions.{other}"),
+                            "unknown permission (allowed: http)",
+                        ));
+                    }
+                }
+            }
+        }
+
         let json = to_json(&toml::Value::Table(doc));
         Ok(Self {
             version,
@@ -319,6 +343,7 @@ impl PluginManifest {
             databases,
             kind,
             settings,
+            http,
             json,
         })
     }
@@ -465,6 +490,19 @@ author = "a"
         check("", Ok(()));
         check("[api.x]\nprefix = \"/x\"\n", Err("app"));
         check("[app]\nrouter = []\n", Err("app.router"));
+        check(
+            "[permissions]\nhttp = [\"api.github.com\", \"*.example.com:8443\"]\n",
+            Ok(()),
+        );
+        check(
+            "[permissions]\nhttp = [\"https://api.github.com\"]\n",
+            Err("permissions.http"),
+        );
+        check(
+            "[permissions]\nhttp = \"api.github.com\"\n",
+            Err("permissions.http"),
+        );
+        check("[permissions]\nsmtp = []\n", Err("permissions.smtp"));
         check("[app]\n", Err("app.router"));
         check("[app]\nrouter = [\"9x\"]\n", Err("app.router"));
         check("[app]\nextend = \"admin\"\n", Err("app.extend"));

@@ -4,6 +4,7 @@
 //! plugin's name, and reads what it needs from this module's state, which
 //! the plugin host refreshes whenever the set of loaded plugins changes.
 
+pub mod http;
 pub mod jobs;
 pub mod lifespan;
 pub mod panic_log;
@@ -608,6 +609,9 @@ pub fn host_services() -> HostRef {
             job_add: jobs::job_add,
             job_wait: jobs::job_wait,
             job_done: jobs::job_done,
+            http_send: http::http_send,
+            http_read: http::http_read,
+            http_close: http::http_close,
         }
         .leak_into_prefix()
     })
