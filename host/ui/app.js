@@ -213,7 +213,7 @@ function render(plugins, routes) {
     }
     if ((item.http_allow || []).length) {
       const reach = document.createElement("div");
-      reach.className = "reason reach";
+      reach.className = "reach";
       reach.textContent = `may reach ${item.http_allow.join(", ")}`;
       title.append(reach);
     }
