@@ -339,6 +339,38 @@ pub struct HostServices {
         extern "C" fn(plugin: RStr<'_>, body: u64) -> FfiFuture<RResult<RVec<u8>, RString>>,
     /// Drops response body `body` unread. Added in 1.4.
     pub http_close: extern "C" fn(plugin: RStr<'_>, body: u64),
+    /// Publishes `payload` on `topic` (`<plugin>.<name>`, the plugin's
+    /// own) to the subscribers of every instance of the cluster. Added in 1.4.
+    pub event_publish: extern "C" fn(
+        plugin: RStr<'_>,
+        topic: RStr<'_>,
+        payload: RString,
+    ) -> FfiFuture<RResult<(), RString>>,
+    /// Subscribes run `owner` to `topic` (a topic, or `<plugin>.*`): the
+    /// plugin's own, or one its manifest declares under `[permissions]
+    /// events`. Answers the subscription's number. Added in 1.4.
+    pub event_subscribe:
+        extern "C" fn(plugin: RStr<'_>, owner: u64, topic: RStr<'_>) -> RResult<u64, RString>,
+    /// The next event of subscription `subscription` (its payload); an
+    /// error once the run stopped. Added in 1.4.
+    pub event_next:
+        extern "C" fn(plugin: RStr<'_>, subscription: u64) -> FfiFuture<RResult<RString, RString>>,
+    /// Opens a response body that run `owner` sends as it goes; answers
+    /// its number, which the handler's response names (extension
+    /// `plughost.stream`). With `keep_alive_ms` > 0 the host sends an SSE
+    /// comment after that long without a chunk. Added in 1.4.
+    pub stream_open:
+        extern "C" fn(plugin: RStr<'_>, owner: u64, keep_alive_ms: u64) -> RResult<u64, RString>,
+    /// Sends a chunk of stream `stream`, waiting while the client is
+    /// slow; an error once the client has gone, the plugin closed it or its
+    /// run stopped. Added in 1.4.
+    pub stream_send: extern "C" fn(
+        plugin: RStr<'_>,
+        stream: u64,
+        chunk: RVec<u8>,
+    ) -> FfiFuture<RResult<(), RString>>,
+    /// Ends stream `stream`. Added in 1.4.
+    pub stream_close: extern "C" fn(plugin: RStr<'_>, stream: u64),
 }
 
 /// The root module every plugin library exports.

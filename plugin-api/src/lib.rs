@@ -44,6 +44,7 @@ pub mod abi;
 #[doc(hidden)]
 pub mod counter;
 mod db;
+mod events;
 mod export;
 mod host;
 mod http;
@@ -54,6 +55,7 @@ pub mod page;
 mod request;
 mod response;
 mod router;
+mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -61,6 +63,7 @@ pub mod testing;
 pub mod __private;
 
 pub use db::{DbError, DbErrorKind, Executed, Transaction};
+pub use events::Subscription;
 pub use host::{Host, host};
 pub use http::{HttpError, HttpErrorKind, HttpRequest, HttpResponse};
 pub use jobs::{Cluster, Schedule};
@@ -69,6 +72,7 @@ pub use page::Page;
 pub use request::{Paging, Principal, Request};
 pub use response::{Error, IntoResponse, Json, Response};
 pub use router::Router;
+pub use stream::{BodySender, Event, EventSender};
 
 /// The version of this contract, as the host compares it.
 pub const CONTRACT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -71,6 +71,10 @@ impl Response {
     pub fn into_raw(self) -> RawResponse {
         self.0
     }
+
+    pub(crate) fn from_raw(raw: RawResponse) -> Self {
+        Self(raw)
+    }
 }
 
 /// Turns a handler's output into a [`Response`].

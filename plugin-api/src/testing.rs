@@ -109,6 +109,11 @@ struct State {
     http_answers: Vec<TestHttpAnswer>,
     http_sent: RefCell<Vec<Value>>,
     http_bodies: RefCell<HashMap<u64, Vec<u8>>>,
+    /// Events published (topic, payload) and each subscription's queue.
+    published: RefCell<Vec<(String, String)>>,
+    subscriptions: RefCell<Vec<(String, std::collections::VecDeque<String>)>>,
+    /// What each stream was sent so far.
+    streams: RefCell<HashMap<u64, Vec<u8>>>,
 }
 
 /// An answer a test gives for outbound HTTP requests to one URL.
@@ -651,6 +656,100 @@ extern "C" fn http_close(_plugin: RStr<'_>, body: u64) {
     }
 }
 
+fn topic_matches(pattern: &str, topic: &str) -> bool {
+    match pattern.strip_suffix(".*") {
+        Some(prefix) => topic.starts_with(&format!("{prefix}.")),
+        None => pattern == topic,
+    }
+}
+
+extern "C" fn event_publish(
+    _plugin: RStr<'_>,
+    topic: RStr<'_>,
+    payload: RString,
+) -> FfiFuture<RResult<(), RString>> {
+    if let Ok(state) = current() {
+        let (topic, payload) = (topic.as_str().to_owned(), payload.into_string());
+        for (pattern, queue) in state.subscriptions.borrow_mut().iter_mut() {
+            if topic_matches(pattern, &topic) {
+                queue.push_back(payload.clone());
+            }
+        }
+        state.published.borrow_mut().push((topic, payload));
+    }
+    ready(RResult::ROk(()))
+}
+
+extern "C" fn event_subscribe(
+    _plugin: RStr<'_>,
+    _owner: u64,
+    topic: RStr<'_>,
+) -> RResult<u64, RString> {
+    match current() {
+        Ok(state) => {
+            let mut subscriptions = state.subscriptions.borrow_mut();
+            subscriptions.push((topic.as_str().to_owned(), Default::default()));
+            RResult::ROk(subscriptions.len() as u64)
+        }
+        Err(e) => RResult::RErr(e),
+    }
+}
+
+/// Ready with the subscription's next queued event; pending while none is.
+extern "C" fn event_next(
+    _plugin: RStr<'_>,
+    subscription: u64,
+) -> FfiFuture<RResult<RString, RString>> {
+    std::future::poll_fn(move |_| {
+        let Ok(state) = current() else {
+            return std::task::Poll::Pending;
+        };
+        let mut subscriptions = state.subscriptions.borrow_mut();
+        match subscriptions
+            .get_mut(subscription as usize - 1)
+            .and_then(|(_, queue)| queue.pop_front())
+        {
+            Some(payload) => std::task::Poll::Ready(RResult::ROk(RString::from(payload))),
+            None => std::task::Poll::Pending,
+        }
+    })
+    .into_ffi()
+}
+
+extern "C" fn stream_open(
+    _plugin: RStr<'_>,
+    _owner: u64,
+    _keep_alive_ms: u64,
+) -> RResult<u64, RString> {
+    match current() {
+        Ok(state) => {
+            let mut streams = state.streams.borrow_mut();
+            let id = streams.len() as u64 + 1;
+            streams.insert(id, Vec::new());
+            RResult::ROk(id)
+        }
+        Err(e) => RResult::RErr(e),
+    }
+}
+
+extern "C" fn stream_send(
+    _plugin: RStr<'_>,
+    stream: u64,
+    chunk: RVec<u8>,
+) -> FfiFuture<RResult<(), RString>> {
+    let sent = current().map(|state| {
+        state
+            .streams
+            .borrow_mut()
+            .entry(stream)
+            .or_default()
+            .extend_from_slice(&chunk)
+    });
+    ready(sent.into())
+}
+
+extern "C" fn stream_close(_plugin: RStr<'_>, _stream: u64) {}
+
 fn services() -> HostRef {
     static SERVICES: OnceLock<HostRef> = OnceLock::new();
     *SERVICES.get_or_init(|| {
@@ -679,6 +778,12 @@ fn services() -> HostRef {
             http_send,
             http_read,
             http_close,
+            event_publish,
+            event_subscribe,
+            event_next,
+            stream_open,
+            stream_send,
+            stream_close,
         }
         .leak_into_prefix()
     })
@@ -806,6 +911,9 @@ impl TestHost {
             http_answers: options.http,
             http_sent: RefCell::default(),
             http_bodies: RefCell::default(),
+            published: RefCell::default(),
+            subscriptions: RefCell::default(),
+            streams: RefCell::default(),
         });
 
         let script = if options.snowflake {
@@ -988,6 +1096,35 @@ impl TestHost {
         self.state.http_sent.borrow().clone()
     }
 
+    /// The events the plugin published, in order: (topic, payload).
+    pub fn published(&self) -> Vec<(String, String)> {
+        self.state.published.borrow().clone()
+    }
+
+    /// Publishes an event as another plugin (or instance) would: queued
+    /// for the plugin's subscriptions whose topic matches.
+    pub fn deliver(&self, topic: &str, payload: &Value) {
+        let payload = payload.to_string();
+        for (pattern, queue) in self.state.subscriptions.borrow_mut().iter_mut() {
+            if topic_matches(pattern, topic) {
+                queue.push_back(payload.clone());
+            }
+        }
+    }
+
+    /// What the plugin sent so far on the stream a streamed response
+    /// names ([`TestResponse::stream`]), as text.
+    pub fn stream_text(&self, stream: u64) -> String {
+        String::from_utf8_lossy(
+            self.state
+                .streams
+                .borrow()
+                .get(&stream)
+                .map_or(&[][..], |b| &b[..]),
+        )
+        .into_owned()
+    }
+
     /// The jobs the plugin declared ([`Host::job`](crate::Host::job)), by
     /// name, with the spec the host would read (`{"name", "every_ms" |
     /// "cron", "cluster"}` as JSON).
@@ -1141,7 +1278,13 @@ impl TestHost {
                 }),
             },
         };
+        let stream = response
+            .extensions
+            .iter()
+            .find(|Tuple2(k, _)| k.as_str() == "plughost.stream")
+            .and_then(|Tuple2(_, v)| v.parse().ok());
         TestResponse {
+            stream,
             status: response.status,
             content_type: response.content_type.to_string(),
             headers: response
@@ -1286,6 +1429,9 @@ pub struct TestResponse {
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: Vec<u8>,
+    /// The stream a streamed answer sends its body on
+    /// ([`TestHost::stream_text`] reads it).
+    pub stream: Option<u64>,
 }
 
 impl TestResponse {

@@ -563,6 +563,7 @@ fn migrations(backend: Backend, pk_mode: PkMode) -> Vec<(i64, &'static str, &'st
         numbered!(7, "0007_instances"),
         numbered!(8, "0008_desired"),
         numbered!(9, "0009_instance_local"),
+        numbered!(10, "0010_plugin_events"),
     ]
 }
 
@@ -653,7 +654,7 @@ mod tests {
                     .into_iter()
                     .map(|(_, _, script)| split::split(script, backend.escapes()).unwrap().len())
                     .collect();
-                assert_eq!(counts, [5, 2, 1, 2, 1, 2, 1, 1, 1], "{backend:?}/{mode:?}");
+                assert_eq!(counts, [5, 2, 1, 2, 1, 2, 1, 1, 1, 2], "{backend:?}/{mode:?}");
             }
         }
     }

@@ -240,6 +240,22 @@ fn into_http(raw: RawResponse, plugin: &str, trace: &str) -> HttpResponse {
             }
         }
     }
+    // A body the plugin sends as it goes (a stream it opened).
+    let stream = raw
+        .extensions
+        .iter()
+        .find(|Tuple2(name, _)| name.as_str() == crate::plugin::services::streams::STREAM_EXTENSION)
+        .and_then(|Tuple2(_, id)| id.parse::<u64>().ok());
+    if let Some(id) = stream {
+        return match crate::plugin::services::streams::take_body(plugin, id) {
+            Some(body) => response.streaming(body),
+            None => envelope::error_traced(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("plugin '{plugin}' answered with stream {id}, which it has not open"),
+                trace,
+            ),
+        };
+    }
     response.body(Bytes::from_owner(raw.body))
 }
 

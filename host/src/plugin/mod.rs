@@ -289,6 +289,13 @@ impl PluginHost {
             .collect();
         let loaded = u32::try_from(settings.len()).unwrap_or(u32::MAX);
         services::publish(loaded, settings);
+        services::events::publish_declared(
+            records
+                .values()
+                .filter_map(PluginRecord::loaded)
+                .map(|p| (p.name.clone(), p.manifest.events.clone()))
+                .collect(),
+        );
         services::http::publish(
             records
                 .values()

@@ -39,6 +39,8 @@ pub struct PluginManifest {
     pub settings: BTreeMap<String, String>,
     /// `[permissions] http`: the hosts the plugin may send HTTP requests to.
     pub http: Vec<super::permissions::HostPattern>,
+    /// `[permissions] events`: other plugins' topics it may subscribe to.
+    pub events: Vec<String>,
     /// The whole manifest as JSON, for the list endpoint and the flag store.
     pub json: Value,
 }
@@ -318,6 +320,7 @@ impl PluginManifest {
         }
 
         let mut http = Vec::new();
+        let mut events = Vec::new();
         if let Some(p) = doc.get("permissions") {
             for (key, value) in table(p, "permissions")? {
                 match key.as_str() {
@@ -326,10 +329,19 @@ impl PluginManifest {
                         http = super::permissions::parse_all(list.iter().map(String::as_str))
                             .map_err(|e| err("permissions.http", e))?;
                     }
+                    "events" => {
+                        events = string_list(value, "permissions.events")?;
+                        if let Some(e) = events
+                            .iter()
+                            .find_map(|t| crate::plugin::services::events::check_topic(t).err())
+                        {
+                            return Err(err("permissions.events", e));
+                        }
+                    }
                     other => {
                         return Err(err(
                             format!("permissions.{other}"),
-                            "unknown permission (allowed: http)",
+                            "unknown permission (allowed: http, events)",
                         ));
                     }
                 }
@@ -344,6 +356,7 @@ impl PluginManifest {
             kind,
             settings,
             http,
+            events,
             json,
         })
     }
@@ -503,6 +516,14 @@ author = "a"
             Err("permissions.http"),
         );
         check("[permissions]\nsmtp = []\n", Err("permissions.smtp"));
+        check(
+            "[permissions]\nevents = [\"notice.*\", \"user.deleted\"]\n",
+            Ok(()),
+        );
+        check(
+            "[permissions]\nevents = [\"notice\"]\n",
+            Err("permissions.events"),
+        );
         check("[app]\n", Err("app.router"));
         check("[app]\nrouter = [\"9x\"]\n", Err("app.router"));
         check("[app]\nextend = \"admin\"\n", Err("app.extend"));

@@ -18,7 +18,10 @@ use super::{
 };
 use crate::{
     config::PluginRunLimits,
-    plugin::{PluginHost, services::lifespan},
+    plugin::{
+        PluginHost,
+        services::{self, lifespan},
+    },
 };
 
 impl PluginHost {
@@ -29,6 +32,13 @@ impl PluginHost {
     /// caller's runtime from now on.
     pub async fn start_plugins(&self, limits: PluginRunLimits) {
         lifespan::serve_here(limits);
+        services::events::serve(
+            self.db.clone(),
+            self.flags
+                .redis()
+                .cloned()
+                .map(|redis| (redis, self.flags.prefix().to_owned())),
+        );
         self.serving.store(true, Ordering::Release);
         let loaded = self.loaded_plugins();
         let deps = loaded

@@ -158,6 +158,11 @@ impl FlagStore {
         format!("{}:{name}", self.prefix)
     }
 
+    /// The key and channel prefix (`PLUGIN_REDIS_PREFIX`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The channel changes are published on.
     pub fn channel(&self) -> String {
         format!("{}_events", self.prefix)

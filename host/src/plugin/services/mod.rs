@@ -4,10 +4,12 @@
 //! plugin's name, and reads what it needs from this module's state, which
 //! the plugin host refreshes whenever the set of loaded plugins changes.
 
+pub mod events;
 pub mod http;
 pub mod jobs;
 pub mod lifespan;
 pub mod panic_log;
+pub mod streams;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -612,6 +614,12 @@ pub fn host_services() -> HostRef {
             http_send: http::http_send,
             http_read: http::http_read,
             http_close: http::http_close,
+            event_publish: events::event_publish,
+            event_subscribe: events::event_subscribe,
+            event_next: events::event_next,
+            stream_open: streams::stream_open,
+            stream_send: streams::stream_send,
+            stream_close: streams::stream_close,
         }
         .leak_into_prefix()
     })
