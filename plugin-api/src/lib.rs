@@ -58,6 +58,7 @@ mod router;
 mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod whole;
 
 #[doc(hidden)]
 pub mod __private;

@@ -387,6 +387,58 @@ impl<C: Connection> Drop for Checkout<C> {
     }
 }
 
+/// A parameter's `NULL` without a type of its own: PostgreSQL infers it
+/// from where the parameter stands (a text `NULL` would be refused by a
+/// `BIGINT` column); MySQL and SQLite take any `NULL`.
+struct Null;
+
+impl Type<Postgres> for Null {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        // OID 0: unspecified, as the protocol says, so the server decides.
+        sqlx::postgres::PgTypeInfo::with_oid(Oid(0))
+    }
+}
+
+impl Encode<'_, Postgres> for Null {
+    fn encode_by_ref(
+        &self,
+        _buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        Ok(sqlx::encode::IsNull::Yes)
+    }
+}
+
+impl Type<MySql> for Null {
+    fn type_info() -> sqlx::mysql::MySqlTypeInfo {
+        <&str as Type<MySql>>::type_info()
+    }
+}
+
+impl Encode<'_, MySql> for Null {
+    fn encode_by_ref(
+        &self,
+        _buf: &mut Vec<u8>,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        Ok(sqlx::encode::IsNull::Yes)
+    }
+}
+
+impl Type<Sqlite> for Null {
+    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+        <&str as Type<Sqlite>>::type_info()
+    }
+}
+
+impl<'q> Encode<'q, Sqlite> for Null {
+    fn encode_by_ref(
+        &self,
+        _buf: &mut Vec<sqlx::sqlite::SqliteArgumentValue<'q>>,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        // The arguments write the NULL for a value that says it is one.
+        Ok(sqlx::encode::IsNull::Yes)
+    }
+}
+
 /// The parameters bound to `query`: JSON `null`, booleans, whole numbers
 /// (64-bit), other numbers (double), strings, and arrays or objects as
 /// their JSON text.
@@ -400,12 +452,12 @@ where
     i64: Encode<'q, DB> + Type<DB>,
     f64: Encode<'q, DB> + Type<DB>,
     &'q str: Encode<'q, DB> + Type<DB>,
-    Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    Null: Encode<'q, DB> + Type<DB>,
     String: Encode<'q, DB> + Type<DB>,
 {
     for param in params {
         query = match param {
-            Value::Null => query.bind(None::<&str>),
+            Value::Null => query.bind(Null),
             Value::Bool(b) => query.bind(*b),
             Value::Number(n) => match n.as_i64() {
                 Some(i) => query.bind(i),
@@ -461,6 +513,15 @@ enum Kind {
     Json,
     /// As an array of byte values.
     Bytes,
+    /// A date and time without a zone, as `YYYY-MM-DD HH:MM:SS[.f]` (what
+    /// SQLite's `CURRENT_TIMESTAMP` writes, so every backend answers alike).
+    DateTime,
+    /// A date and time with a zone, as RFC 3339 in UTC.
+    DateTimeUtc,
+    /// A date, `YYYY-MM-DD`.
+    Date,
+    /// A time of day, `HH:MM:SS[.f]`.
+    Time,
     /// SQLite: by the storage class of each value.
     Dynamic,
     /// A type the host does not read (left out of the row).
@@ -490,6 +551,35 @@ fn first_match(checks: impl IntoIterator<Item = (bool, Kind)>) -> Kind {
 /// Whether `T` is the column's very type.
 fn is<DB: Database, T: Type<DB>>(info: &DB::TypeInfo) -> bool {
     T::type_info() == *info
+}
+
+/// Writes the date and time kinds (`null` for anything else).
+fn put_time<R>(row: &R, i: usize, kind: Kind, out: &mut Vec<u8>)
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Option<chrono::NaiveDateTime>: sqlx::Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<chrono::DateTime<chrono::Utc>>:
+        sqlx::Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<chrono::NaiveDate>: sqlx::Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<chrono::NaiveTime>: sqlx::Decode<'r, R::Database> + Type<R::Database>,
+{
+    let text = match kind {
+        Kind::DateTime => row
+            .try_get::<Option<chrono::NaiveDateTime>, _>(i)
+            .map(|t| t.map(|t| t.format("%Y-%m-%d %H:%M:%S%.f").to_string())),
+        Kind::DateTimeUtc => row
+            .try_get::<Option<chrono::DateTime<chrono::Utc>>, _>(i)
+            .map(|t| t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))),
+        Kind::Date => row
+            .try_get::<Option<chrono::NaiveDate>, _>(i)
+            .map(|t| t.map(|t| t.format("%Y-%m-%d").to_string())),
+        Kind::Time => row
+            .try_get::<Option<chrono::NaiveTime>, _>(i)
+            .map(|t| t.map(|t| t.format("%H:%M:%S%.f").to_string())),
+        _ => Ok(None),
+    };
+    put(out, text);
 }
 
 /// Writes `value` as JSON (`null` for a value that cannot be decoded).
@@ -525,6 +615,13 @@ impl JsonRow for PgRow {
             (<Value as Type<Postgres>>::compatible(info), Kind::Json),
             (<String as Type<Postgres>>::compatible(info), Kind::Text),
             (<Vec<u8> as Type<Postgres>>::compatible(info), Kind::Bytes),
+            (is::<Postgres, chrono::NaiveDateTime>(info), Kind::DateTime),
+            (
+                is::<Postgres, chrono::DateTime<chrono::Utc>>(info),
+                Kind::DateTimeUtc,
+            ),
+            (is::<Postgres, chrono::NaiveDate>(info), Kind::Date),
+            (is::<Postgres, chrono::NaiveTime>(info), Kind::Time),
         ];
         first_match(exact)
     }
@@ -535,6 +632,7 @@ impl JsonRow for PgRow {
             F32 => f32, F64 => f64, Text => String, Json => Value, Bytes => Vec<u8>,
         }, match kind {
             Kind::Oid => put(out, self.try_get::<Option<Oid>, _>(i).map(|o| o.map(|o| o.0))),
+            Kind::DateTime | Kind::DateTimeUtc | Kind::Date | Kind::Time => put_time(self, i, kind, out),
             _ => out.extend_from_slice(b"null"),
         })
     }
@@ -559,6 +657,13 @@ impl JsonRow for MySqlRow {
             (is::<MySql, u64>(info), Kind::U64),
             (is::<MySql, f32>(info), Kind::F32),
             (is::<MySql, f64>(info), Kind::F64),
+            (is::<MySql, chrono::NaiveDateTime>(info), Kind::DateTime),
+            (
+                is::<MySql, chrono::DateTime<chrono::Utc>>(info),
+                Kind::DateTimeUtc,
+            ),
+            (is::<MySql, chrono::NaiveDate>(info), Kind::Date),
+            (is::<MySql, chrono::NaiveTime>(info), Kind::Time),
             (is::<MySql, String>(info), Kind::Text),
             (<String as Type<MySql>>::compatible(info), Kind::Text),
             (<Value as Type<MySql>>::compatible(info), Kind::Json),
@@ -572,7 +677,10 @@ impl JsonRow for MySqlRow {
             Bool => bool, I8 => i8, I16 => i16, I32 => i32, I64 => i64,
             U8 => u8, U16 => u16, U32 => u32, U64 => u64,
             F32 => f32, F64 => f64, Text => String, Json => Value, Bytes => Vec<u8>,
-        }, out.extend_from_slice(b"null"))
+        }, match kind {
+            Kind::DateTime | Kind::DateTimeUtc | Kind::Date | Kind::Time => put_time(self, i, kind, out),
+            _ => out.extend_from_slice(b"null"),
+        })
     }
 }
 

@@ -654,7 +654,11 @@ mod tests {
                     .into_iter()
                     .map(|(_, _, script)| split::split(script, backend.escapes()).unwrap().len())
                     .collect();
-                assert_eq!(counts, [5, 2, 1, 2, 1, 2, 1, 1, 1, 2], "{backend:?}/{mode:?}");
+                assert_eq!(
+                    counts,
+                    [5, 2, 1, 2, 1, 2, 1, 1, 1, 2],
+                    "{backend:?}/{mode:?}"
+                );
             }
         }
     }
