@@ -41,6 +41,7 @@
 //! [`Host`] services (see [`host`]).
 
 pub mod abi;
+mod answers;
 #[doc(hidden)]
 pub mod counter;
 mod db;
@@ -63,6 +64,7 @@ pub mod whole;
 #[doc(hidden)]
 pub mod __private;
 
+pub use answers::{Cookie, Part, SameSite};
 pub use db::{DbError, DbErrorKind, Executed, Transaction};
 pub use events::Subscription;
 pub use host::{Host, host};

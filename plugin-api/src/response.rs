@@ -75,6 +75,12 @@ impl Response {
     pub(crate) fn from_raw(raw: RawResponse) -> Self {
         Self(raw)
     }
+
+    /// Sets the body and its content type.
+    pub(crate) fn set_body(&mut self, content_type: &str, body: Vec<u8>) {
+        self.0.content_type = RCowStr::Owned(RString::from(content_type));
+        self.0.body = RVec::from(body);
+    }
 }
 
 /// Turns a handler's output into a [`Response`].
