@@ -136,9 +136,15 @@ enum PluginAction {
         /// Where to create it (default: ./NAME).
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
-        /// The plugin-api dependency: a version (default: this host's own) or the path of a plugin-api checkout.
+        /// The plugin-api dependency: a version from a registry or the path of a plugin-api checkout (default: this host's own contract, written into the crate as plugin-api/).
         #[arg(long, value_name = "VERSION|PATH")]
         plugin_api: Option<String>,
+    },
+    /// Write the plugin-api source of this host's contract into DIR (a
+    /// crate that builds on its own), for plugin crates to depend on by path.
+    Sdk {
+        /// Where to write it (created; must be empty).
+        dir: std::path::PathBuf,
     },
     /// Build a plugin crate (release) and write its installable package,
     /// checked as an install checks it, optionally signed.
@@ -192,9 +198,11 @@ impl PluginAction {
             | Self::Enable { settings, .. }
             | Self::Disable { settings, .. }
             | Self::Pack { settings, .. } => Some(settings),
-            Self::New { .. } | Self::Package { .. } | Self::Keygen { .. } | Self::Check { .. } => {
-                None
-            }
+            Self::New { .. }
+            | Self::Sdk { .. }
+            | Self::Package { .. }
+            | Self::Keygen { .. }
+            | Self::Check { .. } => None,
         }
     }
 }
@@ -491,6 +499,7 @@ fn plugin(args: &SettingsArgs, action: PluginAction) -> anyhow::Result<()> {
                 println!("wrote {} ({} bytes)", output.display(), bytes.len());
             }
             PluginAction::New { .. }
+            | PluginAction::Sdk { .. }
             | PluginAction::Package { .. }
             | PluginAction::Keygen { .. }
             | PluginAction::Check { .. } => unreachable!("handled without a host"),
@@ -512,6 +521,15 @@ fn author(action: PluginAction) -> anyhow::Result<()> {
             let dir = crate::plugin::scaffold::create(&name, kind, dir, plugin_api)?;
             println!(
                 "created plugin crate '{name}' in {}; package it with `plughost plugin package {} -o {name}.zip` and install the package, or push it to Git and `plughost plugin add --git URL`",
+                dir.display(),
+                dir.display()
+            );
+        }
+        PluginAction::Sdk { dir } => {
+            let dir = crate::plugin::scaffold::write_sdk(&dir)?;
+            println!(
+                "wrote plugin-api {} into {}; depend on it with plugin-api = {{ path = \"{}\" }}",
+                plugin_api::CONTRACT_VERSION,
                 dir.display(),
                 dir.display()
             );

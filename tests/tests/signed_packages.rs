@@ -274,7 +274,8 @@ fn author_commands_show_only_their_own_options() {
     }
     let (_, help) = author_cli(&[], &["plugin", "new", "--help"]);
     assert!(help.contains("--plugin-api"), "{help}");
-    // `plugin new` depends on this host's contract version by default.
+    // `plugin new` depends on this host's contract by default: its source,
+    // written into the crate; `--plugin-api VERSION` names a registry's.
     let dir = tempfile::tempdir().unwrap();
     let crate_dir = dir.path().join("versioned");
     let (ok, out) = author_cli(
@@ -289,16 +290,37 @@ fn author_commands_show_only_their_own_options() {
     );
     assert!(ok, "{out}");
     let cargo = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap();
+    assert!(
+        cargo.contains("plugin-api = { path = \"plugin-api\" }"),
+        "{cargo}"
+    );
+    assert!(
+        cargo.contains(
+            "[dev-dependencies]\nplugin-api = { path = \"plugin-api\", features = [\"testing\"] }"
+        ),
+        "the handler tests' in-memory host: {cargo}"
+    );
     let version = e2e::plugin_api_version();
+    let sdk = std::fs::read_to_string(crate_dir.join("plugin-api/Cargo.toml")).unwrap();
+    assert!(sdk.contains(&format!("version = \"{version}\"")), "{sdk}");
+    let registry = dir.path().join("registry");
+    let (ok, out) = author_cli(
+        &[],
+        &[
+            "plugin",
+            "new",
+            "registry",
+            "--dir",
+            registry.to_str().unwrap(),
+            "--plugin-api",
+            &version,
+        ],
+    );
+    assert!(ok, "{out}");
+    let cargo = std::fs::read_to_string(registry.join("Cargo.toml")).unwrap();
     assert!(
         cargo.contains(&format!("plugin-api = {{ version = \"{version}\" }}")),
         "{cargo}"
     );
-    assert!(
-        cargo.contains(&format!(
-            "[dev-dependencies]\nplugin-api = {{ version = \"{version}\", features = [\"testing\"] }}"
-        )),
-        "the handler tests' in-memory host: {cargo}"
-    );
-    assert!(!cargo.contains("path ="), "{cargo}");
+    assert!(!registry.join("plugin-api").exists());
 }
