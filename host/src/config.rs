@@ -266,9 +266,9 @@ pub struct Settings {
     /// Backups kept per plugin.
     pub backup_keep: usize,
     /// Limits on plugin packages.
-    pub package_limits: crate::plugin::lifecycle::package::Limits,
+    pub package_limits: PackageLimits,
     /// Where Git installs may come from, and plugin builds.
-    pub git: crate::plugin::lifecycle::git::GitPolicy,
+    pub git: GitPolicy,
     /// How long a plugin operation waits for another one.
     pub lock_wait: Duration,
     /// How long a request body may stall.
@@ -287,6 +287,43 @@ pub struct Settings {
     pub trust: crate::plugin::loading::trust::TrustPolicy,
     /// How long lifespan hooks may take, and how much blocking work a plugin may run at once.
     pub plugin_runs: PluginRunLimits,
+}
+
+/// Limits on an uploaded package.
+#[derive(Debug, Clone, Copy)]
+pub struct PackageLimits {
+    /// Largest archive, in bytes.
+    pub max_archive: u64,
+    /// Most entries.
+    pub max_entries: usize,
+    /// Largest total of unpacked bytes.
+    pub max_unpacked: u64,
+    /// Largest ratio of an entry's unpacked to packed size.
+    pub max_ratio: u64,
+}
+
+impl Default for PackageLimits {
+    fn default() -> Self {
+        Self {
+            max_archive: 256 << 20,
+            max_entries: 10_000,
+            max_unpacked: 1 << 30,
+            max_ratio: 100,
+        }
+    }
+}
+
+/// Where Git installs may come from, and how plugin crates are built.
+#[derive(Debug, Clone)]
+pub struct GitPolicy {
+    /// Hosts `https://` URLs may name.
+    pub hosts: Vec<String>,
+    /// Whether `file://` URLs and local paths are allowed.
+    pub allow_local: bool,
+    /// How long a plugin crate's build may take.
+    pub build_timeout: Duration,
+    /// Cargo's target dir for plugin builds (kept between builds).
+    pub build_dir: PathBuf,
 }
 
 /// Bounds on what a running plugin does in time.
@@ -514,8 +551,8 @@ impl Settings {
                 .unwrap_or_else(|| data_dir.join("backups")),
             backup_keep: args.backup_keep.or(file.backup_keep).unwrap_or(10).max(1),
             package_limits: {
-                let default = crate::plugin::lifecycle::package::Limits::default();
-                crate::plugin::lifecycle::package::Limits {
+                let default = PackageLimits::default();
+                PackageLimits {
                     max_archive: args
                         .max_package
                         .or(file.max_package)
@@ -550,7 +587,7 @@ impl Settings {
                         .max(1),
                 }
             },
-            git: crate::plugin::lifecycle::git::GitPolicy {
+            git: GitPolicy {
                 hosts: args
                     .git_hosts
                     .clone()

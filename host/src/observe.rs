@@ -22,8 +22,6 @@ use std::{
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::http::envelope::TraceId;
-
 /// What a request leaves for the code it runs.
 #[derive(Clone, Default)]
 pub struct RequestContext {
@@ -474,5 +472,52 @@ mod tests {
         assert_eq!(&micros(42), b".000042");
         assert_eq!(&micros(999_999), b".999999");
         assert_eq!(&micros(123_456), b".123456");
+    }
+}
+
+/// The trace id of the request being answered on this thread (every log
+/// line it causes carries it), or a fresh one outside a request.
+pub fn trace_id() -> TraceId {
+    current_trace().unwrap_or_else(new_trace_id)
+}
+
+/// A fresh trace id: 16 hex digits, unique enough to find a request in the
+/// log, cheap enough for every request (no syscall, no allocation).
+pub fn new_trace_id() -> TraceId {
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new().build_hasher().finish() | 1
+        });
+    }
+    // splitmix64 over a per-thread Weyl sequence.
+    let mut z = STATE.with(|s| {
+        let next = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        s.set(next);
+        next
+    });
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let mut buf = [0u8; 16];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = b"0123456789abcdef"[((z >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    TraceId(buf)
+}
+
+/// A trace id held on the stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceId([u8; 16]);
+
+impl TraceId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
+
+    /// The id as ASCII bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
     }
 }

@@ -1,5 +1,6 @@
 //! Native copies of plugin handlers, compiled into the host: the `hello`
-//! plugin's greet and the `dict` plugin's type list. Mounted only with
+//! plugin's greet, the `dict` plugin's type list, and the `ticker`
+//! fixture's fetch (outbound HTTP on reqwest, without the host service). Mounted only with
 //! `--bench-baseline`, so that `scripts/bench` can measure plugin dispatch
 //! against the same work done natively.
 
@@ -74,4 +75,46 @@ pub(crate) async fn dict_types(
         })),
         Err(e) => envelope::error(StatusCode::INTERNAL_SERVER_ERROR, &e),
     }
+}
+
+#[derive(serde::Deserialize)]
+struct FetchQuery {
+    url: String,
+}
+
+/// `GET /native/fetch?url=U`: what the `ticker` fixture's `/fetch` does
+/// through the host's HTTP service, on a reqwest client of its own: U
+/// fetched, its body read chunk by chunk, status and sizes answered.
+pub(crate) async fn fetch(req: HttpRequest) -> HttpResponse {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(reqwest::Client::new);
+    let Ok(q) = serde_urlencoded::from_str::<FetchQuery>(req.query_string()) else {
+        return envelope::error(StatusCode::BAD_REQUEST, "url is required");
+    };
+    let sent = client
+        .get(&q.url)
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await;
+    let mut response = match sent {
+        Ok(response) => response,
+        Err(e) => return envelope::error(StatusCode::BAD_GATEWAY, &e.to_string()),
+    };
+    let (mut chunks, mut bytes) = (0usize, 0usize);
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                chunks += 1;
+                bytes += chunk.len();
+            }
+            Ok(None) => break,
+            Err(e) => return envelope::error(StatusCode::BAD_GATEWAY, &e.to_string()),
+        }
+    }
+    envelope::ok(serde_json::json!({
+        "status": response.status().as_u16(),
+        "content_type": response.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        "chunks": chunks,
+        "bytes": bytes,
+    }))
 }

@@ -4,72 +4,14 @@
 //! Error: `{"code": N, "msg": "…", "data": null, "trace_id": "…"}` with HTTP
 //! status N and the trace id also in `x-request-id`.
 
-use std::cell::Cell;
-
 use actix_web::{
     HttpResponse, ResponseError,
     http::{StatusCode, header::HeaderValue},
 };
 use serde::Serialize;
 
-use crate::{
-    plugin::{
-        PluginError,
-        lifecycle::{
-            LifecycleError, lock::LockError, package::PackageError, sql::ScriptError,
-            store::StoreError,
-        },
-        running::status::FlagError,
-    },
-    redis::RedisError,
-};
-
-/// The trace id of the request being answered on this thread (every log
-/// line it causes carries it), or a fresh one outside a request.
-pub fn trace_id() -> TraceId {
-    crate::observe::current_trace().unwrap_or_else(new_trace_id)
-}
-
-/// A fresh trace id: 16 hex digits, unique enough to find a request in the
-/// log, cheap enough for every request (no syscall, no allocation).
-pub fn new_trace_id() -> TraceId {
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            use std::hash::{BuildHasher, Hasher};
-            std::collections::hash_map::RandomState::new().build_hasher().finish() | 1
-        });
-    }
-    // splitmix64 over a per-thread Weyl sequence.
-    let mut z = STATE.with(|s| {
-        let next = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-        s.set(next);
-        next
-    });
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    let mut buf = [0u8; 16];
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = b"0123456789abcdef"[((z >> (60 - 4 * i)) & 0xf) as usize];
-    }
-    TraceId(buf)
-}
-
-/// A trace id held on the stack.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TraceId([u8; 16]);
-
-impl TraceId {
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
-    }
-
-    /// The id as ASCII bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
+pub use crate::observe::{TraceId, new_trace_id, trace_id};
+use crate::plugin::{PluginError, lifecycle::LifecycleError};
 
 #[derive(Serialize)]
 struct Envelope<'a, T: Serialize> {
@@ -176,58 +118,19 @@ impl ResponseError for ApiError {
 
 impl From<LifecycleError> for ApiError {
     fn from(e: LifecycleError) -> Self {
-        let status = match &e {
-            LifecycleError::Package(
-                PackageError::TooLarge { .. } | PackageError::TooMuch { .. },
-            ) => StatusCode::PAYLOAD_TOO_LARGE,
-            LifecycleError::Package(PackageError::Io { .. }) | LifecycleError::Io(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-            LifecycleError::Package(_) => StatusCode::BAD_REQUEST,
-            LifecycleError::Refused { .. }
-            | LifecycleError::Git(_)
-            | LifecycleError::Script(ScriptError::Failed { .. } | ScriptError::Read { .. }) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            LifecycleError::Script(ScriptError::Record { .. }) | LifecycleError::Record { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-            LifecycleError::Conflict(_) | LifecycleError::Lock(LockError::Busy { .. }) => {
-                StatusCode::CONFLICT
-            }
-            LifecycleError::Forbidden(_) => StatusCode::FORBIDDEN,
-            LifecycleError::Store(StoreError::Db(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            LifecycleError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            LifecycleError::Plugin(e) => return Self::from_plugin_error(e),
-            LifecycleError::Lock(LockError::Redis(RedisError::Unavailable { .. }))
-            | LifecycleError::Flags(FlagError::Redis(RedisError::Unavailable { .. })) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            LifecycleError::Lock(_) | LifecycleError::Flags(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        Self::new(status, e.to_string())
+        Self::new(status(e.status()), e.to_string())
     }
 }
 
 impl From<PluginError> for ApiError {
     fn from(e: PluginError) -> Self {
-        Self::from_plugin_error(&e)
+        Self::new(status(e.status()), e.to_string())
     }
 }
 
-impl ApiError {
-    fn from_plugin_error(e: &PluginError) -> Self {
-        let status = match e {
-            PluginError::InvalidName(_) => StatusCode::BAD_REQUEST,
-            PluginError::NotFound(_) => StatusCode::NOT_FOUND,
-            PluginError::NotLoaded { .. } => StatusCode::CONFLICT,
-            PluginError::Flags(FlagError::Redis(RedisError::Unavailable { .. })) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            PluginError::Flags(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        Self::new(status, e.to_string())
-    }
+/// The status an error says it answers (500 if it says none that exists).
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 #[cfg(test)]

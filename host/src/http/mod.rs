@@ -195,6 +195,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
                 .name("/native/hello/v1/greet")
                 .route(web::get().to(baseline::greet)),
         );
+        cfg.service(
+            web::resource("/native/fetch")
+                .name("/native/fetch")
+                .route(web::get().to(baseline::fetch)),
+        );
     }
     cfg.default_service(dispatch::service(Scope::App));
 }

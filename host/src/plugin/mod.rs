@@ -59,6 +59,19 @@ pub enum PluginError {
     Flags(#[from] FlagError),
 }
 
+impl PluginError {
+    /// The HTTP status this error answers.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::InvalidName(_) => 400,
+            Self::NotFound(_) => 404,
+            Self::NotLoaded { .. } => 409,
+            Self::Flags(FlagError::Redis(crate::redis::RedisError::Unavailable { .. })) => 503,
+            Self::Flags(_) => 500,
+        }
+    }
+}
+
 /// Start-up cannot proceed.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

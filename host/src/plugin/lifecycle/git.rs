@@ -23,18 +23,8 @@ use crate::plugin::{
     loading::discover::{library_file_name, name_from_library_file},
 };
 
-/// Where Git installs may come from, and how plugin crates are built.
-#[derive(Debug, Clone)]
-pub struct GitPolicy {
-    /// Hosts `https://` URLs may name.
-    pub hosts: Vec<String>,
-    /// Whether `file://` URLs and local paths are allowed.
-    pub allow_local: bool,
-    /// How long a plugin crate's build may take.
-    pub build_timeout: Duration,
-    /// Cargo's target dir for plugin builds (kept between builds).
-    pub build_dir: PathBuf,
-}
+/// Where Git installs may come from (a setting: it lives with the settings).
+pub use crate::config::GitPolicy;
 
 fn refused(message: String) -> LifecycleError {
     LifecycleError::Git(message)

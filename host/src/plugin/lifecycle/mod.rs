@@ -110,6 +110,31 @@ impl LifecycleError {
             reason: Box::new(reason),
         }
     }
+
+    /// The HTTP status this error answers: 413 for a package over a
+    /// limit, 400 for a malformed one, 422 for a plugin refused, 409 for a
+    /// conflict or a busy lock, 403 outside dev, 503 when the database or
+    /// Redis is unreachable, 500 for the host's own failures.
+    pub fn status(&self) -> u16 {
+        use crate::redis::RedisError;
+        match self {
+            Self::Package(PackageError::TooLarge { .. } | PackageError::TooMuch { .. }) => 413,
+            Self::Package(PackageError::Io { .. }) | Self::Io(_) => 500,
+            Self::Package(_) => 400,
+            Self::Refused { .. }
+            | Self::Git(_)
+            | Self::Script(ScriptError::Failed { .. } | ScriptError::Read { .. }) => 422,
+            Self::Script(ScriptError::Record { .. }) | Self::Record { .. } => 500,
+            Self::Conflict(_) | Self::Lock(LockError::Busy { .. }) => 409,
+            Self::Forbidden(_) => 403,
+            Self::Store(StoreError::Db(_)) => 503,
+            Self::Store(_) => 500,
+            Self::Plugin(e) => e.status(),
+            Self::Lock(LockError::Redis(RedisError::Unavailable { .. }))
+            | Self::Flags(FlagError::Redis(RedisError::Unavailable { .. })) => 503,
+            Self::Lock(_) | Self::Flags(_) => 500,
+        }
+    }
 }
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> LifecycleError {

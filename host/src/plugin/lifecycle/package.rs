@@ -21,29 +21,8 @@ use crate::plugin::loading::{
     trust::{CHECKSUMS, SIGNATURE},
 };
 
-/// Limits on an uploaded package.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Largest archive, in bytes.
-    pub max_archive: u64,
-    /// Most entries.
-    pub max_entries: usize,
-    /// Largest total of unpacked bytes.
-    pub max_unpacked: u64,
-    /// Largest ratio of an entry's unpacked to packed size.
-    pub max_ratio: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_archive: 256 << 20,
-            max_entries: 10_000,
-            max_unpacked: 1 << 30,
-            max_ratio: 100,
-        }
-    }
-}
+/// Limits on an uploaded package (a setting: it lives with the settings).
+pub use crate::config::PackageLimits as Limits;
 
 /// A package that is refused.
 #[derive(Debug, thiserror::Error)]
