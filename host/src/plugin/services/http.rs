@@ -161,9 +161,55 @@ fn from_reqwest(e: &reqwest::Error) -> RString {
     wire_error(kind, message)
 }
 
+/// The metric handles of one plugin and destination, made once per worker
+/// thread (registering a labelled series on every request would cost more
+/// than the rest of the bookkeeping).
+#[derive(Default)]
+struct Handles {
+    counters: HashMap<&'static str, metrics::Counter>,
+    duration: Option<metrics::Histogram>,
+}
+
+thread_local! {
+    static HANDLES: std::cell::RefCell<HashMap<String, HashMap<String, Handles>>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+fn with_handles<T>(plugin: &str, host: &str, work: impl FnOnce(&mut Handles) -> T) -> T {
+    HANDLES.with(|all| {
+        let mut all = all.borrow_mut();
+        if !all.get(plugin).is_some_and(|h| h.contains_key(host)) {
+            all.entry(plugin.to_owned())
+                .or_default()
+                .insert(host.to_owned(), Handles::default());
+        }
+        work(
+            all.get_mut(plugin)
+                .and_then(|h| h.get_mut(host))
+                .expect("just made"),
+        )
+    })
+}
+
 fn count(plugin: &str, host: &str, outcome: &'static str) {
-    metrics::counter!("plughost_plugin_http_requests_total", "plugin" => plugin.to_owned(), "host" => host.to_owned(), "outcome" => outcome)
-        .increment(1);
+    with_handles(plugin, host, |h| {
+        h.counters
+            .entry(outcome)
+            .or_insert_with(|| {
+                metrics::counter!("plughost_plugin_http_requests_total", "plugin" => plugin.to_owned(), "host" => host.to_owned(), "outcome" => outcome)
+            })
+            .increment(1);
+    });
+}
+
+fn took(plugin: &str, host: &str, seconds: f64) {
+    with_handles(plugin, host, |h| {
+        h.duration
+            .get_or_insert_with(|| {
+                metrics::histogram!("plughost_plugin_http_request_duration_seconds", "plugin" => plugin.to_owned(), "host" => host.to_owned())
+            })
+            .record(seconds);
+    });
 }
 
 #[derive(Deserialize)]
@@ -227,8 +273,7 @@ async fn send(plugin: String, head: String, body: Vec<u8>) -> Result<RString, RS
             return Err(from_reqwest(&e));
         }
     };
-    metrics::histogram!("plughost_plugin_http_request_duration_seconds", "plugin" => plugin.clone(), "host" => host.clone())
-        .record(started.elapsed().as_secs_f64());
+    took(&plugin, &host, started.elapsed().as_secs_f64());
     let status = response.status().as_u16();
     count(
         &plugin,
