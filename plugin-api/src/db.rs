@@ -196,6 +196,51 @@ impl Host {
         self.raw_execute(0, sql, params).await
     }
 
+    /// Inserts one row into `table` and answers its id, in either key
+    /// mode on every backend: in snowflake mode the host's next id is
+    /// written into the `id` column; with autoincrement the database makes
+    /// it (read with `RETURNING id` on PostgreSQL, as the insert id
+    /// elsewhere). `table` and the column names are written into the
+    /// statement as they are: pass the plugin's own names, never a
+    /// request's; the values are bound.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), plugin_api::DbError> {
+    /// use serde_json::json;
+    /// let id = plugin_api::host()
+    ///     .insert("my_note", &[("title", json!("Hi")), ("body", json!("…"))])
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn insert(&self, table: &str, columns: &[(&str, Value)]) -> Result<i64, DbError> {
+        let given = self.next_id();
+        let mut names: Vec<&str> = columns.iter().map(|(c, _)| *c).collect();
+        let mut values: Vec<Value> = columns.iter().map(|(_, v)| v.clone()).collect();
+        if let Some(id) = given {
+            names.insert(0, "id");
+            values.insert(0, Value::from(id));
+        }
+        let marks = vec!["?"; names.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO {table} ({}) VALUES ({marks})",
+            names.join(", ")
+        );
+        match (given, self.db_backend()) {
+            (Some(id), _) => self.execute(&sql, &values).await.map(|_| id),
+            (None, "postgresql") => self
+                .query_json(&format!("{sql} RETURNING id"), &values)
+                .await?
+                .first()
+                .and_then(|row| row["id"].as_i64())
+                .ok_or_else(|| other(format!("the insert into {table} answered no id"))),
+            (None, _) => self
+                .execute(&sql, &values)
+                .await?
+                .last_insert_id
+                .ok_or_else(|| other(format!("the insert into {table} answered no id"))),
+        }
+    }
+
     /// Begins a transaction; it rolls back unless committed.
     pub async fn begin(&self) -> Result<Transaction, DbError> {
         match (self.services().sql_begin())(RStr::from(self.plugin())).await {

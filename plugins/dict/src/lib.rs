@@ -432,37 +432,7 @@ async fn get<R: Resource>(req: Request<'_>) -> Result<Json<Value>, Error> {
 /// `POST`: creates a row and answers it.
 async fn create<R: Resource>(req: Request<'_>) -> Result<Json<Value>, Error> {
     let columns = R::columns(req.json()?).await?;
-    let host = host();
-    let mut names: Vec<&str> = columns.iter().map(|(c, _)| *c).collect();
-    let mut values: Vec<Value> = columns.into_iter().map(|(_, v)| v).collect();
-    let given = host.next_id();
-    if let Some(id) = given {
-        names.insert(0, "id");
-        values.insert(0, json!(id));
-    }
-    let marks = vec!["?"; names.len()].join(", ");
-    let sql = format!(
-        "INSERT INTO {} ({}) VALUES ({marks})",
-        R::TABLE,
-        names.join(", ")
-    );
-    let id = match (given, host.db_backend()) {
-        (Some(id), _) => {
-            host.execute(&sql, &values).await?;
-            id
-        }
-        (None, "postgresql") => host
-            .query_json(&format!("{sql} RETURNING id"), &values)
-            .await?
-            .first()
-            .and_then(|r| r["id"].as_i64())
-            .ok_or_else(|| Error::internal("the insert answered no id"))?,
-        (None, _) => host
-            .execute(&sql, &values)
-            .await?
-            .last_insert_id
-            .ok_or_else(|| Error::internal("the insert answered no id"))?,
-    };
+    let id = host().insert(R::TABLE, &columns).await?;
     Ok(Json(fetch::<R>(id).await?))
 }
 

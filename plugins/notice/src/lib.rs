@@ -189,35 +189,7 @@ async fn get(req: Request<'_>) -> Result<Json<Value>, Error> {
 async fn create(req: Request<'_>) -> Result<Json<Value>, Error> {
     let columns = columns(req.json()?)?;
     let host = host();
-    let mut names: Vec<&str> = columns.iter().map(|(c, _)| *c).collect();
-    let mut values: Vec<Value> = columns.into_iter().map(|(_, v)| v).collect();
-    let given = host.next_id();
-    if let Some(id) = given {
-        names.insert(0, "id");
-        values.insert(0, json!(id));
-    }
-    let marks = vec!["?"; names.len()].join(", ");
-    let sql = format!(
-        "INSERT INTO sys_notice ({}) VALUES ({marks})",
-        names.join(", ")
-    );
-    let id = match (given, host.db_backend()) {
-        (Some(id), _) => {
-            host.execute(&sql, &values).await?;
-            id
-        }
-        (None, "postgresql") => host
-            .query_json(&format!("{sql} RETURNING id"), &values)
-            .await?
-            .first()
-            .and_then(|r| r["id"].as_i64())
-            .ok_or_else(|| Error::internal("the insert answered no id"))?,
-        (None, _) => host
-            .execute(&sql, &values)
-            .await?
-            .last_insert_id
-            .ok_or_else(|| Error::internal("the insert answered no id"))?,
-    };
+    let id = host.insert("sys_notice", &columns).await?;
     let notice = fetch(id).await?;
     if let Err(e) = host.publish(CREATED, &notice).await {
         host.warn(&format!("notice {id} is not on every live feed: {e}"));

@@ -40,17 +40,9 @@ impl PluginHost {
                 .map(|redis| (redis, self.flags.prefix().to_owned())),
         );
         self.serving.store(true, Ordering::Release);
-        let loaded = self.loaded_plugins();
-        let deps = loaded
-            .iter()
-            .map(|(name, p)| (name.clone(), p.manifest.depends_on.clone()))
-            .collect();
-        let (order, _) = registry::dependency_order(&deps);
         let mut failed: BTreeSet<String> = BTreeSet::new();
-        for name in order {
-            let Some(plugin) = loaded.get(&name) else {
-                continue;
-            };
+        for plugin in self.in_dependency_order() {
+            let name = plugin.name.clone();
             let reason = match plugin
                 .manifest
                 .depends_on
@@ -77,16 +69,8 @@ impl PluginHost {
     /// and serves no more requests).
     pub async fn stop_plugins(&self) {
         self.serving.store(false, Ordering::Release);
-        let loaded = self.loaded_plugins();
-        let deps = loaded
-            .iter()
-            .map(|(name, p)| (name.clone(), p.manifest.depends_on.clone()))
-            .collect();
-        let (order, _) = registry::dependency_order(&deps);
-        for name in order.iter().rev() {
-            if let Some(plugin) = loaded.get(name) {
-                plugin.stop().await;
-            }
+        for plugin in self.in_dependency_order().iter().rev() {
+            plugin.stop().await;
         }
     }
 
@@ -103,12 +87,23 @@ impl PluginHost {
         }
     }
 
-    fn loaded_plugins(&self) -> BTreeMap<String, Arc<LoadedPlugin>> {
-        self.set
+    /// The loaded plugins, dependencies first.
+    fn in_dependency_order(&self) -> Vec<Arc<LoadedPlugin>> {
+        let mut loaded: BTreeMap<String, Arc<LoadedPlugin>> = self
+            .set
             .records()
             .values()
             .filter_map(PluginRecord::loaded)
             .map(|p| (p.name.clone(), p.clone()))
+            .collect();
+        let deps = loaded
+            .iter()
+            .map(|(name, p)| (name.clone(), p.manifest.depends_on.clone()))
+            .collect();
+        let (order, _) = registry::dependency_order(&deps);
+        order
+            .iter()
+            .filter_map(|name| loaded.remove(name))
             .collect()
     }
 }
