@@ -172,6 +172,9 @@ impl HttpRequest {
                     status: u16,
                     headers: Vec<(String, String)>,
                     body: u64,
+                    /// The host read the whole body: one read gives it all.
+                    #[serde(default)]
+                    complete: bool,
                 }
                 let answer: Answer = serde_json::from_str(&answer)
                     .map_err(|e| HttpError::new(HttpErrorKind::Other, e.to_string()))?;
@@ -180,6 +183,7 @@ impl HttpRequest {
                     status: answer.status,
                     headers: answer.headers,
                     body: Some(answer.body),
+                    complete: answer.complete,
                     read,
                     close,
                 })
@@ -199,6 +203,7 @@ pub struct HttpResponse {
     status: u16,
     headers: Vec<(String, String)>,
     body: Option<u64>,
+    complete: bool,
     read: ReadFn,
     close: CloseFn,
 }
@@ -232,7 +237,13 @@ impl HttpResponse {
                 self.body = None;
                 Ok(None)
             }
-            RResult::ROk(bytes) => Ok(Some(bytes.into_vec())),
+            RResult::ROk(bytes) => {
+                if self.complete {
+                    // The host handed over the whole body and let it go.
+                    self.body = None;
+                }
+                Ok(Some(bytes.into_vec()))
+            }
             RResult::RErr(e) => {
                 self.body = None;
                 Err(HttpError::decode(e))

@@ -69,6 +69,16 @@ fn an_allowed_destination_answers_and_others_are_refused_naming_plugin_and_host(
         "{:?}",
         relayed.json
     );
+    // A body past 64 KiB comes chunk by chunk (a small one with its head).
+    let large = "x".repeat(200 * 1024);
+    let relayed = host.post(
+        "/ticker/v1/relay",
+        &json!({"url": format!("http://127.0.0.1:{port}/hello/v1/echo"), "json": {"large": large}}),
+    );
+    assert_eq!(
+        relayed.data()["data"]["large"].as_str().map(str::len),
+        Some(large.len())
+    );
 
     // Not allowed: another name for the same server.
     host.get(&format!("/ticker/v1/fetch?url=http://localhost:{port}/health"))
@@ -110,7 +120,7 @@ fn an_allowed_destination_answers_and_others_are_refused_naming_plugin_and_host(
     assert_eq!(host.plugin("hello")["http_allow"], json!([]));
     let metrics = host.metrics();
     for series in [
-        "plughost_plugin_http_requests_total{plugin=\"ticker\",host=\"127.0.0.1\",outcome=\"2xx\"} 2",
+        "plughost_plugin_http_requests_total{plugin=\"ticker\",host=\"127.0.0.1\",outcome=\"2xx\"} 3",
         "plughost_plugin_http_requests_total{plugin=\"ticker\",host=\"localhost\",outcome=\"refused\"} 1",
     ] {
         assert!(metrics.contains(series), "no {series} in\n{metrics}");

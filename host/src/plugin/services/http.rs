@@ -34,12 +34,17 @@ static NEXT_BODY: AtomicU64 = AtomicU64::new(1);
 
 /// How long a request may take when the plugin does not say.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A response body up to this size (as its `Content-Length` says) is read
+/// with its head.
+const SMALL_BODY: u64 = 64 * 1024;
 /// Response bodies one plugin may hold open at once.
 const MAX_OPEN_BODIES: usize = 1024;
 
 struct Body {
     plugin: String,
     response: Option<reqwest::Response>,
+    /// A small body read whole with its head (one read hands it over).
+    buffered: Option<bytes::Bytes>,
     host: String,
 }
 
@@ -290,6 +295,23 @@ async fn send(plugin: String, head: String, body: Vec<u8>) -> Result<RString, RS
         .iter()
         .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
+    // A body that says it is small is read now: the plugin gets it with
+    // one read and knows it is all (no read to learn of its end).
+    let (response, buffered) = match response.content_length() {
+        Some(length) if length <= SMALL_BODY => match response.bytes().await {
+            Ok(bytes) => (None, Some(bytes)),
+            Err(e) => {
+                count(
+                    &plugin,
+                    &host,
+                    if e.is_timeout() { "timeout" } else { "error" },
+                );
+                return Err(from_reqwest(&e));
+            }
+        },
+        _ => (Some(response), None),
+    };
+    let complete = buffered.is_some();
     let id = NEXT_BODY.fetch_add(1, Ordering::Relaxed);
     BODIES
         .lock()
@@ -299,12 +321,14 @@ async fn send(plugin: String, head: String, body: Vec<u8>) -> Result<RString, RS
             id,
             Body {
                 plugin,
-                response: Some(response),
+                response,
+                buffered,
                 host,
             },
         );
     Ok(RString::from(
-        json!({ "status": status, "headers": headers, "body": id }).to_string(),
+        json!({ "status": status, "headers": headers, "body": id, "complete": complete })
+            .to_string(),
     ))
 }
 
@@ -339,6 +363,13 @@ pub(super) extern "C" fn http_read(
                 .and_then(|b| b.get_mut(&body))
                 .filter(|b| b.plugin == plugin)
                 .ok_or_else(|| wire_error("other", format!("response body {body} is not open")))?;
+            if let Some(bytes) = entry.buffered.take() {
+                let all = RVec::from(bytes.to_vec());
+                if let Some(open) = bodies.as_mut() {
+                    open.remove(&body);
+                }
+                return Ok(all);
+            }
             let response = entry.response.take().ok_or_else(|| {
                 wire_error("other", format!("response body {body} is being read"))
             })?;
