@@ -36,6 +36,11 @@ fn crud_round_trip(host: &Host, label: &str) {
         &json!({"title": "T", "type": 0, "status": 1, "content": "x", "expire_time": "soon"}),
     )
     .assert_error(422, "expire_time: 'soon' is not an RFC 3339 time");
+    host.post(
+        NOTICES,
+        &json!({"title": "T", "type": 0, "status": 1, "content": "x", "expire_time": ""}),
+    )
+    .assert_error(422, "expire_time: '' is not an RFC 3339 time");
     let first = host.post(NOTICES, &notice("First")).data().clone();
     assert_eq!(first["title"], "First", "{label}");
     // Times read alike on every backend: `YYYY-MM-DD HH:MM:SS`, with the

@@ -93,7 +93,7 @@ fn columns(input: Input) -> Result<Vec<(&'static str, Value)>, Error> {
         return Err(invalid("content", "must be at most 20000 characters long"));
     }
     let expire_at = match input.expire_time.as_deref() {
-        None | Some("") => Value::Null,
+        None => Value::Null,
         // RFC 3339 allows `t` and `z` in lower case.
         Some(text) => DateTime::parse_from_rfc3339(&text.to_ascii_uppercase())
             .map(|t| Value::from(t.timestamp_millis()))
