@@ -20,6 +20,18 @@ use crate::{
     router::{RouteTable, panic_response},
 };
 
+/// Whether the topic pattern `pattern` (a topic, or `<prefix>.*` for every
+/// topic under a prefix) matches `topic`; the host and the test host
+/// deliver by it.
+pub fn topic_matches(pattern: &str, topic: &str) -> bool {
+    match pattern.strip_suffix(".*") {
+        Some(prefix) => topic
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.len() > 1 && rest.starts_with('.')),
+        None => pattern == topic,
+    }
+}
+
 /// A plugin's optional init hook.
 pub type InitFn = fn(&Host) -> Result<(), String>;
 

@@ -417,6 +417,10 @@ pub struct PluginMod {
 /// The path under which [`PluginMod::files`] carries the plugin's README.
 pub const README_PATH: &str = "README.md";
 
+/// The [`RawResponse`] extension naming the stream (from
+/// [`HostServices::stream_open`]) that is the response's body.
+pub const STREAM_EXTENSION: &str = "plughost.stream";
+
 impl RootModule for PluginModRef {
     declare_root_module_statics! {PluginModRef}
     const BASE_NAME: &'static str = "plughost_plugin";

@@ -5,11 +5,7 @@ use std::time::Duration;
 
 use abi_stable::std_types::{RResult, RStr, RString, RVec, Tuple2};
 
-use crate::{Host, Response, TaskError, lifespan};
-
-/// The response extension that names a stream as the body (the host's
-/// `STREAM_EXTENSION`).
-const STREAM_EXTENSION: &str = "plughost.stream";
+use crate::{Host, Response, TaskError, abi::STREAM_EXTENSION, lifespan};
 
 /// How often an idle event stream gets a keep-alive comment.
 const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);

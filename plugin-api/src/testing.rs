@@ -656,13 +656,6 @@ extern "C" fn http_close(_plugin: RStr<'_>, body: u64) {
     }
 }
 
-fn topic_matches(pattern: &str, topic: &str) -> bool {
-    match pattern.strip_suffix(".*") {
-        Some(prefix) => topic.starts_with(&format!("{prefix}.")),
-        None => pattern == topic,
-    }
-}
-
 extern "C" fn event_publish(
     _plugin: RStr<'_>,
     topic: RStr<'_>,
@@ -671,7 +664,7 @@ extern "C" fn event_publish(
     if let Ok(state) = current() {
         let (topic, payload) = (topic.as_str().to_owned(), payload.into_string());
         for (pattern, queue) in state.subscriptions.borrow_mut().iter_mut() {
-            if topic_matches(pattern, &topic) {
+            if crate::__private::topic_matches(pattern, &topic) {
                 queue.push_back(payload.clone());
             }
         }
@@ -1106,7 +1099,7 @@ impl TestHost {
     pub fn deliver(&self, topic: &str, payload: &Value) {
         let payload = payload.to_string();
         for (pattern, queue) in self.state.subscriptions.borrow_mut().iter_mut() {
-            if topic_matches(pattern, topic) {
+            if crate::__private::topic_matches(pattern, topic) {
                 queue.push_back(payload.clone());
             }
         }
@@ -1281,7 +1274,7 @@ impl TestHost {
         let stream = response
             .extensions
             .iter()
-            .find(|Tuple2(k, _)| k.as_str() == "plughost.stream")
+            .find(|Tuple2(k, _)| k.as_str() == crate::abi::STREAM_EXTENSION)
             .and_then(|Tuple2(_, v)| v.parse().ok());
         TestResponse {
             stream,

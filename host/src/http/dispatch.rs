@@ -244,7 +244,7 @@ fn into_http(raw: RawResponse, plugin: &str, trace: &str) -> HttpResponse {
     let stream = raw
         .extensions
         .iter()
-        .find(|Tuple2(name, _)| name.as_str() == crate::plugin::services::streams::STREAM_EXTENSION)
+        .find(|Tuple2(name, _)| name.as_str() == plugin_api::abi::STREAM_EXTENSION)
         .and_then(|Tuple2(_, id)| id.parse::<u64>().ok());
     if let Some(id) = stream {
         return match crate::plugin::services::streams::take_body(plugin, id) {

@@ -71,15 +71,6 @@ impl LoadedPlugin {
             .map(|run| run.jobs())
             .unwrap_or_default()
     }
-
-    /// Whether the plugin is started, and how many tasks it runs.
-    pub fn running_tasks(&self) -> Option<usize> {
-        self.run
-            .lock()
-            .expect("run lock")
-            .as_ref()
-            .map(|run| run.tasks())
-    }
 }
 
 impl LoadedPlugin {

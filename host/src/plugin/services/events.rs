@@ -26,6 +26,8 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use plugin_api::__private::topic_matches as matches;
+
 use super::lifespan::run_of;
 use crate::{db::Db, redis::Redis};
 
@@ -78,18 +80,6 @@ fn with_subscriptions<T>(work: impl FnOnce(&mut HashMap<u64, Subscription>) -> T
 /// Records the topics each loaded plugin declared (`[permissions] events`).
 pub fn publish_declared(declared: HashMap<String, Vec<String>>) {
     *DECLARED.write().expect("declared lock") = Some(declared);
-}
-
-/// Whether `pattern` (a topic, or `prefix.*`) matches `topic`.
-fn matches(pattern: &str, topic: &str) -> bool {
-    match pattern.strip_suffix(".*") {
-        Some(prefix) => {
-            topic.len() > prefix.len() + 1
-                && topic.starts_with(prefix)
-                && topic.as_bytes()[prefix.len()] == b'.'
-        }
-        None => pattern == topic,
-    }
 }
 
 /// Whether `pattern` asks for nothing more than `allowed` gives.

@@ -249,6 +249,8 @@ async fn send(plugin: String, head: String, body: Vec<u8>) -> Result<RString, RS
         .lock()
         .expect("bodies lock")
         .as_ref()
+        // Counted only when the whole table is that full: no scan per request.
+        .filter(|b| b.len() >= MAX_OPEN_BODIES)
         .map_or(0, |b| b.values().filter(|b| b.plugin == plugin).count());
     if open >= MAX_OPEN_BODIES {
         return Err(wire_error(

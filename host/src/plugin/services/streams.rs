@@ -1,7 +1,7 @@
 //! Streamed response bodies: a channel the host owns, which a plugin's
 //! run feeds (`stream_send`, waiting while the client reads slowly) and
 //! whose receiving end becomes the body of the response that names it
-//! (`RawResponse` extension [`STREAM_EXTENSION`]). Optional keep-alive
+//! (`RawResponse` extension `plugin_api::abi::STREAM_EXTENSION`). Optional keep-alive
 //! chunks (an SSE comment) go out while the plugin sends nothing.
 //!
 //! *Invariant:* a stopped run owns no stream: its streams' senders are
@@ -23,9 +23,6 @@ use futures_util::FutureExt as _;
 use tokio::sync::mpsc;
 
 use super::lifespan::run_of;
-
-/// The response extension naming a stream as the body.
-pub const STREAM_EXTENSION: &str = "plughost.stream";
 
 /// Chunks a stream buffers before a send waits for the client.
 const BUFFER: usize = 16;
@@ -55,11 +52,6 @@ fn with_streams<T>(work: impl FnOnce(&mut HashMap<u64, Stream>) -> T) -> T {
 /// Ends every stream of run `run` (it stopped).
 pub(super) fn end_run(run: u64) {
     with_streams(|streams| streams.retain(|_, s| s.run != run));
-}
-
-/// How many streams are open now (responses still sending).
-pub fn open() -> usize {
-    with_streams(|streams| streams.len())
 }
 
 /// The receiving end of a stream, taken by its response; when the
