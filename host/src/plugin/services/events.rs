@@ -20,7 +20,7 @@ use std::{
 };
 
 use abi_stable::std_types::{RResult, RStr, RString};
-use async_ffi::{FfiFuture, FutureExt as _};
+use async_ffi::FfiFuture;
 use deadpool_redis::redis::AsyncCommands;
 use futures_util::{FutureExt as _, StreamExt as _};
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use plugin_api::__private::topic_matches as matches;
 
 use super::lifespan::run_of;
+use super::waker::IntoPluginFuture as _;
 use crate::{db::Db, redis::Redis};
 
 /// Events a subscription holds before the oldest undelivered ones are
@@ -299,7 +300,7 @@ pub(super) extern "C" fn event_publish(
             .map_err(|e| format!("event '{topic}' reached this instance only: {e}"))
     }
     .map(|r| r.map_err(RString::from).into())
-    .into_ffi()
+    .into_plugin_ffi()
 }
 
 /// [`HostServices::event_subscribe`](plugin_api::abi::HostServices::event_subscribe).
@@ -368,7 +369,7 @@ pub(super) extern "C" fn event_next(
             .ok_or_else(|| RString::from(format!("subscription {subscription} has ended")))
     }
     .map(RResult::from)
-    .into_ffi()
+    .into_plugin_ffi()
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! not allow, neither the first one nor any redirect.
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     sync::{
         Mutex, RwLock,
@@ -17,11 +18,12 @@ use std::{
 };
 
 use abi_stable::std_types::{RResult, RStr, RString, RVec};
-use async_ffi::{FfiFuture, FutureExt as _};
+use async_ffi::FfiFuture;
 use futures_util::FutureExt as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::waker::IntoPluginFuture as _;
 use crate::plugin::loading::permissions::{self, HostPattern};
 
 /// Each plugin's allowed destinations, as published.
@@ -78,20 +80,15 @@ pub fn publish(allowed: HashMap<String, Vec<HostPattern>>) {
     *current = Some(allowed);
 }
 
-/// The host and port a URL names, as patterns match them.
-fn destination(url: &reqwest::Url) -> Option<(String, u16)> {
-    // host_str writes an IPv6 address in brackets, as patterns do.
-    Some((url.host_str()?.to_owned(), url.port_or_known_default()?))
-}
-
 /// Whether `plugin` may reach `url`; the refusal names both.
 fn check(plugin: &str, url: &reqwest::Url) -> Result<(), String> {
-    let Some((host, port)) = destination(url) else {
+    // host_str writes an IPv6 address in brackets, as patterns do.
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
         return Err(format!("'{url}' names no host and port"));
     };
     let allowed = ALLOWED.read().expect("allowed lock");
     let list = allowed.as_ref().and_then(|a| a.get(plugin));
-    if list.is_some_and(|l| l.iter().any(|p| p.allows(&host, port))) {
+    if list.is_some_and(|l| l.iter().any(|p| p.allows(host, port))) {
         return Ok(());
     }
     let shown = list.filter(|l| !l.is_empty()).map_or_else(
@@ -197,6 +194,12 @@ fn with_handles<T>(plugin: &str, host: &str, work: impl FnOnce(&mut Handles) -> 
 }
 
 fn count(plugin: &str, host: &str, outcome: &'static str) {
+    record(plugin, host, outcome, None);
+}
+
+/// Counts an exchange by `outcome` and, for an answer, records how long
+/// its head took (one look-up of the handles).
+fn record(plugin: &str, host: &str, outcome: &'static str, seconds: Option<f64>) {
     with_handles(plugin, host, |h| {
         h.counters
             .entry(outcome)
@@ -204,30 +207,54 @@ fn count(plugin: &str, host: &str, outcome: &'static str) {
                 metrics::counter!("plughost_plugin_http_requests_total", "plugin" => plugin.to_owned(), "host" => host.to_owned(), "outcome" => outcome)
             })
             .increment(1);
+        if let Some(seconds) = seconds {
+            h.duration
+                .get_or_insert_with(|| {
+                    metrics::histogram!("plughost_plugin_http_request_duration_seconds", "plugin" => plugin.to_owned(), "host" => host.to_owned())
+                })
+                .record(seconds);
+        }
     });
 }
 
-fn took(plugin: &str, host: &str, seconds: f64) {
-    with_handles(plugin, host, |h| {
-        h.duration
-            .get_or_insert_with(|| {
-                metrics::histogram!("plughost_plugin_http_request_duration_seconds", "plugin" => plugin.to_owned(), "host" => host.to_owned())
-            })
-            .record(seconds);
-    });
-}
-
+/// A request's head as the plugin writes it (borrowed from its text where
+/// no escape forces a copy).
 #[derive(Deserialize)]
-struct Head {
-    method: String,
-    url: String,
-    #[serde(default)]
-    headers: Vec<(String, String)>,
+struct Head<'a> {
+    #[serde(borrow)]
+    method: Cow<'a, str>,
+    #[serde(borrow)]
+    url: Cow<'a, str>,
+    #[serde(default, borrow)]
+    headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     timeout_ms: Option<u64>,
 }
 
+/// A response's head as the plugin reads it, written straight from the
+/// response's header map.
+#[derive(Serialize)]
+struct Answer<'a> {
+    status: u16,
+    #[serde(serialize_with = "header_pairs")]
+    headers: &'a reqwest::header::HeaderMap,
+    body: u64,
+    complete: bool,
+}
+
+/// Headers as `[[name, value], ...]` (values that are not text left out).
+fn header_pairs<S: serde::Serializer>(
+    headers: &&reqwest::header::HeaderMap,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(
+        headers
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))),
+    )
+}
+
 async fn send(plugin: String, head: String, body: Vec<u8>) -> Result<RString, RString> {
-    let head: Head = serde_json::from_str(&head)
+    let head: Head<'_> = serde_json::from_str(&head)
         .map_err(|e| wire_error("other", format!("the request is not understood: {e}")))?;
     let url = reqwest::Url::parse(&head.url)
         .map_err(|e| wire_error("other", format!("'{}' is not a URL: {e}", head.url)))?;
@@ -237,13 +264,19 @@ async fn send(plugin: String, head: String, body: Vec<u8>) -> Result<RString, RS
             format!("'{url}' is not an http:// or https:// URL"),
         ));
     }
-    let host = destination(&url).map(|(h, _)| h).unwrap_or_default();
+    let host = url.host_str().unwrap_or_default().to_owned();
     if let Err(refused) = check(&plugin, &url) {
         tracing::warn!(plugin, host, "HTTP request refused: {refused}");
         count(&plugin, &host, "refused");
         return Err(wire_error("refused", refused));
     }
-    let method = reqwest::Method::from_bytes(head.method.to_ascii_uppercase().as_bytes())
+    let method = reqwest::Method::from_bytes(head.method.as_bytes())
+        .ok()
+        .filter(|_| !head.method.bytes().any(|b| b.is_ascii_lowercase()))
+        .map_or_else(
+            || reqwest::Method::from_bytes(head.method.to_ascii_uppercase().as_bytes()),
+            Ok,
+        )
         .map_err(|_| wire_error("other", format!("'{}' is not an HTTP method", head.method)))?;
     let open = BODIES
         .lock()
@@ -265,8 +298,8 @@ async fn send(plugin: String, head: String, body: Vec<u8>) -> Result<RString, RS
         head.timeout_ms
             .map_or(DEFAULT_TIMEOUT, Duration::from_millis),
     );
-    for (name, value) in head.headers {
-        request = request.header(name, value);
+    for (name, value) in &head.headers {
+        request = request.header(name.as_ref(), value.as_ref());
     }
     let started = Instant::now();
     let response = match request.body(body).send().await {
@@ -280,9 +313,8 @@ async fn send(plugin: String, head: String, body: Vec<u8>) -> Result<RString, RS
             return Err(from_reqwest(&e));
         }
     };
-    took(&plugin, &host, started.elapsed().as_secs_f64());
     let status = response.status().as_u16();
-    count(
+    record(
         &plugin,
         &host,
         match status {
@@ -291,16 +323,23 @@ async fn send(plugin: String, head: String, body: Vec<u8>) -> Result<RString, RS
             400..=499 => "4xx",
             _ => "5xx",
         },
+        Some(started.elapsed().as_secs_f64()),
     );
-    let headers: Vec<(String, String)> = response
-        .headers()
-        .iter()
-        .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-        .collect();
     // A body that says it is small is read now: the plugin gets it with
     // one read and knows it is all (no read to learn of its end).
-    let (response, buffered) = match response.content_length() {
-        Some(length) if length <= SMALL_BODY => match response.bytes().await {
+    let small = response
+        .content_length()
+        .is_some_and(|length| length <= SMALL_BODY);
+    let id = NEXT_BODY.fetch_add(1, Ordering::Relaxed);
+    let answer = serde_json::to_string(&Answer {
+        status,
+        headers: response.headers(),
+        body: id,
+        complete: small,
+    })
+    .map_err(|e| wire_error("other", format!("the response head cannot be written: {e}")))?;
+    let (response, buffered) = if small {
+        match response.bytes().await {
             Ok(bytes) => (None, Some(bytes)),
             Err(e) => {
                 count(
@@ -310,11 +349,10 @@ async fn send(plugin: String, head: String, body: Vec<u8>) -> Result<RString, RS
                 );
                 return Err(from_reqwest(&e));
             }
-        },
-        _ => (Some(response), None),
+        }
+    } else {
+        (Some(response), None)
     };
-    let complete = buffered.is_some();
-    let id = NEXT_BODY.fetch_add(1, Ordering::Relaxed);
     BODIES
         .lock()
         .expect("bodies lock")
@@ -328,10 +366,7 @@ async fn send(plugin: String, head: String, body: Vec<u8>) -> Result<RString, RS
                 host,
             },
         );
-    Ok(RString::from(
-        json!({ "status": status, "headers": headers, "body": id, "complete": complete })
-            .to_string(),
-    ))
+    Ok(RString::from(answer))
 }
 
 /// [`HostServices::http_send`](plugin_api::abi::HostServices::http_send).
@@ -346,7 +381,7 @@ pub(super) extern "C" fn http_send(
         body.into_vec(),
     )
     .map(RResult::from)
-    .into_ffi()
+    .into_plugin_ffi()
 }
 
 /// [`HostServices::http_read`](plugin_api::abi::HostServices::http_read).
@@ -403,7 +438,7 @@ pub(super) extern "C" fn http_read(
         }
     }
     .map(RResult::from)
-    .into_ffi()
+    .into_plugin_ffi()
 }
 
 /// [`HostServices::http_close`](plugin_api::abi::HostServices::http_close).

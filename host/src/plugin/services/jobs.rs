@@ -14,7 +14,7 @@ use std::{
 };
 
 use abi_stable::std_types::{ROption, RResult, RStr, RString};
-use async_ffi::{FfiFuture, FutureExt as _};
+use async_ffi::FfiFuture;
 use croner::{
     Cron,
     parser::{CronParser, Seconds},
@@ -25,6 +25,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::lifespan::{Run, run_of};
+use super::waker::IntoPluginFuture as _;
 
 /// When a job runs.
 enum Timing {
@@ -244,7 +245,7 @@ pub(super) extern "C" fn job_wait(
         }
     }
     .map(RResult::from)
-    .into_ffi()
+    .into_plugin_ffi()
 }
 
 /// [`HostServices::job_done`](plugin_api::abi::HostServices::job_done).

@@ -18,13 +18,14 @@ use std::{
 };
 
 use abi_stable::std_types::{RResult, RStr, RString};
-use async_ffi::{FfiFuture, FutureExt as _};
+use async_ffi::FfiFuture;
 use futures_util::FutureExt as _;
 use plugin_api::abi::PluginModRef;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::jobs::Job;
+use super::waker::IntoPluginFuture as _;
 use crate::config::PluginRunLimits;
 
 /// One run of a started plugin: its id (what its tasks name), and the
@@ -285,5 +286,5 @@ pub(super) extern "C" fn blocking(
         })
     }
     .map(RResult::from)
-    .into_ffi()
+    .into_plugin_ffi()
 }

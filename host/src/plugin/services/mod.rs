@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod lifespan;
 pub mod panic_log;
 pub mod streams;
+mod waker;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -34,7 +35,7 @@ use crate::{
     },
     redis::{Redis, RedisError},
 };
-use async_ffi::{FfiFuture, FutureExt};
+use async_ffi::FfiFuture;
 use deadpool_redis::redis::{self, AsyncCommands};
 use plugin_api::{
     __private::wire_error as db_error,
@@ -42,6 +43,7 @@ use plugin_api::{
     counter,
     page::PageSql,
 };
+use waker::IntoPluginFuture as _;
 
 static LOADED: AtomicU32 = AtomicU32::new(0);
 static SETTINGS: RwLock<Option<HashMap<String, BTreeMap<String, String>>>> = RwLock::new(None);
@@ -89,7 +91,7 @@ extern "C" fn host_version() -> RStr<'static> {
 }
 
 extern "C" fn sleep(millis: u64) -> FfiFuture<()> {
-    actix_web::rt::time::sleep(std::time::Duration::from_millis(millis)).into_ffi()
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(millis)).into_plugin_ffi()
 }
 
 static DB: OnceLock<Arc<Db>> = OnceLock::new();
@@ -213,7 +215,7 @@ extern "C" fn sql_page(
             .map(RString::from)
             .into()
     }
-    .into_ffi()
+    .into_plugin_ffi()
 }
 
 async fn run_execute(tx: u64, sql: String, params: String) -> Result<RString, RString> {
@@ -244,7 +246,7 @@ extern "C" fn sql_query(
             .await
             .into()
     }
-    .into_ffi()
+    .into_plugin_ffi()
 }
 
 extern "C" fn sql_execute(
@@ -263,7 +265,7 @@ extern "C" fn sql_execute(
             .await
             .into()
     }
-    .into_ffi()
+    .into_plugin_ffi()
 }
 
 extern "C" fn sql_begin(_plugin: RStr<'_>) -> FfiFuture<RResult<u64, RString>> {
@@ -277,7 +279,7 @@ extern "C" fn sql_begin(_plugin: RStr<'_>) -> FfiFuture<RResult<u64, RString>> {
         Ok(id)
     }
     .map(RResult::from)
-    .into_ffi()
+    .into_plugin_ffi()
 }
 
 extern "C" fn sql_finish(tx: u64, commit: bool) -> FfiFuture<RResult<(), RString>> {
@@ -299,7 +301,7 @@ extern "C" fn sql_finish(tx: u64, commit: bool) -> FfiFuture<RResult<(), RString
             .unwrap_or_else(|e| Err(db_error("other", format!("transaction task failed: {e}"))))
             .into()
     }
-    .into_ffi()
+    .into_plugin_ffi()
 }
 
 extern "C" fn next_id() -> ROption<i64> {
@@ -367,7 +369,7 @@ extern "C" fn kv_get(
         Ok(ROption::from(value))
     }
     .map(RResult::from)
-    .into_ffi()
+    .into_plugin_ffi()
 }
 
 extern "C" fn kv_set(
@@ -408,7 +410,7 @@ extern "C" fn kv_set(
         Ok(())
     }
     .map(RResult::from)
-    .into_ffi()
+    .into_plugin_ffi()
 }
 
 extern "C" fn kv_del(plugin: RStr<'_>, key: RString) -> FfiFuture<RResult<bool, RString>> {
@@ -430,7 +432,7 @@ extern "C" fn kv_del(plugin: RStr<'_>, key: RString) -> FfiFuture<RResult<bool, 
         Ok(result.rows_affected() > 0)
     }
     .map(RResult::from)
-    .into_ffi()
+    .into_plugin_ffi()
 }
 
 /// Adds to a counter in Redis: one script, so the increment and the
@@ -524,7 +526,7 @@ extern "C" fn kv_incr(
         }
     }
     .map(RResult::from)
-    .into_ffi()
+    .into_plugin_ffi()
 }
 
 /// Moves a job's last claimed tick to `tick` if it is behind: whether this

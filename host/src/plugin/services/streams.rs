@@ -17,12 +17,13 @@ use std::{
 };
 
 use abi_stable::std_types::{RResult, RStr, RString, RVec};
-use async_ffi::{FfiFuture, FutureExt as _};
+use async_ffi::FfiFuture;
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 use tokio::sync::mpsc;
 
 use super::lifespan::run_of;
+use super::waker::IntoPluginFuture as _;
 
 /// Chunks a stream buffers before a send waits for the client.
 const BUFFER: usize = 16;
@@ -155,7 +156,7 @@ pub(super) extern "C" fn stream_send(
         Ok(())
     }
     .map(RResult::from)
-    .into_ffi()
+    .into_plugin_ffi()
 }
 
 /// [`HostServices::stream_close`](plugin_api::abi::HostServices::stream_close).
