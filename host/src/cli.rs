@@ -213,7 +213,7 @@ enum UserAction {
     Add {
         /// Login name.
         name: String,
-        /// Password (at least 8 characters).
+        /// Password (8 to 1024 characters).
         #[arg(long)]
         password: String,
         /// Roles to hold (repeat for several).
@@ -227,7 +227,7 @@ enum UserAction {
     Passwd {
         /// Login name.
         name: String,
-        /// New password (at least 8 characters).
+        /// New password (8 to 1024 characters).
         #[arg(long)]
         password: String,
     },
@@ -282,6 +282,13 @@ enum RoleAction {
         #[arg(required = true)]
         permissions: Vec<String>,
     },
+    /// Delete a role; its holders lose its permissions on every instance.
+    Delete {
+        /// Role name.
+        name: String,
+    },
+    /// List roles, their permissions and how many users hold each.
+    List,
 }
 
 type Action = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
@@ -409,6 +416,16 @@ async fn role(auth: Arc<AuthService>, action: RoleAction) -> anyhow::Result<()> 
             }
             if !absent.is_empty() {
                 println!("role '{name}' did not hold {}", absent.join(", "));
+            }
+        }
+        RoleAction::Delete { name } => {
+            auth.delete_role(&name).await?;
+            println!("deleted role '{name}'");
+        }
+        RoleAction::List => {
+            println!("{:<24} {:<6} permissions", "role", "users");
+            for r in auth.roles().await? {
+                println!("{:<24} {:<6} {}", r.name, r.users, r.permissions.join(","));
             }
         }
     }

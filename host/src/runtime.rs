@@ -49,6 +49,10 @@ impl Core {
             settings.flag_reconcile,
             redis.clone().map(|r| (r, settings.flag_prefix.as_str())),
         ));
+        crate::events::connect(
+            db.clone(),
+            redis.clone().map(|r| (r, settings.flag_prefix.clone())),
+        );
         services::set_db(db);
         Ok(Self {
             settings,

@@ -91,7 +91,7 @@ async function enter() {
   $("#login").hidden = true;
   $("#app").hidden = false;
   $("#logout").hidden = false;
-  await refresh();
+  await Promise.all([refresh(), refreshUsers()]);
 }
 
 /// Each plugin's routes, from the API document.
@@ -151,6 +151,21 @@ function button(text, className, onClick, label) {
   return b;
 }
 
+/// A name in bold, with a tag after it when `tag` is given.
+function titled(name, tag) {
+  const title = document.createElement("div");
+  const strong = document.createElement("strong");
+  strong.textContent = name;
+  title.append(strong);
+  if (tag) {
+    const span = document.createElement("span");
+    span.className = "tag";
+    span.textContent = tag;
+    title.append(span);
+  }
+  return title;
+}
+
 function render(plugins, routes) {
   const body = $("#plugins tbody");
   body.replaceChildren();
@@ -160,16 +175,7 @@ function render(plugins, routes) {
     const row = document.createElement("tr");
     row.dataset.plugin = name;
 
-    const title = document.createElement("div");
-    const strong = document.createElement("strong");
-    strong.textContent = name;
-    title.append(strong);
-    if (item.local) {
-      const tag = document.createElement("span");
-      tag.className = "tag";
-      tag.textContent = "local";
-      title.append(tag);
-    }
+    const title = titled(name, item.local ? "local" : "");
     if (meta.summary) {
       const summary = document.createElement("div");
       summary.textContent = meta.summary;
@@ -299,9 +305,10 @@ async function download(name) {
   }
 }
 
-function confirmed(text) {
+function confirmed(text, action) {
   const dialog = $("#confirm");
   $("#confirm-text").textContent = text;
+  $("#confirm-yes").textContent = action;
   return new Promise((resolve) => {
     dialog.addEventListener("close", () => resolve(dialog.returnValue === "yes"), { once: true });
     dialog.showModal();
@@ -309,7 +316,7 @@ function confirmed(text) {
 }
 
 async function uninstall(name) {
-  if (!(await confirmed(`Uninstall '${name}' from every instance? A backup is kept.`))) return;
+  if (!(await confirmed(`Uninstall '${name}' from every instance? A backup is kept.`, "Uninstall"))) return;
   try {
     const reply = await api("DELETE", `${API}/sys/plugins/${encodeURIComponent(name)}`);
     message(reply.msg);
@@ -317,6 +324,153 @@ async function uninstall(name) {
   } catch (e) {
     error(e.message);
   }
+}
+
+/// A comma-separated list as an array of its trimmed, non-empty items.
+function items(text) {
+  return text.split(",").map((x) => x.trim()).filter((x) => x);
+}
+
+/// An input holding a list, with a button that saves it.
+function listEditor(values, label, save) {
+  const form = document.createElement("form");
+  form.className = "inline";
+  const input = document.createElement("input");
+  input.value = values.join(", ");
+  input.setAttribute("aria-label", label);
+  const submit = document.createElement("button");
+  submit.type = "submit";
+  submit.className = "secondary";
+  submit.textContent = "Save";
+  submit.setAttribute("aria-label", `Save ${label.toLowerCase()}`);
+  form.append(input, submit);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    save(items(input.value));
+  });
+  return form;
+}
+
+/// The users and roles views; each says so when the caller may not read it.
+async function refreshUsers() {
+  const [users, roles] = await Promise.allSettled([
+    api("GET", `${API}/sys/users?page=1&size=200`),
+    api("GET", `${API}/sys/roles`),
+  ]);
+  show($("#users-note"), users.status === "rejected" ? users.reason.message : "");
+  $("#users").hidden = users.status === "rejected";
+  if (users.status === "fulfilled") renderUsers(users.value.data);
+  show($("#roles-note"), roles.status === "rejected" ? roles.reason.message : "");
+  $("#roles").hidden = roles.status === "rejected";
+  if (roles.status === "fulfilled") renderRoles(roles.value.data);
+}
+
+function renderUsers(page) {
+  const body = $("#users tbody");
+  body.replaceChildren();
+  for (const u of page.items) {
+    const row = document.createElement("tr");
+    row.dataset.user = u.username;
+    const who = titled(u.username, u.superuser ? "superuser" : "");
+    for (const extra of [u.nickname, u.email]) {
+      if (!extra) continue;
+      const line = document.createElement("div");
+      line.className = "reach";
+      line.textContent = extra;
+      who.append(line);
+    }
+    cell(row, "User", who);
+    cell(row, "Roles", listEditor(u.roles, `Roles of ${u.username}`, (roles) => userRoles(u, roles)));
+    const badge = document.createElement("span");
+    badge.className = `state ${u.status === 1 ? "state-loaded" : "state-disabled"}`;
+    badge.textContent = u.status === 1 ? "active" : "disabled";
+    cell(row, "State", badge);
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    const active = u.status === 1;
+    actions.append(button(active ? "Disable" : "Enable", "user-toggle secondary", () => userStatus(u, !active),
+      `${active ? "Disable" : "Enable"} ${u.username}`));
+    actions.append(button("Delete", "user-delete danger", () => deleteUser(u), `Delete ${u.username}`));
+    cell(row, "Actions", actions);
+    body.append(row);
+  }
+}
+
+function renderRoles(roles) {
+  const body = $("#roles tbody");
+  body.replaceChildren();
+  for (const r of roles) {
+    const row = document.createElement("tr");
+    row.dataset.role = r.name;
+    const name = document.createElement("strong");
+    name.textContent = r.name;
+    cell(row, "Role", name);
+    cell(row, "Permissions", listEditor(r.permissions, `Permissions of ${r.name}`, (p) => rolePermissions(r, p)));
+    cell(row, "Users", String(r.users));
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    actions.append(button("Delete", "role-delete danger", () => deleteRole(r), `Delete role ${r.name}`));
+    cell(row, "Actions", actions);
+    body.append(row);
+  }
+}
+
+/// Runs a change to users or roles, says what it did, and shows the result.
+async function change(work, done) {
+  try {
+    await work();
+    message(done);
+  } catch (e) {
+    error(e.message);
+  }
+  await refreshUsers();
+}
+
+function userRoles(u, roles) {
+  return change(() => api("PUT", `${API}/sys/users/${u.id}/roles`, { roles }),
+    `User '${u.username}' holds ${roles.length ? roles.join(", ") : "no role"}.`);
+}
+
+function userStatus(u, active) {
+  return change(() => api("PUT", `${API}/sys/users/${u.id}/status`, { status: active ? 1 : 0 }),
+    `User '${u.username}' is ${active ? "enabled" : "disabled; its tokens are refused"}.`);
+}
+
+async function deleteUser(u) {
+  if (!(await confirmed(`Delete user '${u.username}'? Its tokens stop working on every instance.`, "Delete"))) return;
+  await change(() => api("DELETE", `${API}/sys/users/${u.id}`), `User '${u.username}' deleted.`);
+}
+
+function rolePermissions(r, permissions) {
+  return change(() => api("PUT", `${API}/sys/roles/${encodeURIComponent(r.name)}/permissions`, { permissions }),
+    `Role '${r.name}' holds ${permissions.length ? permissions.join(", ") : "no permission"}.`);
+}
+
+async function deleteRole(r) {
+  if (!(await confirmed(`Delete role '${r.name}'? Its ${r.users} user(s) lose its permissions.`, "Delete"))) return;
+  await change(() => api("DELETE", `${API}/sys/roles/${encodeURIComponent(r.name)}`), `Role '${r.name}' deleted.`);
+}
+
+async function addUser(event) {
+  event.preventDefault();
+  const username = $("#new-username").value;
+  await change(async () => {
+    await api("POST", `${API}/sys/users`, {
+      username,
+      password: $("#new-password").value,
+      roles: items($("#new-roles").value),
+    });
+    $("#user-form").reset();
+  }, `User '${username}' added.`);
+}
+
+async function addRole(event) {
+  event.preventDefault();
+  const name = $("#new-role").value;
+  await change(async () => {
+    await api("POST", `${API}/sys/roles`, { name });
+    $("#role-form").reset();
+  }, `Role '${name}' added.`);
 }
 
 function query(upgrade, force, extra) {
@@ -412,6 +566,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#refresh").addEventListener("click", refresh);
   $("#upload-form").addEventListener("submit", upload);
   $("#git-form").addEventListener("submit", installGit);
+  $("#users-refresh").addEventListener("click", refreshUsers);
+  $("#user-form").addEventListener("submit", addUser);
+  $("#role-form").addEventListener("submit", addRole);
   if (token) enter();
   else $("#username").focus();
 });

@@ -1207,3 +1207,45 @@ pub fn count_concurrently(hosts: &[&Host], key: &str, threads: usize, each: usiz
     seen.sort_unstable();
     seen
 }
+
+/// Opens `GET path` on `host` as a stream and forwards its lines.
+pub fn sse_lines(host: &Host, path: &str) -> mpsc::Receiver<String> {
+    let response = ureq::get(&format!("{}{path}", host.base()))
+        .call()
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!(response.content_type(), "text/event-stream");
+    assert_eq!(response.header("cache-control"), Some("no-cache"));
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(response.into_reader()).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The lines `feed` gives within `within` until one contains `needle`;
+/// panics naming what came when none does.
+pub fn until(feed: &mpsc::Receiver<String>, needle: &str, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match feed.recv_timeout(left) {
+            Ok(line) => {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    return seen;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("the feed ended before '{needle}': {seen:?}")
+            }
+        }
+    }
+    panic!("no '{needle}' within {within:?}: {seen:?}");
+}

@@ -5,57 +5,14 @@
 //! subscribe only to its own topics and the ones it declares.
 
 use std::{
-    io::{BufRead, BufReader},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
-use e2e::{Backend, DataDir, Host, TestDatabase, TestRedis};
+use e2e::{Backend, DataDir, Host, TestDatabase, TestRedis, sse_lines as lines_of, until};
 use serde_json::json;
 
 const SECRET: &str = "a-shared-token-secret-of-at-least-32-chars";
-
-/// Opens `GET path` on `host` as a stream and forwards its lines.
-fn lines_of(host: &Host, path: &str) -> mpsc::Receiver<String> {
-    let response = ureq::get(&format!("{}{path}", host.base()))
-        .call()
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    assert_eq!(response.content_type(), "text/event-stream");
-    assert_eq!(response.header("cache-control"), Some("no-cache"));
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(response.into_reader()).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// The lines `feed` gives within `within` until one contains `needle`;
-/// panics naming what came when none does.
-fn until(feed: &mpsc::Receiver<String>, needle: &str, within: Duration) -> Vec<String> {
-    let deadline = Instant::now() + within;
-    let mut seen = Vec::new();
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match feed.recv_timeout(left) {
-            Ok(line) => {
-                let found = line.contains(needle);
-                seen.push(line);
-                if found {
-                    return seen;
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => break,
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                panic!("the feed ended before '{needle}': {seen:?}")
-            }
-        }
-    }
-    panic!("no '{needle}' within {within:?}: {seen:?}");
-}
 
 fn two_instances(redis: Option<&str>) -> (TestDatabase, Vec<(DataDir, Host)>) {
     let database = TestDatabase::create(Backend::Postgresql);
@@ -152,6 +109,17 @@ fn a_plugin_subscribes_to_its_own_topics_and_declared_ones_only() {
     assert_eq!(
         host.get("/ticker/v1/subscribe?topic=hello.greeted").data(),
         "plugin 'ticker' may not subscribe to 'hello.greeted': declare it in plugin.toml [permissions] events"
+    );
+    // The host's own events, as far as declared (`sys.user.*`).
+    assert_eq!(
+        host.get("/ticker/v1/subscribe?topic=sys.user.deleted")
+            .data(),
+        "subscribed"
+    );
+    assert_eq!(
+        host.get("/ticker/v1/subscribe?topic=sys.role.created")
+            .data(),
+        "plugin 'ticker' may not subscribe to 'sys.role.created': declare it in plugin.toml [permissions] events"
     );
     let bad = host
         .get("/ticker/v1/subscribe?topic=nonsense")

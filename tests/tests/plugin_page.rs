@@ -156,14 +156,19 @@ async fn log_in(client: &Client) {
     .await;
 }
 
-async fn row_text(client: &Client, plugin: &str) -> String {
+/// The text of the table row whose `data-{kind}` is `name`.
+async fn row_of(client: &Client, kind: &str, name: &str) -> String {
     client
-        .find(Locator::Css(&format!("tr[data-plugin='{plugin}']")))
+        .find(Locator::Css(&format!("tr[data-{kind}='{name}']")))
         .await
-        .unwrap_or_else(|_| panic!("no row for {plugin}"))
+        .unwrap_or_else(|_| panic!("no row for {kind} {name}"))
         .text()
         .await
         .unwrap()
+}
+
+async fn row_text(client: &Client, plugin: &str) -> String {
+    row_of(client, "plugin", plugin).await
 }
 
 /// Every resource the page loaded came from `base`.
@@ -404,4 +409,105 @@ fn the_plugin_page_installs_from_git_showing_the_build_output() {
         "{lines:?}"
     );
     assert!(lines.last().unwrap().contains("Finished"), "{lines:?}");
+}
+
+#[test]
+fn the_plugin_page_manages_users_and_roles_in_a_real_browser() {
+    let (_data, host) = e2e::serve(&[]);
+    let driver = Driver::start();
+    let base = host.base().to_owned();
+    e2e::runtime().block_on(async {
+        let client = browser(&driver).await;
+        client.goto(&format!("{base}/ui/")).await.unwrap();
+        log_in(&client).await;
+        until(
+            &client,
+            "the admin in the users view",
+            "return !!document.querySelector(\"tr[data-user='admin']\");",
+        )
+        .await;
+        assert!(row_of(&client, "user", "admin").await.contains("superuser"));
+
+        // A role, then its permissions, typed and saved.
+        type_into(&client, "new-role", "editor\u{E007}").await;
+        until(
+            &client,
+            "the new role",
+            "return !!document.querySelector(\"tr[data-role='editor']\");",
+        )
+        .await;
+        let permissions = client
+            .find(Locator::Css("tr[data-role='editor'] input"))
+            .await
+            .unwrap();
+        permissions
+            .send_keys("sys:dict:add, sys:dict:edit\u{E007}")
+            .await
+            .unwrap();
+        until(
+            &client,
+            "the role's permissions saved",
+            "return document.querySelector('#message').textContent\
+             .includes(\"Role 'editor' holds sys:dict:add, sys:dict:edit\");",
+        )
+        .await;
+        let role = host.get("/admin/v1/sys/roles").data().clone();
+        assert_eq!(role[0]["permissions"], json!(["sys:dict:add", "sys:dict:edit"]));
+
+        // A user with that role, from the form.
+        type_into(&client, "new-username", "bob").await;
+        type_into(&client, "new-password", "password-of-bob").await;
+        type_into(&client, "new-roles", "editor\u{E007}").await;
+        until(
+            &client,
+            "bob listed with his role",
+            "return !!document.querySelector(\"tr[data-user='bob']\") \
+             && document.querySelector(\"tr[data-user='bob'] input\").value === 'editor';",
+        )
+        .await;
+        assert!(row_of(&client, "user", "bob").await.contains("active"));
+        let token = host.token("bob", "password-of-bob");
+        snap(&client, "8-users").await;
+
+        // Disabled from the page: his token is refused at once.
+        click(&client, "tr[data-user='bob'] button.user-toggle").await;
+        until(
+            &client,
+            "bob disabled",
+            "return document.querySelector(\"tr[data-user='bob'] .state\").textContent === 'disabled';",
+        )
+        .await;
+        let refused = host.request_as(
+            e2e::As::Header(&format!("Bearer {token}")),
+            "GET",
+            "/admin/v1/sys/plugins",
+            None,
+        );
+        assert_eq!(refused.status, 401);
+
+        // A refusal reads as the API says it.
+        click(&client, "tr[data-user='admin'] button.user-delete").await;
+        click(&client, "#confirm-yes").await;
+        until(
+            &client,
+            "the refusal to delete oneself",
+            "return document.querySelector('#error').textContent\
+             .includes('you cannot delete your own account');",
+        )
+        .await;
+
+        // Deleted after confirming.
+        click(&client, "tr[data-user='bob'] button.user-delete").await;
+        assert_eq!(text_of(&client, "confirm-yes").await, "Delete");
+        click(&client, "#confirm-yes").await;
+        until(
+            &client,
+            "bob gone",
+            "return !document.querySelector(\"tr[data-user='bob']\");",
+        )
+        .await;
+        assert_eq!(host.get("/admin/v1/sys/users").data()["total"], 1);
+        assert_only_local_resources(&client, &base).await;
+        client.close().await.unwrap();
+    });
 }

@@ -2,6 +2,7 @@
 //! tokens (revocable), roles carrying permission strings.
 
 mod cache;
+mod manage;
 mod secret;
 mod throttle;
 
@@ -12,21 +13,19 @@ use argon2::{
     password_hash::{SaltString, rand_core::OsRng},
 };
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, Set,
-    TransactionTrait,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, DbErr, EntityTrait, QueryFilter, Set};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     db::{
         Db,
-        entity::{role, role_permission, token_revocation, user, user_role},
+        entity::{role, token_revocation, user},
         placeholders,
     },
     redis::Redis,
 };
 use cache::PrincipalCache;
+pub use manage::{Actor, NewUser, RoleInfo, UserChange, UserFilter, UserInfo, UserPage};
 pub use secret::{SecretError, load_or_create_secret, random_password};
 use throttle::{HashGate, LoginThrottle};
 pub use throttle::{LoginLimits, Throttled};
@@ -100,6 +99,13 @@ pub enum AuthError {
     /// The caller lacks a permission.
     #[error("permission '{0}' is required")]
     Forbidden(String),
+    /// The caller may not make this change (the message says why).
+    #[error("{0}")]
+    Denied(String),
+    /// The change would leave things in a state it may not (the message
+    /// says which, and who can make it).
+    #[error("{0}")]
+    Conflict(String),
     /// A name is taken.
     #[error("{0} already exists")]
     Exists(String),
@@ -128,8 +134,8 @@ impl AuthError {
             | Self::BadCredentials => 401,
             Self::Throttled(_) => 429,
             Self::Busy => 503,
-            Self::Forbidden(_) => 403,
-            Self::Exists(_) => 409,
+            Self::Forbidden(_) | Self::Denied(_) => 403,
+            Self::Exists(_) | Self::Conflict(_) => 409,
             Self::Unknown(_) => 404,
             Self::Rejected(_) => 422,
             Self::Db(_) => 500,
@@ -175,21 +181,6 @@ pub struct Issued {
     pub token_type: &'static str,
     /// Expiry, Unix seconds.
     pub expires_at: i64,
-}
-
-/// One user, as `user list` shows it.
-#[derive(Debug, Serialize)]
-pub struct UserInfo {
-    /// Id.
-    pub id: i64,
-    /// Login name.
-    pub username: String,
-    /// Superuser flag.
-    pub superuser: bool,
-    /// 1 active, 0 disabled.
-    pub status: i16,
-    /// Role names.
-    pub roles: Vec<String>,
 }
 
 /// Users, roles, tokens.
@@ -303,9 +294,10 @@ fn check_name(kind: &str, name: &str) -> Result<(), AuthError> {
 }
 
 fn check_password(password: &str) -> Result<(), AuthError> {
-    if password.chars().count() < 8 {
+    let length = password.chars().count();
+    if !(8..=1024).contains(&length) {
         return Err(AuthError::Rejected(
-            "a password must be at least 8 characters long".into(),
+            "a password must be 8 to 1024 characters long".into(),
         ));
     }
     Ok(())
@@ -518,52 +510,6 @@ impl AuthService {
         Ok(())
     }
 
-    async fn insert_user(
-        &self,
-        username: &str,
-        hash: String,
-        superuser: bool,
-    ) -> Result<i64, AuthError> {
-        let model = user::ActiveModel {
-            username: Set(username.to_owned()),
-            password_hash: Set(hash),
-            is_superuser: Set(superuser),
-            status: Set(1),
-            ..Default::default()
-        };
-        Ok(self.db.insert_keyed(model, user::Column::Id).await?)
-    }
-
-    /// Creates a user, with roles.
-    pub async fn add_user(
-        &self,
-        username: &str,
-        password: &str,
-        superuser: bool,
-        roles: &[String],
-    ) -> Result<i64, AuthError> {
-        check_name("user", username)?;
-        check_password(password)?;
-        if self.find_user(username).await?.is_some() {
-            return Err(AuthError::Exists(format!("user '{username}'")));
-        }
-        let mut role_ids = Vec::new();
-        for name in roles {
-            role_ids.push(self.find_role(name).await?.id);
-        }
-        let hash = self.hash_password(password.to_owned()).await?;
-        let id = self.insert_user(username, hash, superuser).await?;
-        for role_id in role_ids {
-            user_role::ActiveModel {
-                user_id: Set(id),
-                role_id: Set(role_id),
-            }
-            .insert(self.db.conn())
-            .await?;
-        }
-        Ok(id)
-    }
-
     async fn find_user(&self, username: &str) -> Result<Option<user::Model>, AuthError> {
         Ok(user::Entity::find()
             .filter(user::Column::Username.eq(username))
@@ -578,203 +524,17 @@ impl AuthService {
             .await?
             .ok_or_else(|| {
                 AuthError::Unknown(format!(
-                    "role '{name}' does not exist; create it with `plughost role add {name}`"
+                    "role '{name}' does not exist; create it with POST /admin/v1/sys/roles or `plughost role add {name}`"
                 ))
             })
-    }
-
-    /// Sets a user's password.
-    pub async fn set_password(&self, username: &str, password: &str) -> Result<(), AuthError> {
-        check_password(password)?;
-        let found = self.existing_user(username).await?;
-        let version = found.token_version + 1;
-        let mut model: user::ActiveModel = found.into();
-        model.password_hash = Set(self.hash_password(password.to_owned()).await?);
-        // Tokens issued before now carry an older version: refused.
-        model.token_version = Set(version);
-        model.update(self.db.conn()).await?;
-        self.principals.invalidate().await;
-        Ok(())
     }
 
     async fn existing_user(&self, username: &str) -> Result<user::Model, AuthError> {
         self.find_user(username).await?.ok_or_else(|| {
             AuthError::Unknown(format!(
-                "user '{username}' does not exist; `plughost user list` lists the users"
+                "user '{username}' does not exist; `plughost user list` or GET /admin/v1/sys/users lists the users"
             ))
         })
-    }
-
-    /// Disables a user (`active` false: no login, and every token issued
-    /// before is refused for good, also after the user is enabled again)
-    /// or enables one. Returns whether anything changed.
-    pub async fn set_active(&self, username: &str, active: bool) -> Result<bool, AuthError> {
-        let found = self.existing_user(username).await?;
-        let status = i16::from(active);
-        if found.status == status {
-            return Ok(false);
-        }
-        let version = found.token_version + 1;
-        let mut model: user::ActiveModel = found.into();
-        model.status = Set(status);
-        if !active {
-            model.token_version = Set(version);
-        }
-        model.update(self.db.conn()).await?;
-        self.principals.invalidate().await;
-        Ok(true)
-    }
-
-    /// Gives user `username` the roles `add` and takes `remove` from it.
-    /// Every role named must exist; the user's roles after the change.
-    pub async fn set_roles(
-        &self,
-        username: &str,
-        add: &[String],
-        remove: &[String],
-    ) -> Result<Vec<String>, AuthError> {
-        let found = self.existing_user(username).await?;
-        let mut adding = Vec::new();
-        for name in add {
-            adding.push(self.find_role(name).await?.id);
-        }
-        let mut removing = Vec::new();
-        for name in remove {
-            removing.push(self.find_role(name).await?.id);
-        }
-        let txn = self.db.conn().begin().await?;
-        if !removing.is_empty() {
-            user_role::Entity::delete_many()
-                .filter(user_role::Column::UserId.eq(found.id))
-                .filter(user_role::Column::RoleId.is_in(removing))
-                .exec(&txn)
-                .await?;
-        }
-        for role_id in adding {
-            if user_role::Entity::find_by_id((found.id, role_id))
-                .one(&txn)
-                .await?
-                .is_none()
-            {
-                user_role::ActiveModel {
-                    user_id: Set(found.id),
-                    role_id: Set(role_id),
-                }
-                .insert(&txn)
-                .await?;
-            }
-        }
-        txn.commit().await?;
-        self.principals.invalidate().await;
-        Ok(self
-            .list_users()
-            .await?
-            .into_iter()
-            .find(|u| u.id == found.id)
-            .map(|u| u.roles)
-            .unwrap_or_default())
-    }
-
-    /// Every user with its roles.
-    pub async fn list_users(&self) -> Result<Vec<UserInfo>, AuthError> {
-        let users = user::Entity::find()
-            .order_by_asc(user::Column::Username)
-            .all(self.db.conn())
-            .await?;
-        let roles = role::Entity::find().all(self.db.conn()).await?;
-        let links = user_role::Entity::find().all(self.db.conn()).await?;
-        Ok(users
-            .into_iter()
-            .map(|u| {
-                let mut names: Vec<String> = links
-                    .iter()
-                    .filter(|l| l.user_id == u.id)
-                    .filter_map(|l| roles.iter().find(|r| r.id == l.role_id))
-                    .map(|r| r.name.clone())
-                    .collect();
-                names.sort();
-                UserInfo {
-                    id: u.id,
-                    username: u.username,
-                    superuser: u.is_superuser,
-                    status: u.status,
-                    roles: names,
-                }
-            })
-            .collect())
-    }
-
-    /// Creates a role.
-    pub async fn add_role(&self, name: &str) -> Result<i64, AuthError> {
-        check_name("role", name)?;
-        if role::Entity::find()
-            .filter(role::Column::Name.eq(name))
-            .one(self.db.conn())
-            .await?
-            .is_some()
-        {
-            return Err(AuthError::Exists(format!("role '{name}'")));
-        }
-        let model = role::ActiveModel {
-            name: Set(name.to_owned()),
-            ..Default::default()
-        };
-        Ok(self.db.insert_keyed(model, role::Column::Id).await?)
-    }
-
-    /// Adds permissions to a role (already held ones are kept once).
-    pub async fn grant(&self, role_name: &str, permissions: &[String]) -> Result<(), AuthError> {
-        if let Some(bad) = permissions.iter().find(|p| !is_permission(p)) {
-            return Err(AuthError::Rejected(format!(
-                "'{bad}' is not a permission string (like sys:dict:add: letters, digits, '_', '-', separated by ':')"
-            )));
-        }
-        let found = self.find_role(role_name).await?;
-        let txn = self.db.conn().begin().await?;
-        for permission in permissions {
-            let exists = role_permission::Entity::find_by_id((found.id, permission.clone()))
-                .one(&txn)
-                .await?
-                .is_some();
-            if !exists {
-                role_permission::ActiveModel {
-                    role_id: Set(found.id),
-                    permission: Set(permission.clone()),
-                }
-                .insert(&txn)
-                .await?;
-            }
-        }
-        txn.commit().await?;
-        self.principals.invalidate().await;
-        Ok(())
-    }
-
-    /// Takes permissions from a role. Returns those it did not hold.
-    pub async fn revoke(
-        &self,
-        role_name: &str,
-        permissions: &[String],
-    ) -> Result<Vec<String>, AuthError> {
-        let found = self.find_role(role_name).await?;
-        let held: Vec<String> = role_permission::Entity::find()
-            .filter(role_permission::Column::RoleId.eq(found.id))
-            .all(self.db.conn())
-            .await?
-            .into_iter()
-            .map(|p| p.permission)
-            .collect();
-        let (taking, absent): (Vec<String>, Vec<String>) =
-            permissions.iter().cloned().partition(|p| held.contains(p));
-        if !taking.is_empty() {
-            role_permission::Entity::delete_many()
-                .filter(role_permission::Column::RoleId.eq(found.id))
-                .filter(role_permission::Column::Permission.is_in(taking))
-                .exec(self.db.conn())
-                .await?;
-            self.principals.invalidate().await;
-        }
-        Ok(absent)
     }
 
     /// Creates the superuser `admin` on first start. Returns the password

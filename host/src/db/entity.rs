@@ -22,6 +22,10 @@ pub mod user {
         /// Grows on every password change; tokens carry the one they were
         /// issued under.
         pub token_version: i64,
+        /// Display name.
+        pub nickname: Option<String>,
+        /// Mail address.
+        pub email: Option<String>,
     }
 
     /// No relations are navigated through the ORM.

@@ -564,6 +564,7 @@ fn migrations(backend: Backend, pk_mode: PkMode) -> Vec<(i64, &'static str, &'st
         numbered!(8, "0008_desired"),
         numbered!(9, "0009_instance_local"),
         numbered!(10, "0010_plugin_events"),
+        numbered!(11, "0011_user_profile"),
     ]
 }
 
@@ -656,7 +657,7 @@ mod tests {
                     .collect();
                 assert_eq!(
                     counts,
-                    [5, 2, 1, 2, 1, 2, 1, 1, 1, 2],
+                    [5, 2, 1, 2, 1, 2, 1, 1, 1, 2, 2],
                     "{backend:?}/{mode:?}"
                 );
             }

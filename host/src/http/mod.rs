@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod openapi;
 mod plugins;
 mod ui;
+mod users;
 
 use std::sync::Arc;
 
@@ -178,6 +179,37 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
                 admin_resource("/admin/v1/sys/plugins/{plugin}")
                     .route(web::get().to(plugins::download))
                     .route(web::delete().to(plugins::uninstall)),
+            )
+            .service(
+                admin_resource("/admin/v1/sys/users")
+                    .route(web::get().to(users::list))
+                    .route(web::post().to(users::create)),
+            )
+            .service(
+                admin_resource("/admin/v1/sys/users/{pk}")
+                    .route(web::get().to(users::get))
+                    .route(web::put().to(users::update))
+                    .route(web::delete().to(users::delete)),
+            )
+            .service(
+                admin_resource("/admin/v1/sys/users/{pk}/status")
+                    .route(web::put().to(users::status)),
+            )
+            .service(
+                admin_resource("/admin/v1/sys/users/{pk}/roles").route(web::put().to(users::roles)),
+            )
+            .service(
+                admin_resource("/admin/v1/sys/roles")
+                    .route(web::get().to(users::list_roles))
+                    .route(web::post().to(users::create_role)),
+            )
+            .service(
+                admin_resource("/admin/v1/sys/roles/{name}")
+                    .route(web::delete().to(users::delete_role)),
+            )
+            .service(
+                admin_resource("/admin/v1/sys/roles/{name}/permissions")
+                    .route(web::put().to(users::permissions)),
             )
             .configure(|admin| {
                 if bench_baseline {

@@ -377,6 +377,12 @@ impl PluginHost {
         Self::release(guard).await;
         if let Ok(installed) = &result {
             self.announce(&installed.name).await;
+            let event = if installed.previous.is_some() {
+                "plugin.upgraded"
+            } else {
+                "plugin.installed"
+            };
+            crate::events::publish_core(event, &serde_json::json!(installed)).await;
         }
         result
     }
@@ -775,8 +781,10 @@ impl PluginHost {
         let guard = self.take_lock("uninstall").await?;
         let result = self.uninstall_locked(&guard, name, purge).await;
         Self::release(guard).await;
-        if result.is_ok() {
+        if let Ok(uninstalled) = &result {
             self.announce(name).await;
+            let event = serde_json::json!({ "name": name, "purged": uninstalled.purged });
+            crate::events::publish_core("plugin.uninstalled", &event).await;
         }
         result
     }

@@ -18,10 +18,7 @@ use super::{
 };
 use crate::{
     config::PluginRunLimits,
-    plugin::{
-        PluginHost,
-        services::{self, lifespan},
-    },
+    plugin::{PluginHost, services::lifespan},
 };
 
 impl PluginHost {
@@ -32,13 +29,7 @@ impl PluginHost {
     /// caller's runtime from now on.
     pub async fn start_plugins(&self, limits: PluginRunLimits) {
         lifespan::serve_here(limits);
-        services::events::serve(
-            self.db.clone(),
-            self.flags
-                .redis()
-                .cloned()
-                .map(|redis| (redis, self.flags.prefix().to_owned())),
-        );
+        crate::events::serve();
         self.serving.store(true, Ordering::Release);
         let mut failed: BTreeSet<String> = BTreeSet::new();
         for plugin in self.in_dependency_order() {

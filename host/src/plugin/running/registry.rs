@@ -43,7 +43,7 @@ pub enum Refusal {
     InvalidName(String),
     /// The name is taken by FBA's keys.
     #[error(
-        "'{0}' is a reserved name (FBA keeps its restart flag under {{prefix}}:changed); rename the plugin"
+        "'{0}' is a reserved name ('changed' is FBA's restart flag, {{prefix}}:changed; 'sys' begins the host's own event topics); rename the plugin"
     )]
     Reserved(String),
     /// `plugin.toml` cannot be read.
@@ -309,7 +309,7 @@ fn read_dir_manifest(dir: &Path) -> Result<(String, PluginManifest), Refusal> {
 }
 
 /// Names no plugin may have: their flag key is taken.
-const RESERVED_NAMES: [&str; 1] = ["changed"];
+const RESERVED_NAMES: [&str; 2] = ["changed", "sys"];
 
 /// Opens one candidate: manifest first (no plugin code runs for a bad
 /// one), then the library (checked, copied and probed by `cache`, then its

@@ -48,6 +48,17 @@ pub const CORE_ROUTES: &[(&str, &str)] = &[
     ("PUT", "/admin/v1/sys/plugins/{plugin}/status"),
     ("POST", "/admin/v1/auth/login"),
     ("POST", "/admin/v1/auth/logout"),
+    ("GET", "/admin/v1/sys/users"),
+    ("POST", "/admin/v1/sys/users"),
+    ("GET", "/admin/v1/sys/users/{pk}"),
+    ("PUT", "/admin/v1/sys/users/{pk}"),
+    ("DELETE", "/admin/v1/sys/users/{pk}"),
+    ("PUT", "/admin/v1/sys/users/{pk}/status"),
+    ("PUT", "/admin/v1/sys/users/{pk}/roles"),
+    ("GET", "/admin/v1/sys/roles"),
+    ("POST", "/admin/v1/sys/roles"),
+    ("DELETE", "/admin/v1/sys/roles/{name}"),
+    ("PUT", "/admin/v1/sys/roles/{name}/permissions"),
 ];
 
 /// One route a plugin asks to mount.

@@ -175,7 +175,7 @@ pub async fn stop(run: &Arc<Run>, module: PluginModRef) {
 async fn end(run: &Arc<Run>) {
     RUNS.lock().expect("runs lock").remove(&run.id);
     run.cancel.cancel();
-    super::events::end_run(run.id);
+    crate::events::end_run(run.id);
     super::streams::end_run(run.id);
     // A cancelled task ends at its next poll, which the runtime makes at
     // once; only a task stuck inside a blocking call takes longer.
