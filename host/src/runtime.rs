@@ -54,6 +54,7 @@ impl Core {
             redis.clone().map(|r| (r, settings.flag_prefix.clone())),
         );
         services::set_db(db);
+        services::identity::set_auth(auth.clone());
         Ok(Self {
             settings,
             auth,

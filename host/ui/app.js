@@ -217,11 +217,17 @@ function render(plugins, routes) {
       details.append(label, ul);
       title.append(details);
     }
-    if ((item.http_allow || []).length) {
-      const reach = document.createElement("div");
-      reach.className = "reach";
-      reach.textContent = `may reach ${item.http_allow.join(", ")}`;
-      title.append(reach);
+    const uses = [];
+    if ((item.http_allow || []).length) uses.push(`may reach ${item.http_allow.join(", ")}`);
+    if ((item.identity || []).length) uses.push(`uses identity: ${item.identity.join(", ")}`);
+    const hooks = item.access_hooks || [];
+    if (hooks.includes("authenticate")) uses.push("authenticates admin requests");
+    if (hooks.includes("authorize")) uses.push("decides admin access (policy)");
+    for (const text of uses) {
+      const line = document.createElement("div");
+      line.className = "reach";
+      line.textContent = text;
+      title.append(line);
     }
     cell(row, "Plugin", title);
     const version = document.createElement("div");

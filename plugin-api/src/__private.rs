@@ -49,6 +49,8 @@ pub struct PluginState {
     init: Option<InitFn>,
     pub(crate) start: Option<HookFn>,
     pub(crate) stop: Option<HookFn>,
+    pub(crate) authenticate: Option<AuthenticateHook>,
+    pub(crate) authorize: Option<AuthorizeHook>,
     table: OnceLock<RouteTable>,
 }
 
@@ -60,6 +62,8 @@ impl PluginState {
         init: Option<InitFn>,
         start: Option<HookFn>,
         stop: Option<HookFn>,
+        authenticate: Option<AuthenticateHook>,
+        authorize: Option<AuthorizeHook>,
     ) -> Self {
         Self {
             name,
@@ -67,6 +71,8 @@ impl PluginState {
             init,
             start,
             stop,
+            authenticate,
+            authorize,
             table: OnceLock::new(),
         }
     }
@@ -112,6 +118,9 @@ macro_rules! __hook_or_none {
 }
 pub use crate::__hook_or_none as hook_or_none;
 
+pub use crate::__access_hook_or_none as access_hook_or_none;
+pub use crate::identity::{AuthenticateFuture, AuthenticateHook, AuthorizeFuture, AuthorizeHook};
+
 /// A plugin without routes (a capability plugin) exports none.
 pub fn no_routers() -> Vec<Router> {
     Vec::new()
@@ -149,6 +158,12 @@ pub fn root_module<S: StateAccess>(name: &'static str, manifest: &'static str) -
         files: files_fn::<S>,
         start: crate::lifespan::start_fn::<S>,
         stop: crate::lifespan::stop_fn::<S>,
+        authenticate: S::state()
+            .authenticate
+            .map(|_| crate::identity::authenticate_fn::<S> as crate::abi::AuthenticateFn),
+        authorize: S::state()
+            .authorize
+            .map(|_| crate::identity::authorize_fn::<S> as crate::abi::AuthorizeFn),
     }
     .leak_into_prefix()
 }

@@ -371,6 +371,22 @@ pub struct HostServices {
     ) -> FfiFuture<RResult<(), RString>>,
     /// Ends stream `stream`. Added in 1.4.
     pub stream_close: extern "C" fn(plugin: RStr<'_>, stream: u64),
+    /// Calls the identity service: `op` names what to do and `request`
+    /// and the answer are JSON (see `identity.rs`): `user.get`
+    /// (`{"id"}` or `{"username"}`), `user.external` (`{"provider",
+    /// "subject", "username", "nickname", "email"}`: the user bound to that
+    /// identity, created and bound at its first use), `token.issue`
+    /// (`{"user_id"}`: an access token like a login's) and `user.access`
+    /// (`{"user_id"}`: roles and permissions). Refused unless the plugin's
+    /// manifest declares what the op needs under `[permissions] identity`
+    /// (`users:read`, `users:create`, `tokens:issue`). Errors are JSON
+    /// `{"status", "message"}`. Added in 1.5.
+    #[sabi(missing_field(option))]
+    pub identity: extern "C" fn(
+        plugin: RStr<'_>,
+        op: RStr<'_>,
+        request: RString,
+    ) -> FfiFuture<RResult<RString, RString>>,
 }
 
 /// The root module every plugin library exports.
@@ -412,7 +428,32 @@ pub struct PluginMod {
     /// cancels the run's tasks after it. Added in 1.4.
     #[sabi(missing_field(option))]
     pub stop: extern "C" fn(owner: u64) -> FfiFuture<RResult<(), RString>>,
+    /// The plugin's authenticator, if it has one: given the
+    /// `Authorization` header of an admin request the host's guard does
+    /// not recognise, answers the id of the user the credential stands for
+    /// (`RSome`), `RNone` when it is not the plugin's, or an error naming
+    /// why the plugin's credential is refused (revoked, expired). Added in
+    /// 1.5.
+    #[sabi(missing_field(option))]
+    pub authenticate:
+        Option<extern "C" fn(authorization: RString) -> FfiFuture<RResult<ROption<i64>, RString>>>,
+    /// The plugin's authorizer (policy), if it has one: asked after RBAC
+    /// whether a caller may call an admin route; `request` is JSON
+    /// `{"user_id", "username", "superuser", "roles", "permissions",
+    /// "method", "route", "path"}`; `RNone` allows, `RSome(reason)` denies
+    /// (403 naming the plugin and the reason). Added in 1.5.
+    #[sabi(missing_field(option))]
+    pub authorize:
+        Option<extern "C" fn(request: RString) -> FfiFuture<RResult<ROption<RString>, RString>>>,
 }
+
+/// [`PluginMod::authenticate`].
+pub type AuthenticateFn =
+    extern "C" fn(authorization: RString) -> FfiFuture<RResult<ROption<i64>, RString>>;
+
+/// [`PluginMod::authorize`].
+pub type AuthorizeFn =
+    extern "C" fn(request: RString) -> FfiFuture<RResult<ROption<RString>, RString>>;
 
 /// The path under which [`PluginMod::files`] carries the plugin's README.
 pub const README_PATH: &str = "README.md";

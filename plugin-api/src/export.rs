@@ -22,6 +22,13 @@
 ///   plugin is uninstalled, replaced by an upgrade (after the new build
 ///   started) or the host stops, in reverse dependency order; its tasks
 ///   are cancelled after it.
+/// * `authenticate` (optional): an `async fn(String) -> Result<Option<i64>,
+///   String>` given the `Authorization` header of an admin request the
+///   host's guard does not recognise: the id of the user the credential
+///   stands for, `None` when it is not this plugin's, an error when it is
+///   but is refused (revoked, expired). Since 1.5.
+/// * `authorize` (optional): an `async fn(AdminCall) -> Decision`, asked
+///   after RBAC whether a caller may call an admin route. Since 1.5.
 ///
 /// The crate's `sql/` directory (`sql/<backend>/<script>.sql`), if it has
 /// one, is embedded into the library as well, so a lone library creates
@@ -37,6 +44,8 @@ macro_rules! export_plugin {
         $(, init: $init:path)?
         $(, start: $start:path)?
         $(, stop: $stop:path)?
+        $(, authenticate: $authenticate:path)?
+        $(, authorize: $authorize:path)?
         $(,)?
     ) => {
         static __PLUGHOST_PLUGIN: $crate::__private::PluginState = $crate::__private::PluginState::new(
@@ -45,6 +54,8 @@ macro_rules! export_plugin {
             $crate::__private::init_or_none!($($init)?),
             $crate::__private::hook_or_none!($($start)?),
             $crate::__private::hook_or_none!($($stop)?),
+            $crate::__private::access_hook_or_none!(authenticate $($authenticate)?),
+            $crate::__private::access_hook_or_none!(authorize $($authorize)?),
         );
 
         #[doc(hidden)]

@@ -49,6 +49,7 @@ mod events;
 mod export;
 mod host;
 mod http;
+mod identity;
 mod jobs;
 mod lifespan;
 #[doc(hidden)]
@@ -69,6 +70,7 @@ pub use db::{DbError, DbErrorKind, Executed, Transaction};
 pub use events::Subscription;
 pub use host::{Host, host};
 pub use http::{HttpError, HttpErrorKind, HttpRequest, HttpResponse};
+pub use identity::{AdminCall, Decision, ExternalIdentity, Token, User, UserAccess};
 pub use jobs::{Cluster, Schedule};
 pub use lifespan::TaskError;
 pub use page::Page;

@@ -114,6 +114,10 @@ struct State {
     subscriptions: RefCell<Vec<(String, std::collections::VecDeque<String>)>>,
     /// What each stream was sent so far.
     streams: RefCell<HashMap<u64, Vec<u8>>>,
+    /// The identity service's users (JSON as the host answers them) and
+    /// the external identities bound to them.
+    users: RefCell<Vec<Value>>,
+    identities: RefCell<HashMap<(String, String), i64>>,
 }
 
 /// An answer a test gives for outbound HTTP requests to one URL.
@@ -635,6 +639,87 @@ extern "C" fn http_send(
     ready(answer.into())
 }
 
+/// The identity service, over the test's users.
+extern "C" fn identity(
+    _plugin: RStr<'_>,
+    op: RStr<'_>,
+    request: RString,
+) -> FfiFuture<RResult<RString, RString>> {
+    let fail = |status: u16, message: String| {
+        RString::from(serde_json::json!({ "status": status, "message": message }).to_string())
+    };
+    let answer = (|| {
+        let state = current()?;
+        let request: Value =
+            serde_json::from_str(&request).map_err(|e| fail(400, e.to_string()))?;
+        let users = state.users.borrow();
+        let find = |id: i64| users.iter().find(|u| u["id"] == id).cloned();
+        let answer = match op.as_str() {
+            "user.get" => users
+                .iter()
+                .find(|u| {
+                    (request.get("id").is_some() && u["id"] == request["id"])
+                        || (request.get("username").is_some()
+                            && u["username"] == request["username"])
+                })
+                .cloned()
+                .unwrap_or(Value::Null),
+            "user.access" | "token.issue" => {
+                let id = request["user_id"].as_i64().unwrap_or_default();
+                let user = find(id)
+                    .filter(|u| u["status"] == 1)
+                    .ok_or_else(|| fail(404, format!("user {id} does not exist or is disabled")))?;
+                if op.as_str() == "token.issue" {
+                    serde_json::json!({ "access_token": format!("test-token-{id}"), "expires_at": 0 })
+                } else {
+                    serde_json::json!({
+                        "superuser": user["superuser"],
+                        "roles": user["roles"],
+                        "permissions": user["permissions"],
+                    })
+                }
+            }
+            "user.external" => {
+                let key = (
+                    request["provider"].as_str().unwrap_or_default().to_owned(),
+                    request["subject"].as_str().unwrap_or_default().to_owned(),
+                );
+                let bound = state.identities.borrow().get(&key).copied();
+                match bound.and_then(find) {
+                    Some(user) => user,
+                    None => {
+                        drop(users);
+                        let id = state
+                            .users
+                            .borrow()
+                            .iter()
+                            .filter_map(|u| u["id"].as_i64())
+                            .max()
+                            .unwrap_or(0)
+                            + 1;
+                        let user = serde_json::json!({
+                            "id": id,
+                            "username": request["username"].as_str().map_or_else(|| format!("{}_{}", key.0, key.1), str::to_owned),
+                            "nickname": request["nickname"],
+                            "email": request["email"],
+                            "superuser": false,
+                            "status": 1,
+                            "roles": [],
+                            "permissions": [],
+                        });
+                        state.users.borrow_mut().push(user.clone());
+                        state.identities.borrow_mut().insert(key, id);
+                        return Ok(RString::from(user.to_string()));
+                    }
+                }
+            }
+            other => return Err(fail(400, format!("'{other}' is not an identity operation"))),
+        };
+        Ok(RString::from(answer.to_string()))
+    })();
+    ready(answer.into())
+}
+
 /// The whole body in one chunk, then its end.
 extern "C" fn http_read(_plugin: RStr<'_>, body: u64) -> FfiFuture<RResult<RVec<u8>, RString>> {
     let chunk = current()
@@ -777,6 +862,7 @@ fn services() -> HostRef {
             stream_open,
             stream_send,
             stream_close,
+            identity,
         }
         .leak_into_prefix()
     })
@@ -790,6 +876,7 @@ pub struct TestOptions {
     settings: BTreeMap<String, String>,
     snowflake: bool,
     http: Vec<TestHttpAnswer>,
+    users: Vec<Value>,
 }
 
 impl TestOptions {
@@ -810,6 +897,25 @@ impl TestOptions {
             status,
             body: body.into(),
         });
+        self
+    }
+
+    /// A user the identity service knows (contract 1.5): `user.get`,
+    /// `user.access` and `token.issue` answer for it (the token is
+    /// `test-token-<id>`). A user an external identity creates gets the
+    /// next id. (The test host does not check `[permissions] identity`; a
+    /// host does.)
+    pub fn user(mut self, user: &TestUser) -> Self {
+        self.users.push(serde_json::json!({
+            "id": user.id,
+            "username": user.username,
+            "nickname": null,
+            "email": null,
+            "superuser": user.superuser,
+            "status": 1,
+            "roles": [],
+            "permissions": user.permissions,
+        }));
         self
     }
 
@@ -907,6 +1013,8 @@ impl TestHost {
             published: RefCell::default(),
             subscriptions: RefCell::default(),
             streams: RefCell::default(),
+            users: RefCell::new(options.users),
+            identities: RefCell::default(),
         });
 
         let script = if options.snowflake {
@@ -1183,6 +1291,53 @@ impl TestHost {
         });
         self.state.tasks.borrow_mut().push((task_name, task));
         outcome
+    }
+
+    /// Asks the plugin's authenticator (contract 1.5) about an
+    /// `Authorization` header, as the host's guard does with a credential
+    /// it does not know: the user it stands for, `None` when it is not the
+    /// plugin's (or the plugin has no authenticator), an error when the
+    /// plugin refuses it.
+    pub fn authenticate(&self, authorization: &str) -> Result<Option<i64>, String> {
+        let Some(hook) = self.module.authenticate().flatten() else {
+            return Ok(None);
+        };
+        let answer = with_current(&self.state, || {
+            futures_executor::block_on(hook(RString::from(authorization)))
+        });
+        match answer {
+            RResult::ROk(user) => Ok(user.into_option()),
+            RResult::RErr(e) => Err(e.into_string()),
+        }
+    }
+
+    /// Asks the plugin's authorizer (contract 1.5) about `call`, as the
+    /// host does after RBAC on every admin route; a plugin without one
+    /// allows everything.
+    pub fn authorize(&self, call: &crate::AdminCall) -> crate::Decision {
+        let Some(hook) = self.module.authorize().flatten() else {
+            return crate::Decision::Allow;
+        };
+        let request = serde_json::json!({
+            "user_id": call.user_id,
+            "username": call.username,
+            "superuser": call.superuser,
+            "roles": call.roles,
+            "permissions": call.permissions,
+            "method": call.method,
+            "route": call.route,
+            "path": call.path,
+        });
+        let answer = with_current(&self.state, || {
+            futures_executor::block_on(hook(RString::from(request.to_string())))
+        });
+        match answer {
+            RResult::ROk(abi_stable::std_types::ROption::RNone) => crate::Decision::Allow,
+            RResult::ROk(abi_stable::std_types::ROption::RSome(reason)) => {
+                crate::Decision::Deny(reason.into_string())
+            }
+            RResult::RErr(e) => crate::Decision::Deny(format!("the policy could not decide ({e})")),
+        }
     }
 
     /// Stops the plugin as a host does before it unloads it: its stop hook

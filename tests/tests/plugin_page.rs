@@ -227,7 +227,9 @@ fn the_plugin_page_manages_plugins_in_a_real_browser() {
         // plugin without routes is a capability.
         let ticker = row_text(&client, "ticker").await;
         assert!(
-            ticker.contains("1 job") && ticker.contains("may reach 127.0.0.1"),
+            ticker.contains("1 job")
+                && ticker.contains("may reach 127.0.0.1")
+                && ticker.contains("uses identity: users:read, users:create"),
             "{ticker}"
         );
         click(&client, "tr[data-plugin='ticker'] details.jobs summary").await;

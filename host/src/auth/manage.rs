@@ -11,13 +11,15 @@
 use std::collections::BTreeMap;
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Set,
-    TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, Set, TransactionTrait,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{AuthError, AuthService, Principal, check_name, check_password, is_permission};
+use super::{
+    AuthError, AuthService, Principal, check_name, check_password, is_permission, random_password,
+};
 use crate::{
     db::entity::{role, role_permission, user, user_role},
     events::publish_core,
@@ -134,6 +136,44 @@ pub struct UserChange {
     pub nickname: Option<Option<String>>,
     /// Mail address.
     pub email: Option<Option<String>>,
+}
+
+/// An identity from elsewhere, as a plugin gives it: the provider and
+/// the account's id there, with what the provider says of it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct External {
+    /// The provider (`github`, `oidc`, …).
+    pub provider: String,
+    /// The account's id at the provider.
+    pub subject: String,
+    /// The login name wanted for a new user.
+    pub username: Option<String>,
+    /// Display name.
+    pub nickname: Option<String>,
+    /// Mail address.
+    pub email: Option<String>,
+}
+
+/// `wanted` as a login name: characters a name may not hold become `_`,
+/// at most 56 of them (room for a suffix that makes it unique).
+fn login_name(wanted: &str) -> String {
+    let name: String = wanted
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(56)
+        .collect();
+    if name.trim_matches('_').is_empty() {
+        "user".to_owned()
+    } else {
+        name
+    }
 }
 
 /// Which users a page lists.
@@ -542,6 +582,11 @@ impl AuthService {
             .filter(user_role::Column::UserId.eq(id))
             .exec(&txn)
             .await?;
+        txn.execute(self.db.statement(
+            "DELETE FROM sys_user_identity WHERE user_id = ?",
+            [id.into()],
+        ))
+        .await?;
         user::Entity::delete_by_id(id).exec(&txn).await?;
         txn.commit().await?;
         self.principals.invalidate().await;
@@ -551,6 +596,114 @@ impl AuthService {
         )
         .await;
         Ok(())
+    }
+
+    /// The user bound to external identity `ext`, found by its provider
+    /// and subject, or created with `roles` and a password nobody knows
+    /// and bound to it (by `plugin`) at its first use.
+    pub async fn external_user(
+        &self,
+        plugin: &str,
+        ext: External,
+        roles: &[String],
+    ) -> Result<UserInfo, AuthError> {
+        let provider_ok = !ext.provider.is_empty()
+            && ext.provider.len() <= 64
+            && ext
+                .provider
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !provider_ok {
+            return Err(AuthError::Rejected(format!(
+                "provider '{}' must be 1 to 64 letters, digits, '_', '-' or '.'",
+                ext.provider
+            )));
+        }
+        if ext.subject.is_empty() || ext.subject.len() > 255 {
+            return Err(AuthError::Rejected(
+                "an external identity's subject is 1 to 255 bytes".into(),
+            ));
+        }
+        let bound = || async {
+            let rows = self
+                .db
+                .query(
+                    &crate::db::placeholders(
+                        self.db.backend(),
+                        "SELECT user_id FROM sys_user_identity WHERE provider = ? AND subject = ?",
+                    ),
+                    vec![ext.provider.clone().into(), ext.subject.clone().into()],
+                )
+                .await?;
+            rows.first()
+                .map(|row| row.try_get::<i64>("", "user_id"))
+                .transpose()
+                .map_err(AuthError::from)
+        };
+        if let Some(id) = bound().await? {
+            return self.user(id).await;
+        }
+        let wanted = ext
+            .username
+            .clone()
+            .or_else(|| {
+                ext.email
+                    .as_deref()
+                    .and_then(|e| e.split('@').next())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| format!("{}_{}", ext.provider, ext.subject));
+        let base = login_name(&wanted);
+        let mut username = base.clone();
+        let mut n = 1;
+        while self.find_user(&username).await?.is_some() {
+            n += 1;
+            username = format!("{base}-{n}");
+        }
+        let nickname = ext
+            .nickname
+            .map(|n| {
+                n.chars()
+                    .filter(|c| !c.is_control())
+                    .take(64)
+                    .collect::<String>()
+            })
+            .filter(|n| check_nickname(Some(n)).is_ok());
+        let email = ext.email.filter(|e| check_email(Some(e)).is_ok());
+        let id = self
+            .create_user(
+                NewUser {
+                    username,
+                    password: random_password(),
+                    roles: roles.to_vec(),
+                    superuser: false,
+                    nickname,
+                    email,
+                },
+                Actor::Operator,
+            )
+            .await?;
+        let bind = self
+            .db
+            .execute(self.db.statement(
+                "INSERT INTO sys_user_identity (provider, subject, user_id, plugin) VALUES (?, ?, ?, ?)",
+                [
+                    ext.provider.clone().into(),
+                    ext.subject.clone().into(),
+                    id.into(),
+                    plugin.into(),
+                ],
+            ))
+            .await;
+        if let Err(e) = bind {
+            // Bound by another instance meanwhile: its user is the one.
+            let _ = self.delete_user(id, Actor::Operator).await;
+            return match bound().await? {
+                Some(winner) => self.user(winner).await,
+                None => Err(e.into()),
+            };
+        }
+        self.user(id).await
     }
 
     /// Makes `roles` the roles of user `id`. Its roles after it.
@@ -833,6 +986,7 @@ mod tests {
             username: "ops".into(),
             superuser: false,
             permissions: vec!["sys:dict:add".into()],
+            roles: vec!["editor".into()],
         };
         let actor = Actor::User(&p);
         assert!(actor.may_grant("sys:dict:add", "role 'x'").is_ok());

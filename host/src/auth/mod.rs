@@ -25,7 +25,7 @@ use crate::{
     redis::Redis,
 };
 use cache::PrincipalCache;
-pub use manage::{Actor, NewUser, RoleInfo, UserChange, UserFilter, UserInfo, UserPage};
+pub use manage::{Actor, External, NewUser, RoleInfo, UserChange, UserFilter, UserInfo, UserPage};
 pub use secret::{SecretError, load_or_create_secret, random_password};
 use throttle::{HashGate, LoginThrottle};
 pub use throttle::{LoginLimits, Throttled};
@@ -41,6 +41,8 @@ pub struct Principal {
     pub superuser: bool,
     /// Permission strings from the user's roles.
     pub permissions: Vec<String>,
+    /// The user's roles.
+    pub roles: Vec<String>,
 }
 
 impl Principal {
@@ -96,6 +98,22 @@ pub enum AuthError {
     /// Wrong username or password.
     #[error("wrong username or password")]
     BadCredentials,
+    /// A plugin's authenticator refused its credential.
+    #[error("plugin '{plugin}' refused the credential: {message}")]
+    RefusedByPlugin {
+        /// The plugin.
+        plugin: String,
+        /// Why.
+        message: String,
+    },
+    /// A plugin's authorizer denied the call.
+    #[error("denied by plugin '{plugin}': {reason}")]
+    PolicyDenied {
+        /// The plugin.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
     /// The caller lacks a permission.
     #[error("permission '{0}' is required")]
     Forbidden(String),
@@ -131,10 +149,11 @@ impl AuthError {
             | Self::Revoked
             | Self::UserGone
             | Self::Superseded
-            | Self::BadCredentials => 401,
+            | Self::BadCredentials
+            | Self::RefusedByPlugin { .. } => 401,
             Self::Throttled(_) => 429,
             Self::Busy => 503,
-            Self::Forbidden(_) | Self::Denied(_) => 403,
+            Self::Forbidden(_) | Self::Denied(_) | Self::PolicyDenied { .. } => 403,
             Self::Exists(_) | Self::Conflict(_) => 409,
             Self::Unknown(_) => 404,
             Self::Rejected(_) => 422,
@@ -367,15 +386,20 @@ impl AuthService {
             return Err(AuthError::BadCredentials);
         };
         self.throttle.succeeded(username, address);
+        self.sign(&found)
+    }
+
+    /// A token for `user`, as a login issues it.
+    fn sign(&self, user: &user::Model) -> Result<Issued, AuthError> {
         let iat = now();
         let exp = iat + i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2);
         let claims = Claims {
-            sub: found.id.to_string(),
-            name: found.username.clone(),
+            sub: user.id.to_string(),
+            name: user.username.clone(),
             jti: format!("{:032x}", rand_u128()),
             iat,
             exp,
-            ver: found.token_version,
+            ver: user.token_version,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Rejected(format!("cannot sign token: {e}")))?;
@@ -384,6 +408,17 @@ impl AuthService {
             token_type: "Bearer",
             expires_at: exp,
         })
+    }
+
+    /// A token for active user `user_id`, as a login issues it (for a
+    /// plugin that authenticated the user elsewhere).
+    pub async fn issue_for(&self, user_id: i64) -> Result<Issued, AuthError> {
+        let found = user::Entity::find_by_id(user_id)
+            .one(self.db.conn())
+            .await?
+            .filter(|u| u.status == 1)
+            .ok_or(AuthError::UserGone)?;
+        self.sign(&found)
     }
 
     fn decode(&self, authorization: Option<&str>) -> Result<Claims, AuthError> {
@@ -447,6 +482,34 @@ impl AuthService {
         Ok(self.load_principal(user_id, None).await?.0)
     }
 
+    /// The principal a plugin's authenticator answered for credential
+    /// `key` (a digest of it, named by the plugin), while cached.
+    pub fn vouched(&self, key: &str) -> Option<Arc<Principal>> {
+        self.principals.get(key).map(|c| c.principal)
+    }
+
+    /// The principal of user `user_id`, whom a plugin's authenticator
+    /// vouched for with credential `key`, loaded and kept like a token's
+    /// (cleared by the same invalidations). `generation` is the cache's
+    /// generation from before the plugin was asked.
+    pub async fn vouch(
+        &self,
+        key: &str,
+        user_id: i64,
+        generation: u64,
+    ) -> Result<Arc<Principal>, AuthError> {
+        let (principal, version) = self.load_principal(user_id, None).await?;
+        let principal = Arc::new(principal);
+        self.principals
+            .put(key, principal.clone(), version, generation);
+        Ok(principal)
+    }
+
+    /// The principal cache's generation (see [`Self::vouch`]).
+    pub fn generation(&self) -> u64 {
+        self.principals.generation()
+    }
+
     /// One row per permission of an active user (one row with NULL for a
     /// user without any), each saying whether token `jti` is revoked and
     /// the user's token version (a token of an older one is superseded).
@@ -458,10 +521,11 @@ impl AuthService {
     ) -> Result<(Principal, i64), AuthError> {
         let sql = placeholders(
             self.db.backend(),
-            "SELECT u.username, u.is_superuser, u.token_version, rp.permission, \
+            "SELECT u.username, u.is_superuser, u.token_version, rp.permission, ro.name AS role, \
              (SELECT COUNT(*) FROM sys_token_revocation r WHERE r.jti = ?) AS revoked \
              FROM sys_user u \
              LEFT JOIN sys_user_role ur ON ur.user_id = u.id \
+             LEFT JOIN sys_role ro ON ro.id = ur.role_id \
              LEFT JOIN sys_role_permission rp ON rp.role_id = ur.role_id \
              WHERE u.id = ? AND u.status = 1",
         );
@@ -477,19 +541,25 @@ impl AuthService {
         if token.is_some_and(|(_, version)| version < current) {
             return Err(AuthError::Superseded);
         }
-        let mut permissions = Vec::new();
+        let (mut permissions, mut roles) = (Vec::new(), Vec::new());
         for row in &rows {
             if let Some(p) = row.try_get::<Option<String>>("", "permission")? {
                 permissions.push(p);
             }
+            if let Some(r) = row.try_get::<Option<String>>("", "role")? {
+                roles.push(r);
+            }
         }
-        permissions.sort();
-        permissions.dedup();
+        for list in [&mut permissions, &mut roles] {
+            list.sort();
+            list.dedup();
+        }
         let principal = Principal {
             user_id,
             username: first.try_get("", "username")?,
             superuser: first.try_get("", "is_superuser")?,
             permissions,
+            roles,
         };
         Ok((principal, current))
     }
@@ -603,6 +673,7 @@ mod tests {
             username: "u".into(),
             superuser: false,
             permissions: vec!["sys:dict:add".into()],
+            roles: vec!["editor".into()],
         };
         assert!(p.require("sys:dict:add").is_ok());
         assert_eq!(

@@ -565,6 +565,7 @@ fn migrations(backend: Backend, pk_mode: PkMode) -> Vec<(i64, &'static str, &'st
         numbered!(9, "0009_instance_local"),
         numbered!(10, "0010_plugin_events"),
         numbered!(11, "0011_user_profile"),
+        numbered!(12, "0012_user_identity"),
     ]
 }
 
@@ -657,7 +658,7 @@ mod tests {
                     .collect();
                 assert_eq!(
                     counts,
-                    [5, 2, 1, 2, 1, 2, 1, 1, 1, 2, 2],
+                    [5, 2, 1, 2, 1, 2, 1, 1, 1, 2, 2, 2],
                     "{backend:?}/{mode:?}"
                 );
             }

@@ -72,12 +72,22 @@ pub async fn guard(
         .app_data::<web::Data<AppState>>()
         .expect("AppState is registered")
         .clone();
-    match state.auth.authenticate(authorization(req.request())).await {
-        Ok((principal, jti, exp)) => {
-            req.extensions_mut().insert(Caller {
-                principal,
-                token: (jti, exp),
-            });
+    let header = authorization(req.request());
+    let found = match state.auth.authenticate(header).await {
+        Ok((principal, jti, exp)) => Ok(Caller {
+            principal,
+            token: (jti, exp),
+        }),
+        // Not a token of this host's: a plugin's credential, perhaps.
+        Err(e @ (AuthError::Invalid(_) | AuthError::Malformed)) => match header {
+            Some(header) => by_plugins(&state, header).await.and_then(|c| c.ok_or(e)),
+            None => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    match found {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
             next.call(req)
                 .await
                 .map(ServiceResponse::map_into_left_body)
@@ -87,6 +97,78 @@ pub async fn guard(
             Ok(req.into_response(response).map_into_right_body())
         }
     }
+}
+
+/// What the caller's token id says of a credential a plugin vouched for.
+const VOUCHED: &str = "plugin:";
+
+/// The caller whose credential `header` an enabled plugin's authenticator
+/// vouches for: the answer kept like a token's principal (for the flag
+/// bound, cleared by the same invalidations), keyed by the plugin and a
+/// digest of the credential; `None` when no plugin knows it.
+async fn by_plugins(state: &AppState, header: &str) -> Result<Option<Caller>, AuthError> {
+    use sha2::Digest as _;
+    let digest = hex::encode(sha2::Sha256::digest(header.as_bytes()));
+    let authenticators = state.plugins.authenticators();
+    if authenticators.is_empty() {
+        return Ok(None);
+    }
+    let key = |plugin: &str| format!("{VOUCHED}{plugin}:{digest}");
+    for plugin in &authenticators {
+        if let Some(principal) = state.auth.vouched(&key(plugin)) {
+            return Ok(Some(Caller {
+                principal,
+                token: (key(plugin), 0),
+            }));
+        }
+    }
+    let generation = state.auth.generation();
+    match state.plugins.authenticate_by_plugins(header).await {
+        Ok(Some((plugin, user))) => {
+            let principal = state.auth.vouch(&key(&plugin), user, generation).await?;
+            Ok(Some(Caller {
+                principal,
+                token: (key(&plugin), 0),
+            }))
+        }
+        Ok(None) => Ok(None),
+        Err(refused) => Err(AuthError::RefusedByPlugin {
+            plugin: refused.plugin,
+            message: refused.reason,
+        }),
+    }
+}
+
+/// Asks the enabled plugins' authorizers whether the caller may call the
+/// core admin route this wraps (its template is the resource's name);
+/// the login route has no caller and passes.
+pub async fn policy(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .expect("AppState is registered")
+        .clone();
+    let caller = req.extensions().get::<Caller>().cloned();
+    if let Some(caller) = caller.filter(|_| state.plugins.has_authorizers()) {
+        let route = req.match_name().unwrap_or_default().to_owned();
+        let decided = state
+            .plugins
+            .authorize_by_plugins(&caller.principal, req.method().as_str(), &route, req.path())
+            .await;
+        if let Err(refused) = decided {
+            let e = AuthError::PolicyDenied {
+                plugin: refused.plugin,
+                reason: refused.reason,
+            };
+            let response = actix_web::ResponseError::error_response(&ApiError::from(e));
+            return Ok(req.into_response(response).map_into_right_body());
+        }
+    }
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_left_body)
 }
 
 /// A login: the user's name and password.
@@ -141,6 +223,15 @@ pub(crate) async fn logout(
 ) -> Result<HttpResponse, ApiError> {
     let caller = caller(&req)?;
     let (jti, exp) = caller.token;
+    if let Some(plugin) = jti.strip_prefix(VOUCHED) {
+        let plugin = plugin.split(':').next().unwrap_or_default();
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "this credential is plugin '{plugin}''s, not a token: revoke it where it was made"
+            ),
+        ));
+    }
     state.auth.logout(jti, exp).await?;
     Ok(ok(serde_json::Value::Null))
 }

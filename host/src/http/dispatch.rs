@@ -143,6 +143,25 @@ async fn answer(scope: Scope, req: &HttpRequest, payload: &mut Payload) -> HttpR
     {
         return actix_web::ResponseError::error_response(&ApiError::from(e));
     }
+    // After RBAC, the plugins' policies (on admin routes).
+    if let (Scope::Admin, Some(principal)) = (scope, &caller)
+        && state.plugins.has_authorizers()
+        && let Err(refused) = state
+            .plugins
+            .authorize_by_plugins(
+                principal,
+                req.method().as_str(),
+                &target.metrics.route,
+                path,
+            )
+            .await
+    {
+        let e = crate::auth::AuthError::PolicyDenied {
+            plugin: refused.plugin,
+            reason: refused.reason,
+        };
+        return actix_web::ResponseError::error_response(&ApiError::from(e));
+    }
     let body = if may_have_body(req) {
         match read_body(req, payload, state.max_body, state.body_timeout).await {
             Ok(body) => body,

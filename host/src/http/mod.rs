@@ -98,12 +98,23 @@ fn core_resource(template: &str) -> actix_web::Resource {
     named(web::resource(template), template)
 }
 
-/// A core resource inside the admin scope, at its full `template`.
-fn admin_resource(template: &str) -> actix_web::Resource {
+/// A core resource inside the admin scope, at its full `template`; the
+/// plugins' authorizers are asked before its handler runs.
+fn admin_resource(
+    template: &str,
+) -> actix_web::Resource<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
     let path = template
         .strip_prefix(ADMIN_SCOPE)
         .expect("admin routes live below the admin scope");
-    named(web::resource(path), template)
+    named(web::resource(path), template).wrap(from_fn(auth::policy))
 }
 
 /// An embedded page: `/page`, and `/page/{*tail}` for its files.

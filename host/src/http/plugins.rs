@@ -39,6 +39,10 @@ pub(crate) struct PluginEntry {
     instances: Vec<crate::plugin::running::report::InstanceState>,
     /// Its entry in the cluster's set, if it has one.
     package: Option<crate::plugin::lifecycle::desired::Desired>,
+    /// What it may ask of the identity service (`[permissions] identity`).
+    identity: Option<Vec<String>>,
+    /// Its access hooks: `authenticate`, `authorize`.
+    access_hooks: Option<Vec<String>>,
 }
 
 /// Runs a plugin operation of `kind`, counting it by outcome and timing it.

@@ -15,6 +15,53 @@ use crate::auth::{Actor, NewUser, RoleInfo, UserChange, UserFilter, UserInfo, Us
 
 /// Users a page holds at most.
 const MAX_PAGE_SIZE: u64 = 200;
+/// The last page a list goes to.
+const MAX_PAGE: u64 = 1_000_000;
+/// A user or role name.
+const NAME: &str = "^[A-Za-z0-9_.-]{1,64}$";
+/// A permission string.
+const PERMISSION: &str = "^[A-Za-z0-9_-]+(:[A-Za-z0-9_-]+)*$";
+/// A mail address as the host takes it: no blank or control character,
+/// one `@`, a dot inside the domain.
+const EMAIL: &str = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@[^@.\\s\\x00-\\x1f\\x7f-\\x9f][^@\\s\\x00-\\x1f\\x7f-\\x9f]*\\.[^@\\s\\x00-\\x1f\\x7f-\\x9f]*[^@.\\s\\x00-\\x1f\\x7f-\\x9f]$";
+/// A nickname: something not blank, no control character.
+const NICKNAME: &str =
+    "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$";
+
+/// A list of strings matching `pattern` (of at most `max` characters each).
+fn strings(pattern: &str, max: usize) -> utoipa::openapi::schema::ArrayBuilder {
+    utoipa::openapi::schema::ArrayBuilder::new().items(
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(pattern))
+            .max_length(Some(max)),
+    )
+}
+
+/// A string matching `pattern` (of at most `max` characters), or null.
+fn nullable(pattern: &str, max: usize) -> utoipa::openapi::ObjectBuilder {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .pattern(Some(pattern))
+        .max_length(Some(max))
+}
+
+fn nickname_schema() -> utoipa::openapi::ObjectBuilder {
+    nullable(NICKNAME, 64)
+}
+
+fn email_schema() -> utoipa::openapi::ObjectBuilder {
+    nullable(EMAIL, 255)
+}
+
+fn role_names() -> utoipa::openapi::schema::ArrayBuilder {
+    strings(NAME, 64)
+}
+
+fn permission_strings() -> utoipa::openapi::schema::ArrayBuilder {
+    strings(PERMISSION, 128)
+}
 
 /// A field that may be absent (`None`), `null` (`Some(None)`) or a value.
 fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
@@ -29,7 +76,7 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 #[serde(deny_unknown_fields)]
 pub(crate) struct UserQuery {
     /// The page, from 1 (default 1).
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 1_000_000)]
     page: Option<u64>,
     /// Users per page, 1 to 200 (default 20).
     #[param(minimum = 1, maximum = 200)]
@@ -46,18 +93,23 @@ pub(crate) struct UserQuery {
 #[serde(deny_unknown_fields)]
 pub(crate) struct AddUser {
     /// Login name: 1 to 64 letters, digits, `_`, `-`, `.`.
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     username: String,
     /// Password, 8 to 1024 characters.
+    #[schema(min_length = 8, max_length = 1024)]
     password: String,
     /// Role names (each must exist; you must hold every permission they carry).
     #[serde(default)]
+    #[schema(schema_with = role_names)]
     roles: Vec<String>,
     /// Passes every permission check (only a superuser may create one).
     #[serde(default)]
     superuser: bool,
-    /// Display name.
+    /// Display name: 1 to 64 characters, not all blank, no control character.
+    #[schema(schema_with = nickname_schema)]
     nickname: Option<String>,
-    /// Mail address.
+    /// Mail address (name@domain.tld).
+    #[schema(schema_with = email_schema)]
     email: Option<String>,
 }
 
@@ -67,18 +119,20 @@ pub(crate) struct AddUser {
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateUser {
     /// A new login name.
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     username: Option<String>,
     /// A new password (tokens issued before are refused); not your own.
+    #[schema(min_length = 8, max_length = 1024)]
     password: Option<String>,
     /// Superuser or not (only a superuser may change it; not your own).
     superuser: Option<bool>,
     /// Display name (`null` clears it).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = nickname_schema)]
     nickname: Option<Option<String>>,
     /// Mail address (`null` clears it).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = email_schema)]
     email: Option<Option<String>>,
 }
 
@@ -87,8 +141,8 @@ pub(crate) struct UpdateUser {
 #[serde(deny_unknown_fields)]
 pub(crate) struct UserStatus {
     /// 1 enabled, 0 disabled (no login; every token issued before is refused for good).
-    #[schema(minimum = 0, maximum = 1)]
-    status: i16,
+    #[schema(value_type = i16, minimum = 0, maximum = 1)]
+    status: serde_json::Number,
 }
 
 /// A user's roles.
@@ -96,6 +150,7 @@ pub(crate) struct UserStatus {
 #[serde(deny_unknown_fields)]
 pub(crate) struct UserRoles {
     /// Role names: the user's roles from now on.
+    #[schema(schema_with = role_names)]
     roles: Vec<String>,
 }
 
@@ -104,6 +159,7 @@ pub(crate) struct UserRoles {
 #[serde(deny_unknown_fields)]
 pub(crate) struct AddRole {
     /// Name: 1 to 64 letters, digits, `_`, `-`, `.`.
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     name: String,
 }
 
@@ -112,6 +168,7 @@ pub(crate) struct AddRole {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RolePermissions {
     /// Permission strings (`sys:dict:add`): the role's permissions from now on.
+    #[schema(schema_with = permission_strings)]
     permissions: Vec<String>,
 }
 
@@ -145,11 +202,11 @@ pub(crate) async fn list(
     let query = query.into_inner();
     let page = query.page.unwrap_or(1);
     let size = query.size.unwrap_or(20);
-    if page == 0 || !(1..=MAX_PAGE_SIZE).contains(&size) {
+    if !(1..=MAX_PAGE).contains(&page) || !(1..=MAX_PAGE_SIZE).contains(&size) {
         return Err(ApiError::new(
             actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
             format!(
-                "page starts at 1 and size is 1 to {MAX_PAGE_SIZE} (got page {page}, size {size})"
+                "page is 1 to {MAX_PAGE} and size is 1 to {MAX_PAGE_SIZE} (got page {page}, size {size})"
             ),
         ));
     }
@@ -311,16 +368,15 @@ pub(crate) async fn status(
     body: web::Json<UserStatus>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = actor_with(&req, "sys:user:edit")?;
-    let active = match body.status {
-        1 => true,
-        0 => false,
-        other => {
-            return Err(ApiError::new(
-                actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
-                format!("status is 1 (enabled) or 0 (disabled), not {other}"),
-            ));
-        }
-    };
+    // A whole number written either way (`1`, `1.0`) is the same status.
+    let status = body.status.as_f64().unwrap_or(f64::NAN);
+    if status != 0.0 && status != 1.0 {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+            format!("status is 1 (enabled) or 0 (disabled), not {}", body.status),
+        ));
+    }
+    let active = status == 1.0;
     let id = pk.into_inner();
     state
         .auth

@@ -115,6 +115,7 @@ pub struct PluginHost {
     limits: package::Limits,
     git: git::GitPolicy,
     lock_wait: Duration,
+    access: arc_swap::ArcSwap<running::access::AccessHooks>,
 }
 
 impl PluginHost {
@@ -285,6 +286,7 @@ impl PluginHost {
             limits: settings.package_limits,
             git: settings.git.clone(),
             lock_wait: settings.lock_wait,
+            access: arc_swap::ArcSwap::default(),
         });
         host.publish_services();
         host.import_unrecorded().await;
@@ -294,33 +296,16 @@ impl PluginHost {
     }
 
     fn publish_services(&self) {
+        self.publish_access();
         let records = self.set.records();
-        let settings: HashMap<_, _> = records
-            .values()
-            .filter_map(PluginRecord::loaded)
-            .map(|p| (p.name.clone(), p.manifest.settings.clone()))
-            .collect();
+        let settings = of_each(&records, |p| p.manifest.settings.clone());
         let loaded = u32::try_from(settings.len()).unwrap_or(u32::MAX);
         services::publish(loaded, settings);
-        services::events::publish_declared(
-            records
-                .values()
-                .filter_map(PluginRecord::loaded)
-                .map(|p| (p.name.clone(), p.manifest.events.clone()))
-                .collect(),
-        );
-        services::http::publish(
-            records
-                .values()
-                .filter_map(PluginRecord::loaded)
-                .map(|p| {
-                    (
-                        p.name.clone(),
-                        services::http::allowed_for(&p.name, &p.manifest.http),
-                    )
-                })
-                .collect(),
-        );
+        services::events::publish_declared(of_each(&records, |p| p.manifest.events.clone()));
+        services::identity::publish_declared(of_each(&records, |p| p.manifest.identity.clone()));
+        services::http::publish(of_each(&records, |p| {
+            services::http::allowed_for(&p.name, &p.manifest.http)
+        }));
     }
 
     /// The current route table (held by a request for its whole life).
@@ -568,6 +553,18 @@ impl PluginHost {
     }
 }
 
+/// What each loaded plugin of `records` has of `part`, by name.
+fn of_each<T>(
+    records: &BTreeMap<String, PluginRecord>,
+    part: impl Fn(&LoadedPlugin) -> T,
+) -> HashMap<String, T> {
+    records
+        .values()
+        .filter_map(PluginRecord::loaded)
+        .map(|p| (p.name.clone(), part(p)))
+        .collect()
+}
+
 /// One list entry: the manifest with `plugin.name`/`plugin.enable`, plus
 /// `state` (`loaded`, `disabled` or `error`), `error`, `path`, `required`,
 /// `revision` (of the flag this instance applies; instances that agree
@@ -587,6 +584,15 @@ fn list_item(record: &PluginRecord, required: bool, revision: i64) -> Value {
                         .map(ToString::to_string)
                         .collect(),
                 );
+                map.insert("identity".into(), Value::from(p.manifest.identity.clone()));
+                let hooks: Vec<&str> = [
+                    ("authenticate", p.module.authenticate().flatten().is_some()),
+                    ("authorize", p.module.authorize().flatten().is_some()),
+                ]
+                .into_iter()
+                .filter_map(|(hook, has)| has.then_some(hook))
+                .collect();
+                map.insert("access_hooks".into(), Value::from(hooks));
             }
             (
                 value,

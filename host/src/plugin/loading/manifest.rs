@@ -41,6 +41,9 @@ pub struct PluginManifest {
     pub http: Vec<super::permissions::HostPattern>,
     /// `[permissions] events`: other plugins' topics it may subscribe to.
     pub events: Vec<String>,
+    /// `[permissions] identity`: what of the identity service it uses
+    /// (`users:read`, `users:create`, `tokens:issue`).
+    pub identity: Vec<String>,
     /// The whole manifest as JSON, for the list endpoint and the flag store.
     pub json: Value,
 }
@@ -110,6 +113,9 @@ pub fn is_valid_plugin_name(name: &str) -> bool {
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
 }
+
+/// What a plugin may ask of the identity service (`[permissions] identity`).
+pub const IDENTITY_GRANTS: [&str; 3] = ["users:read", "users:create", "tokens:issue"];
 
 /// The plugin name pattern, for messages.
 pub const PLUGIN_NAME_PATTERN: &str = "^[a-z][a-z0-9_]{0,63}$";
@@ -321,6 +327,7 @@ impl PluginManifest {
 
         let mut http = Vec::new();
         let mut events = Vec::new();
+        let mut identity = Vec::new();
         if let Some(p) = doc.get("permissions") {
             for (key, value) in table(p, "permissions")? {
                 match key.as_str() {
@@ -338,10 +345,25 @@ impl PluginManifest {
                             return Err(err("permissions.events", e));
                         }
                     }
+                    "identity" => {
+                        identity = string_list(value, "permissions.identity")?;
+                        if let Some(bad) = identity
+                            .iter()
+                            .find(|g| !IDENTITY_GRANTS.contains(&g.as_str()))
+                        {
+                            return Err(err(
+                                "permissions.identity",
+                                format!(
+                                    "'{bad}' is not something the identity service grants (allowed: {})",
+                                    IDENTITY_GRANTS.join(", ")
+                                ),
+                            ));
+                        }
+                    }
                     other => {
                         return Err(err(
                             format!("permissions.{other}"),
-                            "unknown permission (allowed: http, events)",
+                            "unknown permission (allowed: http, events, identity)",
                         ));
                     }
                 }
@@ -357,6 +379,7 @@ impl PluginManifest {
             settings,
             http,
             events,
+            identity,
             json,
         })
     }

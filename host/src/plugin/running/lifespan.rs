@@ -79,7 +79,7 @@ impl PluginHost {
     }
 
     /// The loaded plugins, dependencies first.
-    fn in_dependency_order(&self) -> Vec<Arc<LoadedPlugin>> {
+    pub(crate) fn in_dependency_order(&self) -> Vec<Arc<LoadedPlugin>> {
         let mut loaded: BTreeMap<String, Arc<LoadedPlugin>> = self
             .set
             .records()

@@ -6,6 +6,7 @@
 
 pub mod events;
 pub mod http;
+pub mod identity;
 pub mod jobs;
 pub mod lifespan;
 pub mod panic_log;
@@ -622,6 +623,7 @@ pub fn host_services() -> HostRef {
             stream_open: streams::stream_open,
             stream_send: streams::stream_send,
             stream_close: streams::stream_close,
+            identity: identity::identity,
         }
         .leak_into_prefix()
     })

@@ -1,0 +1,149 @@
+//! Plugins in the access path (contract 1.5): the authenticators the
+//! admin guard asks about a credential it does not know, and the
+//! authorizers (policies) it asks after RBAC — the loaded plugins that
+//! have them, in dependency order, as of the last change to the set.
+//!
+//! *Invariant:* a disabled plugin is not asked: its credentials stop
+//! working and its policy stops applying at once (one atomic read each).
+
+use std::{panic::AssertUnwindSafe, sync::Arc};
+
+use abi_stable::std_types::{ROption, RResult, RString};
+use futures_util::FutureExt as _;
+
+use super::loaded::LoadedPlugin;
+use crate::{auth::Principal, plugin::PluginHost};
+
+/// The plugins with access hooks.
+#[derive(Default)]
+pub struct AccessHooks {
+    authenticators: Vec<Arc<LoadedPlugin>>,
+    authorizers: Vec<Arc<LoadedPlugin>>,
+}
+
+/// Why a plugin's hook refused a request: the plugin and its words.
+#[derive(Debug)]
+pub struct Refused {
+    /// The plugin.
+    pub plugin: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl PluginHost {
+    /// Records which loaded plugins have access hooks.
+    pub(crate) fn publish_access(&self) {
+        let ordered = self.in_dependency_order();
+        let with = |has: fn(&LoadedPlugin) -> bool| -> Vec<Arc<LoadedPlugin>> {
+            ordered.iter().filter(|p| has(p)).cloned().collect()
+        };
+        self.access.store(Arc::new(AccessHooks {
+            authenticators: with(|p| p.module.authenticate().flatten().is_some()),
+            authorizers: with(|p| p.module.authorize().flatten().is_some()),
+        }));
+    }
+
+    /// The enabled plugins with an authenticator, in dependency order.
+    pub fn authenticators(&self) -> Vec<String> {
+        self.access
+            .load()
+            .authenticators
+            .iter()
+            .filter(|p| p.enabled())
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
+    /// Whether `plugin` is an enabled authenticator (a cached answer of
+    /// a plugin disabled since is not used).
+    pub fn authenticates(&self, plugin: &str) -> bool {
+        self.access
+            .load()
+            .authenticators
+            .iter()
+            .any(|p| p.name == plugin && p.enabled())
+    }
+
+    /// Asks the enabled authenticators, in order, whose `authorization` is:
+    /// the first to answer a user wins (`Some((plugin, user))`); `None`
+    /// when none knows it; an error when one refuses it as its own.
+    pub async fn authenticate_by_plugins(
+        &self,
+        authorization: &str,
+    ) -> Result<Option<(String, i64)>, Refused> {
+        let hooks = self.access.load_full();
+        for plugin in hooks.authenticators.iter().filter(|p| p.enabled()) {
+            let Some(hook) = plugin.module.authenticate().flatten() else {
+                continue;
+            };
+            let answer = AssertUnwindSafe(hook(RString::from(authorization)))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| RResult::RErr(RString::from("the authenticator panicked")));
+            match answer {
+                RResult::ROk(ROption::RSome(user)) => return Ok(Some((plugin.name.clone(), user))),
+                RResult::ROk(ROption::RNone) => {}
+                RResult::RErr(reason) => {
+                    return Err(Refused {
+                        plugin: plugin.name.clone(),
+                        reason: reason.into_string(),
+                    });
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether any enabled plugin has an authorizer.
+    pub fn has_authorizers(&self) -> bool {
+        self.access.load().authorizers.iter().any(|p| p.enabled())
+    }
+
+    /// Asks the enabled authorizers, in order, whether `caller` may call
+    /// `method` `route` at `path`: the first to deny decides. An
+    /// authorizer that fails denies too (a policy that cannot be asked
+    /// lets nothing through).
+    pub async fn authorize_by_plugins(
+        &self,
+        caller: &Principal,
+        method: &str,
+        route: &str,
+        path: &str,
+    ) -> Result<(), Refused> {
+        let hooks = self.access.load_full();
+        let mut enabled = hooks.authorizers.iter().filter(|p| p.enabled()).peekable();
+        if enabled.peek().is_none() {
+            return Ok(());
+        }
+        let call = serde_json::json!({
+            "user_id": caller.user_id,
+            "username": caller.username,
+            "superuser": caller.superuser,
+            "roles": caller.roles,
+            "permissions": caller.permissions,
+            "method": method,
+            "route": route,
+            "path": path,
+        })
+        .to_string();
+        for plugin in enabled {
+            let Some(hook) = plugin.module.authorize().flatten() else {
+                continue;
+            };
+            let answer = AssertUnwindSafe(hook(RString::from(call.as_str())))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| RResult::RErr(RString::from("the authorizer panicked")));
+            let reason = match answer {
+                RResult::ROk(ROption::RNone) => continue,
+                RResult::ROk(ROption::RSome(reason)) => reason.into_string(),
+                RResult::RErr(e) => format!("the policy could not decide ({e})"),
+            };
+            return Err(Refused {
+                plugin: plugin.name.clone(),
+                reason,
+            });
+        }
+        Ok(())
+    }
+}
