@@ -4,6 +4,9 @@
     scripts/services_bench.py TARGET_DIR POSTGRES_SERVER_URL OUT_JSON [ROUNDS] [SECONDS]
     scripts/services_bench.py --render OUT_JSON     (its section of BENCHMARKS.md)
 
+- policy: an admin route for a caller who is not a superuser on a host
+  with the casbin_rbac plugin (the authorizer asked on every request)
+  against one without, wrk in paired slices; the ratio of throughputs.
 - http: a plugin route that fetches a small answer from another local host
   through the host's HTTP service (the `ticker` fixture's /fetch) against
   the same fetch in a native route on reqwest (/native/fetch), wrk in
@@ -106,8 +109,9 @@ def stop(proc):
         proc.kill()
 
 
-def wrk(url, seconds):
-    out = subprocess.run(PIN_LOAD + ["wrk", "-t1", "-c16", f"-d{seconds}s", url],
+def wrk(url, seconds, headers=None):
+    extra = [a for k, v in (headers or {}).items() for a in ("-H", f"{k}: {v}")]
+    out = subprocess.run(PIN_LOAD + ["wrk", "-t1", "-c16", f"-d{seconds}s"] + extra + [url],
                          capture_output=True, text=True, timeout=seconds + 30).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -136,6 +140,49 @@ def bench_http(target, rounds, seconds):
     ratio = statistics.median(runs["plugin"]) / statistics.median(runs["native"])
     per_round = statistics.median(p / n for p, n in zip(runs["plugin"], runs["native"]))
     return {"runs": runs, "ratio": round(ratio, 3), "per_round": round(per_round, 3)}
+
+
+def bench_policy(target, rounds, seconds, policies=20):
+    """An admin route (the dict list) for a caller who is not a superuser,
+    on a host with the casbin_rbac plugin holding `policies` policies (one
+    allows the route) against a host without it, in paired slices."""
+    hosts = {"policy": start_host(target, ["dict", "casbin_rbac"]),
+             "none": start_host(target, ["dict"])}
+    tokens = {}
+    for name, (_, url) in hosts.items():
+        c = conn(url)
+        admin = login(c, PASSWORD)
+        json_headers = dict(admin, **{"content-type": "application/json"})
+        for path, body in (("/admin/v1/sys/roles", {"name": "reader"}),
+                           ("/admin/v1/sys/users", {"username": "bench", "password": "bench-password",
+                                                    "roles": ["reader"]})):
+            status, out = call(c, "POST", path, json.dumps(body), json_headers)
+            assert status == 200, out
+        if name == "policy":
+            for i in range(policies):
+                policy = {"sub": "reader" if i == 0 else f"role{i}",
+                          "path": "/admin/v1/sys/dict-*" if i == 0 else f"/admin/v1/sys/other{i}/*",
+                          "method": "GET", "effect": "allow"}
+                status, out = call(c, "POST", "/admin/v1/sys/casbin/policies", json.dumps(policy), json_headers)
+                assert status == 200, out
+        status, out = call(c, "POST", "/admin/v1/auth/login",
+                           json.dumps({"username": "bench", "password": "bench-password"}),
+                           {"content-type": "application/json"})
+        assert status == 200, out
+        tokens[name] = "Bearer " + json.loads(out)["data"]["access_token"]
+    route = "/admin/v1/sys/dict-types?page=1&size=20"
+    for name, (_, url) in hosts.items():  # warm up
+        wrk(url + route, 1, {"Authorization": tokens[name]})
+    runs = {k: [] for k in hosts}
+    for r in range(rounds * seconds):
+        order = list(hosts) if r % 2 == 0 else list(reversed(hosts))
+        for name in order:
+            runs[name].append(wrk(hosts[name][1] + route, 1, {"Authorization": tokens[name]}))
+    for proc, _ in hosts.values():
+        stop(proc)
+    ratio = statistics.median(runs["policy"]) / statistics.median(runs["none"])
+    per_round = statistics.median(p / n for p, n in zip(runs["policy"], runs["none"]))
+    return {"runs": runs, "policies": policies, "ratio": round(ratio, 3), "per_round": round(per_round, 3)}
 
 
 def rss_kib(pid):
@@ -316,6 +363,10 @@ def render(path):
           f"| **{smtp['p99_ratio']:.2f}x** (p99 {smtp['busy_ms']['p99']} ms vs {smtp['idle_ms']['p99']} ms; {smtp['sends']} sends) | <= 2x |")
     print(f"| a `once` job every {jobs['interval_ms']} ms on {jobs['instances']} instances sharing PostgreSQL: runs per tick "
           f"| **{jobs['runs_per_tick']:.2f}** ({jobs['runs']} runs, {jobs['ticks']} ticks) | 1.00 |")
+    policy = r.get("policy")
+    if policy:
+        print(f"| an admin route with a policy plugin (`casbin_rbac`, {policy['policies']} policies) / without (throughput, median of paired 1 s slices) "
+              f"| **{policy['per_round']:.3f}** (ratio of medians {policy['ratio']:.3f}) | >= 0.9 |")
     print()
     print("- *outbound HTTP*: `GET /ticker/v1/fetch?url=…` (the `ticker` test plugin: `host().http(\"GET\", url)`, body read chunk"
           " by chunk through the host) against `GET /native/fetch?url=…` (the same on a reqwest client in the host), both"
@@ -323,6 +374,13 @@ def render(path):
           " on CPU 1. Slices (req/s): plugin "
           + ", ".join(f"{x:,.0f}" for x in http["runs"]["plugin"]) + "; native "
           + ", ".join(f"{x:,.0f}" for x in http["runs"]["native"]) + ".")
+    if policy:
+        print("- *policy*: `GET /admin/v1/sys/dict-types?page=1&size=20` (the `dict` plugin, SQLite) with the token of a user who"
+              " is not a superuser (its role allows the route in one of the policies), on a host with `casbin_rbac` (asked on"
+              " every admin request through the authorizer hook) against one without; wrk -t1 -c16 in paired 1 s slices,"
+              " one worker per host. Slices (req/s): policy "
+              + ", ".join(f"{x:,.0f}" for x in policy["runs"]["policy"]) + "; none "
+              + ", ".join(f"{x:,.0f}" for x in policy["runs"]["none"]) + ".")
     print("- *SSE fan-out*: time from sending the `POST /admin/v1/sys/notices` to each subscriber reading the event"
           " (the create, the publish on `notice.created` and 1,000 stream writes), two host workers, the subscribers"
           " in one asyncio process.")
@@ -342,6 +400,7 @@ def main():
     more_files()
     try:
         result = {"http": bench_http(target, rounds, seconds),
+                  "policy": bench_policy(target, rounds, seconds),
                   "sse": bench_sse(target),
                   "smtp": bench_smtp(target, rounds, seconds),
                   "jobs": bench_jobs(target, pg_server)}

@@ -359,10 +359,13 @@ function listEditor(values, label, save) {
 
 /// The users and roles views; each says so when the caller may not read it.
 async function refreshUsers() {
-  const [users, roles] = await Promise.allSettled([
+  const [users, roles, known] = await Promise.allSettled([
     api("GET", `${API}/sys/users?page=1&size=200`),
     api("GET", `${API}/sys/roles`),
+    api("GET", `${API}/sys/permissions`),
   ]);
+  $("#known-permissions").hidden = known.status === "rejected";
+  if (known.status === "fulfilled") renderKnown(known.value.data);
   show($("#users-note"), users.status === "rejected" ? users.reason.message : "");
   $("#users").hidden = users.status === "rejected";
   if (users.status === "fulfilled") renderUsers(users.value.data);
@@ -399,6 +402,22 @@ function renderUsers(page) {
     actions.append(button("Delete", "user-delete danger", () => deleteUser(u), `Delete ${u.username}`));
     cell(row, "Actions", actions);
     body.append(row);
+  }
+}
+
+/// The permissions there are to grant: the host's, then each plugin's.
+function renderKnown(known) {
+  const list = $("#known-permissions ul");
+  list.replaceChildren();
+  const owners = [["host", known.core], ...Object.entries(known.plugins)];
+  for (const [owner, strings] of owners) {
+    if (!strings.length) continue;
+    const li = document.createElement("li");
+    li.dataset.owner = owner;
+    const code = document.createElement("code");
+    code.textContent = strings.join(", ");
+    li.append(`${owner}: `, code);
+    list.append(li);
   }
 }
 

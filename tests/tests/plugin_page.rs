@@ -415,7 +415,7 @@ fn the_plugin_page_installs_from_git_showing_the_build_output() {
 
 #[test]
 fn the_plugin_page_manages_users_and_roles_in_a_real_browser() {
-    let (_data, host) = e2e::serve(&[]);
+    let (_data, host) = e2e::serve(&["dict"]);
     let driver = Driver::start();
     let base = host.base().to_owned();
     e2e::runtime().block_on(async {
@@ -428,6 +428,14 @@ fn the_plugin_page_manages_users_and_roles_in_a_real_browser() {
             "return !!document.querySelector(\"tr[data-user='admin']\");",
         )
         .await;
+        // The permissions there are to grant, the host's and each plugin's.
+        click(&client, "#known-permissions summary").await;
+        let known = text_of(&client, "known-permissions").await;
+        assert!(
+            known.contains("host: sys:metrics:read")
+                && known.contains("dict: sys:dict:add, sys:dict:del, sys:dict:edit"),
+            "{known}"
+        );
         assert!(row_of(&client, "user", "admin").await.contains("superuser"));
 
         // A role, then its permissions, typed and saved.

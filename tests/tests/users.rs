@@ -370,3 +370,43 @@ fn changes_reach_every_instance_through_redis_on_postgresql() {
 fn changes_reach_every_instance_through_the_database_on_mariadb() {
     changes_reach_every_instance(Backend::Mysql, None);
 }
+
+/// The permissions there are to grant: the host's own and each plugin's
+/// (its routes' and its manifest's); a plugin installed later has its
+/// permissions granted to the roles `PLUGHOST_GRANT_<PLUGIN>` names.
+#[test]
+fn the_permissions_to_grant_are_listed_and_granted_at_install() {
+    let (_data, host) = e2e::serve_with(
+        &["dict"],
+        &[("PLUGHOST_GRANT_NOTICE", "editor, nosuchrole")],
+    );
+    let known = host.get("/admin/v1/sys/permissions").data().clone();
+    assert!(
+        e2e::strings(&known["core"], "").contains(&"sys:user:add".to_owned()),
+        "{known}"
+    );
+    assert_eq!(
+        known["plugins"]["dict"],
+        json!(["sys:dict:add", "sys:dict:del", "sys:dict:edit"])
+    );
+    add_role(&host, "editor", &["sys:dict:add"]);
+    let installed = host.upload(&e2e::package("notice", "notice", "notice"), "type=zip");
+    assert_eq!(installed.status, 200, "{:?}", installed.json);
+    let editor = host.get(ROLES).data()[0].clone();
+    assert_eq!(editor["name"], "editor");
+    assert_eq!(
+        editor["permissions"],
+        json!([
+            "sys:dict:add",
+            "sys:notice:add",
+            "sys:notice:del",
+            "sys:notice:edit"
+        ])
+    );
+    assert!(
+        host.log()
+            .contains("PLUGHOST_GRANT_NOTICE: not granted: role 'nosuchrole' does not exist"),
+        "{}",
+        host.log()
+    );
+}

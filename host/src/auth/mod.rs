@@ -632,6 +632,22 @@ impl AuthService {
     }
 }
 
+/// The permission strings the host's own routes check.
+pub const CORE_PERMISSIONS: &[&str] = &[
+    "sys:metrics:read",
+    "sys:plugin:edit",
+    "sys:plugin:install",
+    "sys:plugin:uninstall",
+    "sys:role:add",
+    "sys:role:del",
+    "sys:role:edit",
+    "sys:role:list",
+    "sys:user:add",
+    "sys:user:del",
+    "sys:user:edit",
+    "sys:user:list",
+];
+
 /// Whether `p` looks like a permission string (`sys:dict:add`).
 pub fn is_permission(p: &str) -> bool {
     !p.is_empty()

@@ -222,6 +222,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
                 admin_resource("/admin/v1/sys/roles/{name}/permissions")
                     .route(web::put().to(users::permissions)),
             )
+            .service(
+                admin_resource("/admin/v1/sys/permissions")
+                    .route(web::get().to(users::known_permissions)),
+            )
             .configure(|admin| {
                 if bench_baseline {
                     admin.service(

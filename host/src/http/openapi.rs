@@ -127,6 +127,7 @@ const BEARER: &str = "bearer";
         super::users::create_role,
         super::users::permissions,
         super::users::delete_role,
+        super::users::known_permissions,
     ),
     components(schemas(ErrorEnvelope)),
     modifiers(&BearerAuth),

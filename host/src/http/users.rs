@@ -513,3 +513,36 @@ pub(crate) async fn delete_role(
     state.auth.delete_role(&name.into_inner()).await?;
     Ok(ok(serde_json::Value::Null))
 }
+
+/// The permission strings an operator can grant.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct KnownPermissions {
+    /// The host's own routes'.
+    core: Vec<&'static str>,
+    /// Each serving plugin's: its routes' and those its manifest defines.
+    plugins: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// `GET /admin/v1/sys/permissions`: every permission string in use.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/sys/permissions",
+    summary = "List the permissions there are to grant",
+    tag = "users",
+    description = "The host's own permission strings and each serving plugin's (its routes' and those its manifest defines under `[permissions] defines`), to give roles with `PUT /admin/v1/sys/roles/{name}/permissions`. Needs `sys:role:list`.",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The permissions, by owner", body = Envelope<KnownPermissions>),
+        (status = "default", description = "No permission (403)", body = ErrorEnvelope),
+    ),
+)]
+pub(crate) async fn known_permissions(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    actor_with(&req, "sys:role:list")?;
+    Ok(ok(KnownPermissions {
+        core: crate::auth::CORE_PERMISSIONS.to_vec(),
+        plugins: state.plugins.permissions(),
+    }))
+}

@@ -296,14 +296,25 @@ impl PluginHost {
     }
 
     fn publish_services(&self) {
+        self.publish_services_with(None);
+    }
+
+    /// Publishes what the host services know of each plugin: the loaded
+    /// ones and `starting`, a build about to start (its start hook reads
+    /// its settings and subscribes before it is mounted).
+    pub(crate) fn publish_services_with(&self, starting: Option<&Arc<LoadedPlugin>>) {
         self.publish_access();
         let records = self.set.records();
-        let settings = of_each(&records, |p| p.manifest.settings.clone());
+        let settings = of_each(&records, starting, |p| p.manifest.settings.clone());
         let loaded = u32::try_from(settings.len()).unwrap_or(u32::MAX);
         services::publish(loaded, settings);
-        services::events::publish_declared(of_each(&records, |p| p.manifest.events.clone()));
-        services::identity::publish_declared(of_each(&records, |p| p.manifest.identity.clone()));
-        services::http::publish(of_each(&records, |p| {
+        services::events::publish_declared(of_each(&records, starting, |p| {
+            p.manifest.events.clone()
+        }));
+        services::identity::publish_declared(of_each(&records, starting, |p| {
+            p.manifest.identity.clone()
+        }));
+        services::http::publish(of_each(&records, starting, |p| {
             services::http::allowed_for(&p.name, &p.manifest.http)
         }));
     }
@@ -553,14 +564,17 @@ impl PluginHost {
     }
 }
 
-/// What each loaded plugin of `records` has of `part`, by name.
+/// What each loaded plugin of `records`, and `starting`, has of `part`,
+/// by name.
 fn of_each<T>(
     records: &BTreeMap<String, PluginRecord>,
+    starting: Option<&Arc<LoadedPlugin>>,
     part: impl Fn(&LoadedPlugin) -> T,
 ) -> HashMap<String, T> {
     records
         .values()
         .filter_map(PluginRecord::loaded)
+        .chain(starting)
         .map(|p| (p.name.clone(), part(p)))
         .collect()
 }

@@ -383,6 +383,12 @@ impl PluginHost {
                 "plugin.installed"
             };
             crate::events::publish_core(event, &serde_json::json!(installed)).await;
+            let permissions = self
+                .permissions()
+                .remove(&installed.name)
+                .unwrap_or_default();
+            crate::plugin::services::identity::grant_on_install(&installed.name, &permissions)
+                .await;
         }
         result
     }
@@ -611,8 +617,10 @@ impl PluginHost {
             if same_library {
                 self.retire(replacing.clone()).await;
             }
+            self.publish_services_with(Some(&plugin));
             if let Err(e) = plugin.start().await {
                 let _ = undo().await;
+                self.publish_services();
                 if same_library
                     && let Some(old) = &replacing
                     && let Err(e) = old.start().await

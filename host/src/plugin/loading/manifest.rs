@@ -44,6 +44,9 @@ pub struct PluginManifest {
     /// `[permissions] identity`: what of the identity service it uses
     /// (`users:read`, `users:create`, `tokens:issue`).
     pub identity: Vec<String>,
+    /// `[permissions] defines`: permission strings the plugin checks
+    /// besides its routes' (so an operator can grant them).
+    pub defines: Vec<String>,
     /// The whole manifest as JSON, for the list endpoint and the flag store.
     pub json: Value,
 }
@@ -328,6 +331,7 @@ impl PluginManifest {
         let mut http = Vec::new();
         let mut events = Vec::new();
         let mut identity = Vec::new();
+        let mut defines = Vec::new();
         if let Some(p) = doc.get("permissions") {
             for (key, value) in table(p, "permissions")? {
                 match key.as_str() {
@@ -360,10 +364,21 @@ impl PluginManifest {
                             ));
                         }
                     }
+                    "defines" => {
+                        defines = string_list(value, "permissions.defines")?;
+                        if let Some(bad) = defines.iter().find(|p| !crate::auth::is_permission(p)) {
+                            return Err(err(
+                                "permissions.defines",
+                                format!(
+                                    "'{bad}' is not a permission string (like sys:dict:add: letters, digits, '_', '-', separated by ':')"
+                                ),
+                            ));
+                        }
+                    }
                     other => {
                         return Err(err(
                             format!("permissions.{other}"),
-                            "unknown permission (allowed: http, events, identity)",
+                            "unknown permission (allowed: http, events, identity, defines)",
                         ));
                     }
                 }
@@ -380,6 +395,7 @@ impl PluginManifest {
             http,
             events,
             identity,
+            defines,
             json,
         })
     }

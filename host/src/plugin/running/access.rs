@@ -31,6 +31,28 @@ pub struct Refused {
 }
 
 impl PluginHost {
+    /// The permission strings each serving plugin uses: its routes' and
+    /// those its manifest defines, sorted.
+    pub fn permissions(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        let table = self.routes();
+        let mut by_plugin: std::collections::BTreeMap<String, Vec<String>> = self
+            .in_dependency_order()
+            .iter()
+            .map(|p| (p.name.clone(), p.manifest.defines.clone()))
+            .collect();
+        for (plugin, routes) in table.plugins() {
+            by_plugin
+                .entry(plugin.name.clone())
+                .or_default()
+                .extend(routes.iter().filter_map(|r| r.permission.clone()));
+        }
+        for strings in by_plugin.values_mut() {
+            strings.sort();
+            strings.dedup();
+        }
+        by_plugin
+    }
+
     /// Records which loaded plugins have access hooks.
     pub(crate) fn publish_access(&self) {
         let ordered = self.in_dependency_order();

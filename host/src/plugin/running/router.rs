@@ -59,6 +59,7 @@ pub const CORE_ROUTES: &[(&str, &str)] = &[
     ("POST", "/admin/v1/sys/roles"),
     ("DELETE", "/admin/v1/sys/roles/{name}"),
     ("PUT", "/admin/v1/sys/roles/{name}/permissions"),
+    ("GET", "/admin/v1/sys/permissions"),
 ];
 
 /// One route a plugin asks to mount.

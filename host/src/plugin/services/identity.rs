@@ -35,6 +35,36 @@ pub fn publish_declared(declared: HashMap<String, Vec<String>>) {
     *DECLARED.write().expect("declared lock") = Some(declared);
 }
 
+/// The variable an operator sets to grant `plugin`'s permissions to
+/// roles when it is installed.
+pub fn grant_variable(plugin: &str) -> String {
+    format!("PLUGHOST_GRANT_{}", plugin.to_ascii_uppercase())
+}
+
+/// Grants `permissions` (a plugin's, just installed) to the roles the
+/// operator names in `PLUGHOST_GRANT_<PLUGIN>`; a role that does not exist
+/// is logged and skipped.
+pub async fn grant_on_install(plugin: &str, permissions: &[String]) {
+    let variable = grant_variable(plugin);
+    let (Some(auth), Ok(roles)) = (AUTH.get(), std::env::var(&variable)) else {
+        return;
+    };
+    if permissions.is_empty() {
+        return;
+    }
+    for role in roles.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+        match auth.grant(role, permissions).await {
+            Ok(()) => tracing::info!(
+                plugin,
+                role,
+                "{variable}: granted {}",
+                permissions.join(", ")
+            ),
+            Err(e) => tracing::warn!(plugin, role, "{variable}: not granted: {e}"),
+        }
+    }
+}
+
 /// The variable an operator sets to give `plugin`'s new users roles.
 pub fn roles_variable(plugin: &str) -> String {
     format!("PLUGHOST_IDENTITY_ROLES_{}", plugin.to_ascii_uppercase())
