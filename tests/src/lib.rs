@@ -1249,3 +1249,48 @@ pub fn until(feed: &mpsc::Receiver<String>, needle: &str, within: Duration) -> V
     }
     panic!("no '{needle}' within {within:?}: {seen:?}");
 }
+
+/// Two instances on one PostgreSQL database and one Redis, each with a
+/// plugin dir of its own holding `plugins`; stopped, then the database and
+/// Redis dropped, when dropped.
+pub struct Pair {
+    /// The first instance.
+    pub a: Host,
+    /// The second instance.
+    pub b: Host,
+    _data: (DataDir, DataDir),
+    _database: TestDatabase,
+    _redis: TestRedis,
+}
+
+/// Starts a [`Pair`] with extra environment `env` (a shared token secret
+/// is set).
+pub fn pair(plugins: &[&str], env: &[(&str, &str)]) -> Pair {
+    let redis = TestRedis::start();
+    let database = TestDatabase::create(Backend::Postgresql);
+    let db_env = database.env();
+    let redis_url = redis.url();
+    let mut all: Vec<(&str, &str)> = db_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    all.extend([
+        (
+            "PLUGHOST_JWT_SECRET",
+            "a-pair-token-secret-of-at-least-32-chars",
+        ),
+        ("REDIS_URL", redis_url.as_str()),
+    ]);
+    all.extend_from_slice(env);
+    let data = (DataDir::new(), DataDir::new());
+    for name in plugins {
+        data.0.install_dir(name);
+        data.1.install_dir(name);
+    }
+    let a = Host::start_with(&data.0, &all);
+    let b = Host::start_with(&data.1, &all);
+    Pair {
+        a,
+        b,
+        _data: data,
+        _database: database,
+        _redis: redis,
+    }
+}

@@ -7,11 +7,10 @@
 
 use std::time::Duration;
 
-use e2e::{As, Backend, DataDir, Host, TestDatabase, TestRedis, eventually};
+use e2e::{As, Host, eventually};
 use serde_json::json;
 
 const KEYS: &str = "/admin/v1/sys/api-keys";
-const SECRET: &str = "api-key-test-secret-of-at-least-32-chars";
 
 fn with_key(host: &Host, key: &str, method: &str, path: &str) -> e2e::Reply {
     host.request_as(As::Header(&format!("Bearer {key}")), method, path, None)
@@ -19,22 +18,8 @@ fn with_key(host: &Host, key: &str, method: &str, path: &str) -> e2e::Reply {
 
 #[test]
 fn a_key_authenticates_as_its_owner_on_every_instance_until_deleted() {
-    let redis = TestRedis::start();
-    let database = TestDatabase::create(Backend::Postgresql);
-    let db_env = database.env();
-    let redis_url = redis.url();
-    let mut env: Vec<(&str, &str)> = db_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    env.extend([
-        ("PLUGHOST_JWT_SECRET", SECRET),
-        ("PLUGHOST_FLAG_RECONCILE", "1"),
-        ("REDIS_URL", redis_url.as_str()),
-    ]);
-    let (data_a, data_b) = (DataDir::new(), DataDir::new());
-    data_a.install_dir("api_key");
-    data_b.install_dir("api_key");
-    let a = Host::start_with(&data_a, &env);
-    let b = Host::start_with(&data_b, &env);
-
+    let pair = e2e::pair(&["api_key"], &[("PLUGHOST_FLAG_RECONCILE", "1")]);
+    let (a, b) = (&pair.a, &pair.b);
     assert_eq!(a.plugin("api_key")["access_hooks"], json!(["authenticate"]));
     // Ada may read plugins and users, nothing more.
     a.post("/admin/v1/sys/roles", &json!({ "name": "reader" }))
@@ -61,7 +46,7 @@ fn a_key_authenticates_as_its_owner_on_every_instance_until_deleted() {
     let key_id = made.data()["id"].as_i64().unwrap();
 
     // On B: the key is ada, with her permissions.
-    assert_eq!(with_key(&b, &key, "GET", "/admin/v1/sys/users").status, 200);
+    assert_eq!(with_key(b, &key, "GET", "/admin/v1/sys/users").status, 200);
     b.request_as(
         As::Header(&format!("Bearer {key}")),
         "POST",
@@ -69,33 +54,33 @@ fn a_key_authenticates_as_its_owner_on_every_instance_until_deleted() {
         Some(&json!({ "name": "mine" })),
     )
     .assert_error(403, "permission 'sys:role:add' is required");
-    let mine = with_key(&b, &key, "GET", KEYS);
+    let mine = with_key(b, &key, "GET", KEYS);
     assert_eq!(mine.data()[0]["user_id"], ada_id);
     assert!(
         !mine.json.to_string().contains(&key),
         "a key is never listed"
     );
     // Anything else that is not a token is still refused as before.
-    with_key(&b, "not-a-token", "GET", "/admin/v1/sys/plugins").assert_error(401, "invalid token");
-    with_key(&b, "plk_0000", "GET", "/admin/v1/sys/plugins").assert_error(
+    with_key(b, "not-a-token", "GET", "/admin/v1/sys/plugins").assert_error(401, "invalid token");
+    with_key(b, "plk_0000", "GET", "/admin/v1/sys/plugins").assert_error(
         401,
         "plugin 'api_key' refused the credential: unknown API key",
     );
     // A key is not a token: logging out with it says where to revoke it.
-    with_key(&b, &key, "POST", "/admin/v1/auth/logout")
+    with_key(b, &key, "POST", "/admin/v1/auth/logout")
         .assert_error(409, "this credential is plugin 'api_key''s, not a token");
 
     // Disabled: every key stops at once; enabled again: it works again.
     a.put("/admin/v1/sys/plugins/api_key/status").data();
     assert!(
         eventually(Duration::from_secs(3), || {
-            with_key(&b, &key, "GET", "/admin/v1/sys/users").status == 401
+            with_key(b, &key, "GET", "/admin/v1/sys/users").status == 401
         }),
         "B still takes the key of a disabled plugin"
     );
     a.put("/admin/v1/sys/plugins/api_key/status").data();
     assert!(eventually(Duration::from_secs(3), || {
-        with_key(&b, &key, "GET", "/admin/v1/sys/users").status == 200
+        with_key(b, &key, "GET", "/admin/v1/sys/users").status == 200
     }));
 
     // Deleted on A: refused on both within the flag bound (1 s here).
@@ -108,8 +93,8 @@ fn a_key_authenticates_as_its_owner_on_every_instance_until_deleted() {
     .data();
     assert!(
         eventually(Duration::from_secs(4), || {
-            with_key(&a, &key, "GET", "/admin/v1/sys/users").status == 401
-                && with_key(&b, &key, "GET", "/admin/v1/sys/users").status == 401
+            with_key(a, &key, "GET", "/admin/v1/sys/users").status == 401
+                && with_key(b, &key, "GET", "/admin/v1/sys/users").status == 401
         }),
         "a deleted key still works"
     );
@@ -123,7 +108,7 @@ fn a_key_authenticates_as_its_owner_on_every_instance_until_deleted() {
     );
     let second = second.data()["key"].as_str().unwrap().to_owned();
     assert_eq!(
-        with_key(&b, &second, "GET", "/admin/v1/sys/users").status,
+        with_key(b, &second, "GET", "/admin/v1/sys/users").status,
         200
     );
     a.request("DELETE", &format!("/admin/v1/sys/users/{ada_id}"), None)
@@ -131,5 +116,5 @@ fn a_key_authenticates_as_its_owner_on_every_instance_until_deleted() {
     assert!(eventually(Duration::from_secs(4), || {
         a.get(KEYS).data().as_array().is_some_and(Vec::is_empty)
     }));
-    with_key(&b, &second, "GET", "/admin/v1/sys/users").assert_error(401, "unknown API key");
+    with_key(b, &second, "GET", "/admin/v1/sys/users").assert_error(401, "unknown API key");
 }

@@ -6,30 +6,15 @@
 
 use std::time::Duration;
 
-use e2e::{As, Backend, DataDir, Host, TestDatabase, TestRedis, eventually};
+use e2e::{As, eventually};
 use serde_json::{Value, json};
 
 const POLICIES: &str = "/admin/v1/sys/casbin/policies";
-const SECRET: &str = "casbin-test-secret-of-at-least-32-chars";
 
 #[test]
 fn policies_made_on_one_instance_decide_on_every_instance() {
-    let redis = TestRedis::start();
-    let database = TestDatabase::create(Backend::Postgresql);
-    let db_env = database.env();
-    let redis_url = redis.url();
-    let mut env: Vec<(&str, &str)> = db_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    env.extend([
-        ("PLUGHOST_JWT_SECRET", SECRET),
-        ("REDIS_URL", redis_url.as_str()),
-    ]);
-    let (data_a, data_b) = (DataDir::new(), DataDir::new());
-    for data in [&data_a, &data_b] {
-        data.install_dir("dict");
-        data.install_dir("casbin_rbac");
-    }
-    let a = Host::start_with(&data_a, &env);
-    let b = Host::start_with(&data_b, &env);
+    let pair = e2e::pair(&["dict", "casbin_rbac"], &[]);
+    let (a, b) = (&pair.a, &pair.b);
     assert_eq!(
         a.plugin("casbin_rbac")["access_hooks"],
         json!(["authorize"])
