@@ -49,6 +49,11 @@ fn users_and_roles_are_managed_over_http_with_the_cli_rules() {
     add_role(&host, "editor", &["sys:dict:add", "sys:dict:edit"]);
     let bob = add_user(&host, "bob", &["editor"]);
     let shown = host.get(&format!("{USERS}/{bob}")).data().clone();
+    assert_eq!(
+        host.get(&format!("{USERS}/bob")).data()["id"],
+        bob,
+        "by name too"
+    );
     assert_eq!(shown["username"], "bob");
     assert_eq!(shown["roles"], json!(["editor"]));
     assert_eq!(shown["status"], 1);

@@ -185,10 +185,19 @@ pub struct UserFilter {
     pub status: Option<i16>,
 }
 
+/// A space or a control character: what a mail address may not hold and
+/// a nickname may not be made of only (the same set the API document's
+/// patterns name, `\x00-\x20` and `\x7f-\x9f`).
+fn blank(c: char) -> bool {
+    c <= ' ' || c.is_control()
+}
+
 fn check_nickname(nickname: Option<&str>) -> Result<(), AuthError> {
     match nickname {
         Some(n)
-            if n.trim().is_empty() || n.chars().count() > 64 || n.chars().any(char::is_control) =>
+            if n.chars().all(blank)
+                || n.chars().count() > 64
+                || n.chars().any(char::is_control) =>
         {
             Err(AuthError::Rejected(
                 "a nickname must be 1 to 64 characters, not all blank, without control characters"
@@ -201,8 +210,8 @@ fn check_nickname(nickname: Option<&str>) -> Result<(), AuthError> {
 
 fn check_email(email: Option<&str>) -> Result<(), AuthError> {
     let Some(email) = email else { return Ok(()) };
-    let valid = email.len() <= 255
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+    let valid = email.chars().count() <= 255
+        && !email.chars().any(blank)
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()
                 && domain.contains('.')

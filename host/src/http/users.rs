@@ -23,10 +23,10 @@ const NAME: &str = "^[A-Za-z0-9_.-]{1,64}$";
 const PERMISSION: &str = "^[A-Za-z0-9_-]+(:[A-Za-z0-9_-]+)*$";
 /// A mail address as the host takes it: no blank or control character,
 /// one `@`, a dot inside the domain.
-const EMAIL: &str = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@[^@.\\s\\x00-\\x1f\\x7f-\\x9f][^@\\s\\x00-\\x1f\\x7f-\\x9f]*\\.[^@\\s\\x00-\\x1f\\x7f-\\x9f]*[^@.\\s\\x00-\\x1f\\x7f-\\x9f]$";
+const EMAIL: &str = "^[^@\\x00-\\x20\\x7f-\\x9f]+@[^@.\\x00-\\x20\\x7f-\\x9f][^@\\x00-\\x20\\x7f-\\x9f]*\\.[^@\\x00-\\x20\\x7f-\\x9f]*[^@.\\x00-\\x20\\x7f-\\x9f]$";
 /// A nickname: something not blank, no control character.
 const NICKNAME: &str =
-    "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$";
+    "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$";
 
 /// A list of strings matching `pattern` (of at most `max` characters each).
 fn strings(pattern: &str, max: usize) -> utoipa::openapi::schema::ArrayBuilder {
@@ -172,6 +172,26 @@ pub(crate) struct RolePermissions {
     permissions: Vec<String>,
 }
 
+/// The user `pk` names: the user with that id when it is a number and
+/// one has it, else the user with that login name.
+async fn user_key(state: &AppState, pk: &str) -> Result<i64, ApiError> {
+    if let Ok(id) = pk.parse::<i64>() {
+        match state.auth.user(id).await {
+            Ok(_) => return Ok(id),
+            Err(crate::auth::AuthError::Unknown(message)) => {
+                // A name of digits, or nobody: the id's answer when nobody.
+                return state
+                    .auth
+                    .user_id(pk)
+                    .await
+                    .map_err(|_| crate::auth::AuthError::Unknown(message).into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(state.auth.user_id(pk).await?)
+}
+
 /// The caller as an actor, once it holds `permission`.
 fn actor_with(req: &HttpRequest, permission: &str) -> Result<super::auth::Caller, ApiError> {
     let caller = caller(req)?;
@@ -266,7 +286,7 @@ pub(crate) async fn create(
     summary = "Get a user",
     tag = "users",
     description = "Needs `sys:user:list`.",
-    params(("pk" = i64, Path, description = "The user's id")),
+    params(("pk" = String, Path, description = "The user's id, or its login name (a number names the user with that id if there is one)", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The user", body = Envelope<UserInfo>),
@@ -276,10 +296,11 @@ pub(crate) async fn create(
 pub(crate) async fn get(
     state: web::Data<AppState>,
     req: HttpRequest,
-    pk: web::Path<i64>,
+    pk: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     actor_with(&req, "sys:user:list")?;
-    Ok(ok(state.auth.user(pk.into_inner()).await?))
+    let id = user_key(&state, &pk).await?;
+    Ok(ok(state.auth.user(id).await?))
 }
 
 /// `PUT /admin/v1/sys/users/{pk}`: changes a user.
@@ -289,7 +310,7 @@ pub(crate) async fn get(
     summary = "Change a user",
     tag = "users",
     description = "Sets the fields given. A new password refuses the user's older tokens on every instance. Needs `sys:user:edit`; only a superuser changes a superuser, and nobody their own password or superuser flag here.",
-    params(("pk" = i64, Path, description = "The user's id")),
+    params(("pk" = String, Path, description = "The user's id, or its login name (a number names the user with that id if there is one)", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
     request_body = UpdateUser,
     security(("bearer" = [])),
     responses(
@@ -300,7 +321,7 @@ pub(crate) async fn get(
 pub(crate) async fn update(
     state: web::Data<AppState>,
     req: HttpRequest,
-    pk: web::Path<i64>,
+    pk: web::Path<String>,
     body: web::Json<UpdateUser>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = actor_with(&req, "sys:user:edit")?;
@@ -314,7 +335,11 @@ pub(crate) async fn update(
     };
     let user = state
         .auth
-        .update_user(pk.into_inner(), change, Actor::User(&caller.principal))
+        .update_user(
+            user_key(&state, &pk).await?,
+            change,
+            Actor::User(&caller.principal),
+        )
         .await?;
     Ok(ok(user))
 }
@@ -326,7 +351,7 @@ pub(crate) async fn update(
     summary = "Delete a user",
     tag = "users",
     description = "Its tokens are refused on every instance at once. Needs `sys:user:del`; only a superuser deletes a superuser, and nobody their own account.",
-    params(("pk" = i64, Path, description = "The user's id")),
+    params(("pk" = String, Path, description = "The user's id, or its login name (a number names the user with that id if there is one)", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Deleted", body = Envelope<Null>),
@@ -336,12 +361,12 @@ pub(crate) async fn update(
 pub(crate) async fn delete(
     state: web::Data<AppState>,
     req: HttpRequest,
-    pk: web::Path<i64>,
+    pk: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = actor_with(&req, "sys:user:del")?;
     state
         .auth
-        .delete_user(pk.into_inner(), Actor::User(&caller.principal))
+        .delete_user(user_key(&state, &pk).await?, Actor::User(&caller.principal))
         .await?;
     Ok(ok(serde_json::Value::Null))
 }
@@ -353,7 +378,7 @@ pub(crate) async fn delete(
     summary = "Disable or enable a user",
     tag = "users",
     description = "A disabled user cannot log in, and every token issued before is refused on every instance, also after it is enabled again. Needs `sys:user:edit`.",
-    params(("pk" = i64, Path, description = "The user's id")),
+    params(("pk" = String, Path, description = "The user's id, or its login name (a number names the user with that id if there is one)", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
     request_body = UserStatus,
     security(("bearer" = [])),
     responses(
@@ -364,7 +389,7 @@ pub(crate) async fn delete(
 pub(crate) async fn status(
     state: web::Data<AppState>,
     req: HttpRequest,
-    pk: web::Path<i64>,
+    pk: web::Path<String>,
     body: web::Json<UserStatus>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = actor_with(&req, "sys:user:edit")?;
@@ -377,7 +402,7 @@ pub(crate) async fn status(
         ));
     }
     let active = status == 1.0;
-    let id = pk.into_inner();
+    let id = user_key(&state, &pk).await?;
     state
         .auth
         .set_status(id, active, Actor::User(&caller.principal))
@@ -392,7 +417,7 @@ pub(crate) async fn status(
     summary = "Set a user's roles",
     tag = "users",
     description = "The roles given become the user's roles; tokens in use get the new permissions on every instance. Needs `sys:user:edit`; you may add only roles whose permissions you hold.",
-    params(("pk" = i64, Path, description = "The user's id")),
+    params(("pk" = String, Path, description = "The user's id, or its login name (a number names the user with that id if there is one)", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
     request_body = UserRoles,
     security(("bearer" = [])),
     responses(
@@ -403,11 +428,11 @@ pub(crate) async fn status(
 pub(crate) async fn roles(
     state: web::Data<AppState>,
     req: HttpRequest,
-    pk: web::Path<i64>,
+    pk: web::Path<String>,
     body: web::Json<UserRoles>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = actor_with(&req, "sys:user:edit")?;
-    let id = pk.into_inner();
+    let id = user_key(&state, &pk).await?;
     state
         .auth
         .replace_roles(id, &body.roles, Actor::User(&caller.principal))

@@ -238,7 +238,7 @@ fn routers() -> Vec<Router> {
                 "additionalProperties": false,
                 "properties": {
                     "name": { "type": "string", "minLength": 1, "maxLength": 64, "pattern": "\\S" },
-                    "expire_seconds": { "type": "integer", "minimum": 1, "maximum": MAX_EXPIRE_SECONDS },
+                    "expire_seconds": { "type": ["integer", "null"], "minimum": 1, "maximum": MAX_EXPIRE_SECONDS },
                 },
             }))
             .response_schema(json!({

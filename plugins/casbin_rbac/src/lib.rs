@@ -130,32 +130,36 @@ async fn changed() {
 
 fn checked(input: Policy) -> Result<Policy, Error> {
     let bad = |field: &str, what: &str| Error::new(422, format!("{field}: {what}"));
-    if input.sub.is_empty() || input.sub.len() > 64 || input.sub.chars().any(char::is_whitespace) {
+    // A blank: a space or a control character (as the schema's patterns say).
+    let blank = |c: char| c <= ' ' || c.is_control();
+    if input.sub.is_empty() || input.sub.chars().count() > 64 || input.sub.chars().any(blank) {
         return Err(bad(
             "sub",
             "a role or user name, 1 to 64 characters without blanks",
         ));
     }
     if !input.path.starts_with('/')
-        || input.path.len() > 255
-        || input.path.chars().any(char::is_whitespace)
+        || input.path.chars().count() > 255
+        || input.path.chars().any(blank)
     {
         return Err(bad(
             "path",
             "a path pattern beginning with '/', at most 255 characters, without blanks",
         ));
     }
-    let method = input.method.to_ascii_uppercase();
     if !matches!(
-        method.as_str(),
+        input.method.as_str(),
         "*" | "GET" | "POST" | "PUT" | "PATCH" | "DELETE"
     ) {
-        return Err(bad("method", "GET, POST, PUT, PATCH, DELETE or *"));
+        return Err(bad(
+            "method",
+            "GET, POST, PUT, PATCH, DELETE or * (upper case)",
+        ));
     }
     if !matches!(input.effect.as_str(), "allow" | "deny") {
         return Err(bad("effect", "allow or deny"));
     }
-    Ok(Policy { method, ..input })
+    Ok(input)
 }
 
 /// `POST /policies`: adds a policy (once).
@@ -240,8 +244,8 @@ fn routers() -> Vec<Router> {
         "required": ["sub", "path", "method", "effect"],
         "additionalProperties": false,
         "properties": {
-            "sub": { "type": "string", "pattern": "^\\S{1,64}$" },
-            "path": { "type": "string", "pattern": "^/\\S{0,254}$" },
+            "sub": { "type": "string", "pattern": "^[^\\x00-\\x20\\x7f-\\x9f]{1,64}$" },
+            "path": { "type": "string", "pattern": "^/[^\\x00-\\x20\\x7f-\\x9f]{0,254}$" },
             "method": { "type": "string", "enum": ["*", "GET", "POST", "PUT", "PATCH", "DELETE"] },
             "effect": { "type": "string", "enum": ["allow", "deny"] },
         },
