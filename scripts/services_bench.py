@@ -347,7 +347,7 @@ def bench_jobs(target, pg_server, seconds=6):
 def render(path):
     r = json.load(open(path))
     http, sse, smtp, jobs = r["http"], r["sse"], r["smtp"], r["jobs"]
-    print("\n## What plugins do beyond requests (contract 1.4)\n")
+    print("\n## What plugins do beyond requests (contracts 1.4 and 1.5)\n")
     print("Measured by `scripts/services_bench.py` (which `scripts/bench` runs), release build, every host and server"
           " on 127.0.0.1, variants side by side in one run.\n")
     print("| measure | result | target |")
