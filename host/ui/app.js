@@ -440,15 +440,18 @@ function renderRoles(roles) {
   }
 }
 
-/// Runs a change to users or roles, says what it did, and shows the result.
+/// Runs a change to users or roles, shows the result, then says what it
+/// did (the views are current by the time the message is).
 async function change(work, done) {
+  let failed = null;
   try {
     await work();
-    message(done);
   } catch (e) {
-    error(e.message);
+    failed = e;
   }
   await refreshUsers();
+  if (failed) error(failed.message);
+  else message(done);
 }
 
 function userRoles(u, roles) {
