@@ -72,7 +72,7 @@ fn users_and_roles_are_managed_over_http_with_the_cli_rules() {
         &json!({ "username": "carol", "password": "x".repeat(8), "roles": ["nobody"] }),
     )
     .assert_error(
-        404,
+        422,
         "role 'nobody' does not exist; create it with POST /admin/v1/sys/roles",
     );
     host.post(

@@ -347,7 +347,11 @@ impl AuthService {
     ) -> Result<Vec<i64>, AuthError> {
         let mut ids = Vec::new();
         for name in names {
-            let found = self.find_role(name).await?;
+            // A role the request's body names, not its path: a 422.
+            let found = self.find_role(name).await.map_err(|e| match e {
+                AuthError::Unknown(message) => AuthError::Rejected(message),
+                other => other,
+            })?;
             if matches!(actor, Actor::User(p) if !p.superuser) {
                 for held in role_permission::Entity::find()
                     .filter(role_permission::Column::RoleId.eq(found.id))

@@ -254,7 +254,7 @@ pub(crate) async fn list(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The user created", body = Envelope<UserInfo>),
-        (status = "default", description = "A bad name, password, nickname or address (422), an unknown role (404), the name taken (409), no permission or a grant you may not make (403)", body = ErrorEnvelope),
+        (status = "default", description = "A bad name, password, nickname or address, or an unknown role (422), the name taken (409), no permission or a grant you may not make (403)", body = ErrorEnvelope),
     ),
 )]
 pub(crate) async fn create(
@@ -422,7 +422,7 @@ pub(crate) async fn status(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The user as it is now", body = Envelope<UserInfo>),
-        (status = "default", description = "No such user or role (404), no permission or a grant you may not make (403)", body = ErrorEnvelope),
+        (status = "default", description = "No such user (404), an unknown role (422), no permission or a grant you may not make (403)", body = ErrorEnvelope),
     ),
 )]
 pub(crate) async fn roles(
