@@ -157,8 +157,9 @@ impl Host {
     }
 }
 
-/// An admin request an authorizer decides on.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// An admin request an authorizer decides on (the wire form of
+/// [`PluginMod::authorize`](crate::abi::PluginMod::authorize)'s request).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct AdminCall {
     /// The caller's id.
     pub user_id: i64,

@@ -1318,18 +1318,9 @@ impl TestHost {
         let Some(hook) = self.module.authorize().flatten() else {
             return crate::Decision::Allow;
         };
-        let request = serde_json::json!({
-            "user_id": call.user_id,
-            "username": call.username,
-            "superuser": call.superuser,
-            "roles": call.roles,
-            "permissions": call.permissions,
-            "method": call.method,
-            "route": call.route,
-            "path": call.path,
-        });
+        let request = serde_json::to_string(call).unwrap_or_default();
         let answer = with_current(&self.state, || {
-            futures_executor::block_on(hook(RString::from(request.to_string())))
+            futures_executor::block_on(hook(RString::from(request)))
         });
         match answer {
             RResult::ROk(abi_stable::std_types::ROption::RNone) => crate::Decision::Allow,

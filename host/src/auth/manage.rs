@@ -338,11 +338,12 @@ impl AuthService {
             .collect())
     }
 
-    /// The roles named, each checked to exist and to carry nothing the
-    /// actor may not grant.
+    /// The roles named, each checked to exist and, unless in `held`
+    /// (taking nothing new), to carry nothing the actor may not grant.
     async fn grantable_roles(
         &self,
         names: &[String],
+        held: &[String],
         actor: Actor<'_>,
     ) -> Result<Vec<i64>, AuthError> {
         let mut ids = Vec::new();
@@ -352,13 +353,13 @@ impl AuthService {
                 AuthError::Unknown(message) => AuthError::Rejected(message),
                 other => other,
             })?;
-            if matches!(actor, Actor::User(p) if !p.superuser) {
-                for held in role_permission::Entity::find()
+            if !held.contains(name) && matches!(actor, Actor::User(p) if !p.superuser) {
+                for carried in role_permission::Entity::find()
                     .filter(role_permission::Column::RoleId.eq(found.id))
                     .all(self.db.conn())
                     .await?
                 {
-                    actor.may_grant(&held.permission, &format!("role '{name}'"))?;
+                    actor.may_grant(&carried.permission, &format!("role '{name}'"))?;
                 }
             }
             if !ids.contains(&found.id) {
@@ -380,7 +381,7 @@ impl AuthService {
         if self.find_user(&new.username).await?.is_some() {
             return Err(AuthError::Exists(format!("user '{}'", new.username)));
         }
-        let role_ids = self.grantable_roles(&new.roles, actor).await?;
+        let role_ids = self.grantable_roles(&new.roles, &[], actor).await?;
         let hash = self.hash_password(new.password).await?;
         let model = user::ActiveModel {
             username: Set(new.username.clone()),
@@ -731,14 +732,9 @@ impl AuthService {
             actor.may_touch_superuser(&found.username)?;
         }
         let held = self.roles_of(&[id]).await?.remove(&id).unwrap_or_default();
-        let added: Vec<String> = roles
-            .iter()
-            .filter(|r| !held.contains(r))
-            .cloned()
-            .collect();
-        // Only what is added is checked: taking a role away grants nothing.
-        self.grantable_roles(&added, actor).await?;
-        let wanted = self.grantable_roles(roles, Actor::Operator).await?;
+        // Only what is added is checked: keeping or taking a role away
+        // grants nothing.
+        let wanted = self.grantable_roles(roles, &held, actor).await?;
         let txn = self.db.conn().begin().await?;
         user_role::Entity::delete_many()
             .filter(user_role::Column::UserId.eq(id))
@@ -902,11 +898,9 @@ impl AuthService {
         };
         wanted.sort();
         wanted.dedup();
-        if wanted == {
-            let mut sorted = held.clone();
-            sorted.sort();
-            sorted
-        } {
+        let mut before = held;
+        before.sort();
+        if wanted == before {
             return Ok(wanted);
         }
         let txn = self.db.conn().begin().await?;

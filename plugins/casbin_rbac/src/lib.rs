@@ -35,6 +35,14 @@ struct Policy {
 /// The policies every decision reads, replaced whole on a change.
 static POLICIES: RwLock<Option<Arc<Vec<Policy>>>> = RwLock::new(None);
 
+/// The plugin's settings, read once at start.
+struct Settings {
+    default_deny: bool,
+    exclude: String,
+}
+
+static SETTINGS: std::sync::OnceLock<Settings> = std::sync::OnceLock::new();
+
 /// Whether `path` matches `pattern` as casbin's keyMatch decides: equal,
 /// or, when the pattern has a `*`, beginning with what comes before it.
 fn key_match(path: &str, pattern: &str) -> bool {
@@ -95,11 +103,17 @@ async fn authorize(call: AdminCall) -> Decision {
         .ok()
         .and_then(|p| p.clone())
         .unwrap_or_default();
-    let default_deny = host()
-        .setting("RBAC_CASBIN_DEFAULT")
-        .is_some_and(|d| d.trim().eq_ignore_ascii_case("deny"));
-    let exclude = host().setting("RBAC_CASBIN_EXCLUDE").unwrap_or_default();
-    decide(&call, &policies, default_deny, &exclude)
+    let settings = SETTINGS.get_or_init(read_settings);
+    decide(&call, &policies, settings.default_deny, &settings.exclude)
+}
+
+fn read_settings() -> Settings {
+    Settings {
+        default_deny: host()
+            .setting("RBAC_CASBIN_DEFAULT")
+            .is_some_and(|d| d.trim().eq_ignore_ascii_case("deny")),
+        exclude: host().setting("RBAC_CASBIN_EXCLUDE").unwrap_or_default(),
+    }
 }
 
 /// Reads the policies from the table into memory.
@@ -225,6 +239,7 @@ async fn delete(req: Request<'_>) -> Result<Json<Value>, Error> {
 
 /// Loads the policies, and reloads them when any instance changes them.
 async fn start() -> Result<(), String> {
+    SETTINGS.get_or_init(read_settings);
     reload().await.map_err(|e| e.to_string())?;
     let mut changes = host().subscribe(CHANGED).map_err(|e| e.to_string())?;
     host()

@@ -137,17 +137,17 @@ impl PluginHost {
         if enabled.peek().is_none() {
             return Ok(());
         }
-        let call = serde_json::json!({
-            "user_id": caller.user_id,
-            "username": caller.username,
-            "superuser": caller.superuser,
-            "roles": caller.roles,
-            "permissions": caller.permissions,
-            "method": method,
-            "route": route,
-            "path": path,
+        let call = serde_json::to_string(&plugin_api::AdminCall {
+            user_id: caller.user_id,
+            username: caller.username.clone(),
+            superuser: caller.superuser,
+            roles: caller.roles.clone(),
+            permissions: caller.permissions.clone(),
+            method: method.to_owned(),
+            route: route.to_owned(),
+            path: path.to_owned(),
         })
-        .to_string();
+        .unwrap_or_default();
         for plugin in enabled {
             let Some(hook) = plugin.module.authorize().flatten() else {
                 continue;
