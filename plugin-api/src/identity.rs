@@ -142,6 +142,41 @@ impl Host {
         self.identity("user.external", request).await
     }
 
+    /// Binds an external identity (`provider`, `subject`) to the existing
+    /// user `user_id`, so that [`external_user`](Self::external_user) finds
+    /// that user from then on (`users:create`): linking an account at a
+    /// provider to a user who is logged in. Binding it again to the same
+    /// user changes nothing; an identity bound to another user is a 409.
+    pub async fn bind_external(
+        &self,
+        user_id: i64,
+        provider: &str,
+        subject: &str,
+    ) -> Result<User, Error> {
+        self.identity(
+            "user.bind",
+            serde_json::json!({ "user_id": user_id, "provider": provider, "subject": subject }),
+        )
+        .await
+    }
+
+    /// Unbinds an external identity this plugin bound (`users:create`):
+    /// its next use through [`external_user`](Self::external_user) makes a
+    /// new user. Whether it was bound.
+    pub async fn unbind_external(&self, provider: &str, subject: &str) -> Result<bool, Error> {
+        #[derive(Deserialize)]
+        struct Unbound {
+            removed: bool,
+        }
+        let unbound: Unbound = self
+            .identity(
+                "user.unbind",
+                serde_json::json!({ "provider": provider, "subject": subject }),
+            )
+            .await?;
+        Ok(unbound.removed)
+    }
+
     /// An access token for user `user_id`, the same a login issues: it
     /// expires, logout revokes it, and a password change or disabling the
     /// user refuses it (`tokens:issue`). A disabled user gets none.

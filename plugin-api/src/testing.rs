@@ -713,6 +713,30 @@ extern "C" fn identity(
                     }
                 }
             }
+            "user.bind" | "user.unbind" => {
+                let key = (
+                    request["provider"].as_str().unwrap_or_default().to_owned(),
+                    request["subject"].as_str().unwrap_or_default().to_owned(),
+                );
+                let mut identities = state.identities.borrow_mut();
+                if op.as_str() == "user.unbind" {
+                    serde_json::json!({ "removed": identities.remove(&key).is_some() })
+                } else {
+                    let id = request["user_id"].as_i64().unwrap_or_default();
+                    let user =
+                        find(id).ok_or_else(|| fail(404, format!("user {id} does not exist")))?;
+                    match identities.get(&key) {
+                        Some(owner) if *owner != id => {
+                            return Err(fail(
+                                409,
+                                format!("the {} account {} is bound to another user", key.0, key.1),
+                            ));
+                        }
+                        _ => identities.insert(key, id),
+                    };
+                    user
+                }
+            }
             other => return Err(fail(400, format!("'{other}' is not an identity operation"))),
         };
         Ok(RString::from(answer.to_string()))

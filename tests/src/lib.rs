@@ -651,6 +651,24 @@ impl Drop for TestDatabase {
 }
 
 impl TestDatabase {
+    /// What `sql` selects in this PostgreSQL database, one row per line,
+    /// columns separated by `|`.
+    pub fn select(&self, sql: &str) -> String {
+        assert_eq!(self.backend, Backend::Postgresql, "select reads PostgreSQL");
+        let url = self.url.as_deref().expect("a PostgreSQL URL");
+        let output = Command::new("psql")
+            .arg(url)
+            .args(["-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("run psql");
+        assert!(
+            output.status.success(),
+            "{sql} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
     /// Closes every connection to this database from the server's side
     /// (what a database restart or failover does to a host's pool).
     pub fn sever_connections(&self) {
@@ -834,6 +852,54 @@ impl TestSmtp {
 }
 
 impl Drop for TestSmtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real OpenID Connect provider for one test (`tests/oidc/provider.mjs`,
+/// panva's oidc-provider on the machine's Node, installed by
+/// scripts/test-deps) on a free loopback port, with one client. Its login
+/// page signs in any login name. Stopped when dropped.
+pub struct TestOidc {
+    child: Child,
+    port: u16,
+}
+
+impl TestOidc {
+    /// A provider with client `client_id`/`client_secret` that may
+    /// redirect to `redirect_uris`.
+    pub fn start(client_id: &str, client_secret: &str, redirect_uris: &[&str]) -> Self {
+        let port = free_port();
+        let node = std::env::var("PLUGHOST_TEST_NODE").unwrap_or_else(|_| "node".into());
+        let mut child = Command::new(node)
+            .arg(root().join("tests/oidc/provider.mjs"))
+            .args([&port.to_string(), client_id, client_secret])
+            .args(redirect_uris)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node tests/oidc/provider.mjs (scripts/test-deps installs oidc-provider)");
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().expect("stdout piped"))
+            .read_line(&mut ready)
+            .expect("the OpenID Connect provider's first line");
+        assert_eq!(
+            ready.trim(),
+            "ready",
+            "the OpenID Connect provider did not start (scripts/test-deps installs it)"
+        );
+        Self { child, port }
+    }
+
+    /// Its issuer: `http://127.0.0.1:<port>`.
+    pub fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TestOidc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -1261,6 +1327,13 @@ pub struct Pair {
     _data: (DataDir, DataDir),
     _database: TestDatabase,
     _redis: TestRedis,
+}
+
+impl Pair {
+    /// The database the two share.
+    pub fn database(&self) -> &TestDatabase {
+        &self._database
+    }
 }
 
 /// Starts a [`Pair`] with extra environment `env` (a shared token secret

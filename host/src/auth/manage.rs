@@ -155,6 +155,26 @@ pub struct External {
     pub email: Option<String>,
 }
 
+/// Refused unless `provider` and `subject` can name an external identity.
+fn check_external_id(provider: &str, subject: &str) -> Result<(), AuthError> {
+    let provider_ok = !provider.is_empty()
+        && provider.len() <= 64
+        && provider
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !provider_ok {
+        return Err(AuthError::Rejected(format!(
+            "provider '{provider}' must be 1 to 64 letters, digits, '_', '-' or '.'"
+        )));
+    }
+    if subject.is_empty() || subject.len() > 255 {
+        return Err(AuthError::Rejected(
+            "an external identity's subject is 1 to 255 bytes".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// `wanted` as a login name: characters a name may not hold become `_`,
 /// at most 56 of them (room for a suffix that makes it unique).
 fn login_name(wanted: &str) -> String {
@@ -621,40 +641,8 @@ impl AuthService {
         ext: External,
         roles: &[String],
     ) -> Result<UserInfo, AuthError> {
-        let provider_ok = !ext.provider.is_empty()
-            && ext.provider.len() <= 64
-            && ext
-                .provider
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        if !provider_ok {
-            return Err(AuthError::Rejected(format!(
-                "provider '{}' must be 1 to 64 letters, digits, '_', '-' or '.'",
-                ext.provider
-            )));
-        }
-        if ext.subject.is_empty() || ext.subject.len() > 255 {
-            return Err(AuthError::Rejected(
-                "an external identity's subject is 1 to 255 bytes".into(),
-            ));
-        }
-        let bound = || async {
-            let rows = self
-                .db
-                .query(
-                    &crate::db::placeholders(
-                        self.db.backend(),
-                        "SELECT user_id FROM sys_user_identity WHERE provider = ? AND subject = ?",
-                    ),
-                    vec![ext.provider.clone().into(), ext.subject.clone().into()],
-                )
-                .await?;
-            rows.first()
-                .map(|row| row.try_get::<i64>("", "user_id"))
-                .transpose()
-                .map_err(AuthError::from)
-        };
-        if let Some(id) = bound().await? {
+        check_external_id(&ext.provider, &ext.subject)?;
+        if let Some(id) = self.bound_user(&ext.provider, &ext.subject).await? {
             return self.user(id).await;
         }
         let wanted = ext
@@ -712,12 +700,96 @@ impl AuthService {
         if let Err(e) = bind {
             // Bound by another instance meanwhile: its user is the one.
             let _ = self.delete_user(id, Actor::Operator).await;
-            return match bound().await? {
+            return match self.bound_user(&ext.provider, &ext.subject).await? {
                 Some(winner) => self.user(winner).await,
                 None => Err(e.into()),
             };
         }
         self.user(id).await
+    }
+
+    /// The user external identity `provider`/`subject` is bound to, if any.
+    async fn bound_user(&self, provider: &str, subject: &str) -> Result<Option<i64>, AuthError> {
+        let rows = self
+            .db
+            .query(
+                &crate::db::placeholders(
+                    self.db.backend(),
+                    "SELECT user_id FROM sys_user_identity WHERE provider = ? AND subject = ?",
+                ),
+                vec![provider.into(), subject.into()],
+            )
+            .await?;
+        rows.first()
+            .map(|row| row.try_get::<i64>("", "user_id"))
+            .transpose()
+            .map_err(AuthError::from)
+    }
+
+    /// Binds external identity `provider`/`subject` to the existing user
+    /// `user_id` (by `plugin`): from then on it finds that user. Binding
+    /// it again to the same user changes nothing; an identity bound to
+    /// another user is a conflict.
+    pub async fn bind_external(
+        &self,
+        plugin: &str,
+        user_id: i64,
+        provider: &str,
+        subject: &str,
+    ) -> Result<UserInfo, AuthError> {
+        check_external_id(provider, subject)?;
+        let user = self.user(user_id).await?;
+        let taken = |owner: i64| {
+            if owner == user_id {
+                Ok(())
+            } else {
+                Err(AuthError::Conflict(format!(
+                    "the {provider} account {subject} is bound to another user: unbind it there first"
+                )))
+            }
+        };
+        if let Some(owner) = self.bound_user(provider, subject).await? {
+            return taken(owner).map(|()| user);
+        }
+        let bind = self
+            .db
+            .execute(self.db.statement(
+                "INSERT INTO sys_user_identity (provider, subject, user_id, plugin) VALUES (?, ?, ?, ?)",
+                [provider.into(), subject.into(), user_id.into(), plugin.into()],
+            ))
+            .await;
+        if let Err(e) = bind {
+            // Bound by another instance meanwhile.
+            return match self.bound_user(provider, subject).await? {
+                Some(owner) => taken(owner).map(|()| user),
+                None => Err(e.into()),
+            };
+        }
+        tracing::info!(plugin, user_id, provider, "external identity bound");
+        Ok(user)
+    }
+
+    /// Unbinds external identity `provider`/`subject`, if `plugin` bound
+    /// it: its next use finds (or makes) another user. Whether it was
+    /// bound.
+    pub async fn unbind_external(
+        &self,
+        plugin: &str,
+        provider: &str,
+        subject: &str,
+    ) -> Result<bool, AuthError> {
+        check_external_id(provider, subject)?;
+        let done = self
+            .db
+            .execute(self.db.statement(
+                "DELETE FROM sys_user_identity WHERE provider = ? AND subject = ? AND plugin = ?",
+                [provider.into(), subject.into(), plugin.into()],
+            ))
+            .await?;
+        if done.rows_affected() > 0 {
+            tracing::info!(plugin, provider, "external identity unbound");
+        }
+        Ok(done.rows_affected() > 0)
     }
 
     /// Makes `roles` the roles of user `id`. Its roles after it.

@@ -95,12 +95,12 @@ fn from_auth(e: &AuthError) -> String {
 fn grant_of(op: &str) -> Result<&'static str, String> {
     match op {
         "user.get" | "user.access" => Ok("users:read"),
-        "user.external" => Ok("users:create"),
+        "user.external" | "user.bind" | "user.unbind" => Ok("users:create"),
         "token.issue" => Ok("tokens:issue"),
         other => Err(wire_error(
             400,
             format!(
-                "'{other}' is not an identity operation (user.get, user.external, token.issue, user.access)"
+                "'{other}' is not an identity operation (user.get, user.external, user.bind, user.unbind, token.issue, user.access)"
             ),
         )),
     }
@@ -137,6 +137,14 @@ struct Find {
 #[serde(deny_unknown_fields)]
 struct ForUser {
     user_id: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Binding {
+    user_id: Option<i64>,
+    provider: String,
+    subject: String,
 }
 
 fn parse<'a, T: Deserialize<'a>>(op: &str, request: &'a str) -> Result<T, String> {
@@ -183,6 +191,47 @@ async fn call(plugin: String, op: String, request: String) -> Result<String, Str
                     other => from_auth(&other),
                 })?;
             json!(user)
+        }
+        "user.bind" => {
+            let Binding {
+                user_id,
+                provider,
+                subject,
+            } = parse(&op, &request)?;
+            let user_id = user_id.ok_or_else(|| {
+                wire_error(
+                    400,
+                    "user.bind takes {\"user_id\", \"provider\", \"subject\"}",
+                )
+            })?;
+            let user = auth
+                .bind_external(&plugin, user_id, &provider, &subject)
+                .await
+                .map_err(|e| match e {
+                    AuthError::Unknown(_) | AuthError::UserGone => {
+                        wire_error(404, format!("user {user_id} does not exist"))
+                    }
+                    other => from_auth(&other),
+                })?;
+            json!(user)
+        }
+        "user.unbind" => {
+            let Binding {
+                user_id: None,
+                provider,
+                subject,
+            } = parse(&op, &request)?
+            else {
+                return Err(wire_error(
+                    400,
+                    "user.unbind takes {\"provider\", \"subject\"}",
+                ));
+            };
+            let removed = auth
+                .unbind_external(&plugin, &provider, &subject)
+                .await
+                .map_err(|e| from_auth(&e))?;
+            json!({ "removed": removed })
         }
         "token.issue" => {
             let ForUser { user_id } = parse(&op, &request)?;

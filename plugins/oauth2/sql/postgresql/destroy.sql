@@ -1,0 +1,1 @@
+DROP TABLE sys_user_social;
