@@ -7,11 +7,11 @@
 //! the operator's roles) and the same account logs in as the same user;
 //! a state works once and expires; a logged-in user binds an account and
 //! unbinds it; a disabled user gets no token; a deleted user's bindings
-//! go with it.
+//! go with it. Its table works on every backend and key mode.
 
 use std::time::{Duration, Instant};
 
-use e2e::{As, Host, TestOidc, eventually};
+use e2e::{As, Backend, DataDir, Host, TestDatabase, TestOidc, eventually};
 use serde_json::{Value, json};
 
 const CLIENT_ID: &str = "plughost-test";
@@ -340,4 +340,44 @@ fn a_plain_http_issuer_that_is_not_loopback_is_refused_at_start() {
         "not started: its start hook failed: OAUTH2_OIDC_ISSUER 'http://id.example.com' is plain http to a host that is not loopback: use https"
     );
     assert_eq!(host.get("/oauth2/v1/oidc").status, 404);
+}
+
+#[test]
+fn a_login_is_recorded_on_every_backend_and_key_mode() {
+    let balancer = format!("http://127.0.0.1:{}", e2e::free_port());
+    let callback = format!("{balancer}/oauth2/v1/oidc/callback");
+    let provider = TestOidc::start(CLIENT_ID, CLIENT_SECRET, &[&callback]);
+    let issuer = provider.issuer();
+    for (backend, mode) in [
+        (Backend::Sqlite, "autoincrement"),
+        (Backend::Mysql, "autoincrement"),
+        (Backend::Mysql, "snowflake"),
+        (Backend::Postgresql, "snowflake"),
+    ] {
+        let database = TestDatabase::create(backend);
+        let data = DataDir::new();
+        data.install_dir("oauth2");
+        let host = Host::start_on(
+            &data,
+            &database,
+            &[
+                ("PLUGHOST_PK_MODE", mode),
+                ("OAUTH2_OIDC_ISSUER", &issuer),
+                ("OAUTH2_OIDC_CLIENT_ID", CLIENT_ID),
+                ("OAUTH2_OIDC_CLIENT_SECRET", CLIENT_SECRET),
+                ("OAUTH2_OIDC_REDIRECT_URI", &callback),
+                ("OAUTH2_FRONTEND_LOGIN_REDIRECT_URI", FRONTEND),
+                ("PLUGHOST_HTTP_ALLOW_OAUTH2", "127.0.0.1"),
+            ],
+        );
+        let token = log_in(&provider, &host, &host, "dora");
+        let mine = host.request_as(
+            As::Header(&bearer(&token)),
+            "GET",
+            "/oauth2/v1/bindings",
+            None,
+        );
+        assert_eq!(mine.status, 200, "{backend:?} {mode}: {:?}", mine.json);
+        assert_eq!(mine.data()[0]["uid"], "dora", "{backend:?} {mode}");
+    }
 }

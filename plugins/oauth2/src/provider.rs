@@ -286,8 +286,8 @@ impl Provider {
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
         };
-        let verified = info["email_verified"] == Value::Bool(true)
-            || info["email_verified"] == "true";
+        let verified =
+            info["email_verified"] == Value::Bool(true) || info["email_verified"] == "true";
         let subject = match self {
             // GitHub's ids are numbers.
             Provider::Github => info["id"].as_i64().map(|id| id.to_string()),
