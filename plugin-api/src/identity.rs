@@ -192,6 +192,34 @@ impl Host {
     }
 }
 
+impl Host {
+    /// Deletes, from now on, the rows of `table` whose `column` holds the
+    /// id of a user who is deleted: a task of the plugin's, fed by
+    /// `sys.user.deleted` (declare it: `[permissions] events =
+    /// ["sys.user.deleted"]`). For a table that keeps something per user
+    /// (keys, bindings); call it from the start hook. A delete that fails
+    /// is logged as a warning.
+    pub fn forget_deleted_users(
+        &self,
+        table: &'static str,
+        column: &'static str,
+    ) -> Result<(), crate::TaskError> {
+        let mut deleted = self.subscribe("sys.user.deleted")?;
+        let host = *self;
+        self.spawn(&format!("forget-deleted-users:{table}"), async move {
+            let sql = format!("DELETE FROM {table} WHERE {column} = ?");
+            while let Some(user) = deleted.next_json::<serde_json::Value>().await {
+                if let Err(e) = host.execute(&sql, &[user["id"].clone()]).await {
+                    host.warn(&format!(
+                        "the {table} rows of deleted user {} remain: {e}",
+                        user["id"]
+                    ));
+                }
+            }
+        })
+    }
+}
+
 /// An admin request an authorizer decides on (the wire form of
 /// [`PluginMod::authorize`](crate::abi::PluginMod::authorize)'s request).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

@@ -191,26 +191,8 @@ async fn authenticate(authorization: String) -> Result<Option<i64>, String> {
 
 /// Deletes the keys of each user deleted from now on.
 async fn start() -> Result<(), String> {
-    let mut deleted = host()
-        .subscribe("sys.user.deleted")
-        .map_err(|e| e.to_string())?;
     host()
-        .spawn("forget-deleted-users", async move {
-            while let Some(user) = deleted.next_json::<Value>().await {
-                let removed = host()
-                    .execute(
-                        "DELETE FROM sys_api_key WHERE user_id = ?",
-                        &[user["id"].clone()],
-                    )
-                    .await;
-                if let Err(e) = removed {
-                    host().warn(&format!(
-                        "the keys of deleted user {} remain: {e}",
-                        user["id"]
-                    ));
-                }
-            }
-        })
+        .forget_deleted_users("sys_api_key", "user_id")
         .map_err(|e| e.to_string())
 }
 

@@ -356,26 +356,8 @@ async fn start() -> Result<(), String> {
             })?;
         }
     }
-    let mut deleted = host()
-        .subscribe("sys.user.deleted")
-        .map_err(|e| e.to_string())?;
     host()
-        .spawn("forget-deleted-users", async move {
-            while let Some(user) = deleted.next_json::<Value>().await {
-                let removed = host()
-                    .execute(
-                        "DELETE FROM sys_user_social WHERE user_id = ?",
-                        &[user["id"].clone()],
-                    )
-                    .await;
-                if let Err(e) = removed {
-                    host().warn(&format!(
-                        "the bindings of deleted user {} remain: {e}",
-                        user["id"]
-                    ));
-                }
-            }
-        })
+        .forget_deleted_users("sys_user_social", "user_id")
         .map_err(|e| e.to_string())
 }
 
@@ -482,6 +464,17 @@ mod tests {
             .into_owned()
     }
 
+    /// The state of a new GitHub login.
+    fn new_state(host: &TestHost) -> String {
+        state_of(
+            host.get("/oauth2/v1/github")
+                .send()
+                .data()
+                .as_str()
+                .unwrap(),
+        )
+    }
+
     fn location(response: &plugin_api::testing::TestResponse) -> String {
         response
             .headers
@@ -533,13 +526,7 @@ mod tests {
             again.msg()
         );
         // The same account logs in as the same user.
-        let state = state_of(
-            host.get("/oauth2/v1/github")
-                .send()
-                .data()
-                .as_str()
-                .unwrap(),
-        );
+        let state = new_state(&host);
         let back = host
             .get(&format!("/oauth2/v1/github/callback?code=c2&state={state}"))
             .send();
@@ -567,13 +554,7 @@ mod tests {
             "{}",
             other.msg()
         );
-        let state = state_of(
-            host.get("/oauth2/v1/github")
-                .send()
-                .data()
-                .as_str()
-                .unwrap(),
-        );
+        let state = new_state(&host);
         let wrong = host
             .get(&format!("/oauth2/v1/google/callback?code=c&state={state}"))
             .send();
