@@ -12,6 +12,10 @@ use serde::Deserialize;
 
 use crate::db::PkMode;
 
+/// The longest deadline a plugin request may have, the operator's or a
+/// route's: a day, in seconds.
+pub const MAX_PLUGIN_TIMEOUT_SECS: u64 = 86_400;
+
 /// Whether the status gate runs (off only to measure its cost).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -137,6 +141,9 @@ pub struct SettingsArgs {
     /// Seconds a request body may stall (no bytes arriving) before the request is answered 408.
     #[arg(long, global = true, env = "PLUGHOST_BODY_TIMEOUT")]
     pub body_timeout: Option<u64>,
+    /// Seconds a plugin's handler may take to answer (a route may declare its own) before the request is answered 504.
+    #[arg(long, global = true, env = "PLUGHOST_PLUGIN_TIMEOUT")]
+    pub plugin_timeout: Option<u64>,
     /// Password hashes computed at once (logins beyond wait briefly, then answer 503).
     #[arg(long, global = true, env = "PLUGHOST_PASSWORD_HASHES")]
     pub password_hashes: Option<usize>,
@@ -213,6 +220,7 @@ struct FileSettings {
     build_timeout: Option<u64>,
     build_dir: Option<PathBuf>,
     body_timeout: Option<u64>,
+    plugin_timeout: Option<u64>,
     instance_id: Option<String>,
     hook_timeout: Option<u64>,
     plugin_blocking: Option<usize>,
@@ -273,6 +281,8 @@ pub struct Settings {
     pub lock_wait: Duration,
     /// How long a request body may stall.
     pub body_timeout: Duration,
+    /// How long a plugin's handler may take, unless its route says.
+    pub plugin_timeout: Duration,
     /// This instance's name, when set (else the data dir's `instance.id`).
     pub instance_id: Option<String>,
     /// How logins are limited.
@@ -438,6 +448,13 @@ impl Settings {
                 message: "must be at least 1 second".into(),
             });
         }
+        let plugin_timeout = args.plugin_timeout.or(file.plugin_timeout).unwrap_or(30);
+        if !(1..=MAX_PLUGIN_TIMEOUT_SECS).contains(&plugin_timeout) {
+            return Err(ConfigError::Invalid {
+                name: "plugin_timeout",
+                message: format!("must be 1 to {MAX_PLUGIN_TIMEOUT_SECS} seconds"),
+            });
+        }
         let login = {
             let default = crate::auth::LoginLimits::default();
             crate::auth::LoginLimits {
@@ -507,6 +524,7 @@ impl Settings {
             metrics_bind,
             trust,
             body_timeout: Duration::from_secs(body_timeout),
+            plugin_timeout: Duration::from_secs(plugin_timeout),
             instance_id,
             login,
             bind: args

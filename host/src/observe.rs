@@ -138,6 +138,10 @@ fn describe() {
         "Requests answered 503 because their plugin is disabled"
     );
     describe_counter!(
+        "plughost_plugin_timeouts_total",
+        "Requests answered 504 because their handler passed its deadline (PLUGHOST_PLUGIN_TIMEOUT or the route's)"
+    );
+    describe_counter!(
         "plughost_lifecycle_operations_total",
         "Plugin operations (install, upgrade, uninstall, toggle, converge) by outcome"
     );
@@ -196,6 +200,7 @@ struct Handles {
     in_flight: Gauge,
     panics: Counter,
     disabled: Counter,
+    timeouts: Counter,
 }
 
 impl std::fmt::Debug for RouteMetrics {
@@ -242,6 +247,7 @@ impl RouteMetrics {
                 in_flight: metrics::gauge!("plughost_requests_in_flight", &labels),
                 panics: metrics::counter!("plughost_plugin_panics_total", &labels),
                 disabled: metrics::counter!("plughost_plugin_disabled_total", &labels),
+                timeouts: metrics::counter!("plughost_plugin_timeouts_total", &labels),
             }
         })
     }
@@ -255,6 +261,11 @@ impl RouteMetrics {
     /// The plugin is disabled: the request is answered 503.
     pub fn refused(&self) {
         self.handles().disabled.increment(1);
+    }
+
+    /// The handler passed its deadline: the request is answered 504.
+    pub fn timed_out(&self) {
+        self.handles().timeouts.increment(1);
     }
 
     /// The handler panicked.

@@ -155,6 +155,15 @@ pub mod route_doc {
     pub const PATH: &str = "openapi.path";
 }
 
+/// Keys of a route's `extensions` that tell the host how to run it (a
+/// host that does not know a key ignores it).
+pub mod route_option {
+    /// How long the route's handler may take to answer, in whole
+    /// milliseconds (1 to 86,400,000), instead of the operator's
+    /// `PLUGHOST_PLUGIN_TIMEOUT`.
+    pub const TIMEOUT_MS: &str = "plughost.timeout_ms";
+}
+
 /// A named router: the unit the manifest's `[api.<name>]` or `[app] router` refers to.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone)]

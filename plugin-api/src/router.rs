@@ -8,7 +8,7 @@ use futures_util::FutureExt;
 
 use crate::{
     Error, IntoResponse, Request,
-    abi::{RawRequest, RawResponse, RouteSpec, RouterSpec, route_doc},
+    abi::{RawRequest, RawResponse, RouteSpec, RouterSpec, route_doc, route_option},
 };
 
 /// A handler stored type-erased inside a router.
@@ -211,6 +211,17 @@ impl Router {
     /// not name is documented as a string).
     pub fn path_schema(self, schema: serde_json::Value) -> Self {
         self.document(route_doc::PATH, schema.to_string())
+    }
+
+    /// How long the last added route's handler may take to answer
+    /// (1 ms to a day), instead of the operator's `PLUGHOST_PLUGIN_TIMEOUT`
+    /// (default 30 s): past it the client gets 504 and the handler's
+    /// future is dropped. For a route that legitimately works long (an
+    /// export, a call to a slow service), or one that must fail fast.
+    /// A streamed answer's body is not under it once the head is sent.
+    pub fn timeout(self, timeout: std::time::Duration) -> Self {
+        let millis = timeout.as_millis().max(1);
+        self.document(route_option::TIMEOUT_MS, millis.to_string())
     }
 
     fn document(mut self, key: &str, value: String) -> Self {

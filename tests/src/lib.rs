@@ -1035,6 +1035,20 @@ pub fn greeter(build: u8) -> Vec<u8> {
     )
 }
 
+/// A greeter package (of `greeter_v1`'s code) whose library is a build of
+/// its own: its bytes end with `build`, so each `build` is a distinct
+/// library (another digest, another mapping).
+pub fn greeter_build(build: u32) -> Vec<u8> {
+    let mut files = package_files("greeter", "greeter_v1", "greeter_v1");
+    for (name, bytes) in &mut files {
+        if name.ends_with(".so") {
+            bytes.extend_from_slice(format!("plughost-test-build-{build:08}").as_bytes());
+        }
+    }
+    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    zip_of(&refs)
+}
+
 /// The build `GET /greeter/v1/version` answers on `host` (`None`: not 200).
 pub fn greeter_version(host: &Host) -> Option<String> {
     let reply = host.get("/greeter/v1/version");

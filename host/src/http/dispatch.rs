@@ -204,11 +204,37 @@ async fn answer(scope: Scope, req: &HttpRequest, payload: &mut Payload) -> HttpR
         extensions: RSlice::from_slice(&[]),
     };
     let future = (plugin.module.handle())(target.handler, &raw);
+    let deadline = target.timeout.unwrap_or(state.plugin_timeout);
     // The plugin catches its own panics; this is the backstop for one that
-    // escapes its poll function (async_ffi re-raises it here).
-    match AssertUnwindSafe(future).catch_unwind().await {
-        Ok(response) => into_http(response, &plugin.name, trace.as_str()),
+    // escapes its poll function (async_ffi re-raises it here). Past the
+    // deadline the handler's future is dropped.
+    match tokio::time::timeout(deadline, AssertUnwindSafe(future).catch_unwind()).await {
+        Ok(Ok(response)) => into_http(response, &plugin.name, trace.as_str(), deadline),
         Err(_) => {
+            target.metrics.timed_out();
+            let setting = if target.timeout.is_some() {
+                "the route's own timeout"
+            } else {
+                "PLUGHOST_PLUGIN_TIMEOUT"
+            };
+            tracing::warn!(
+                plugin = %plugin.name,
+                route = %target.metrics.route,
+                "the handler did not answer within {deadline:?} ({setting}); dropped"
+            );
+            envelope::error_traced(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!(
+                    "plugin '{}' did not answer {} {} within {} ({setting})",
+                    plugin.name,
+                    req.method(),
+                    target.metrics.route,
+                    humantime(deadline)
+                ),
+                trace.as_str(),
+            )
+        }
+        Ok(Err(_)) => {
             crate::plugin::services::panic_log::panicked(
                 &plugin.name,
                 "panicked across the boundary (in the handler's future)",
@@ -222,7 +248,23 @@ async fn answer(scope: Scope, req: &HttpRequest, payload: &mut Payload) -> HttpR
     }
 }
 
-fn into_http(raw: RawResponse, plugin: &str, trace: &str) -> HttpResponse {
+/// `d` as people write it: `30s`, `1.5s`, `250ms`.
+fn humantime(d: std::time::Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d < std::time::Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}
+
+fn into_http(
+    raw: RawResponse,
+    plugin: &str,
+    trace: &str,
+    deadline: std::time::Duration,
+) -> HttpResponse {
     let Ok(status) = StatusCode::from_u16(raw.status) else {
         tracing::error!(
             plugin,
@@ -266,7 +308,7 @@ fn into_http(raw: RawResponse, plugin: &str, trace: &str) -> HttpResponse {
         .find(|Tuple2(name, _)| name.as_str() == plugin_api::abi::STREAM_EXTENSION)
         .and_then(|Tuple2(_, id)| id.parse::<u64>().ok());
     if let Some(id) = stream {
-        return match crate::plugin::services::streams::take_body(plugin, id) {
+        return match crate::plugin::services::streams::take_body(plugin, id, deadline) {
             Some(body) => response.streaming(body),
             None => envelope::error_traced(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -50,6 +50,8 @@ pub struct AppState {
     pub max_body: usize,
     /// How long a request body may stall.
     pub body_timeout: std::time::Duration,
+    /// How long a plugin's handler may take, unless its route says.
+    pub plugin_timeout: std::time::Duration,
     /// The API document, current with the route table.
     pub document: Arc<openapi::ApiDocument>,
     /// Where `/metrics` is served instead of the main port.
@@ -335,6 +337,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         status_check: settings.status_check,
         max_body: settings.max_body,
         body_timeout: settings.body_timeout,
+        plugin_timeout: settings.plugin_timeout,
     });
     let bench_baseline = settings.bench_baseline;
     let observe = access::Observe {

@@ -404,7 +404,7 @@ impl PluginHost {
             }
         };
         let result = self.converge_locked(&guard).await;
-        Self::release(guard).await;
+        self.finish(guard).await;
         if let Err(e) = result {
             tracing::info!("converging stopped ({e}); trying again shortly");
             self.retry_converge();
@@ -629,7 +629,7 @@ impl PluginHost {
                 }
             }
         }
-        Self::release(guard).await;
+        self.finish(guard).await;
     }
 
     async fn import(&self, name: &str, dir: &Path) -> Result<(), LifecycleError> {

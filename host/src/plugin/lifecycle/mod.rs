@@ -329,9 +329,22 @@ impl PluginHost {
         let _ = tokio::task::spawn_blocking(move || drop(staging)).await;
     }
 
-    /// Releases the lock after a completed operation; losing it by then is
-    /// logged (the operation checked it before its commit point).
-    pub(super) async fn release(guard: LockGuard) {
+    /// Ends an operation: removes the library copies no plugin here uses
+    /// any more (an upgrade's old build, an uninstalled plugin's: mapped
+    /// code stays mapped, requests in flight keep it), then releases the
+    /// lock, which kept any other operation on this data dir from making a
+    /// copy meanwhile. Losing the lock by then is logged (the operation
+    /// checked it before its commit point).
+    pub(super) async fn finish(&self, guard: LockGuard) {
+        let keep: std::collections::BTreeSet<String> = self
+            .set
+            .records()
+            .values()
+            .filter_map(super::running::registry::PluginRecord::loaded)
+            .map(|p| p.digest.clone())
+            .collect();
+        let cache = self.cache.clone();
+        let _ = tokio::task::spawn_blocking(move || cache.prune(&keep)).await;
         if let Err(e) = guard.release().await {
             tracing::error!("{e}");
         }
@@ -374,7 +387,7 @@ impl PluginHost {
             .install_staged(&guard, Placement::Staged(&staging), name, options, archive)
             .await;
         Self::discard(staging).await;
-        Self::release(guard).await;
+        self.finish(guard).await;
         if let Ok(installed) = &result {
             self.announce(&installed.name).await;
             let event = if installed.previous.is_some() {
@@ -788,7 +801,7 @@ impl PluginHost {
         }
         let guard = self.take_lock("uninstall").await?;
         let result = self.uninstall_locked(&guard, name, purge).await;
-        Self::release(guard).await;
+        self.finish(guard).await;
         if let Ok(uninstalled) = &result {
             self.announce(name).await;
             let event = serde_json::json!({ "name": name, "purged": uninstalled.purged });

@@ -160,6 +160,18 @@ pub enum Refusal {
         /// The parse error.
         message: String,
     },
+    /// A route's option is not a value the host takes.
+    #[error("router '{router}', route {method} '{path}': {message}")]
+    RouteOption {
+        /// The router.
+        router: String,
+        /// The route's method.
+        method: String,
+        /// The route's path.
+        path: String,
+        /// What is wrong, and what it takes.
+        message: String,
+    },
     /// A route's permission is not a permission string.
     #[error("router '{router}': '{permission}' is not a permission string (like sys:dict:add)")]
     Permission {
@@ -587,6 +599,7 @@ pub fn plugin_routes(
                 });
             }
             let doc = route_doc(manifest, name, &method, route)?;
+            let timeout = route_timeout(name, &method, route)?;
             let path = join_path(&prefix, path);
             routes.push(MountedRoute {
                 metrics: Arc::new(crate::observe::RouteMetrics::new(
@@ -600,6 +613,7 @@ pub fn plugin_routes(
                 scope,
                 auth: route.auth || permission.is_some(),
                 permission,
+                timeout,
                 doc: Arc::new(doc),
             });
         }
@@ -898,6 +912,31 @@ pub(crate) async fn mount(
             builder.remove_last();
             Err(Refusal::Init(message.into_string()))
         }
+    }
+}
+
+/// The deadline `route` declares (`plugin_api::abi::route_option`), if any.
+fn route_timeout(
+    router: &str,
+    method: &Method,
+    route: &RouteSpec,
+) -> Result<Option<std::time::Duration>, Refusal> {
+    use plugin_api::abi::route_option::TIMEOUT_MS;
+    let Some(Tuple2(_, value)) = route.extensions.iter().find(|Tuple2(k, _)| k == TIMEOUT_MS)
+    else {
+        return Ok(None);
+    };
+    let max = crate::config::MAX_PLUGIN_TIMEOUT_SECS * 1000;
+    match value.parse::<u64>() {
+        Ok(ms @ 1..) if ms <= max => Ok(Some(std::time::Duration::from_millis(ms))),
+        _ => Err(Refusal::RouteOption {
+            router: router.to_owned(),
+            method: method.to_string(),
+            path: route.path.to_string(),
+            message: format!(
+                "its timeout '{value}' ({TIMEOUT_MS}) is not 1 to {max} milliseconds; set it with Router::timeout"
+            ),
+        }),
     }
 }
 

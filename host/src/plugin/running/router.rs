@@ -77,6 +77,8 @@ pub struct MountedRoute {
     pub auth: bool,
     /// The permission the caller must hold.
     pub permission: Option<String>,
+    /// How long its handler may take, when the route says.
+    pub timeout: Option<std::time::Duration>,
     /// What the API document says of it.
     pub doc: Arc<RouteDoc>,
     /// Its metrics.
@@ -113,6 +115,8 @@ pub struct Target {
     pub auth: bool,
     /// The permission the caller must hold.
     pub permission: Option<String>,
+    /// How long its handler may take, when the route says.
+    pub timeout: Option<std::time::Duration>,
     /// The route's metrics.
     pub metrics: Arc<RouteMetrics>,
 }
@@ -565,6 +569,7 @@ impl RouteTableBuilder {
                             handler: route.handler,
                             auth: route.auth || route.scope == Scope::Admin,
                             permission: route.permission.clone(),
+                            timeout: route.timeout,
                             metrics: route.metrics.clone(),
                         },
                     ));

@@ -60,6 +60,7 @@ pub(super) fn end_run(run: u64) {
 /// so the plugin's next send fails at once.
 struct Claimed {
     id: u64,
+    plugin: Box<str>,
     receiver: mpsc::Receiver<Bytes>,
 }
 
@@ -72,22 +73,38 @@ impl Drop for Claimed {
 
 /// The body of the response that names stream `id`: its chunks as the
 /// plugin sends them, keep-alive chunks between, ending when the plugin
-/// closes it or its run stops. `None` when `plugin` has no such stream,
-/// or its body was taken already.
+/// closes it or its run stops, or, for a stream without keep-alive, when
+/// the plugin sends nothing for `idle` (its request's deadline). `None`
+/// when `plugin` has no such stream, or its body was taken already.
 pub fn take_body(
     plugin: &str,
     id: u64,
+    idle: std::time::Duration,
 ) -> Option<impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + use<>> {
     let (receiver, keep_alive) = with_streams(|streams| {
         let stream = streams.get_mut(&id).filter(|s| s.plugin == plugin)?;
         Some((stream.receiver.take()?, stream.keep_alive))
     })?;
-    let claimed = Claimed { id, receiver };
+    let claimed = Claimed {
+        id,
+        plugin: plugin.into(),
+        receiver,
+    };
     Some(futures_util::stream::unfold(
         claimed,
         move |mut claimed| async move {
             let chunk = match keep_alive {
-                None => claimed.receiver.recv().await?,
+                None => match tokio::time::timeout(idle, claimed.receiver.recv()).await {
+                    Ok(chunk) => chunk?,
+                    Err(_) => {
+                        tracing::warn!(
+                            plugin = %claimed.plugin,
+                            stream = claimed.id,
+                            "the stream sent nothing for {idle:?} and has no keep-alive: ended"
+                        );
+                        return None;
+                    }
+                },
                 Some(every) => match tokio::time::timeout(every, claimed.receiver.recv()).await {
                     Ok(Some(chunk)) => chunk,
                     Ok(None) => return None,
