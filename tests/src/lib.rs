@@ -1037,7 +1037,8 @@ pub fn greeter(build: u8) -> Vec<u8> {
 
 /// A greeter package (of `greeter_v1`'s code) whose library is a build of
 /// its own: its bytes end with `build`, so each `build` is a distinct
-/// library (another digest, another mapping).
+/// library (another digest, another mapping). Stored, not deflated: made
+/// in bulk.
 pub fn greeter_build(build: u32) -> Vec<u8> {
     let mut files = package_files("greeter", "greeter_v1", "greeter_v1");
     for (name, bytes) in &mut files {
@@ -1046,7 +1047,7 @@ pub fn greeter_build(build: u32) -> Vec<u8> {
         }
     }
     let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
-    zip_of(&refs)
+    zip_with(&refs, zip::CompressionMethod::Stored)
 }
 
 /// The build `GET /greeter/v1/version` answers on `host` (`None`: not 200).
@@ -1086,10 +1087,14 @@ pub fn under_load<T>(
 /// A plugin package: the ZIP `POST /admin/v1/sys/plugins?type=zip` takes,
 /// with `files` (path inside the archive, contents) in order.
 pub fn zip_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    zip_with(files, zip::CompressionMethod::Deflated)
+}
+
+/// A ZIP archive of `files`, each stored with `method`.
+pub fn zip_with(files: &[(&str, Vec<u8>)], method: zip::CompressionMethod) -> Vec<u8> {
     use std::io::Write;
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
+    let options = zip::write::SimpleFileOptions::default().compression_method(method);
     for (name, bytes) in files {
         zip.start_file(*name, options).expect("zip entry");
         zip.write_all(bytes).expect("zip write");
