@@ -63,6 +63,28 @@ enum Command {
         /// The library.
         library: std::path::PathBuf,
     },
+    /// Runs one isolated plugin for a serving host, over its socket (the
+    /// host runs this as a supervised child process).
+    #[command(name = "isolated-plugin", hide = true)]
+    IsolatedPlugin {
+        /// The host's socket.
+        #[arg(long)]
+        socket: std::path::PathBuf,
+        /// The library's private copy.
+        #[arg(long)]
+        library: std::path::PathBuf,
+        /// The plugin's name.
+        #[arg(long)]
+        name: String,
+        /// This binary compared the library's layout already.
+        #[arg(long)]
+        layout_checked: bool,
+        /// The address space cap, MiB (0: none).
+        #[arg(long, default_value_t = 0)]
+        memory_mb: u64,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -668,11 +690,39 @@ pub fn main() -> ExitCode {
         Command::ProbeLibrary { library } => {
             return crate::plugin::loading::libcache::run_probe(&library);
         }
-        Command::Serve(args) => Settings::resolve(&args)
-            .map_err(anyhow::Error::from)
-            .and_then(|settings| {
-                actix_web::rt::System::new().block_on(crate::http::serve(settings))
-            }),
+        Command::IsolatedPlugin {
+            socket,
+            library,
+            name,
+            layout_checked,
+            memory_mb,
+            settings,
+        } => {
+            let settings = match Settings::resolve(&settings) {
+                Ok(settings) => settings,
+                Err(e) => {
+                    tracing::error!("isolated plugin {name}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            return crate::plugin::isolation::child::main(
+                crate::plugin::isolation::child::ChildArgs {
+                    socket,
+                    library,
+                    name,
+                    layout_checked,
+                    memory_mb,
+                },
+                settings,
+            );
+        }
+        Command::Serve(args) => {
+            // An isolated plugin's child is given the same settings.
+            crate::plugin::isolation::remember_serve_args(std::env::args_os().skip(2).collect());
+            Settings::resolve(&args)
+        }
+        .map_err(anyhow::Error::from)
+        .and_then(|settings| actix_web::rt::System::new().block_on(crate::http::serve(settings))),
         Command::Sql {
             file,
             destroy,

@@ -144,6 +144,15 @@ pub struct SettingsArgs {
     /// Seconds a plugin's handler may take to answer (a route may declare its own) before the request is answered 504.
     #[arg(long, global = true, env = "PLUGHOST_PLUGIN_TIMEOUT")]
     pub plugin_timeout: Option<u64>,
+    /// Plugins that run in a supervised child process: names separated by commas, or `*` for all.
+    #[arg(long, global = true, env = "PLUGHOST_ISOLATED_PLUGINS")]
+    pub isolated_plugins: Option<String>,
+    /// The address space an isolated plugin's child may take, in MiB (0: no cap).
+    #[arg(long, global = true, env = "PLUGHOST_ISOLATED_MEMORY_MB")]
+    pub isolated_memory_mb: Option<u64>,
+    /// Seconds between health checks of an isolated plugin's child; one not answered within as long kills it.
+    #[arg(long, global = true, env = "PLUGHOST_ISOLATED_HEALTH")]
+    pub isolated_health: Option<u64>,
     /// Password hashes computed at once (logins beyond wait briefly, then answer 503).
     #[arg(long, global = true, env = "PLUGHOST_PASSWORD_HASHES")]
     pub password_hashes: Option<usize>,
@@ -221,6 +230,9 @@ struct FileSettings {
     build_dir: Option<PathBuf>,
     body_timeout: Option<u64>,
     plugin_timeout: Option<u64>,
+    isolated_plugins: Option<String>,
+    isolated_memory_mb: Option<u64>,
+    isolated_health: Option<u64>,
     instance_id: Option<String>,
     hook_timeout: Option<u64>,
     plugin_blocking: Option<usize>,
@@ -283,6 +295,12 @@ pub struct Settings {
     pub body_timeout: Duration,
     /// How long a plugin's handler may take, unless its route says.
     pub plugin_timeout: Duration,
+    /// Which plugins run isolated.
+    pub isolated: crate::plugin::isolation::Isolated,
+    /// An isolated child's address space cap, MiB (0: none).
+    pub isolated_memory_mb: u64,
+    /// How often an isolated child's health is checked.
+    pub isolated_health: Duration,
     /// This instance's name, when set (else the data dir's `instance.id`).
     pub instance_id: Option<String>,
     /// How logins are limited.
@@ -455,6 +473,13 @@ impl Settings {
                 message: format!("must be 1 to {MAX_PLUGIN_TIMEOUT_SECS} seconds"),
             });
         }
+        let isolated_health = args.isolated_health.or(file.isolated_health).unwrap_or(5);
+        if isolated_health == 0 {
+            return Err(ConfigError::Invalid {
+                name: "isolated_health",
+                message: "must be at least 1 second".into(),
+            });
+        }
         let login = {
             let default = crate::auth::LoginLimits::default();
             crate::auth::LoginLimits {
@@ -525,6 +550,17 @@ impl Settings {
             trust,
             body_timeout: Duration::from_secs(body_timeout),
             plugin_timeout: Duration::from_secs(plugin_timeout),
+            isolated: crate::plugin::isolation::Isolated::parse(
+                args.isolated_plugins
+                    .as_deref()
+                    .or(file.isolated_plugins.as_deref())
+                    .unwrap_or_default(),
+            ),
+            isolated_memory_mb: args
+                .isolated_memory_mb
+                .or(file.isolated_memory_mb)
+                .unwrap_or(0),
+            isolated_health: Duration::from_secs(isolated_health),
             instance_id,
             login,
             bind: args

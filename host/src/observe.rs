@@ -138,6 +138,10 @@ fn describe() {
         "Requests answered 503 because their plugin is disabled"
     );
     describe_counter!(
+        "plughost_plugin_crashes_total",
+        "Requests answered 502 because the isolated plugin's child process died with them in flight"
+    );
+    describe_counter!(
         "plughost_plugin_timeouts_total",
         "Requests answered 504 because their handler passed its deadline (PLUGHOST_PLUGIN_TIMEOUT or the route's)"
     );
@@ -201,6 +205,7 @@ struct Handles {
     panics: Counter,
     disabled: Counter,
     timeouts: Counter,
+    crashes: Counter,
 }
 
 impl std::fmt::Debug for RouteMetrics {
@@ -248,6 +253,7 @@ impl RouteMetrics {
                 panics: metrics::counter!("plughost_plugin_panics_total", &labels),
                 disabled: metrics::counter!("plughost_plugin_disabled_total", &labels),
                 timeouts: metrics::counter!("plughost_plugin_timeouts_total", &labels),
+                crashes: metrics::counter!("plughost_plugin_crashes_total", &labels),
             }
         })
     }
@@ -266,6 +272,11 @@ impl RouteMetrics {
     /// The handler passed its deadline: the request is answered 504.
     pub fn timed_out(&self) {
         self.handles().timeouts.increment(1);
+    }
+
+    /// The plugin's child process died with the request in flight.
+    pub fn crashed(&self) {
+        self.handles().crashes.increment(1);
     }
 
     /// The handler panicked.

@@ -30,7 +30,19 @@ use super::{
     envelope::ApiError,
     limits::{Stalling, check_declared_length, may_have_body, payload_status},
 };
-use crate::{config::StatusCheck, plugin::running::router::Scope};
+use crate::{
+    config::StatusCheck,
+    plugin::{
+        isolation::{
+            CallError, Reply,
+            wire::{WirePrincipal, WireRequest},
+        },
+        running::{
+            registry::Code,
+            router::{Scope, Target},
+        },
+    },
+};
 
 /// The dispatcher for one scope: the admin scope's default service serves
 /// extend-level routes, the app's default service app-level ones.
@@ -192,6 +204,84 @@ async fn answer(scope: Scope, req: &HttpRequest, payload: &mut Payload) -> HttpR
         None => ROption::RNone,
     };
     let trace = envelope::trace_id();
+    let deadline = target.timeout.unwrap_or(state.plugin_timeout);
+    let module = match &plugin.code {
+        Code::Native(module) => *module,
+        Code::Isolated(child) => {
+            let request = WireRequest {
+                method: req.method().as_str().to_owned(),
+                path: path.to_owned(),
+                query: req.query_string().to_owned(),
+                params: matched
+                    .params
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+                headers: req
+                    .headers()
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                    .collect(),
+                principal: caller.as_ref().map(|p| WirePrincipal {
+                    user_id: p.user_id,
+                    username: p.username.clone(),
+                    superuser: p.superuser,
+                    permissions: p.permissions.to_vec(),
+                }),
+                trace_id: trace.as_str().to_owned(),
+            };
+            let call = child.call(target.handler, request, body.to_vec());
+            return match tokio::time::timeout(deadline, call).await {
+                Err(_) => timed_out(req, target, deadline, trace.as_str()),
+                Ok(Err(CallError::Down(why))) => {
+                    let mut answer = envelope::error_traced(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &why,
+                        trace.as_str(),
+                    );
+                    answer.headers_mut().insert(
+                        actix_web::http::header::RETRY_AFTER,
+                        HeaderValue::from_static("1"),
+                    );
+                    answer
+                }
+                Ok(Ok(Reply::Crashed(reason))) => {
+                    target.metrics.crashed();
+                    envelope::error_traced(
+                        StatusCode::BAD_GATEWAY,
+                        &format!(
+                            "plugin '{}' crashed while answering: its child process {reason}; it is restarted",
+                            plugin.name
+                        ),
+                        trace.as_str(),
+                    )
+                }
+                Ok(Ok(Reply::Answer {
+                    status,
+                    content_type,
+                    headers,
+                    body,
+                    stream,
+                })) => {
+                    let head = headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+                    let mut response = match start_answer(
+                        status,
+                        &content_type,
+                        head,
+                        &plugin.name,
+                        trace.as_str(),
+                    ) {
+                        Ok(response) => response,
+                        Err(refused) => return *refused,
+                    };
+                    match stream {
+                        None => response.body(body),
+                        Some(chunks) => response.streaming(isolated_body(chunks, deadline)),
+                    }
+                }
+            };
+        }
+    };
     let raw = RawRequest {
         method: RStr::from_str(req.method().as_str()),
         path: RStr::from_str(path),
@@ -203,37 +293,13 @@ async fn answer(scope: Scope, req: &HttpRequest, payload: &mut Payload) -> HttpR
         trace_id: RStr::from_str(trace.as_str()),
         extensions: RSlice::from_slice(&[]),
     };
-    let future = (plugin.module.handle())(target.handler, &raw);
-    let deadline = target.timeout.unwrap_or(state.plugin_timeout);
+    let future = (module.handle())(target.handler, &raw);
     // The plugin catches its own panics; this is the backstop for one that
     // escapes its poll function (async_ffi re-raises it here). Past the
     // deadline the handler's future is dropped.
     match tokio::time::timeout(deadline, AssertUnwindSafe(future).catch_unwind()).await {
         Ok(Ok(response)) => into_http(response, &plugin.name, trace.as_str(), deadline),
-        Err(_) => {
-            target.metrics.timed_out();
-            let setting = if target.timeout.is_some() {
-                "the route's own timeout"
-            } else {
-                "PLUGHOST_PLUGIN_TIMEOUT"
-            };
-            tracing::warn!(
-                plugin = %plugin.name,
-                route = %target.metrics.route,
-                "the handler did not answer within {deadline:?} ({setting}); dropped"
-            );
-            envelope::error_traced(
-                StatusCode::GATEWAY_TIMEOUT,
-                &format!(
-                    "plugin '{}' did not answer {} {} within {} ({setting})",
-                    plugin.name,
-                    req.method(),
-                    target.metrics.route,
-                    humantime(deadline)
-                ),
-                trace.as_str(),
-            )
-        }
+        Err(_) => timed_out(req, target, deadline, trace.as_str()),
         Ok(Err(_)) => {
             crate::plugin::services::panic_log::panicked(
                 &plugin.name,
@@ -246,6 +312,51 @@ async fn answer(scope: Scope, req: &HttpRequest, payload: &mut Payload) -> HttpR
             )
         }
     }
+}
+
+/// The 504 of a handler past its deadline (its future is dropped).
+fn timed_out(
+    req: &HttpRequest,
+    target: &Target,
+    deadline: std::time::Duration,
+    trace: &str,
+) -> HttpResponse {
+    target.metrics.timed_out();
+    let plugin = &target.plugin.name;
+    let setting = if target.timeout.is_some() {
+        "the route's own timeout"
+    } else {
+        "PLUGHOST_PLUGIN_TIMEOUT"
+    };
+    tracing::warn!(
+        plugin = %plugin,
+        route = %target.metrics.route,
+        "the handler did not answer within {deadline:?} ({setting}); dropped"
+    );
+    envelope::error_traced(
+        StatusCode::GATEWAY_TIMEOUT,
+        &format!(
+            "plugin '{plugin}' did not answer {} {} within {} ({setting})",
+            req.method(),
+            target.metrics.route,
+            humantime(deadline)
+        ),
+        trace,
+    )
+}
+
+/// An isolated plugin's streamed body: its chunks as the child sends
+/// them, ended when the child ends it or sends nothing for `idle`.
+fn isolated_body(
+    chunks: tokio::sync::mpsc::Receiver<Bytes>,
+    idle: std::time::Duration,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::unfold(chunks, move |mut chunks| async move {
+        match tokio::time::timeout(idle, chunks.recv()).await {
+            Ok(Some(chunk)) => Some((Ok(chunk), chunks)),
+            _ => None,
+        }
+    })
 }
 
 /// `d` as people write it: `30s`, `1.5s`, `250ms`.
@@ -265,42 +376,14 @@ fn into_http(
     trace: &str,
     deadline: std::time::Duration,
 ) -> HttpResponse {
-    let Ok(status) = StatusCode::from_u16(raw.status) else {
-        tracing::error!(
-            plugin,
-            status = raw.status,
-            "plugin answered an invalid status"
-        );
-        return envelope::error_traced(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("plugin '{plugin}' answered invalid status {}", raw.status),
-            trace,
-        );
+    let headers = raw
+        .headers
+        .iter()
+        .map(|Tuple2(name, value)| (name.as_str(), value.as_str()));
+    let mut response = match start_answer(raw.status, &raw.content_type, headers, plugin, trace) {
+        Ok(response) => response,
+        Err(refused) => return *refused,
     };
-    let mut response = HttpResponse::build(status);
-    if raw.content_type.as_str() == "application/json" {
-        response.insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")));
-    } else if !raw.content_type.is_empty() {
-        match HeaderValue::from_str(&raw.content_type) {
-            Ok(value) => {
-                response.insert_header((CONTENT_TYPE, value));
-            }
-            Err(_) => tracing::warn!(plugin, "plugin answered an invalid content type; dropped"),
-        }
-    }
-    for Tuple2(name, value) in raw.headers {
-        match (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            (Ok(name), Ok(value)) => {
-                response.append_header((name, value));
-            }
-            _ => {
-                tracing::warn!(plugin, header = %name, "plugin answered an invalid header; dropped")
-            }
-        }
-    }
     // A body the plugin sends as it goes (a stream it opened).
     let stream = raw
         .extensions
@@ -320,7 +403,51 @@ fn into_http(
     response.body(Bytes::from_owner(raw.body))
 }
 
-fn header_source(headers: &HeaderMap) -> HeaderSource<'_> {
+/// The head of a plugin's answer: its status, content type and headers
+/// (invalid ones dropped and logged); an invalid status is a 500.
+fn start_answer<'a>(
+    status: u16,
+    content_type: &str,
+    headers: impl Iterator<Item = (&'a str, &'a str)>,
+    plugin: &str,
+    trace: &str,
+) -> Result<actix_web::HttpResponseBuilder, Box<HttpResponse>> {
+    let Ok(status) = StatusCode::from_u16(status) else {
+        tracing::error!(plugin, status, "plugin answered an invalid status");
+        return Err(Box::new(envelope::error_traced(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("plugin '{plugin}' answered invalid status {status}"),
+            trace,
+        )));
+    };
+    let mut response = HttpResponse::build(status);
+    if content_type == "application/json" {
+        response.insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")));
+    } else if !content_type.is_empty() {
+        match HeaderValue::from_str(content_type) {
+            Ok(value) => {
+                response.insert_header((CONTENT_TYPE, value));
+            }
+            Err(_) => tracing::warn!(plugin, "plugin answered an invalid content type; dropped"),
+        }
+    }
+    for (name, value) in headers {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(name), Ok(value)) => {
+                response.append_header((name, value));
+            }
+            _ => {
+                tracing::warn!(plugin, header = %name, "plugin answered an invalid header; dropped")
+            }
+        }
+    }
+    Ok(response)
+}
+
+pub(crate) fn header_source(headers: &HeaderMap) -> HeaderSource<'_> {
     HeaderSource {
         ctx: std::ptr::from_ref(headers).cast(),
         get: header_get,

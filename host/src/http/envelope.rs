@@ -70,6 +70,18 @@ pub fn error_traced(status: StatusCode, msg: &str, trace_id: &str) -> HttpRespon
     })
 }
 
+/// An error envelope's JSON bytes (for an answer made elsewhere: an
+/// isolated plugin's child).
+pub fn error_body(status: u16, msg: &str, trace_id: &str) -> Vec<u8> {
+    serde_json::to_vec(&Envelope {
+        code: status,
+        msg,
+        data: (),
+        trace_id: Some(trace_id),
+    })
+    .unwrap_or_default()
+}
+
 /// An error of a core route, rendered as an envelope.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]

@@ -304,6 +304,16 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
              Change it with `plughost user passwd admin --password NEW`.\n"
         );
     }
+    crate::plugin::isolation::configure(
+        core.settings.isolated.clone(),
+        crate::plugin::isolation::IsolationConfig {
+            exe: std::env::current_exe()?,
+            serve_args: crate::plugin::isolation::serve_args(),
+            run_dir: core.settings.data_dir.join("run"),
+            memory_mb: core.settings.isolated_memory_mb,
+            health_every: core.settings.isolated_health,
+        },
+    );
     let plugins = core.plugins().await?;
     let settings = core.settings;
     // Start hooks run before the server takes requests; plugin tasks run

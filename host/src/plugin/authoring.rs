@@ -272,7 +272,7 @@ fn inspect(candidate: &Candidate, trust: &TrustPolicy) -> Inspection {
     };
     report.version = Some(loaded.manifest.version.to_string());
     report.contract.clone_from(&loaded.contract);
-    let routers = (loaded.module.routers())().into_vec();
+    let routers = loaded.code().routers();
     match registry::plugin_routes(name, &loaded.manifest, &routers) {
         Ok(routes) => {
             let probe = registry::probe_plugin(name, &loaded);
@@ -283,7 +283,7 @@ fn inspect(candidate: &Candidate, trust: &TrustPolicy) -> Inspection {
         }
         Err(e) => report.problems.push(e.to_string()),
     }
-    let scripts = Scripts::new(dir, registry::embedded_files(loaded.module));
+    let scripts = Scripts::new(dir, loaded.code().files());
     inspect_sql(&scripts, &loaded.manifest, &mut report);
     report
 }

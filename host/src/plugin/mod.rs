@@ -3,6 +3,7 @@
 //! [`PluginHost`] is the one facade the HTTP layer and the CLI use.
 
 pub mod authoring;
+pub mod isolation;
 pub mod lifecycle;
 pub mod loading;
 pub mod running;
@@ -600,19 +601,40 @@ fn list_item(record: &PluginRecord, required: bool, revision: i64) -> Value {
                 );
                 map.insert("identity".into(), Value::from(p.manifest.identity.clone()));
                 let hooks: Vec<&str> = [
-                    ("authenticate", p.module.authenticate().flatten().is_some()),
-                    ("authorize", p.module.authorize().flatten().is_some()),
+                    ("authenticate", p.code.hooks().0),
+                    ("authorize", p.code.hooks().1),
                 ]
                 .into_iter()
                 .filter_map(|(hook, has)| has.then_some(hook))
                 .collect();
                 map.insert("access_hooks".into(), Value::from(hooks));
+                let isolated = match &p.code {
+                    running::registry::Code::Native(_) => Value::Null,
+                    running::registry::Code::Isolated(child) => {
+                        let (crashes, last_crash, gave_up) = child.crashes();
+                        serde_json::json!({
+                            "pid": child.pid(),
+                            "crashes": crashes,
+                            "last_crash": last_crash,
+                            "gave_up": gave_up,
+                        })
+                    }
+                };
+                map.insert("isolated".into(), isolated);
             }
-            (
-                value,
-                if enabled { "loaded" } else { "disabled" },
-                Value::Null,
-            )
+            // A child given up on after a crash loop serves nothing.
+            let gave_up = match &p.code {
+                running::registry::Code::Isolated(child) => child.crashes().2,
+                running::registry::Code::Native(_) => None,
+            };
+            match gave_up {
+                Some(why) => (value, "error", Value::from(why)),
+                None => (
+                    value,
+                    if enabled { "loaded" } else { "disabled" },
+                    Value::Null,
+                ),
+            }
         }
         (PluginState::Failed(reason), Some(m)) => (
             m.flag_value(&record.name, false),

@@ -647,7 +647,7 @@ impl PluginHost {
                 .and_then(PluginRecord::loaded)
                 .ok_or_else(|| LifecycleError::Io(format!("plugin '{name}' is not loaded")))?;
             (
-                plugin.module.manifest().as_str().to_owned(),
+                plugin.code.manifest_text(),
                 plugin.manifest.version.to_string(),
             )
         };

@@ -26,8 +26,6 @@ pub mod package;
 pub mod sql;
 pub mod store;
 
-use plugin_api::abi::PluginModRef;
-
 use crate::plugin::{
     PluginError, PluginHost,
     loading::{
@@ -439,7 +437,10 @@ impl PluginHost {
             ms = started.elapsed().as_millis(),
             "library opened"
         );
-        let mut loaded = opened.map_err(|reason| LifecycleError::refused(name, reason))?;
+        let loaded = opened.map_err(|reason| LifecycleError::refused(name, reason))?;
+        let mut loaded = registry::start_isolated(name, loaded)
+            .await
+            .map_err(|reason| LifecycleError::refused(name, reason))?;
         let version = loaded.manifest.version;
 
         // What is installed under that name now.
@@ -498,7 +499,7 @@ impl PluginHost {
             }
         }
         // Routes: checked against everything else before anything moves.
-        let routers = (loaded.module.routers())().into_vec();
+        let routers = loaded.code().routers();
         let routes = registry::plugin_routes(name, &loaded.manifest, &routers)
             .map_err(|reason| LifecycleError::refused(name, reason))?;
         let table = self.routes();
@@ -662,7 +663,7 @@ impl PluginHost {
             }
         };
         let manifest = plugin.manifest.clone();
-        let text = plugin.module.manifest().as_str().to_owned();
+        let text = plugin.code.manifest_text();
         let left = self.set.mount(
             PluginRecord {
                 name: name.to_owned(),
@@ -903,7 +904,7 @@ impl PluginHost {
             .records()
             .get(name)
             .and_then(PluginRecord::loaded)
-            .map(|p| registry::embedded_files(p.module))
+            .map(|p| p.code.files())
             .unwrap_or_default();
 
         // Routes go first, then the files: from here on nothing serves it.
@@ -955,8 +956,8 @@ impl PluginHost {
         })?;
         Ok(package::PackSource::Library {
             path: record.source.clone(),
-            manifest: p.module.manifest().as_str().to_owned(),
-            readme: readme_of(name, p.module, &p.manifest.json),
+            manifest: p.code.manifest_text(),
+            readme: readme_of(name, &p.code, &p.manifest.json),
         })
     }
 
@@ -1003,8 +1004,8 @@ impl PluginHost {
 /// The README of plugin `name` when it is packed from a lone library: the
 /// one the library embeds (`readme:` in `export_plugin!`), else a heading
 /// and the manifest's `plugin.summary`.
-fn readme_of(name: &str, module: PluginModRef, manifest: &serde_json::Value) -> String {
-    registry::embedded_files(module)
+fn readme_of(name: &str, code: &registry::Code, manifest: &serde_json::Value) -> String {
+    code.files()
         .remove(plugin_api::abi::README_PATH)
         .unwrap_or_else(|| {
             let summary = manifest

@@ -616,7 +616,7 @@ fn probe(exe: &Path, library: &Path) -> Result<(), Probe> {
     }))
 }
 
-fn signal_name(signal: i32) -> &'static str {
+pub(crate) fn signal_name(signal: i32) -> &'static str {
     match signal {
         4 => "SIGILL",
         6 => "SIGABRT",

@@ -60,8 +60,8 @@ impl PluginHost {
             ordered.iter().filter(|p| has(p)).cloned().collect()
         };
         self.access.store(Arc::new(AccessHooks {
-            authenticators: with(|p| p.module.authenticate().flatten().is_some()),
-            authorizers: with(|p| p.module.authorize().flatten().is_some()),
+            authenticators: with(|p| p.code.hooks().0),
+            authorizers: with(|p| p.code.hooks().1),
         }));
     }
 
@@ -95,7 +95,11 @@ impl PluginHost {
     ) -> Result<Option<(String, i64)>, Refused> {
         let hooks = self.access.load_full();
         for plugin in hooks.authenticators.iter().filter(|p| p.enabled()) {
-            let Some(hook) = plugin.module.authenticate().flatten() else {
+            let Some(hook) = plugin
+                .code
+                .native()
+                .and_then(|m| m.authenticate().flatten())
+            else {
                 continue;
             };
             let answer = AssertUnwindSafe(hook(RString::from(authorization)))
@@ -149,7 +153,7 @@ impl PluginHost {
         })
         .unwrap_or_default();
         for plugin in enabled {
-            let Some(hook) = plugin.module.authorize().flatten() else {
+            let Some(hook) = plugin.code.native().and_then(|m| m.authorize().flatten()) else {
                 continue;
             };
             let answer = AssertUnwindSafe(hook(RString::from(call.as_str())))

@@ -9,9 +9,91 @@ use std::{
     },
 };
 
-use plugin_api::abi::PluginModRef;
+use std::collections::BTreeMap;
 
-use crate::plugin::{loading::manifest::PluginManifest, services::lifespan};
+use plugin_api::abi::{PluginModRef, RouterSpec};
+
+use crate::plugin::{isolation::Supervisor, loading::manifest::PluginManifest, services::lifespan};
+
+/// Where a plugin's code runs.
+#[derive(Clone)]
+pub enum Code {
+    /// In this process: the library's root module.
+    Native(PluginModRef),
+    /// In a supervised child process.
+    Isolated(Arc<Supervisor>),
+}
+
+impl std::fmt::Debug for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Native(_) => f.write_str("Native"),
+            Self::Isolated(child) => f.debug_tuple("Isolated").field(child).finish(),
+        }
+    }
+}
+
+impl Code {
+    /// The root module, when the code runs here.
+    pub fn native(&self) -> Option<PluginModRef> {
+        match self {
+            Self::Native(module) => Some(*module),
+            Self::Isolated(_) => None,
+        }
+    }
+
+    /// The manifest the library embeds.
+    pub fn manifest_text(&self) -> String {
+        match self {
+            Self::Native(module) => module.manifest().as_str().to_owned(),
+            Self::Isolated(child) => child.hello().manifest.clone(),
+        }
+    }
+
+    /// The files the library embeds (README, SQL scripts), by path.
+    pub fn files(&self) -> BTreeMap<String, String> {
+        match self {
+            Self::Native(module) => super::registry::embedded_files(*module),
+            Self::Isolated(child) => child.hello().files.clone(),
+        }
+    }
+
+    /// The library's routers.
+    pub fn routers(&self) -> Vec<RouterSpec> {
+        match self {
+            Self::Native(module) => (module.routers())().into_vec(),
+            Self::Isolated(child) => child
+                .hello()
+                .routers
+                .iter()
+                .map(|r| r.clone().into_spec())
+                .collect(),
+        }
+    }
+
+    /// Whether it has an authenticator and an authorizer.
+    pub fn hooks(&self) -> (bool, bool) {
+        match self {
+            Self::Native(module) => (
+                module.authenticate().flatten().is_some(),
+                module.authorize().flatten().is_some(),
+            ),
+            Self::Isolated(child) => (child.hello().authenticate, child.hello().authorize),
+        }
+    }
+
+    /// Runs its init hook.
+    pub async fn init(&self) -> Result<(), String> {
+        match self {
+            Self::Native(module) => match (module.init())(crate::plugin::services::host_services())
+            {
+                abi_stable::std_types::RResult::ROk(()) => Ok(()),
+                abi_stable::std_types::RResult::RErr(message) => Err(message.into_string()),
+            },
+            Self::Isolated(child) => child.init().await,
+        }
+    }
+}
 
 /// A plugin whose library is loaded and initialised.
 pub struct LoadedPlugin {
@@ -19,8 +101,8 @@ pub struct LoadedPlugin {
     pub name: String,
     /// Its validated manifest.
     pub manifest: PluginManifest,
-    /// The library's root module.
-    pub module: PluginModRef,
+    /// Its code: the library's root module, or its child process.
+    pub code: Code,
     /// The library file in the plugin dir.
     pub library: PathBuf,
     /// The sha256 of the library's bytes (its private copy is what is mapped).
@@ -41,11 +123,20 @@ impl LoadedPlugin {
     /// Sets the cached flag (after the store has recorded it).
     pub fn set_enabled(&self, enabled: bool) {
         self.enabled.store(enabled, Ordering::Release);
+        if let Code::Isolated(child) = &self.code {
+            child.set_enabled(enabled);
+        }
     }
 
     /// Starts this plugin's run (its start hook); a plugin runs once at a time.
     pub(crate) async fn start(&self) -> Result<(), lifespan::StartError> {
-        let run = lifespan::start(&self.name, self.module, self.enabled.clone()).await?;
+        let module = match &self.code {
+            Code::Native(module) => *module,
+            Code::Isolated(child) => {
+                return child.start().await.map_err(lifespan::StartError::Failed);
+            }
+        };
+        let run = lifespan::start(&self.name, module, self.enabled.clone()).await?;
         if let Some(earlier) = self.run.lock().expect("run lock").replace(run) {
             tracing::warn!(plugin = self.name, run = earlier.id(), "started twice");
         }
@@ -55,9 +146,17 @@ impl LoadedPlugin {
     /// Stops this plugin's run, if it has one: its stop hook, then its
     /// tasks are cancelled.
     pub(crate) async fn stop(&self) {
+        let module = match &self.code {
+            Code::Native(module) => *module,
+            Code::Isolated(child) => {
+                child.stop().await;
+                tracing::info!(plugin = self.name, "stopped (its child process with it)");
+                return;
+            }
+        };
         let run = self.run.lock().expect("run lock").take();
         if let Some(run) = run {
-            lifespan::stop(&run, self.module).await;
+            lifespan::stop(&run, module).await;
             tracing::info!(plugin = self.name, "stopped");
         }
     }
@@ -78,7 +177,7 @@ impl LoadedPlugin {
     pub(crate) fn new(
         name: &str,
         manifest: PluginManifest,
-        module: PluginModRef,
+        code: Code,
         library: PathBuf,
         digest: String,
         signer: Option<String>,
@@ -87,7 +186,7 @@ impl LoadedPlugin {
         Self {
             name: name.to_owned(),
             manifest,
-            module,
+            code,
             library,
             digest,
             signer,

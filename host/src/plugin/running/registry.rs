@@ -11,11 +11,11 @@ use std::{
     sync::Arc,
 };
 
-use abi_stable::std_types::{RResult, Tuple2};
+use abi_stable::std_types::Tuple2;
 use actix_web::http::Method;
 use plugin_api::abi::{PluginModRef, RouteSpec, RouterSpec};
 
-pub use super::loaded::LoadedPlugin;
+pub use super::loaded::{Code, LoadedPlugin};
 use super::router::{
     ADMIN_SCOPE, ADMIN_SYS_PREFIX, MountedRoute, RouteDoc, RouteError, RouteTable,
     RouteTableBuilder, Scope, check_route_path, join_path,
@@ -32,7 +32,6 @@ use crate::plugin::{
         },
         trust::{self, TrustError, Verdict},
     },
-    services::host_services,
 };
 
 /// Why a plugin is refused: listed with it, and a 422 for an install.
@@ -160,6 +159,9 @@ pub enum Refusal {
         /// The parse error.
         message: String,
     },
+    /// The plugin cannot run isolated (or its child failed to start).
+    #[error("isolated: {0}")]
+    Isolated(String),
     /// A route's option is not a value the host takes.
     #[error("router '{router}', route {method} '{path}': {message}")]
     RouteOption {
@@ -283,7 +285,11 @@ struct Pending {
 
 /// A plugin whose library is open and checked, not yet mounted.
 pub(crate) struct Loaded {
-    pub(crate) module: PluginModRef,
+    /// Its code; `None` until the child of an isolated plugin runs
+    /// ([`start_isolated`]).
+    pub(crate) code: Option<Code>,
+    /// What starting an isolated plugin's child takes.
+    pub(crate) child: Option<ChildToStart>,
     pub(crate) library: PathBuf,
     pub(crate) digest: String,
     /// The trusted key that signed the plugin's package, if any.
@@ -295,13 +301,81 @@ pub(crate) struct Loaded {
     pub(crate) dir: Option<PathBuf>,
 }
 
+/// An isolated plugin's child, to be started: its library copy, and the
+/// contract its signature names (checked against the child's report).
+pub(crate) struct ChildToStart {
+    copy: PathBuf,
+    layout_checked: bool,
+    config: crate::plugin::isolation::IsolationConfig,
+    signed_contract: Option<String>,
+}
+
+impl Loaded {
+    /// Its code (a loaded plugin's is known once [`start_isolated`] ran).
+    pub(crate) fn code(&self) -> &Code {
+        self.code
+            .as_ref()
+            .expect("an isolated plugin's child is started before its code is used")
+    }
+}
+
+/// Starts the child of `loaded`, if it runs isolated, and checks what the
+/// child reports against the shipped manifest and the signature; a
+/// plugin in process is answered as it is.
+pub(crate) async fn start_isolated(name: &str, mut loaded: Loaded) -> Result<Loaded, Refusal> {
+    let Some(child) = loaded.child.take() else {
+        return Ok(loaded);
+    };
+    let supervisor = crate::plugin::isolation::Supervisor::spawn(
+        name,
+        child.copy,
+        child.layout_checked,
+        child.config,
+    )
+    .await
+    .map_err(Refusal::Isolated)?;
+    let hello = supervisor.hello();
+    if hello.name != name {
+        return Err(Refusal::NameMismatch {
+            declared: hello.name.clone(),
+            installed: name.to_owned(),
+        });
+    }
+    if let Some(signed) = child.signed_contract
+        && signed != hello.contract
+    {
+        return Err(TrustError::Contract {
+            plugin: name.to_owned(),
+            signed,
+            built: hello.contract.clone(),
+        }
+        .into());
+    }
+    let built = PluginManifest::parse(&hello.manifest).map_err(Refusal::EmbeddedManifest)?;
+    if built.version != loaded.manifest.version {
+        return Err(Refusal::VersionMismatch {
+            shipped: loaded.manifest.version.to_string(),
+            built: built.version.to_string(),
+        });
+    }
+    let (authenticate, authorize) = (hello.authenticate, hello.authorize);
+    if authenticate || authorize {
+        return Err(Refusal::Isolated(
+            "its authenticator or authorizer cannot run isolated yet: run it in process (leave it out of PLUGHOST_ISOLATED_PLUGINS)".into(),
+        ));
+    }
+    loaded.contract = Some(hello.contract.clone());
+    loaded.code = Some(Code::Isolated(supervisor));
+    Ok(loaded)
+}
+
 /// A stand-in for `loaded`, to try its routes against a table before
 /// anything is mounted (disabled, never served).
 pub(crate) fn probe_plugin(name: &str, loaded: &Loaded) -> Arc<LoadedPlugin> {
     Arc::new(LoadedPlugin::new(
         name,
         loaded.manifest.clone(),
-        loaded.module,
+        loaded.code().clone(),
         loaded.library.clone(),
         loaded.digest.clone(),
         loaded.signer.clone(),
@@ -434,6 +508,42 @@ pub(crate) fn open_checked(
         Ok(checked) => checked,
         Err(e) => return (file_manifest, Err(e)),
     };
+    if let Some(config) = crate::plugin::isolation::config_for(&candidate.name) {
+        // Isolated: the child opens the library; this process never maps it.
+        let Some(manifest) = file_manifest else {
+            return (
+                None,
+                Err(Refusal::Isolated(format!(
+                    "the lone library {} cannot run isolated: install it as a package or a directory with its plugin.toml",
+                    library.display()
+                ))),
+            );
+        };
+        let signed_contract = match &verdict {
+            Verdict::Signed { statement, .. } => Some(statement.contract.clone()),
+            _ => None,
+        };
+        let loaded = Loaded {
+            code: None,
+            child: Some(ChildToStart {
+                layout_checked: copy.layout
+                    == crate::plugin::loading::loader::LayoutCheck::AlreadyPassed,
+                copy: copy.path,
+                config,
+                signed_contract,
+            }),
+            library,
+            digest: copy.digest,
+            signer: verdict.signer().map(str::to_owned),
+            contract: None,
+            manifest: manifest.clone(),
+            dir: match &candidate.source {
+                Source::Directory(dir) => Some(dir.clone()),
+                Source::Library(_) => None,
+            },
+        };
+        return (Some(manifest), Ok(loaded));
+    }
     let opened = load_library(&copy.path, copy.layout).map_err(|e| e.naming(&library));
     if opened.is_ok() {
         cache.layout_passed(&copy);
@@ -495,7 +605,8 @@ pub(crate) fn open_checked(
         Source::Library(_) => None,
     };
     let loaded = Loaded {
-        module,
+        code: Some(Code::Native(module)),
+        child: None,
         library,
         digest,
         signer,
@@ -754,6 +865,10 @@ pub async fn load_all(
     let unique: Vec<&Candidate> = first.into_values().collect();
     let mut pending: BTreeMap<String, Pending> = BTreeMap::new();
     for (candidate, (manifest, result)) in unique.iter().zip(open_all(&unique, cache)) {
+        let result = match result {
+            Ok(loaded) => start_isolated(&candidate.name, loaded).await,
+            Err(e) => Err(e),
+        };
         pending.insert(
             candidate.name.clone(),
             Pending {
@@ -864,8 +979,7 @@ pub(crate) async fn mount(
 ) -> Result<Arc<LoadedPlugin>, Refusal> {
     // The plugin's scripts, read once from its directory and its library
     // (only where there is a database to run them on).
-    let scripts =
-        db.map(|_| sql::Scripts::new(loaded.dir.as_deref(), embedded_files(loaded.module)));
+    let scripts = db.map(|_| sql::Scripts::new(loaded.dir.as_deref(), loaded.code().files()));
     if let (Some(db), Some(scripts)) = (db, &scripts) {
         let backend = db.backend().name();
         let declared = &loaded.manifest.databases;
@@ -886,12 +1000,13 @@ pub(crate) async fn mount(
             });
         }
     }
-    let routers: Vec<RouterSpec> = (loaded.module.routers())().into_vec();
+    let routers: Vec<RouterSpec> = loaded.code().routers();
     let routes = plugin_routes(name, &loaded.manifest, &routers)?;
+    let code = loaded.code().clone();
     let plugin = Arc::new(LoadedPlugin::new(
         name,
         loaded.manifest,
-        loaded.module,
+        code,
         loaded.library,
         loaded.digest,
         loaded.signer,
@@ -906,11 +1021,11 @@ pub(crate) async fn mount(
             return Err(e.into());
         }
     }
-    match (plugin.module.init())(host_services()) {
-        RResult::ROk(()) => Ok(plugin),
-        RResult::RErr(message) => {
+    match plugin.code.init().await {
+        Ok(()) => Ok(plugin),
+        Err(message) => {
             builder.remove_last();
-            Err(Refusal::Init(message.into_string()))
+            Err(Refusal::Init(message))
         }
     }
 }

@@ -101,6 +101,11 @@ fn limits() -> PluginRunLimits {
     LIMITS.get().copied().unwrap_or_default()
 }
 
+/// How long a start or stop hook may take.
+pub fn hook_timeout() -> Duration {
+    limits().hook_timeout
+}
+
 /// Why a run could not start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StartError {

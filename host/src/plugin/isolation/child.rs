@@ -1,0 +1,401 @@
+//! The child process of an isolated plugin (`plughost isolated-plugin`):
+//! the host re-executed with the host's settings. It dies with the host,
+//! caps its own memory, opens the library through the host's checks,
+//! reports what the host needs to mount it, and serves the plugin's
+//! requests from the socket. Every host service the plugin calls runs
+//! here, on this process's own connections (see docs/decisions.md).
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    path::{Path, PathBuf},
+    rc::Rc,
+    sync::{Arc, atomic::AtomicBool},
+};
+
+use abi_stable::std_types::{ROption, RResult, RSlice, RStr, Tuple2};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use futures_util::FutureExt as _;
+use plugin_api::abi::{PluginModRef, Principal as AbiPrincipal, RawRequest, StrPair};
+use tokio::{net::UnixStream, sync::mpsc};
+
+use super::wire::{self, Hello, ToChild, ToHost, WireRequest, WireRouter};
+use crate::{
+    config::Settings,
+    plugin::{
+        loading::{
+            loader::{LayoutCheck, load_library},
+            manifest::PluginManifest,
+        },
+        running::registry::embedded_files,
+        services::{self, lifespan},
+    },
+};
+
+/// What the host tells the child to open.
+#[derive(Debug, Clone)]
+pub struct ChildArgs {
+    /// The socket the host listens on.
+    pub socket: PathBuf,
+    /// The library's private copy.
+    pub library: PathBuf,
+    /// The plugin's name.
+    pub name: String,
+    /// Whether this binary compared the library's layout already.
+    pub layout_checked: bool,
+    /// The address space cap, in MiB (0: none).
+    pub memory_mb: u64,
+}
+
+/// Runs the child until the host closes the socket; the exit code says
+/// how it ended.
+pub fn main(args: ChildArgs, settings: Settings) -> std::process::ExitCode {
+    if let Err(e) = die_with_parent() {
+        eprintln!("isolated plugin {}: {e}", args.name);
+        return std::process::ExitCode::FAILURE;
+    }
+    if args.memory_mb > 0
+        && let Err(e) = cap_memory(args.memory_mb)
+    {
+        eprintln!("isolated plugin {}: {e}", args.name);
+        return std::process::ExitCode::FAILURE;
+    }
+    let outcome = actix_web::rt::System::new().block_on(serve(args.clone(), settings));
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(plugin = args.name, "isolated plugin: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGKILL when the host dies, however it dies; an orphan already (the
+/// host died before this ran) exits at once.
+fn die_with_parent() -> std::io::Result<()> {
+    let parent = rustix::process::getppid();
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    if rustix::process::getppid() != parent {
+        return Err(std::io::Error::other(
+            "the host exited before its child started",
+        ));
+    }
+    Ok(())
+}
+
+/// Caps this process's address space at `mb` MiB (RLIMIT_AS): past it an
+/// allocation fails and the plugin aborts, which the host sees as a crash.
+fn cap_memory(mb: u64) -> std::io::Result<()> {
+    let bytes = mb.saturating_mul(1 << 20);
+    rustix::process::setrlimit(
+        rustix::process::Resource::As,
+        rustix::process::Rlimit {
+            current: Some(bytes),
+            maximum: Some(bytes),
+        },
+    )
+    .map_err(std::io::Error::from)
+}
+
+type Writer = mpsc::UnboundedSender<(ToHost, Vec<u8>)>;
+
+/// The child forwards a stream's chunks as they come; the host holds it
+/// to the request's deadline.
+const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
+async fn serve(args: ChildArgs, settings: Settings) -> anyhow::Result<()> {
+    let stream = UnixStream::connect(&args.socket).await?;
+    let (mut reader, mut writer_half) = stream.into_split();
+    let (writer, mut outbox) = mpsc::unbounded_channel::<(ToHost, Vec<u8>)>();
+    let writing = actix_web::rt::spawn(async move {
+        while let Some((head, body)) = outbox.recv().await {
+            if wire::write(&mut writer_half, &head, &body).await.is_err() {
+                return;
+            }
+        }
+    });
+    let plugin = match open(&args, settings).await {
+        Ok(plugin) => plugin,
+        Err(reason) => {
+            let _ = writer.send((ToHost::Refused { reason }, Vec::new()));
+            drop(writer);
+            let _ = writing.await;
+            return Ok(());
+        }
+    };
+    let _ = writer.send((ToHost::Hello(Box::new(plugin.hello())), Vec::new()));
+    let plugin = Rc::new(plugin);
+    let in_flight: Rc<RefCell<HashMap<u64, actix_web::rt::task::JoinHandle<()>>>> = Rc::default();
+    while let Some((message, body)) = wire::read::<ToChild, _>(&mut reader).await? {
+        match message {
+            ToChild::Init => {
+                let error = match (plugin.module.init())(services::host_services()) {
+                    RResult::ROk(()) => None,
+                    RResult::RErr(e) => Some(e.into_string()),
+                };
+                done(&writer, "init", error);
+            }
+            ToChild::Start => {
+                let error = plugin.start().await.err();
+                done(&writer, "start", error);
+            }
+            ToChild::Stop => {
+                plugin.stop().await;
+                done(&writer, "stop", None);
+            }
+            ToChild::Enabled { enabled } => plugin
+                .enabled
+                .store(enabled, std::sync::atomic::Ordering::Release),
+            ToChild::Ping { id } => {
+                let _ = writer.send((ToHost::Pong { id }, Vec::new()));
+            }
+            ToChild::Cancel { id } => {
+                if let Some(task) = in_flight.borrow_mut().remove(&id) {
+                    task.abort();
+                }
+            }
+            ToChild::Request {
+                id,
+                handler,
+                request,
+            } => {
+                let (plugin, writer, tasks) = (plugin.clone(), writer.clone(), in_flight.clone());
+                let task = actix_web::rt::spawn(async move {
+                    answer(&plugin, &writer, id, handler, *request, body).await;
+                    tasks.borrow_mut().remove(&id);
+                });
+                in_flight.borrow_mut().insert(id, task);
+            }
+        }
+    }
+    // The host closed the socket: stop what still runs, then exit.
+    plugin.stop().await;
+    Ok(())
+}
+
+fn done(writer: &Writer, step: &str, error: Option<String>) {
+    let _ = writer.send((
+        ToHost::Done {
+            step: step.to_owned(),
+            error,
+        },
+        Vec::new(),
+    ));
+}
+
+/// The plugin this child serves.
+struct Opened {
+    name: String,
+    module: PluginModRef,
+    contract: String,
+    manifest: String,
+    enabled: Arc<AtomicBool>,
+    run: RefCell<Option<Arc<lifespan::Run>>>,
+}
+
+impl Opened {
+    fn hello(&self) -> Hello {
+        let routers = (self.module.routers())()
+            .iter()
+            .map(WireRouter::from_spec)
+            .collect();
+        Hello {
+            name: self.name.clone(),
+            contract: self.contract.clone(),
+            manifest: self.manifest.clone(),
+            files: embedded_files(self.module),
+            routers,
+            authenticate: self.module.authenticate().flatten().is_some(),
+            authorize: self.module.authorize().flatten().is_some(),
+            pid: std::process::id(),
+        }
+    }
+
+    async fn start(&self) -> Result<(), String> {
+        let run = lifespan::start(&self.name, self.module, self.enabled.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        *self.run.borrow_mut() = Some(run);
+        Ok(())
+    }
+
+    async fn stop(&self) {
+        let run = self.run.borrow_mut().take();
+        if let Some(run) = run {
+            lifespan::stop(&run, self.module).await;
+        }
+    }
+}
+
+/// Opens the library and readies the host services for it.
+async fn open(args: &ChildArgs, settings: Settings) -> Result<Opened, String> {
+    let limits = settings.plugin_runs;
+    let core = crate::runtime::Core::open(settings)
+        .await
+        .map_err(|e| format!("the child cannot reach the host's services: {e:#}"))?;
+    let check = if args.layout_checked {
+        LayoutCheck::AlreadyPassed
+    } else {
+        LayoutCheck::Run
+    };
+    let opened = load_library(&args.library, check).map_err(|e| e.to_string())?;
+    let declared = opened.module.name().as_str().to_owned();
+    if declared != args.name {
+        return Err(format!(
+            "the library declares plugin '{declared}', not '{}'",
+            args.name
+        ));
+    }
+    let text = opened.module.manifest().as_str().to_owned();
+    let manifest = PluginManifest::parse(&text).map_err(|e| format!("embedded manifest: {e}"))?;
+    publish_services(&args.name, &manifest);
+    lifespan::serve_here(limits);
+    crate::events::serve();
+    drop(core);
+    Ok(Opened {
+        name: args.name.clone(),
+        module: opened.module,
+        contract: opened.contract,
+        manifest: text,
+        enabled: Arc::new(AtomicBool::new(true)),
+        run: RefCell::new(None),
+    })
+}
+
+/// What the host services know of the one plugin here.
+fn publish_services(name: &str, manifest: &PluginManifest) {
+    fn one<T>(name: &str, value: T) -> HashMap<String, T> {
+        HashMap::from([(name.to_owned(), value)])
+    }
+    services::publish(1, one(name, manifest.settings.clone()));
+    services::events::publish_declared(one(name, manifest.events.clone()));
+    services::identity::publish_declared(one(name, manifest.identity.clone()));
+    services::http::publish(one(name, services::http::allowed_for(name, &manifest.http)));
+}
+
+/// Calls handler `handler` with `request` and sends its answer.
+async fn answer(
+    plugin: &Opened,
+    writer: &Writer,
+    id: u64,
+    handler: u32,
+    request: WireRequest,
+    body: Vec<u8>,
+) {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &request.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let params: Vec<StrPair<'_>> = request
+        .params
+        .iter()
+        .map(|(name, value)| StrPair {
+            name: RStr::from_str(name),
+            value: RStr::from_str(value),
+        })
+        .collect();
+    let permissions: Vec<RStr<'_>> = request
+        .principal
+        .as_ref()
+        .map(|p| p.permissions.iter().map(|s| RStr::from_str(s)).collect())
+        .unwrap_or_default();
+    let principal = match &request.principal {
+        Some(p) => ROption::RSome(AbiPrincipal {
+            user_id: p.user_id,
+            username: RStr::from_str(&p.username),
+            superuser: p.superuser,
+            permissions: RSlice::from_slice(&permissions),
+        }),
+        None => ROption::RNone,
+    };
+    let raw = RawRequest {
+        method: RStr::from_str(&request.method),
+        path: RStr::from_str(&request.path),
+        query: RStr::from_str(&request.query),
+        params: RSlice::from_slice(&params),
+        headers: crate::http::dispatch::header_source(&headers),
+        body: RSlice::from_slice(&body),
+        principal,
+        trace_id: RStr::from_str(&request.trace_id),
+        extensions: RSlice::from_slice(&[]),
+    };
+    let future = (plugin.module.handle())(handler, &raw);
+    let response = match std::panic::AssertUnwindSafe(future).catch_unwind().await {
+        Ok(response) => response,
+        Err(_) => {
+            let _ = writer.send((
+                ToHost::Response {
+                    id,
+                    status: 500,
+                    content_type: "application/json".into(),
+                    headers: Vec::new(),
+                    stream: false,
+                },
+                crate::http::envelope::error_body(
+                    500,
+                    &format!("internal error in plugin '{}'", plugin.name),
+                    &request.trace_id,
+                ),
+            ));
+            return;
+        }
+    };
+    let stream = response
+        .extensions
+        .iter()
+        .find(|Tuple2(name, _)| name.as_str() == plugin_api::abi::STREAM_EXTENSION)
+        .and_then(|Tuple2(_, id)| id.parse::<u64>().ok());
+    let head = ToHost::Response {
+        id,
+        status: response.status,
+        content_type: response.content_type.to_string(),
+        headers: response
+            .headers
+            .iter()
+            .map(|Tuple2(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        stream: stream.is_some(),
+    };
+    let Some(stream) = stream else {
+        let _ = writer.send((head, response.body.into_vec()));
+        return;
+    };
+    let Some(body) = services::streams::take_body(&plugin.name, stream, STREAM_IDLE) else {
+        let _ = writer.send((
+            ToHost::Response {
+                id,
+                status: 500,
+                content_type: "application/json".into(),
+                headers: Vec::new(),
+                stream: false,
+            },
+            crate::http::envelope::error_body(
+                500,
+                &format!(
+                    "plugin '{}' answered with stream {stream}, which it has not open",
+                    plugin.name
+                ),
+                &request.trace_id,
+            ),
+        ));
+        return;
+    };
+    let _ = writer.send((head, Vec::new()));
+    let mut body = std::pin::pin!(body);
+    while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut body).await {
+        if writer.send((ToHost::Chunk { id }, chunk.to_vec())).is_err() {
+            return;
+        }
+    }
+    let _ = writer.send((ToHost::End { id }, Vec::new()));
+}
+
+/// Where the host's socket for `name`'s next child goes.
+pub fn socket_path(run_dir: &Path, name: &str, serial: u64) -> PathBuf {
+    run_dir.join(format!("{name}-{}-{serial}.sock", std::process::id()))
+}

@@ -1,0 +1,281 @@
+//! What the host and an isolated plugin's child process say to each other
+//! over their Unix socket: frames of a JSON head and a byte body
+//! (`[u32 head length][u32 body length][head][body]`, big-endian), the
+//! body carrying request and response bodies and stream chunks unencoded.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// The largest head a frame may have.
+const MAX_HEAD: u32 = 16 << 20;
+/// The largest body a frame may have.
+const MAX_BODY: u32 = 1 << 30;
+
+/// What the host sends the child.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ToChild {
+    /// Run the plugin's init hook (after the host ran its SQL).
+    Init,
+    /// Run its start hook (and from then on its tasks and jobs).
+    Start,
+    /// Run its stop hook; the child exits once the socket closes.
+    Stop,
+    /// The plugin's flag changed.
+    Enabled {
+        /// Whether it serves.
+        enabled: bool,
+    },
+    /// A request for handler `handler`; the frame's body is its body.
+    Request {
+        /// The host's id of the exchange.
+        id: u64,
+        /// The handler id.
+        handler: u32,
+        /// What the handler reads.
+        #[serde(flatten)]
+        request: Box<WireRequest>,
+    },
+    /// The host stopped waiting for request `id` (its deadline passed, or
+    /// the client left): drop its future.
+    Cancel {
+        /// The exchange.
+        id: u64,
+    },
+    /// Are you there?
+    Ping {
+        /// Echoed in the answer.
+        id: u64,
+    },
+}
+
+/// A request's parts, owned.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct WireRequest {
+    /// Method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// Query string.
+    pub query: String,
+    /// Path parameters.
+    pub params: Vec<(String, String)>,
+    /// Headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// The caller, when authenticated.
+    pub principal: Option<WirePrincipal>,
+    /// The request's trace id.
+    pub trace_id: String,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WirePrincipal {
+    /// Id.
+    pub user_id: i64,
+    /// Login name.
+    pub username: String,
+    /// Passes every check.
+    pub superuser: bool,
+    /// Its permissions.
+    pub permissions: Vec<String>,
+}
+
+/// What the child sends the host.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ToHost {
+    /// The library is open: what the host needs to mount it.
+    Hello(Box<Hello>),
+    /// The library could not be opened or checked.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// An answer to `Init`, `Start` or `Stop`.
+    Done {
+        /// Which (`init`, `start`, `stop`).
+        step: String,
+        /// Its failure, if it failed.
+        error: Option<String>,
+    },
+    /// The head of request `id`'s answer; the frame's body is its body,
+    /// unless `stream` says chunks follow.
+    Response {
+        /// The exchange.
+        id: u64,
+        /// Status.
+        status: u16,
+        /// Content type.
+        content_type: String,
+        /// Further headers.
+        headers: Vec<(String, String)>,
+        /// Whether the body comes as `Chunk` frames, then `End`.
+        stream: bool,
+    },
+    /// A chunk of request `id`'s streamed body (the frame's body).
+    Chunk {
+        /// The exchange.
+        id: u64,
+    },
+    /// Request `id`'s streamed body ended.
+    End {
+        /// The exchange.
+        id: u64,
+    },
+    /// Here.
+    Pong {
+        /// The ping's id.
+        id: u64,
+    },
+}
+
+/// What the child reports of the plugin it opened.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    /// The name the library declares.
+    pub name: String,
+    /// The contract version it was built against.
+    pub contract: String,
+    /// The manifest it embeds.
+    pub manifest: String,
+    /// The files it embeds (README, SQL scripts), by path.
+    pub files: std::collections::BTreeMap<String, String>,
+    /// Its routers.
+    pub routers: Vec<WireRouter>,
+    /// Whether it has an authenticator.
+    pub authenticate: bool,
+    /// Whether it has an authorizer.
+    pub authorize: bool,
+    /// The child's process id.
+    pub pid: u32,
+}
+
+/// A router, as `plugin_api::abi::RouterSpec` says it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireRouter {
+    /// Name.
+    pub name: String,
+    /// Prefix.
+    pub prefix: String,
+    /// Routes.
+    pub routes: Vec<WireRoute>,
+}
+
+/// A route, as `plugin_api::abi::RouteSpec` says it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireRoute {
+    /// Method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// Handler id.
+    pub handler: u32,
+    /// Needs a caller.
+    pub auth: bool,
+    /// Needs this permission.
+    pub permission: Option<String>,
+    /// One line.
+    pub summary: String,
+    /// Its documentation and options.
+    pub extensions: Vec<(String, String)>,
+}
+
+impl WireRouter {
+    /// The router as the library gave it.
+    pub fn from_spec(spec: &plugin_api::abi::RouterSpec) -> Self {
+        Self {
+            name: spec.name.to_string(),
+            prefix: spec.prefix.to_string(),
+            routes: spec
+                .routes
+                .iter()
+                .map(|r| WireRoute {
+                    method: r.method.to_string(),
+                    path: r.path.to_string(),
+                    handler: r.handler,
+                    auth: r.auth,
+                    permission: r.permission.as_ref().map(|p| p.to_string()).into_option(),
+                    summary: r.summary.to_string(),
+                    extensions: r
+                        .extensions
+                        .iter()
+                        .map(|abi_stable::std_types::Tuple2(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The router as the host mounts a library's.
+    pub fn into_spec(self) -> plugin_api::abi::RouterSpec {
+        use abi_stable::std_types::{RString, Tuple2};
+        plugin_api::abi::RouterSpec {
+            name: self.name.into(),
+            prefix: self.prefix.into(),
+            routes: self
+                .routes
+                .into_iter()
+                .map(|r| plugin_api::abi::RouteSpec {
+                    method: r.method.into(),
+                    path: r.path.into(),
+                    handler: r.handler,
+                    auth: r.auth,
+                    permission: r.permission.map(RString::from).into(),
+                    summary: r.summary.into(),
+                    extensions: r
+                        .extensions
+                        .into_iter()
+                        .map(|(k, v)| Tuple2(k.into(), v.into()))
+                        .collect(),
+                })
+                .collect(),
+            extensions: abi_stable::std_types::RVec::new(),
+        }
+    }
+}
+
+/// A frame: a head and a body.
+pub type Frame<T> = (T, Vec<u8>);
+
+/// Writes one frame.
+pub async fn write<T: Serialize, W: tokio::io::AsyncWrite + Unpin>(
+    to: &mut W,
+    head: &T,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let head = serde_json::to_vec(head).map_err(std::io::Error::other)?;
+    let sizes = |n: usize| u32::try_from(n).map_err(|_| std::io::Error::other("frame too large"));
+    let mut prefix = [0u8; 8];
+    prefix[..4].copy_from_slice(&sizes(head.len())?.to_be_bytes());
+    prefix[4..].copy_from_slice(&sizes(body.len())?.to_be_bytes());
+    to.write_all(&prefix).await?;
+    to.write_all(&head).await?;
+    to.write_all(body).await?;
+    to.flush().await
+}
+
+/// Reads one frame; `None` at the end of the stream.
+pub async fn read<T: serde::de::DeserializeOwned, R: tokio::io::AsyncRead + Unpin>(
+    from: &mut R,
+) -> std::io::Result<Option<Frame<T>>> {
+    let mut prefix = [0u8; 8];
+    match from.read_exact(&mut prefix).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let head_len = u32::from_be_bytes(prefix[..4].try_into().expect("4 bytes"));
+    let body_len = u32::from_be_bytes(prefix[4..].try_into().expect("4 bytes"));
+    if head_len > MAX_HEAD || body_len > MAX_BODY {
+        return Err(std::io::Error::other(format!(
+            "a frame of {head_len} + {body_len} bytes is over the limits"
+        )));
+    }
+    let mut head = vec![0u8; head_len as usize];
+    from.read_exact(&mut head).await?;
+    let mut body = vec![0u8; body_len as usize];
+    from.read_exact(&mut body).await?;
+    let head = serde_json::from_slice(&head).map_err(std::io::Error::other)?;
+    Ok(Some((head, body)))
+}
