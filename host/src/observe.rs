@@ -179,6 +179,84 @@ pub fn render() -> Option<String> {
     HANDLE.get().map(PrometheusHandle::render)
 }
 
+/// `ours` with the series of `others` (isolated plugins' children) added
+/// to their families: each family's `# HELP` and `# TYPE` once, and a
+/// series `ours` has already (the same name and labels) kept as ours.
+pub fn merge(ours: &str, others: &[String]) -> String {
+    // Families in order of appearance: name, header lines, sample lines.
+    let mut families: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+    let mut series: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for (n, text) in std::iter::once(ours)
+        .chain(others.iter().map(String::as_str))
+        .enumerate()
+    {
+        let mut current: Option<usize> = None;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            if let Some(rest) = line.strip_prefix("# ") {
+                let name = rest
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_owned();
+                let at = match families.iter().position(|(f, _, _)| *f == name) {
+                    Some(at) => at,
+                    None => {
+                        families.push((name, Vec::new(), Vec::new()));
+                        families.len() - 1
+                    }
+                };
+                if !families[at].1.iter().any(|h| h == line) {
+                    families[at].1.push(line.to_owned());
+                }
+                current = Some(at);
+                continue;
+            }
+            let (key, value) = line.rsplit_once(' ').unwrap_or((line, ""));
+            if n > 0 && series.contains(key) {
+                // A counter both count: the sum; anything else: ours.
+                let counter = current.is_some_and(|at| {
+                    families[at]
+                        .1
+                        .iter()
+                        .any(|h| h.starts_with("# TYPE") && h.ends_with(" counter"))
+                });
+                if let (true, Ok(theirs)) = (counter, value.parse::<f64>()) {
+                    let family = &mut families[current.expect("a counter's family")].2;
+                    if let Some(sample) = family
+                        .iter_mut()
+                        .find(|s| s.rsplit_once(' ').is_some_and(|(k, _)| k == key))
+                    {
+                        let ours: f64 = sample
+                            .rsplit_once(' ')
+                            .and_then(|(_, v)| v.parse().ok())
+                            .unwrap_or(0.0);
+                        *sample = format!("{key} {}", ours + theirs);
+                    }
+                }
+                continue;
+            }
+            series.insert(key.to_owned());
+            let at = match current {
+                Some(at) => at,
+                None => {
+                    families.push((String::new(), Vec::new(), Vec::new()));
+                    families.len() - 1
+                }
+            };
+            families[at].2.push(line.to_owned());
+            current = Some(at);
+        }
+    }
+    let mut out = String::with_capacity(ours.len());
+    for (_, headers, samples) in families {
+        for line in headers.iter().chain(&samples) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// Keeps histograms bounded between scrapes (drains their samples).
 pub fn upkeep() {
     if let Some(handle) = HANDLE.get() {
@@ -533,6 +611,15 @@ pub fn new_trace_id() -> TraceId {
 pub struct TraceId([u8; 16]);
 
 impl TraceId {
+    /// A trace id given as text (16 hex digits), as another process made it.
+    pub fn parse(text: &str) -> Option<Self> {
+        let bytes: [u8; 16] = text.as_bytes().try_into().ok()?;
+        bytes
+            .iter()
+            .all(u8::is_ascii_hexdigit)
+            .then_some(Self(bytes))
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).expect("hex digits are ASCII")

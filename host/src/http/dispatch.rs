@@ -229,6 +229,7 @@ async fn answer(scope: Scope, req: &HttpRequest, payload: &mut Payload) -> HttpR
                     permissions: p.permissions.to_vec(),
                 }),
                 trace_id: trace.as_str().to_owned(),
+                route: target.metrics.route.to_string(),
             };
             let call = child.call(target.handler, request, body.to_vec());
             return match tokio::time::timeout(deadline, call).await {

@@ -15,20 +15,27 @@ use crate::plugin::PluginHost;
 /// The permission a scraper's token needs on the main port.
 pub const PERMISSION: &str = "sys:metrics:read";
 
-/// The metrics as Prometheus text, with the per-plugin gauges set as of now.
-fn scrape(plugins: &PluginHost) -> HttpResponse {
+/// The metrics as Prometheus text, with the per-plugin gauges set as of
+/// now and the series of isolated plugins' children.
+async fn scrape(plugins: &PluginHost) -> HttpResponse {
     for (name, enabled, revision) in plugins.flag_states() {
         crate::observe::plugin_state(&name, enabled, revision);
     }
-    match crate::observe::render() {
-        Some(text) => HttpResponse::Ok()
-            .content_type("text/plain; version=0.0.4; charset=utf-8")
-            .body(text),
-        None => envelope::error(
+    let Some(ours) = crate::observe::render() else {
+        return envelope::error(
             StatusCode::NOT_FOUND,
             "metrics are off on this instance (PLUGHOST_METRICS=false)",
-        ),
-    }
+        );
+    };
+    let children = plugins.isolated_metrics().await;
+    let text = if children.is_empty() {
+        ours
+    } else {
+        crate::observe::merge(&ours, &children)
+    };
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text)
 }
 
 /// `GET /metrics` on the main port.
@@ -57,11 +64,11 @@ pub(crate) async fn metrics(
     }
     let (principal, _, _) = state.auth.authenticate(authorization(&req)).await?;
     principal.require(PERMISSION)?;
-    Ok(scrape(&state.plugins))
+    Ok(scrape(&state.plugins).await)
 }
 
 /// `GET /metrics` on `PLUGHOST_METRICS_BIND`: no token (that address is
 /// the operator's to protect).
 pub(crate) async fn open_metrics(plugins: web::Data<PluginHost>) -> HttpResponse {
-    scrape(&plugins)
+    scrape(&plugins).await
 }

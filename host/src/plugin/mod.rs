@@ -309,6 +309,12 @@ impl PluginHost {
         let settings = of_each(&records, starting, |p| p.manifest.settings.clone());
         let loaded = u32::try_from(settings.len()).unwrap_or(u32::MAX);
         services::publish(loaded, settings);
+        for record in records.values() {
+            if let Some(running::registry::Code::Isolated(child)) = record.loaded().map(|p| &p.code)
+            {
+                child.set_loaded(loaded);
+            }
+        }
         services::events::publish_declared(of_each(&records, starting, |p| {
             p.manifest.events.clone()
         }));
@@ -318,6 +324,32 @@ impl PluginHost {
         services::http::publish(of_each(&records, starting, |p| {
             services::http::allowed_for(&p.name, &p.manifest.http)
         }));
+    }
+
+    /// The children of the isolated plugins loaded here.
+    fn isolated_children(&self) -> Vec<Arc<isolation::Supervisor>> {
+        self.set
+            .records()
+            .values()
+            .filter_map(|r| match r.loaded().map(|p| &p.code) {
+                Some(running::registry::Code::Isolated(child)) => Some(child.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The metrics of every isolated plugin's child (Prometheus text).
+    pub async fn isolated_metrics(&self) -> Vec<String> {
+        let mut texts = Vec::new();
+        for child in self.isolated_children() {
+            let text = tokio::time::timeout(std::time::Duration::from_secs(2), child.metrics())
+                .await
+                .unwrap_or_default();
+            if !text.is_empty() {
+                texts.push(text);
+            }
+        }
+        texts
     }
 
     /// The current route table (held by a request for its whole life).
@@ -348,6 +380,10 @@ impl PluginHost {
     /// instance lacks is `absent`), `package` its entry in the desired set
     /// (version, package digest, source, who installed it and when).
     pub async fn list(&self) -> Vec<Value> {
+        for child in self.isolated_children() {
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(1), child.refresh_jobs()).await;
+        }
         let mut reported: BTreeMap<String, Vec<report::InstanceState>> = BTreeMap::new();
         match report::all(&self.db).await {
             Ok(rows) => {

@@ -137,6 +137,9 @@ async fn serve(args: ChildArgs, settings: Settings) -> anyhow::Result<()> {
             }
             ToChild::Start => {
                 let error = plugin.start().await.err();
+                if error.is_none() {
+                    report_jobs(&plugin, &writer);
+                }
                 done(&writer, "start", error);
             }
             ToChild::Stop => {
@@ -146,6 +149,75 @@ async fn serve(args: ChildArgs, settings: Settings) -> anyhow::Result<()> {
             ToChild::Enabled { enabled } => plugin
                 .enabled
                 .store(enabled, std::sync::atomic::Ordering::Release),
+            ToChild::Authenticate { id, authorization } => {
+                let (module, writer) = (plugin.module, writer.clone());
+                actix_web::rt::spawn(async move {
+                    let answer = match module.authenticate().flatten() {
+                        None => Ok(serde_json::Value::Null),
+                        Some(hook) => {
+                            match std::panic::AssertUnwindSafe(hook(authorization.into()))
+                                .catch_unwind()
+                                .await
+                            {
+                                Ok(RResult::ROk(user)) => Ok(serde_json::json!(user.into_option())),
+                                Ok(RResult::RErr(e)) => Err(e.into_string()),
+                                Err(_) => Err("the authenticator panicked".into()),
+                            }
+                        }
+                    };
+                    let _ = writer.send((ToHost::Hooked { id, answer }, Vec::new()));
+                });
+            }
+            ToChild::Authorize { id, call } => {
+                let (module, writer) = (plugin.module, writer.clone());
+                actix_web::rt::spawn(async move {
+                    let answer = match module.authorize().flatten() {
+                        None => Ok(serde_json::Value::Null),
+                        Some(hook) => match std::panic::AssertUnwindSafe(hook(call.into()))
+                            .catch_unwind()
+                            .await
+                        {
+                            Ok(RResult::ROk(denied)) => Ok(serde_json::json!(
+                                denied.into_option().map(|r| r.into_string())
+                            )),
+                            Ok(RResult::RErr(e)) => Err(e.into_string()),
+                            Err(_) => Err("the authorizer panicked".into()),
+                        },
+                    };
+                    let _ = writer.send((ToHost::Hooked { id, answer }, Vec::new()));
+                });
+            }
+            ToChild::Plugins { loaded } => {
+                services::publish(
+                    loaded,
+                    HashMap::from([(plugin.name.clone(), plugin.settings.clone())]),
+                );
+            }
+            ToChild::Metrics { id } => {
+                let text = crate::observe::render().unwrap_or_default();
+                let _ = writer.send((
+                    ToHost::Hooked {
+                        id,
+                        answer: Ok(serde_json::Value::String(text)),
+                    },
+                    Vec::new(),
+                ));
+            }
+            ToChild::ListJobs { id } => {
+                let jobs = plugin
+                    .run
+                    .borrow()
+                    .as_ref()
+                    .map(|run| run.jobs())
+                    .unwrap_or_default();
+                let _ = writer.send((
+                    ToHost::Hooked {
+                        id,
+                        answer: Ok(serde_json::Value::from(jobs)),
+                    },
+                    Vec::new(),
+                ));
+            }
             ToChild::Ping { id } => {
                 let _ = writer.send((ToHost::Pong { id }, Vec::new()));
             }
@@ -173,6 +245,35 @@ async fn serve(args: ChildArgs, settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sends the host the plugin's jobs whenever they change (their runs,
+/// outcomes, next times), until the plugin stops.
+fn report_jobs(plugin: &Rc<Opened>, writer: &Writer) {
+    let (plugin, writer) = (Rc::downgrade(plugin), writer.clone());
+    actix_web::rt::spawn(async move {
+        let mut last = Vec::new();
+        loop {
+            let Some(opened) = plugin.upgrade() else {
+                return;
+            };
+            let Some(run) = opened.run.borrow().clone() else {
+                return;
+            };
+            drop(opened);
+            let jobs = run.jobs();
+            if jobs != last {
+                if writer
+                    .send((ToHost::Jobs { jobs: jobs.clone() }, Vec::new()))
+                    .is_err()
+                {
+                    return;
+                }
+                last = jobs;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+}
+
 fn done(writer: &Writer, step: &str, error: Option<String>) {
     let _ = writer.send((
         ToHost::Done {
@@ -189,6 +290,8 @@ struct Opened {
     module: PluginModRef,
     contract: String,
     manifest: String,
+    settings: std::collections::BTreeMap<String, String>,
+    routes: RefCell<HashMap<(String, String), Arc<crate::observe::RouteMetrics>>>,
     enabled: Arc<AtomicBool>,
     run: RefCell<Option<Arc<lifespan::Run>>>,
 }
@@ -211,6 +314,17 @@ impl Opened {
         }
     }
 
+    /// The metrics of route `method route` (made once).
+    fn route_metrics(&self, method: &str, route: &str) -> Arc<crate::observe::RouteMetrics> {
+        self.routes
+            .borrow_mut()
+            .entry((method.to_owned(), route.to_owned()))
+            .or_insert_with(|| {
+                Arc::new(crate::observe::RouteMetrics::new(&self.name, method, route))
+            })
+            .clone()
+    }
+
     async fn start(&self) -> Result<(), String> {
         let run = lifespan::start(&self.name, self.module, self.enabled.clone())
             .await
@@ -230,6 +344,9 @@ impl Opened {
 /// Opens the library and readies the host services for it.
 async fn open(args: &ChildArgs, settings: Settings) -> Result<Opened, String> {
     let limits = settings.plugin_runs;
+    if settings.metrics {
+        crate::observe::install();
+    }
     let core = crate::runtime::Core::open(settings)
         .await
         .map_err(|e| format!("the child cannot reach the host's services: {e:#}"))?;
@@ -239,24 +356,21 @@ async fn open(args: &ChildArgs, settings: Settings) -> Result<Opened, String> {
         LayoutCheck::Run
     };
     let opened = load_library(&args.library, check).map_err(|e| e.to_string())?;
+    // The host compares the name it declares with the installed one.
     let declared = opened.module.name().as_str().to_owned();
-    if declared != args.name {
-        return Err(format!(
-            "the library declares plugin '{declared}', not '{}'",
-            args.name
-        ));
-    }
     let text = opened.module.manifest().as_str().to_owned();
     let manifest = PluginManifest::parse(&text).map_err(|e| format!("embedded manifest: {e}"))?;
-    publish_services(&args.name, &manifest);
+    publish_services(&declared, &manifest);
     lifespan::serve_here(limits);
     crate::events::serve();
     drop(core);
     Ok(Opened {
-        name: args.name.clone(),
+        name: declared,
         module: opened.module,
         contract: opened.contract,
         manifest: text,
+        settings: manifest.settings.clone(),
+        routes: RefCell::default(),
         enabled: Arc::new(AtomicBool::new(true)),
         run: RefCell::new(None),
     })
@@ -325,7 +439,15 @@ async fn answer(
         extensions: RSlice::from_slice(&[]),
     };
     let future = (plugin.module.handle())(handler, &raw);
-    let response = match std::panic::AssertUnwindSafe(future).catch_unwind().await {
+    // As in the host: the request's trace id on the lines it logs, its
+    // route on the panics it counts.
+    let context = crate::observe::RequestContext {
+        trace: crate::observe::TraceId::parse(&request.trace_id),
+        route: Some(plugin.route_metrics(&request.method, &request.route)),
+    };
+    let traced =
+        crate::observe::Traced::new(std::panic::AssertUnwindSafe(future).catch_unwind(), context);
+    let response = match traced.await.0 {
         Ok(response) => response,
         Err(_) => {
             let _ = writer.send((

@@ -86,6 +86,8 @@ struct Link {
     streams: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
     steps: Mutex<VecDeque<oneshot::Sender<Option<String>>>>,
     pongs: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    hooks: Mutex<HashMap<u64, oneshot::Sender<Result<serde_json::Value, String>>>>,
+    jobs: Mutex<Vec<serde_json::Value>>,
     next: AtomicU64,
     /// Why the host killed it, when it did.
     killed_for: Mutex<Option<String>>,
@@ -139,6 +141,7 @@ pub struct Supervisor {
     link: ArcSwapOption<Link>,
     started: AtomicBool,
     enabled: AtomicBool,
+    loaded: std::sync::atomic::AtomicU32,
     retired: AtomicBool,
     crashes: Mutex<Crashes>,
     serial: AtomicU64,
@@ -172,6 +175,7 @@ impl Supervisor {
             link: ArcSwapOption::empty(),
             started: AtomicBool::new(false),
             enabled: AtomicBool::new(true),
+            loaded: std::sync::atomic::AtomicU32::new(1),
             retired: AtomicBool::new(false),
             crashes: Mutex::default(),
             serial,
@@ -222,6 +226,86 @@ impl Supervisor {
                 link.kill("it was stopped");
             }
             // Dropping the last sender closes the socket: the child exits.
+        }
+    }
+
+    /// Asks the plugin's authenticator (in the child) about an
+    /// `Authorization` header: its user, or none.
+    pub async fn authenticate(&self, authorization: &str) -> Result<Option<i64>, String> {
+        let answer = self
+            .ask(|id| ToChild::Authenticate {
+                id,
+                authorization: authorization.to_owned(),
+            })
+            .await?;
+        serde_json::from_value(answer).map_err(|e| e.to_string())
+    }
+
+    /// Asks the plugin's authorizer (in the child) about an admin call
+    /// (`plugin_api::AdminCall` as JSON): its denial, or none.
+    pub async fn authorize(&self, call: &str) -> Result<Option<String>, String> {
+        let answer = self
+            .ask(|id| ToChild::Authorize {
+                id,
+                call: call.to_owned(),
+            })
+            .await?;
+        serde_json::from_value(answer).map_err(|e| e.to_string())
+    }
+
+    async fn ask(&self, message: impl FnOnce(u64) -> ToChild) -> Result<serde_json::Value, String> {
+        let link = self.current()?;
+        let id = link.next.fetch_add(1, Ordering::Relaxed);
+        let (answer, answered) = oneshot::channel();
+        {
+            let mut hooks = link.hooks.lock().expect("hooks lock");
+            if link.dead.load(Ordering::SeqCst) {
+                return Err(format!(
+                    "plugin '{}' is restarting after a crash",
+                    self.name
+                ));
+            }
+            hooks.insert(id, answer);
+        }
+        if !link.send(message(id), Vec::new()) {
+            return Err("its child process has exited".into());
+        }
+        answered
+            .await
+            .unwrap_or_else(|_| Err("its child process exited".into()))
+    }
+
+    /// The plugin's jobs, as its child last reported them.
+    pub fn jobs(&self) -> Vec<serde_json::Value> {
+        self.link
+            .load()
+            .as_ref()
+            .map(|l| l.jobs.lock().expect("jobs lock").clone())
+            .unwrap_or_default()
+    }
+
+    /// Asks the child for the plugin's jobs now (the list shows them).
+    pub async fn refresh_jobs(&self) {
+        if let Ok(serde_json::Value::Array(jobs)) = self.ask(|id| ToChild::ListJobs { id }).await
+            && let Some(link) = self.link.load_full()
+        {
+            *link.jobs.lock().expect("jobs lock") = jobs;
+        }
+    }
+
+    /// The child's metrics (Prometheus text), empty when it has none.
+    pub async fn metrics(&self) -> String {
+        match self.ask(|id| ToChild::Metrics { id }).await {
+            Ok(serde_json::Value::String(text)) => text,
+            _ => String::new(),
+        }
+    }
+
+    /// Tells the child how many plugins the host serves.
+    pub fn set_loaded(&self, loaded: u32) {
+        self.loaded.store(loaded, Ordering::Release);
+        if let Some(link) = self.link.load_full() {
+            link.send(ToChild::Plugins { loaded }, Vec::new());
         }
     }
 
@@ -419,6 +503,12 @@ impl Supervisor {
         };
         let ready = async {
             link.step(ToChild::Init).await?;
+            link.send(
+                ToChild::Plugins {
+                    loaded: self.loaded.load(Ordering::Acquire),
+                },
+                Vec::new(),
+            );
             if !self.enabled.load(Ordering::Acquire) {
                 link.send(ToChild::Enabled { enabled: false }, Vec::new());
             }
@@ -465,6 +555,8 @@ fn dead_link() -> Link {
         streams: Mutex::default(),
         steps: Mutex::default(),
         pongs: Mutex::default(),
+        hooks: Mutex::default(),
+        jobs: Mutex::default(),
         next: AtomicU64::new(0),
         killed_for: Mutex::new(None),
         dead: AtomicBool::new(true),
@@ -583,6 +675,8 @@ async fn start_child(
         streams: Mutex::default(),
         steps: Mutex::default(),
         pongs: Mutex::default(),
+        hooks: Mutex::default(),
+        jobs: Mutex::default(),
         next: AtomicU64::new(1),
         killed_for: Mutex::new(None),
         dead: AtomicBool::new(false),
@@ -624,6 +718,7 @@ async fn start_child(
         let pending: Vec<_> = link.pending.lock().expect("pending lock").drain().collect();
         link.streams.lock().expect("streams lock").clear();
         link.steps.lock().expect("steps lock").clear();
+        link.hooks.lock().expect("hooks lock").clear();
         if let Some(supervisor) = &owner {
             supervisor.crashes.lock().expect("crashes lock").last = Some(reason.clone());
         }
@@ -682,6 +777,14 @@ async fn deliver(link: &Link, message: ToHost, body: Vec<u8>) {
             if let Some(done) = link.steps.lock().expect("steps lock").pop_front() {
                 let _ = done.send(error);
             }
+        }
+        ToHost::Hooked { id, answer } => {
+            if let Some(asked) = link.hooks.lock().expect("hooks lock").remove(&id) {
+                let _ = asked.send(answer);
+            }
+        }
+        ToHost::Jobs { jobs } => {
+            *link.jobs.lock().expect("jobs lock") = jobs;
         }
         ToHost::Pong { id } => {
             if let Some(pong) = link.pongs.lock().expect("pongs lock").remove(&id) {

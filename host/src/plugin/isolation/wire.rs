@@ -42,6 +42,36 @@ pub enum ToChild {
         /// The exchange.
         id: u64,
     },
+    /// Ask the plugin's authenticator about an `Authorization` header.
+    Authenticate {
+        /// The exchange.
+        id: u64,
+        /// The header's value.
+        authorization: String,
+    },
+    /// Ask the plugin's authorizer about an admin call
+    /// (`plugin_api::AdminCall` as JSON).
+    Authorize {
+        /// The exchange.
+        id: u64,
+        /// The call.
+        call: String,
+    },
+    /// How many plugins the host serves (`Host::loaded_plugins`).
+    Plugins {
+        /// The count.
+        loaded: u32,
+    },
+    /// Render the child's metrics (answered as `Hooked`, a string).
+    Metrics {
+        /// The exchange.
+        id: u64,
+    },
+    /// Report the plugin's jobs now (answered as `Hooked`, an array).
+    ListJobs {
+        /// The exchange.
+        id: u64,
+    },
     /// Are you there?
     Ping {
         /// Echoed in the answer.
@@ -64,6 +94,9 @@ pub struct WireRequest {
     pub headers: Vec<(String, String)>,
     /// The caller, when authenticated.
     pub principal: Option<WirePrincipal>,
+    /// The route's template (for the child's metrics).
+    #[serde(default)]
+    pub route: String,
     /// The request's trace id.
     pub trace_id: String,
 }
@@ -122,6 +155,19 @@ pub enum ToHost {
     End {
         /// The exchange.
         id: u64,
+    },
+    /// A hook's answer: the authenticator's user (or null), the
+    /// authorizer's denial (or null); or the hook's failure.
+    Hooked {
+        /// The exchange.
+        id: u64,
+        /// Its answer.
+        answer: Result<serde_json::Value, String>,
+    },
+    /// The plugin's jobs as the list shows them (sent when they change).
+    Jobs {
+        /// Each job.
+        jobs: Vec<serde_json::Value>,
     },
     /// Here.
     Pong {

@@ -6,10 +6,7 @@
 //! *Invariant:* a disabled plugin is not asked: its credentials stop
 //! working and its policy stops applying at once (one atomic read each).
 
-use std::{panic::AssertUnwindSafe, sync::Arc};
-
-use abi_stable::std_types::{ROption, RResult, RString};
-use futures_util::FutureExt as _;
+use std::sync::Arc;
 
 use super::loaded::LoadedPlugin;
 use crate::{auth::Principal, plugin::PluginHost};
@@ -95,24 +92,13 @@ impl PluginHost {
     ) -> Result<Option<(String, i64)>, Refused> {
         let hooks = self.access.load_full();
         for plugin in hooks.authenticators.iter().filter(|p| p.enabled()) {
-            let Some(hook) = plugin
-                .code
-                .native()
-                .and_then(|m| m.authenticate().flatten())
-            else {
-                continue;
-            };
-            let answer = AssertUnwindSafe(hook(RString::from(authorization)))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| RResult::RErr(RString::from("the authenticator panicked")));
-            match answer {
-                RResult::ROk(ROption::RSome(user)) => return Ok(Some((plugin.name.clone(), user))),
-                RResult::ROk(ROption::RNone) => {}
-                RResult::RErr(reason) => {
+            match plugin.code.authenticate(authorization).await {
+                None | Some(Ok(None)) => {}
+                Some(Ok(Some(user))) => return Ok(Some((plugin.name.clone(), user))),
+                Some(Err(reason)) => {
                     return Err(Refused {
                         plugin: plugin.name.clone(),
-                        reason: reason.into_string(),
+                        reason,
                     });
                 }
             }
@@ -153,17 +139,10 @@ impl PluginHost {
         })
         .unwrap_or_default();
         for plugin in enabled {
-            let Some(hook) = plugin.code.native().and_then(|m| m.authorize().flatten()) else {
-                continue;
-            };
-            let answer = AssertUnwindSafe(hook(RString::from(call.as_str())))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| RResult::RErr(RString::from("the authorizer panicked")));
-            let reason = match answer {
-                RResult::ROk(ROption::RNone) => continue,
-                RResult::ROk(ROption::RSome(reason)) => reason.into_string(),
-                RResult::RErr(e) => format!("the policy could not decide ({e})"),
+            let reason = match plugin.code.authorize(&call).await {
+                None | Some(Ok(None)) => continue,
+                Some(Ok(Some(reason))) => reason,
+                Some(Err(e)) => format!("the policy could not decide ({e})"),
             };
             return Err(Refused {
                 plugin: plugin.name.clone(),

@@ -82,6 +82,55 @@ impl Code {
         }
     }
 
+    /// Asks its authenticator about an `Authorization` header: its user,
+    /// none, or its refusal; `None` without an authenticator.
+    pub async fn authenticate(&self, authorization: &str) -> Option<Result<Option<i64>, String>> {
+        use abi_stable::std_types::{RResult, RString};
+        use futures_util::FutureExt as _;
+        match self {
+            Self::Native(module) => {
+                let hook = module.authenticate().flatten()?;
+                let answer = std::panic::AssertUnwindSafe(hook(RString::from(authorization)))
+                    .catch_unwind()
+                    .await;
+                Some(match answer {
+                    Ok(RResult::ROk(user)) => Ok(user.into_option()),
+                    Ok(RResult::RErr(reason)) => Err(reason.into_string()),
+                    Err(_) => Err("the authenticator panicked".into()),
+                })
+            }
+            Self::Isolated(child) => {
+                child.hello().authenticate.then_some(())?;
+                Some(child.authenticate(authorization).await)
+            }
+        }
+    }
+
+    /// Asks its authorizer about an admin call (`plugin_api::AdminCall`
+    /// as JSON): its denial, none, or its failure; `None` without an
+    /// authorizer.
+    pub async fn authorize(&self, call: &str) -> Option<Result<Option<String>, String>> {
+        use abi_stable::std_types::{RResult, RString};
+        use futures_util::FutureExt as _;
+        match self {
+            Self::Native(module) => {
+                let hook = module.authorize().flatten()?;
+                let answer = std::panic::AssertUnwindSafe(hook(RString::from(call)))
+                    .catch_unwind()
+                    .await;
+                Some(match answer {
+                    Ok(RResult::ROk(denied)) => Ok(denied.into_option().map(RString::into_string)),
+                    Ok(RResult::RErr(e)) => Err(e.into_string()),
+                    Err(_) => Err("the authorizer panicked".into()),
+                })
+            }
+            Self::Isolated(child) => {
+                child.hello().authorize.then_some(())?;
+                Some(child.authorize(call).await)
+            }
+        }
+    }
+
     /// Runs its init hook.
     pub async fn init(&self) -> Result<(), String> {
         match self {
@@ -133,7 +182,7 @@ impl LoadedPlugin {
         let module = match &self.code {
             Code::Native(module) => *module,
             Code::Isolated(child) => {
-                return child.start().await.map_err(lifespan::StartError::Failed);
+                return child.start().await.map_err(lifespan::StartError::Isolated);
             }
         };
         let run = lifespan::start(&self.name, module, self.enabled.clone()).await?;
@@ -163,6 +212,9 @@ impl LoadedPlugin {
 
     /// Its jobs, as the plugin list shows them (none before it started).
     pub fn jobs(&self) -> Vec<serde_json::Value> {
+        if let Code::Isolated(child) = &self.code {
+            return child.jobs();
+        }
         self.run
             .lock()
             .expect("run lock")

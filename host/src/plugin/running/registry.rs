@@ -304,6 +304,8 @@ pub(crate) struct Loaded {
 /// An isolated plugin's child, to be started: its library copy, and the
 /// contract its signature names (checked against the child's report).
 pub(crate) struct ChildToStart {
+    /// The manifest is the one the library embeds (a lone library).
+    from_child: bool,
     copy: PathBuf,
     layout_checked: bool,
     config: crate::plugin::isolation::IsolationConfig,
@@ -352,17 +354,14 @@ pub(crate) async fn start_isolated(name: &str, mut loaded: Loaded) -> Result<Loa
         .into());
     }
     let built = PluginManifest::parse(&hello.manifest).map_err(Refusal::EmbeddedManifest)?;
+    if child.from_child {
+        loaded.manifest = built.clone();
+    }
     if built.version != loaded.manifest.version {
         return Err(Refusal::VersionMismatch {
             shipped: loaded.manifest.version.to_string(),
             built: built.version.to_string(),
         });
-    }
-    let (authenticate, authorize) = (hello.authenticate, hello.authorize);
-    if authenticate || authorize {
-        return Err(Refusal::Isolated(
-            "its authenticator or authorizer cannot run isolated yet: run it in process (leave it out of PLUGHOST_ISOLATED_PLUGINS)".into(),
-        ));
     }
     loaded.contract = Some(hello.contract.clone());
     loaded.code = Some(Code::Isolated(supervisor));
@@ -509,15 +508,19 @@ pub(crate) fn open_checked(
         Err(e) => return (file_manifest, Err(e)),
     };
     if let Some(config) = crate::plugin::isolation::config_for(&candidate.name) {
-        // Isolated: the child opens the library; this process never maps it.
-        let Some(manifest) = file_manifest else {
-            return (
-                None,
-                Err(Refusal::Isolated(format!(
-                    "the lone library {} cannot run isolated: install it as a package or a directory with its plugin.toml",
-                    library.display()
-                ))),
-            );
+        // Isolated: the child opens the library; this process never maps
+        // it. A lone library's manifest is the one it embeds, which the
+        // child reports: until then, a stand-in.
+        let from_child = file_manifest.is_none();
+        let manifest = match file_manifest {
+            Some(manifest) => manifest,
+            None => match PluginManifest::parse(&format!(
+                "[plugin]\nsummary = \"{}\"\nversion = \"0.0.0\"\ndescription = \"-\"\nauthor = \"-\"\n",
+                candidate.name
+            )) {
+                Ok(stand_in) => stand_in,
+                Err(e) => return (None, Err(Refusal::EmbeddedManifest(e))),
+            },
         };
         let signed_contract = match &verdict {
             Verdict::Signed { statement, .. } => Some(statement.contract.clone()),
@@ -526,6 +529,7 @@ pub(crate) fn open_checked(
         let loaded = Loaded {
             code: None,
             child: Some(ChildToStart {
+                from_child,
                 layout_checked: copy.layout
                     == crate::plugin::loading::loader::LayoutCheck::AlreadyPassed,
                 copy: copy.path,
@@ -542,7 +546,7 @@ pub(crate) fn open_checked(
                 Source::Library(_) => None,
             },
         };
-        return (Some(manifest), Ok(loaded));
+        return ((!from_child).then_some(manifest), Ok(loaded));
     }
     let opened = load_library(&copy.path, copy.layout).map_err(|e| e.naming(&library));
     if opened.is_ok() {
@@ -869,6 +873,8 @@ pub async fn load_all(
             Ok(loaded) => start_isolated(&candidate.name, loaded).await,
             Err(e) => Err(e),
         };
+        // A lone isolated library's manifest came from its child.
+        let manifest = manifest.or_else(|| result.as_ref().ok().map(|l| l.manifest.clone()));
         pending.insert(
             candidate.name.clone(),
             Pending {

@@ -115,6 +115,9 @@ pub enum StartError {
     /// The hook did not finish in time.
     #[error("its start hook did not finish within {0:?} (PLUGHOST_HOOK_TIMEOUT)")]
     TimedOut(Duration),
+    /// An isolated plugin's child said why (in these words).
+    #[error("{0}")]
+    Isolated(String),
 }
 
 /// Starts a run of `plugin` (named `name`): registers it, then runs the
