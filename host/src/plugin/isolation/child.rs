@@ -124,6 +124,14 @@ async fn serve(args: ChildArgs, settings: Settings) -> anyhow::Result<()> {
         }
     };
     let _ = writer.send((ToHost::Hello(Box::new(plugin.hello())), Vec::new()));
+    // Panics beyond the first few of a site are counted, and the counts
+    // reported as each interval ends, as in the host.
+    actix_web::rt::spawn(async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            services::panic_log::flush();
+        }
+    });
     let plugin = Rc::new(plugin);
     let in_flight: Rc<RefCell<HashMap<u64, actix_web::rt::task::JoinHandle<()>>>> = Rc::default();
     while let Some((message, body)) = wire::read::<ToChild, _>(&mut reader).await? {

@@ -81,7 +81,9 @@ pub enum CallError {
 /// One running child.
 struct Link {
     pid: u32,
-    outbox: mpsc::UnboundedSender<(ToChild, Vec<u8>)>,
+    /// What goes to the child; taken to close the socket (the child
+    /// exits at its end).
+    outbox: Mutex<Option<mpsc::UnboundedSender<(ToChild, Vec<u8>)>>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     streams: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
     steps: Mutex<VecDeque<oneshot::Sender<Option<String>>>>,
@@ -97,7 +99,16 @@ struct Link {
 
 impl Link {
     fn send(&self, message: ToChild, body: Vec<u8>) -> bool {
-        self.outbox.send((message, body)).is_ok()
+        self.outbox
+            .lock()
+            .expect("outbox lock")
+            .as_ref()
+            .is_some_and(|outbox| outbox.send((message, body)).is_ok())
+    }
+
+    /// Closes the socket: the child stops its plugin and exits.
+    fn close(&self) {
+        self.outbox.lock().expect("outbox lock").take();
     }
 
     fn kill(&self, why: &str) {
@@ -225,7 +236,8 @@ impl Supervisor {
             if !matches!(stopped, Ok(Ok(()))) {
                 link.kill("it was stopped");
             }
-            // Dropping the last sender closes the socket: the child exits.
+            // The child exits when its socket closes.
+            link.close();
         }
     }
 
@@ -547,7 +559,7 @@ impl Drop for Supervisor {
 }
 
 fn dead_link() -> Link {
-    let (outbox, _) = mpsc::unbounded_channel();
+    let outbox = Mutex::new(None);
     Link {
         pid: 0,
         outbox,
@@ -670,7 +682,7 @@ async fn start_child(
     let (outbox, mut outgoing) = mpsc::unbounded_channel::<(ToChild, Vec<u8>)>();
     let link = Arc::new(Link {
         pid,
-        outbox,
+        outbox: Mutex::new(Some(outbox)),
         pending: Mutex::default(),
         streams: Mutex::default(),
         steps: Mutex::default(),
@@ -719,7 +731,10 @@ async fn start_child(
         link.streams.lock().expect("streams lock").clear();
         link.steps.lock().expect("steps lock").clear();
         link.hooks.lock().expect("hooks lock").clear();
-        if let Some(supervisor) = &owner {
+        if let Some(supervisor) = owner
+            .as_ref()
+            .filter(|s| !s.retired.load(Ordering::Acquire))
+        {
             supervisor.crashes.lock().expect("crashes lock").last = Some(reason.clone());
         }
         for (_, answer) in pending {
