@@ -78,12 +78,15 @@ pub enum CallError {
     Down(String),
 }
 
+/// Frames on their way to a child.
+type Outbox = mpsc::UnboundedSender<(ToChild, Vec<u8>)>;
+
 /// One running child.
 struct Link {
     pid: u32,
     /// What goes to the child; taken to close the socket (the child
     /// exits at its end).
-    outbox: Mutex<Option<mpsc::UnboundedSender<(ToChild, Vec<u8>)>>>,
+    outbox: Mutex<Option<Outbox>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     streams: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
     steps: Mutex<VecDeque<oneshot::Sender<Option<String>>>>,
