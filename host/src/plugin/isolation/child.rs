@@ -105,15 +105,10 @@ const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(365 * 86
 
 async fn serve(args: ChildArgs, settings: Settings) -> anyhow::Result<()> {
     let stream = UnixStream::connect(&args.socket).await?;
-    let (mut reader, mut writer_half) = stream.into_split();
-    let (writer, mut outbox) = mpsc::unbounded_channel::<(ToHost, Vec<u8>)>();
-    let writing = actix_web::rt::spawn(async move {
-        while let Some((head, body)) = outbox.recv().await {
-            if wire::write(&mut writer_half, &head, &body).await.is_err() {
-                return;
-            }
-        }
-    });
+    let (reader, writer_half) = stream.into_split();
+    let mut reader = tokio::io::BufReader::with_capacity(64 << 10, reader);
+    let (writer, outbox) = mpsc::unbounded_channel::<(ToHost, Vec<u8>)>();
+    let writing = actix_web::rt::spawn(wire::pump(writer_half, outbox));
     let plugin = match open(&args, settings).await {
         Ok(plugin) => plugin,
         Err(reason) => {
@@ -458,20 +453,8 @@ async fn answer(
     let response = match traced.await.0 {
         Ok(response) => response,
         Err(_) => {
-            let _ = writer.send((
-                ToHost::Response {
-                    id,
-                    status: 500,
-                    content_type: "application/json".into(),
-                    headers: Vec::new(),
-                    stream: false,
-                },
-                crate::http::envelope::error_body(
-                    500,
-                    &format!("internal error in plugin '{}'", plugin.name),
-                    &request.trace_id,
-                ),
-            ));
+            let message = format!("internal error in plugin '{}'", plugin.name);
+            internal_error(writer, id, &message, &request.trace_id);
             return;
         }
     };
@@ -496,23 +479,11 @@ async fn answer(
         return;
     };
     let Some(body) = services::streams::take_body(&plugin.name, stream, STREAM_IDLE) else {
-        let _ = writer.send((
-            ToHost::Response {
-                id,
-                status: 500,
-                content_type: "application/json".into(),
-                headers: Vec::new(),
-                stream: false,
-            },
-            crate::http::envelope::error_body(
-                500,
-                &format!(
-                    "plugin '{}' answered with stream {stream}, which it has not open",
-                    plugin.name
-                ),
-                &request.trace_id,
-            ),
-        ));
+        let message = format!(
+            "plugin '{}' answered with stream {stream}, which it has not open",
+            plugin.name
+        );
+        internal_error(writer, id, &message, &request.trace_id);
         return;
     };
     let _ = writer.send((head, Vec::new()));
@@ -523,6 +494,20 @@ async fn answer(
         }
     }
     let _ = writer.send((ToHost::End { id }, Vec::new()));
+}
+
+/// Answers request `id` 500 with `message`.
+fn internal_error(writer: &Writer, id: u64, message: &str, trace_id: &str) {
+    let _ = writer.send((
+        ToHost::Response {
+            id,
+            status: 500,
+            content_type: "application/json".into(),
+            headers: Vec::new(),
+            stream: false,
+        },
+        crate::http::envelope::error_body(500, message, trace_id),
+    ));
 }
 
 /// Where the host's socket for `name`'s next child goes.

@@ -660,7 +660,8 @@ async fn start_child(
             ));
         }
     };
-    let (mut reader, mut writer) = stream.into_split();
+    let (reader, writer) = stream.into_split();
+    let mut reader = tokio::io::BufReader::with_capacity(64 << 10, reader);
     let hello =
         match tokio::time::timeout(HELLO_TIMEOUT, wire::read::<ToHost, _>(&mut reader)).await {
             Ok(Ok(Some((ToHost::Hello(hello), _)))) => *hello,
@@ -682,7 +683,7 @@ async fn start_child(
                 ));
             }
         };
-    let (outbox, mut outgoing) = mpsc::unbounded_channel::<(ToChild, Vec<u8>)>();
+    let (outbox, outgoing) = mpsc::unbounded_channel::<(ToChild, Vec<u8>)>();
     let link = Arc::new(Link {
         pid,
         outbox: Mutex::new(Some(outbox)),
@@ -696,13 +697,7 @@ async fn start_child(
         killed_for: Mutex::new(None),
         dead: AtomicBool::new(false),
     });
-    tokio::spawn(async move {
-        while let Some((message, body)) = outgoing.recv().await {
-            if wire::write(&mut writer, &message, &body).await.is_err() {
-                return;
-            }
-        }
-    });
+    tokio::spawn(wire::pump(writer, outgoing));
     let reading = link.clone();
     tokio::spawn(async move {
         let link = reading;
