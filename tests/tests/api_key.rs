@@ -18,7 +18,20 @@ fn with_key(host: &Host, key: &str, method: &str, path: &str) -> e2e::Reply {
 
 #[test]
 fn a_key_authenticates_as_its_owner_on_every_instance_until_deleted() {
-    let pair = e2e::pair(&["api_key"], &[("PLUGHOST_FLAG_RECONCILE", "1")]);
+    keys_authenticate(&[]);
+}
+
+/// The same with the plugin isolated: its authenticator is asked in its
+/// child process.
+#[test]
+fn an_isolated_plugins_keys_authenticate_the_same() {
+    keys_authenticate(&[("PLUGHOST_ISOLATED_PLUGINS", "api_key")]);
+}
+
+fn keys_authenticate(extra: &[(&str, &str)]) {
+    let mut env = vec![("PLUGHOST_FLAG_RECONCILE", "1")];
+    env.extend_from_slice(extra);
+    let pair = e2e::pair(&["api_key"], &env);
     let (a, b) = (&pair.a, &pair.b);
     assert_eq!(a.plugin("api_key")["access_hooks"], json!(["authenticate"]));
     // Ada may read plugins and users, nothing more.

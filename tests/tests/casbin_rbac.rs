@@ -13,7 +13,18 @@ const POLICIES: &str = "/admin/v1/sys/casbin/policies";
 
 #[test]
 fn policies_made_on_one_instance_decide_on_every_instance() {
-    let pair = e2e::pair(&["dict", "casbin_rbac"], &[]);
+    policies_decide(&[]);
+}
+
+/// The same with the plugin isolated: its authorizer is asked in its
+/// child process.
+#[test]
+fn an_isolated_plugins_policies_decide_the_same() {
+    policies_decide(&[("PLUGHOST_ISOLATED_PLUGINS", "casbin_rbac")]);
+}
+
+fn policies_decide(env: &[(&str, &str)]) {
+    let pair = e2e::pair(&["dict", "casbin_rbac"], env);
     let (a, b) = (&pair.a, &pair.b);
     assert_eq!(
         a.plugin("casbin_rbac")["access_hooks"],

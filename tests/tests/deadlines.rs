@@ -100,7 +100,20 @@ fn a_route_may_declare_its_own_deadline() {
 
 #[test]
 fn a_silent_stream_without_keep_alive_is_ended_at_the_deadline() {
-    let (_data, host) = host(&[("PLUGHOST_PLUGIN_TIMEOUT", "1")]);
+    silent_stream_ends("");
+}
+
+/// The same from an isolated plugin: the chunks cross its child's socket.
+#[test]
+fn an_isolated_plugins_silent_stream_is_ended_the_same() {
+    silent_stream_ends("faulty");
+}
+
+fn silent_stream_ends(isolated: &str) {
+    let (_data, host) = host(&[
+        ("PLUGHOST_PLUGIN_TIMEOUT", "1"),
+        ("PLUGHOST_ISOLATED_PLUGINS", isolated),
+    ]);
     let started = Instant::now();
     let answer = ureq::get(&format!(
         "{}/faulty/v1/trickle?chunks=3&ms=400",

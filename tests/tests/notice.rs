@@ -164,11 +164,17 @@ fn every_instances_stream_sends_each_notice_created_on_any_instance() {
         .map(|id| {
             let data = DataDir::new();
             data.install_dir("notice");
+            // b runs the plugin isolated: its stream and its events
+            // cross the child's socket.
             let env = [
                 ("DATABASE_URL", url.as_str()),
                 ("REDIS_URL", redis_url.as_str()),
                 ("PLUGHOST_JWT_SECRET", SECRET),
                 ("PLUGHOST_INSTANCE_ID", id),
+                (
+                    "PLUGHOST_ISOLATED_PLUGINS",
+                    if *id == "b" { "notice" } else { "" },
+                ),
             ];
             let host = Host::start_with(&data, &env);
             (data, host)
@@ -232,6 +238,17 @@ fn webhook() -> (u16, mpsc::Receiver<String>) {
 
 #[test]
 fn expired_notices_are_purged_and_the_webhook_gets_each_new_one() {
+    purged_and_posted("");
+}
+
+/// The same isolated: the job and the webhook run in the child, the list
+/// shows the job's runs from it.
+#[test]
+fn an_isolated_plugins_job_and_webhook_work_the_same() {
+    purged_and_posted("notice");
+}
+
+fn purged_and_posted(isolated: &str) {
     let (port, hooks) = webhook();
     let hook = format!("http://127.0.0.1:{port}/notices");
     let (_data, host) = e2e::serve_with(
@@ -240,6 +257,7 @@ fn expired_notices_are_purged_and_the_webhook_gets_each_new_one() {
             ("NOTICE_PURGE_SECONDS", "1"),
             ("NOTICE_WEBHOOK_URL", &hook),
             ("PLUGHOST_HTTP_ALLOW_NOTICE", "127.0.0.1"),
+            ("PLUGHOST_ISOLATED_PLUGINS", isolated),
         ],
     );
     let soon = chrono_in(Duration::from_secs(1));
