@@ -67,6 +67,11 @@ fn a_handler_past_its_deadline_gets_504_and_is_dropped() {
             "{took:?}"
         );
     }
+    // It asked to run isolated; this operator did not isolate it: said.
+    assert_eq!(host.plugin("faulty")["isolation_requested"], true);
+    assert!(host.log().contains(
+        "the plugin asks to run isolated (plugin.toml [plugin] isolated = true) and runs in process"
+    ));
     // Each handler's future was dropped, not left running.
     assert_eq!(host.get("/faulty/v1/ok").data()["dropped"], 4);
     let metrics = host.metrics();

@@ -657,6 +657,10 @@ fn list_item(record: &PluginRecord, required: bool, revision: i64) -> Value {
                     }
                 };
                 map.insert("isolated".into(), isolated);
+                map.insert(
+                    "isolation_requested".into(),
+                    Value::from(p.manifest.isolated),
+                );
             }
             // A child given up on after a crash loop serves nothing.
             let gave_up = match &p.code {

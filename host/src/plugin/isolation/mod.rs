@@ -60,6 +60,11 @@ pub fn configure(isolated: Isolated, config: IsolationConfig) {
     let _ = CONFIG.set((isolated, config));
 }
 
+/// Whether this process serves plugins (and so decides which to isolate).
+pub fn configured() -> bool {
+    CONFIG.get().is_some()
+}
+
 /// How to run `plugin` isolated, if this host isolates it.
 pub fn config_for(plugin: &str) -> Option<IsolationConfig> {
     CONFIG

@@ -47,6 +47,9 @@ pub struct PluginManifest {
     /// `[permissions] defines`: permission strings the plugin checks
     /// besides its routes' (so an operator can grant them).
     pub defines: Vec<String>,
+    /// `[plugin] isolated = true`: the plugin asks to run in a child
+    /// process (the operator decides, with `PLUGHOST_ISOLATED_PLUGINS`).
+    pub isolated: bool,
     /// The whole manifest as JSON, for the list endpoint and the flag store.
     pub json: Value,
 }
@@ -291,6 +294,11 @@ impl PluginManifest {
         {
             return Err(err("plugin.icon", "must be a string"));
         }
+        let isolated = match plugin.get("isolated") {
+            None => false,
+            Some(toml::Value::Boolean(b)) => *b,
+            Some(_) => return Err(err("plugin.isolated", "must be true or false")),
+        };
         let depends_on = match plugin.get("depends_on") {
             Some(deps) => string_list(deps, "plugin.depends_on")?,
             None => Vec::new(),
@@ -396,6 +404,7 @@ impl PluginManifest {
             events,
             identity,
             defines,
+            isolated,
             json,
         })
     }

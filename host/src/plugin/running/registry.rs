@@ -604,6 +604,12 @@ pub(crate) fn open_checked(
             (None, Err(e)) => return (None, Err(Refusal::EmbeddedManifest(e))),
         },
     };
+    if manifest.isolated && crate::plugin::isolation::configured() {
+        tracing::warn!(
+            plugin = candidate.name,
+            "the plugin asks to run isolated (plugin.toml [plugin] isolated = true) and runs in process: add it to PLUGHOST_ISOLATED_PLUGINS to isolate it"
+        );
+    }
     let dir = match &candidate.source {
         Source::Directory(dir) => Some(dir.clone()),
         Source::Library(_) => None,
