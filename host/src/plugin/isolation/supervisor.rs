@@ -725,6 +725,8 @@ async fn start_child(
                 .and_then(|owners| owners.remove(&link.pid))
                 .and_then(|weak| weak.upgrade())
         };
+        // Its writer task ends with the socket.
+        link.close();
         let pending: Vec<_> = link.pending.lock().expect("pending lock").drain().collect();
         link.streams.lock().expect("streams lock").clear();
         link.steps.lock().expect("steps lock").clear();
