@@ -140,9 +140,6 @@ async fn serve(args: ChildArgs, settings: Settings) -> anyhow::Result<()> {
             }
             ToChild::Start => {
                 let error = plugin.start().await.err();
-                if error.is_none() {
-                    report_jobs(&plugin, &writer);
-                }
                 done(&writer, "start", error);
             }
             ToChild::Stop => {
@@ -248,35 +245,6 @@ async fn serve(args: ChildArgs, settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends the host the plugin's jobs whenever they change (their runs,
-/// outcomes, next times), until the plugin stops.
-fn report_jobs(plugin: &Rc<Opened>, writer: &Writer) {
-    let (plugin, writer) = (Rc::downgrade(plugin), writer.clone());
-    actix_web::rt::spawn(async move {
-        let mut last = Vec::new();
-        loop {
-            let Some(opened) = plugin.upgrade() else {
-                return;
-            };
-            let Some(run) = opened.run.borrow().clone() else {
-                return;
-            };
-            drop(opened);
-            let jobs = run.jobs();
-            if jobs != last {
-                if writer
-                    .send((ToHost::Jobs { jobs: jobs.clone() }, Vec::new()))
-                    .is_err()
-                {
-                    return;
-                }
-                last = jobs;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-    });
-}
-
 fn done(writer: &Writer, step: &str, error: Option<String>) {
     let _ = writer.send((
         ToHost::Done {
@@ -294,7 +262,7 @@ struct Opened {
     contract: String,
     manifest: String,
     settings: std::collections::BTreeMap<String, String>,
-    routes: RefCell<HashMap<(String, String), Arc<crate::observe::RouteMetrics>>>,
+    routes: RefCell<Vec<(String, String, Arc<crate::observe::RouteMetrics>)>>,
     enabled: Arc<AtomicBool>,
     run: RefCell<Option<Arc<lifespan::Run>>>,
 }
@@ -319,13 +287,20 @@ impl Opened {
 
     /// The metrics of route `method route` (made once).
     fn route_metrics(&self, method: &str, route: &str) -> Arc<crate::observe::RouteMetrics> {
-        self.routes
-            .borrow_mut()
-            .entry((method.to_owned(), route.to_owned()))
-            .or_insert_with(|| {
-                Arc::new(crate::observe::RouteMetrics::new(&self.name, method, route))
-            })
-            .clone()
+        // A plugin has few routes: a scan, no allocation per request.
+        let found = self
+            .routes
+            .borrow()
+            .iter()
+            .find(|(m, r, _)| m == method && r == route)
+            .map(|(_, _, metrics)| metrics.clone());
+        found.unwrap_or_else(|| {
+            let metrics = Arc::new(crate::observe::RouteMetrics::new(&self.name, method, route));
+            self.routes
+                .borrow_mut()
+                .push((method.to_owned(), route.to_owned(), metrics.clone()));
+            metrics
+        })
     }
 
     async fn start(&self) -> Result<(), String> {

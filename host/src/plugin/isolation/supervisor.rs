@@ -378,15 +378,15 @@ impl Supervisor {
             },
             body,
         ) {
-            return Ok(Reply::Crashed(self.exit_reason(&link)));
+            return Ok(Reply::Crashed(self.exit_reason()));
         }
         let reply = reply.await;
         let mut cancel = cancel;
         cancel.armed = false;
-        Ok(reply.unwrap_or_else(|_| Reply::Crashed(self.exit_reason(&link))))
+        Ok(reply.unwrap_or_else(|_| Reply::Crashed(self.exit_reason())))
     }
 
-    fn exit_reason(&self, _link: &Link) -> String {
+    fn exit_reason(&self) -> String {
         self.crashes
             .lock()
             .expect("crashes lock")
@@ -410,8 +410,8 @@ impl Supervisor {
         };
         if dead {
             // It died before it was attached: nobody else will say so.
-            let reason = self.exit_reason(&link);
-            self.crashed(&link, reason);
+            let reason = self.exit_reason();
+            self.crashed(Some(&link), reason);
             return;
         }
         let weak = Arc::downgrade(self);
@@ -448,12 +448,15 @@ impl Supervisor {
         });
     }
 
-    /// The child serving `link` died: why, then a restart with backoff,
-    /// unless the plugin is retired or crashes too often.
-    fn crashed(self: &Arc<Self>, link: &Arc<Link>, reason: String) {
-        let current = self.link.load_full();
-        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, link)) {
-            self.link.store(None);
+    /// The child serving `link` (or one that never served) died: why,
+    /// then a restart with backoff, unless the plugin is retired or
+    /// crashes too often.
+    fn crashed(self: &Arc<Self>, link: Option<&Arc<Link>>, reason: String) {
+        if let Some(link) = link {
+            let current = self.link.load_full();
+            if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, link)) {
+                self.link.store(None);
+            }
         }
         if self.retired.load(Ordering::Acquire) {
             return;
@@ -511,8 +514,7 @@ impl Supervisor {
         let link = match started {
             Ok((link, _)) => link,
             Err(reason) => {
-                let dummy = Arc::new(dead_link());
-                self.crashed(&dummy, format!("could not be restarted: {reason}"));
+                self.crashed(None, format!("could not be restarted: {reason}"));
                 return;
             }
         };
@@ -547,7 +549,7 @@ impl Supervisor {
             }
             Err(reason) => {
                 link.kill("its restart failed");
-                self.crashed(&link, format!("failed to restart: {reason}"));
+                self.crashed(Some(&link), format!("failed to restart: {reason}"));
             }
         }
     }
@@ -558,23 +560,6 @@ impl Drop for Supervisor {
         if let Some(link) = self.link.swap(None) {
             link.kill("its plugin is gone");
         }
-    }
-}
-
-fn dead_link() -> Link {
-    let outbox = Mutex::new(None);
-    Link {
-        pid: 0,
-        outbox,
-        pending: Mutex::default(),
-        streams: Mutex::default(),
-        steps: Mutex::default(),
-        pongs: Mutex::default(),
-        hooks: Mutex::default(),
-        jobs: Mutex::default(),
-        next: AtomicU64::new(0),
-        killed_for: Mutex::new(None),
-        dead: AtomicBool::new(true),
     }
 }
 
@@ -741,7 +726,7 @@ async fn start_child(
             let _ = answer.send(Reply::Crashed(reason.clone()));
         }
         if let Some(supervisor) = owner {
-            supervisor.crashed(&link, reason);
+            supervisor.crashed(Some(&link), reason);
         }
     });
     Ok((link, hello))
@@ -797,9 +782,6 @@ async fn deliver(link: &Link, message: ToHost, body: Vec<u8>) {
             if let Some(asked) = link.hooks.lock().expect("hooks lock").remove(&id) {
                 let _ = asked.send(answer);
             }
-        }
-        ToHost::Jobs { jobs } => {
-            *link.jobs.lock().expect("jobs lock") = jobs;
         }
         ToHost::Pong { id } => {
             if let Some(pong) = link.pongs.lock().expect("pongs lock").remove(&id) {

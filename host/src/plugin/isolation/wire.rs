@@ -67,7 +67,8 @@ pub enum ToChild {
         /// The exchange.
         id: u64,
     },
-    /// Report the plugin's jobs now (answered as `Hooked`, an array).
+    /// Report the plugin's jobs (answered as `Hooked`, an array), for the
+    /// plugin list.
     ListJobs {
         /// The exchange.
         id: u64,
@@ -163,11 +164,6 @@ pub enum ToHost {
         id: u64,
         /// Its answer.
         answer: Result<serde_json::Value, String>,
-    },
-    /// The plugin's jobs as the list shows them (sent when they change).
-    Jobs {
-        /// Each job.
-        jobs: Vec<serde_json::Value>,
     },
     /// Here.
     Pong {
