@@ -1,10 +1,14 @@
 //! The package store keeps packages of tens of MB in every backend, by
-//! digest and in chunks, and refuses bytes altered in the database.
+//! digest and in chunks, refuses bytes altered in the database, and lets go
+//! of the packages the desired set no longer names.
 
 use e2e::{Backend, DataDir, TestDatabase};
 use host::{
     db::{Db, PkMode},
-    plugin::lifecycle::store::{self, CHUNK, StoreError},
+    plugin::lifecycle::{
+        desired,
+        store::{self, CHUNK, StoreError},
+    },
 };
 use sea_orm::ConnectionTrait;
 
@@ -106,6 +110,45 @@ fn packages_round_trip_and_altered_bytes_are_refused(backend: Backend) {
         ));
         assert!(matches!(
             store::get(&db, &"0".repeat(64)).await,
+            Err(StoreError::Missing(_))
+        ));
+
+        // Collected: what the desired set does not name goes, chunks and
+        // all; what it names stays until it is uninstalled.
+        let named = store::put(&db, b"a package the desired set names")
+            .await
+            .unwrap();
+        let plugin = desired::Desired {
+            name: "kept".into(),
+            version: "1.0.0".into(),
+            digest: named.clone(),
+            source: serde_json::json!({"type": "zip"}),
+            installed_by: "test".into(),
+            installed_at: 0,
+            revision: 0,
+            removed: false,
+        };
+        desired::record(&db, &plugin, "").await.unwrap();
+        assert_eq!(store::collect(&db).await.unwrap(), 1, "{backend:?}");
+        assert!(matches!(
+            store::get(&db, &digest).await,
+            Err(StoreError::Missing(_))
+        ));
+        assert_eq!(
+            count("SELECT COUNT(*) AS n FROM sys_package_chunk WHERE digest = ?").await,
+            0,
+            "{backend:?}: chunks of a collected package remain"
+        );
+        assert_eq!(
+            store::get(&db, &named).await.unwrap(),
+            b"a package the desired set names"
+        );
+        assert_eq!(store::collect(&db).await.unwrap(), 0);
+        // Uninstalled: its package goes too.
+        desired::remove(&db, "kept").await.unwrap();
+        assert_eq!(store::collect(&db).await.unwrap(), 1, "{backend:?}");
+        assert!(matches!(
+            store::get(&db, &named).await,
             Err(StoreError::Missing(_))
         ));
     });

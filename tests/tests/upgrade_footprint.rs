@@ -1,7 +1,8 @@
 //! What live upgrades leave behind in process: each upgrade's old library
 //! copy is removed from `<data-dir>/libs` at once (its code stays mapped
-//! while requests use it), so the disk stays flat however many upgrades
-//! run; only the copies of the builds being served remain.
+//! while requests use it), and its package from the package store, so the
+//! disk stays flat however many upgrades run; only the copies of the builds
+//! being served remain.
 
 use std::time::Instant;
 
@@ -26,6 +27,8 @@ fn two_hundred_upgrades_leave_one_copy_per_served_build() {
     assert_eq!(host.upload(&e2e::greeter_build(0), "type=zip").status, 200);
     let (n, one_each) = copies(&data);
     assert_eq!(n, 2, "hello and greeter");
+    let package = e2e::greeter_build(0).len() as u64;
+    let start = dir_bytes(data.path());
     let started = Instant::now();
     for build in 1..=200 {
         let reply = host.upload(
@@ -42,10 +45,45 @@ fn two_hundred_upgrades_leave_one_copy_per_served_build() {
         );
     }
     assert_eq!(e2e::greeter_version(&host).as_deref(), Some("1"));
+    assert_data_dir_flat(&data, start, package);
     eprintln!(
         "200 upgrades took {:?}; host RSS {} KiB",
         started.elapsed(),
         rss_kib(host.pid())
+    );
+}
+
+/// The bytes of every file under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+                    _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The data dir stays within `bound` bytes of `start` (the package store in
+/// its SQLite database included) after 200 upgrades of a build of
+/// `package` bytes: each upgrade's package left the store.
+fn assert_data_dir_flat(data: &DataDir, start: u64, package: u64) {
+    let end = dir_bytes(data.path());
+    eprintln!(
+        "data dir: {} KiB before, {} KiB after (a package is {} KiB)",
+        start / 1024,
+        end / 1024,
+        package / 1024
+    );
+    // The database reuses the pages a removed package freed; its write-ahead
+    // log holds a few packages at most. 200 kept packages would be 200x.
+    assert!(
+        end < start + 6 * package,
+        "the data dir grew from {start} to {end} bytes over 200 upgrades of a {package}-byte package"
     );
 }
 
@@ -95,6 +133,8 @@ fn two_hundred_isolated_upgrades_leave_nothing_of_the_old_builds() {
         assert_eq!(reply.status, 200, "upgrade {build}: {:?}", reply.json);
     }
     let before = rss_kib(host.pid());
+    let package = e2e::greeter_build(0).len() as u64;
+    let start = dir_bytes(data.path());
     let started = Instant::now();
     for build in 11..=210 {
         let reply = host.upload(
@@ -106,6 +146,7 @@ fn two_hundred_isolated_upgrades_leave_nothing_of_the_old_builds() {
     }
     eprintln!("200 isolated upgrades took {:?}", started.elapsed());
     assert_eq!(e2e::greeter_version(&host).as_deref(), Some("1"));
+    assert_data_dir_flat(&data, start, package);
     let after = rss_kib(host.pid());
     // In process each build stays mapped (about its size, 10 MiB for a
     // debug build: 2 GiB over 200); isolated, the host maps none of them

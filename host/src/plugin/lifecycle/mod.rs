@@ -343,6 +343,13 @@ impl PluginHost {
             .collect();
         let cache = self.cache.clone();
         let _ = tokio::task::spawn_blocking(move || cache.prune(&keep)).await;
+        match store::collect(&self.db).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::debug!("removed {n} package(s) no longer installed from the package store")
+            }
+            Err(e) => tracing::warn!("could not remove packages no longer installed: {e}"),
+        }
         if let Err(e) = guard.release().await {
             tracing::error!("{e}");
         }

@@ -138,3 +138,30 @@ pub async fn get(db: &Db, digest: &str) -> Result<Vec<u8>, StoreError> {
     }
     Ok(bytes)
 }
+
+/// Removes the packages the desired set no longer names (the builds an
+/// upgrade replaced, uninstalled plugins, an install that failed after
+/// storing its package) and returns how many went, so the store holds one
+/// package per installed plugin however many upgrades run. The caller
+/// holds the lifecycle lock: every package is stored and every desired row
+/// written under it, so nothing it removes is about to be named.
+pub async fn collect(db: &Db) -> Result<u64, StoreError> {
+    let txn = db.conn().begin().await?;
+    let removed = txn
+        .execute(db.statement(
+            "DELETE FROM sys_package WHERE digest NOT IN \
+             (SELECT digest FROM sys_plugin_desired WHERE removed = 0)",
+            [],
+        ))
+        .await?
+        .rows_affected();
+    if removed > 0 {
+        txn.execute(db.statement(
+            "DELETE FROM sys_package_chunk WHERE digest NOT IN (SELECT digest FROM sys_package)",
+            [],
+        ))
+        .await?;
+    }
+    txn.commit().await?;
+    Ok(removed)
+}
