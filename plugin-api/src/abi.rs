@@ -62,6 +62,42 @@ pub struct HeaderSource<'a> {
     pub _marker: PhantomData<&'a ()>,
 }
 
+impl<'a> HeaderSource<'a> {
+    /// A source over `(name, value)` pairs, names matched without regard
+    /// to case (the testing host's requests, an isolated plugin's).
+    pub fn from_pairs(pairs: &'a Vec<(String, String)>) -> Self {
+        Self {
+            ctx: std::ptr::from_ref(pairs).cast(),
+            get: pairs_get,
+            list: pairs_list,
+            _marker: PhantomData,
+        }
+    }
+}
+
+/// Looks a header up in the `Vec<(String, String)>` of [`HeaderSource::from_pairs`].
+#[allow(unsafe_code)]
+unsafe extern "C" fn pairs_get(ctx: *const (), name: RStr<'_>) -> ROption<RStr<'static>> {
+    // SAFETY: `ctx` is the pairs of `from_pairs`, which outlive the source
+    // (its lifetime); the strings returned borrow from them.
+    let pairs = unsafe { &*ctx.cast::<Vec<(String, String)>>() };
+    pairs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name.as_str()))
+        .map(|(_, v)| RStr::from_str(unsafe { &*std::ptr::from_ref::<str>(v.as_str()) }))
+        .into()
+}
+
+#[allow(unsafe_code)]
+unsafe extern "C" fn pairs_list(ctx: *const ()) -> RVec<OwnedPair> {
+    // SAFETY: as in `pairs_get`.
+    let pairs = unsafe { &*ctx.cast::<Vec<(String, String)>>() };
+    pairs
+        .iter()
+        .map(|(k, v)| Tuple2(RString::from(k.as_str()), RString::from(v.as_str())))
+        .collect()
+}
+
 /// The authenticated caller of a route that sits behind authentication.
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy)]

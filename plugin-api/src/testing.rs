@@ -60,8 +60,8 @@ use serde_json::Value;
 use crate::{
     Error, IntoResponse, Request,
     abi::{
-        HeaderSource, HostRef, HostServices, OwnedPair, PluginModRef, Principal, RawRequest,
-        RouteSpec, StrPair, level,
+        HeaderSource, HostRef, HostServices, PluginModRef, Principal, RawRequest, RouteSpec,
+        StrPair, level,
     },
     counter,
     db::{wire_error, wire_params},
@@ -1413,12 +1413,7 @@ impl TestHost {
             path: RStr::from(request.path.as_str()),
             query: RStr::from(request.query.as_str()),
             params: RSlice::from_slice(&pairs),
-            headers: HeaderSource {
-                ctx: std::ptr::from_ref(&request.headers).cast(),
-                get: header_get,
-                list: header_list,
-                _marker: std::marker::PhantomData,
-            },
+            headers: HeaderSource::from_pairs(&request.headers),
             body: RSlice::from_slice(&request.body),
             principal: ROption::from(principal),
             trace_id: RStr::from(trace_id.as_str()),
@@ -1477,29 +1472,6 @@ fn guard(spec: &RouteSpec, user: Option<&TestUser>) -> Option<Error> {
         }
         _ => None,
     }
-}
-
-/// Looks a header up in the request's `Vec<(String, String)>`.
-#[allow(unsafe_code)]
-unsafe extern "C" fn header_get(ctx: *const (), name: RStr<'_>) -> ROption<RStr<'static>> {
-    // SAFETY: `ctx` is the `headers` of the `TestRequest` being sent,
-    // which outlives the handler's future; the strings borrow from it.
-    let headers = unsafe { &*ctx.cast::<Vec<(String, String)>>() };
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name.as_str()))
-        .map(|(_, v)| RStr::from_str(unsafe { &*std::ptr::from_ref::<str>(v.as_str()) }))
-        .into()
-}
-
-#[allow(unsafe_code)]
-unsafe extern "C" fn header_list(ctx: *const ()) -> RVec<OwnedPair> {
-    // SAFETY: as in `header_get`.
-    let headers = unsafe { &*ctx.cast::<Vec<(String, String)>>() };
-    headers
-        .iter()
-        .map(|(k, v)| Tuple2(RString::from(k.as_str()), RString::from(v.as_str())))
-        .collect()
 }
 
 /// The caller a request carries into routes behind `.auth()` or

@@ -4,7 +4,8 @@
 //! 504) and a restart of its child, never the host: another plugin keeps
 //! answering, the list shows the crashes, a crash loop stops at the limit
 //! and marks the plugin `error`, and no child outlives a `kill -9` of the
-//! host. The host never maps the isolated library.
+//! host. The host never maps the isolated library; only the host reaches
+//! the child; an uninstall lets the requests in flight finish.
 
 use std::time::{Duration, Instant};
 
@@ -198,5 +199,71 @@ fn a_child_past_its_memory_cap_dies_and_restarts_and_the_host_stays_flat() {
     assert!(
         after < before + 32 * 1024,
         "host RSS {before} KiB -> {after} KiB"
+    );
+}
+
+#[test]
+fn only_the_host_reaches_the_child_over_its_lanes() {
+    let (data, host) = host(&[]);
+    let pid = child_pid(&host);
+    let run = data.path().join("run");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&run).unwrap().permissions().mode() & 0o777,
+        0o700,
+        "{} is the host's alone",
+        run.display()
+    );
+    let lanes: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "lanes"))
+        .collect();
+    assert_eq!(lanes.len(), 1, "{lanes:?}");
+    // Another process (this test) connects: the child closes it unread.
+    use std::io::{Read as _, Write as _};
+    let mut stranger = std::os::unix::net::UnixStream::connect(&lanes[0]).unwrap();
+    stranger
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = stranger.write_all(&[0u8; 8]);
+    let mut answer = Vec::new();
+    let read = stranger.read_to_end(&mut answer);
+    assert!(
+        matches!(read, Ok(0)) || read.is_err() && answer.is_empty(),
+        "a stranger's lane was answered: {read:?} {answer:?}"
+    );
+    // The host's own requests go on, on the same child.
+    for _ in 0..20 {
+        assert_eq!(host.get("/faulty/v1/ok").status, 200);
+    }
+    assert_eq!(child_pid(&host), pid);
+    assert!(
+        host.log()
+            .contains("refused a lane from a process other than the host")
+    );
+}
+
+#[test]
+fn an_uninstall_lets_the_requests_in_flight_finish() {
+    let (_data, host) = host(&[]);
+    let pid = child_pid(&host);
+    let (in_flight, uninstalled) = std::thread::scope(|scope| {
+        let slow = scope.spawn(|| host.get("/faulty/v1/sleep?ms=1500"));
+        std::thread::sleep(Duration::from_millis(300));
+        let uninstalled = host.request("DELETE", "/admin/v1/sys/plugins/faulty", None);
+        (slow.join().unwrap(), uninstalled)
+    });
+    assert_eq!(uninstalled.status, 200, "{:?}", uninstalled.json);
+    assert_eq!(
+        in_flight.status, 200,
+        "a request in flight at the uninstall: {:?}",
+        in_flight.json
+    );
+    assert_eq!(host.get("/faulty/v1/ok").status, 404);
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(pid)),
+        "the uninstalled plugin's child {pid} remains"
     );
 }

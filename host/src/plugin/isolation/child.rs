@@ -14,7 +14,6 @@ use std::{
 };
 
 use abi_stable::std_types::{ROption, RResult, RSlice, RStr, Tuple2};
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use futures_util::FutureExt as _;
 use plugin_api::abi::{PluginModRef, Principal as AbiPrincipal, RawRequest, StrPair};
 use tokio::{net::UnixStream, sync::mpsc};
@@ -106,9 +105,10 @@ const STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(365 * 86
 async fn serve(args: ChildArgs, settings: Settings) -> anyhow::Result<()> {
     let stream = UnixStream::connect(&args.socket).await?;
     let (reader, writer_half) = stream.into_split();
-    let mut reader = tokio::io::BufReader::with_capacity(64 << 10, reader);
+    let mut reader = wire::Frames::new(reader);
     let (writer, outbox) = mpsc::unbounded_channel::<(ToHost, Vec<u8>)>();
     let writing = actix_web::rt::spawn(wire::pump(writer_half, outbox));
+    let plugin_timeout = settings.plugin_timeout;
     let plugin = match open(&args, settings).await {
         Ok(plugin) => plugin,
         Err(reason) => {
@@ -118,7 +118,12 @@ async fn serve(args: ChildArgs, settings: Settings) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let _ = writer.send((ToHost::Hello(Box::new(plugin.hello())), Vec::new()));
+    let plugin = Rc::new(plugin);
+    let in_flight = InFlight::default();
+    let lanes = listen_for_lanes(&args.socket, &plugin, &in_flight);
+    let mut hello = plugin.hello();
+    hello.lanes = lanes.is_some();
+    let _ = writer.send((ToHost::Hello(Box::new(hello)), Vec::new()));
     // Panics beyond the first few of a site are counted, and the counts
     // reported as each interval ends, as in the host.
     actix_web::rt::spawn(async {
@@ -127,9 +132,7 @@ async fn serve(args: ChildArgs, settings: Settings) -> anyhow::Result<()> {
             services::panic_log::flush();
         }
     });
-    let plugin = Rc::new(plugin);
-    let in_flight: Rc<RefCell<HashMap<u64, actix_web::rt::task::JoinHandle<()>>>> = Rc::default();
-    while let Some((message, body)) = wire::read::<ToChild, _>(&mut reader).await? {
+    while let Some((message, body)) = reader.next::<ToChild>().await? {
         match message {
             ToChild::Init => {
                 let error = match (plugin.module.init())(services::host_services()) {
@@ -146,103 +149,189 @@ async fn serve(args: ChildArgs, settings: Settings) -> anyhow::Result<()> {
                 plugin.stop().await;
                 done(&writer, "stop", None);
             }
-            ToChild::Enabled { enabled } => plugin
-                .enabled
-                .store(enabled, std::sync::atomic::Ordering::Release),
-            ToChild::Authenticate { id, authorization } => {
-                let (module, writer) = (plugin.module, writer.clone());
-                actix_web::rt::spawn(async move {
-                    let answer = match module.authenticate().flatten() {
-                        None => Ok(serde_json::Value::Null),
-                        Some(hook) => {
-                            match std::panic::AssertUnwindSafe(hook(authorization.into()))
-                                .catch_unwind()
-                                .await
-                            {
-                                Ok(RResult::ROk(user)) => Ok(serde_json::json!(user.into_option())),
-                                Ok(RResult::RErr(e)) => Err(e.into_string()),
-                                Err(_) => Err("the authenticator panicked".into()),
-                            }
-                        }
-                    };
-                    let _ = writer.send((ToHost::Hooked { id, answer }, Vec::new()));
-                });
+            message => dispatch(&plugin, &writer, &in_flight, message, body),
+        }
+    }
+    // The host closed the socket: no new lanes; stop the plugin, let the
+    // requests in flight finish (within their deadline), then exit.
+    if let Some(lanes) = lanes {
+        let _ = std::fs::remove_file(lanes);
+    }
+    plugin.stop().await;
+    let drained = tokio::time::Instant::now() + plugin.longest_deadline(plugin_timeout);
+    while !in_flight.borrow().is_empty() && tokio::time::Instant::now() < drained {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// The requests running, by the host's id, to cancel.
+type InFlight = Rc<RefCell<HashMap<u64, actix_web::rt::task::JoinHandle<()>>>>;
+
+/// Listens for the host's lanes beside its socket ([`lanes_path`], only
+/// the host's own process is served) and serves each; the path, or none
+/// when it cannot listen (then everything comes over the one socket).
+fn listen_for_lanes(socket: &Path, plugin: &Rc<Opened>, in_flight: &InFlight) -> Option<PathBuf> {
+    let path = lanes_path(socket);
+    let _ = std::fs::remove_file(&path);
+    let listener = match tokio::net::UnixListener::bind(&path) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::warn!(
+                plugin = plugin.name,
+                "cannot listen on {}: {e}; requests share one socket",
+                path.display()
+            );
+            return None;
+        }
+    };
+    let (plugin, in_flight) = (plugin.clone(), in_flight.clone());
+    actix_web::rt::spawn(async move {
+        let host = rustix::process::getppid().map(|pid| pid.as_raw_nonzero().get());
+        while let Ok((stream, _)) = listener.accept().await {
+            // The socket's directory is the host's; the peer is checked too.
+            let peer = stream.peer_cred().ok().and_then(|c| c.pid());
+            if peer.is_none() || peer != host {
+                tracing::warn!(?peer, "refused a lane from a process other than the host");
+                continue;
             }
-            ToChild::Authorize { id, call } => {
-                let (module, writer) = (plugin.module, writer.clone());
-                actix_web::rt::spawn(async move {
-                    let answer = match module.authorize().flatten() {
-                        None => Ok(serde_json::Value::Null),
-                        Some(hook) => match std::panic::AssertUnwindSafe(hook(call.into()))
+            let (plugin, in_flight) = (plugin.clone(), in_flight.clone());
+            actix_web::rt::spawn(serve_lane(stream, plugin, in_flight));
+        }
+    });
+    Some(path)
+}
+
+/// Serves one lane: what comes in on it is answered on it.
+async fn serve_lane(stream: UnixStream, plugin: Rc<Opened>, in_flight: InFlight) {
+    let (reader, writer_half) = stream.into_split();
+    let mut reader = wire::Frames::new(reader);
+    let (writer, outbox) = mpsc::unbounded_channel::<(ToHost, Vec<u8>)>();
+    actix_web::rt::spawn(wire::pump(writer_half, outbox));
+    while let Ok(Some((message, body))) = reader.next::<ToChild>().await {
+        match message {
+            // The plugin's lifecycle comes over the host's socket, in order.
+            ToChild::Init | ToChild::Start | ToChild::Stop => {}
+            message => dispatch(&plugin, &writer, &in_flight, message, body),
+        }
+    }
+}
+
+/// Acts on one of the host's messages other than the lifecycle's,
+/// answering on `writer`.
+fn dispatch(
+    plugin: &Rc<Opened>,
+    writer: &Writer,
+    in_flight: &InFlight,
+    message: ToChild,
+    body: Vec<u8>,
+) {
+    match message {
+        ToChild::Init | ToChild::Start | ToChild::Stop => {}
+        ToChild::Enabled { enabled } => plugin
+            .enabled
+            .store(enabled, std::sync::atomic::Ordering::Release),
+        ToChild::Authenticate { id, authorization } => {
+            let (module, writer) = (plugin.module, writer.clone());
+            actix_web::rt::spawn(async move {
+                let answer = match module.authenticate().flatten() {
+                    None => Ok(serde_json::Value::Null),
+                    Some(hook) => {
+                        match std::panic::AssertUnwindSafe(hook(authorization.into()))
                             .catch_unwind()
                             .await
                         {
-                            Ok(RResult::ROk(denied)) => Ok(serde_json::json!(
-                                denied.into_option().map(|r| r.into_string())
-                            )),
+                            Ok(RResult::ROk(user)) => Ok(serde_json::json!(user.into_option())),
                             Ok(RResult::RErr(e)) => Err(e.into_string()),
-                            Err(_) => Err("the authorizer panicked".into()),
-                        },
-                    };
-                    let _ = writer.send((ToHost::Hooked { id, answer }, Vec::new()));
-                });
-            }
-            ToChild::Plugins { loaded } => {
-                services::publish(
-                    loaded,
-                    HashMap::from([(plugin.name.clone(), plugin.settings.clone())]),
-                );
-            }
-            ToChild::Metrics { id } => {
-                let text = crate::observe::render().unwrap_or_default();
-                let _ = writer.send((
-                    ToHost::Hooked {
-                        id,
-                        answer: Ok(serde_json::Value::String(text)),
+                            Err(_) => Err("the authenticator panicked".into()),
+                        }
+                    }
+                };
+                let _ = writer.send((ToHost::Hooked { id, answer }, Vec::new()));
+            });
+        }
+        ToChild::Authorize { id, call } => {
+            let (module, writer) = (plugin.module, writer.clone());
+            actix_web::rt::spawn(async move {
+                let answer = match module.authorize().flatten() {
+                    None => Ok(serde_json::Value::Null),
+                    Some(hook) => match std::panic::AssertUnwindSafe(hook(call.into()))
+                        .catch_unwind()
+                        .await
+                    {
+                        Ok(RResult::ROk(denied)) => Ok(serde_json::json!(
+                            denied.into_option().map(|r| r.into_string())
+                        )),
+                        Ok(RResult::RErr(e)) => Err(e.into_string()),
+                        Err(_) => Err("the authorizer panicked".into()),
                     },
-                    Vec::new(),
-                ));
-            }
-            ToChild::ListJobs { id } => {
-                let jobs = plugin
-                    .run
-                    .borrow()
-                    .as_ref()
-                    .map(|run| run.jobs())
-                    .unwrap_or_default();
-                let _ = writer.send((
-                    ToHost::Hooked {
-                        id,
-                        answer: Ok(serde_json::Value::from(jobs)),
-                    },
-                    Vec::new(),
-                ));
-            }
-            ToChild::Ping { id } => {
-                let _ = writer.send((ToHost::Pong { id }, Vec::new()));
-            }
-            ToChild::Cancel { id } => {
-                if let Some(task) = in_flight.borrow_mut().remove(&id) {
-                    task.abort();
-                }
-            }
-            ToChild::Request {
-                id,
-                handler,
-                request,
-            } => {
-                let (plugin, writer, tasks) = (plugin.clone(), writer.clone(), in_flight.clone());
-                let task = actix_web::rt::spawn(async move {
-                    answer(&plugin, &writer, id, handler, *request, body).await;
-                    tasks.borrow_mut().remove(&id);
-                });
-                in_flight.borrow_mut().insert(id, task);
+                };
+                let _ = writer.send((ToHost::Hooked { id, answer }, Vec::new()));
+            });
+        }
+        ToChild::Plugins { loaded } => {
+            services::publish(
+                loaded,
+                HashMap::from([(plugin.name.clone(), plugin.settings.clone())]),
+            );
+        }
+        ToChild::Metrics { id } => {
+            let text = crate::observe::render().unwrap_or_default();
+            let _ = writer.send((
+                ToHost::Hooked {
+                    id,
+                    answer: Ok(serde_json::Value::String(text)),
+                },
+                Vec::new(),
+            ));
+        }
+        ToChild::ListJobs { id } => {
+            let jobs = plugin
+                .run
+                .borrow()
+                .as_ref()
+                .map(|run| run.jobs())
+                .unwrap_or_default();
+            let _ = writer.send((
+                ToHost::Hooked {
+                    id,
+                    answer: Ok(serde_json::Value::from(jobs)),
+                },
+                Vec::new(),
+            ));
+        }
+        ToChild::Ping { id } => {
+            let _ = writer.send((ToHost::Pong { id }, Vec::new()));
+        }
+        ToChild::Cancel { id } => {
+            if let Some(task) = in_flight.borrow_mut().remove(&id) {
+                task.abort();
             }
         }
+        ToChild::Request {
+            id,
+            handler,
+            request,
+        } => {
+            let (plugin, writer) = (plugin.clone(), writer.clone());
+            let mut work = Box::pin(async move {
+                answer(&plugin, &writer, id, handler, *request, body).await;
+            });
+            // Most handlers answer at once: polled here first, they cost
+            // no task. One that waits goes on in a task of its own, which
+            // polls it again with a waker that wakes it.
+            let mut first = std::task::Context::from_waker(std::task::Waker::noop());
+            if work.as_mut().poll(&mut first).is_ready() {
+                return;
+            }
+            let tasks = in_flight.clone();
+            let task = actix_web::rt::spawn(async move {
+                work.await;
+                tasks.borrow_mut().remove(&id);
+            });
+            in_flight.borrow_mut().insert(id, task);
+        }
     }
-    // The host closed the socket: stop what still runs, then exit.
-    plugin.stop().await;
-    Ok(())
 }
 
 fn done(writer: &Writer, step: &str, error: Option<String>) {
@@ -282,7 +371,21 @@ impl Opened {
             authenticate: self.module.authenticate().flatten().is_some(),
             authorize: self.module.authorize().flatten().is_some(),
             pid: std::process::id(),
+            lanes: false,
         }
+    }
+
+    /// The longest any of its requests may run: `default`, or a route's
+    /// own timeout when longer.
+    fn longest_deadline(&self, default: std::time::Duration) -> std::time::Duration {
+        (self.module.routers())()
+            .iter()
+            .flat_map(|router| router.routes.iter())
+            .flat_map(|route| route.extensions.iter())
+            .filter(|Tuple2(name, _)| name.as_str() == plugin_api::abi::route_option::TIMEOUT_MS)
+            .filter_map(|Tuple2(_, ms)| ms.parse().ok())
+            .map(std::time::Duration::from_millis)
+            .fold(default, std::cmp::max)
     }
 
     /// The metrics of route `method route` (made once).
@@ -374,15 +477,6 @@ async fn answer(
     request: WireRequest,
     body: Vec<u8>,
 ) {
-    let mut headers = HeaderMap::new();
-    for (name, value) in &request.headers {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            headers.append(name, value);
-        }
-    }
     let params: Vec<StrPair<'_>> = request
         .params
         .iter()
@@ -410,7 +504,7 @@ async fn answer(
         path: RStr::from_str(&request.path),
         query: RStr::from_str(&request.query),
         params: RSlice::from_slice(&params),
-        headers: crate::http::dispatch::header_source(&headers),
+        headers: plugin_api::abi::HeaderSource::from_pairs(&request.headers),
         body: RSlice::from_slice(&body),
         principal,
         trace_id: RStr::from_str(&request.trace_id),
@@ -488,4 +582,9 @@ fn internal_error(writer: &Writer, id: u64, message: &str, trace_id: &str) {
 /// Where the host's socket for `name`'s next child goes.
 pub fn socket_path(run_dir: &Path, name: &str, serial: u64) -> PathBuf {
     run_dir.join(format!("{name}-{}-{serial}.sock", std::process::id()))
+}
+
+/// Where the child of socket `socket` accepts lanes.
+pub fn lanes_path(socket: &Path) -> PathBuf {
+    socket.with_extension("lanes")
 }

@@ -9,7 +9,7 @@ use std::{
     collections::{HashMap, VecDeque},
     path::PathBuf,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, Weak,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -98,6 +98,14 @@ struct Link {
     killed_for: Mutex<Option<String>>,
     /// Its reader saw it end (set under the owners lock).
     dead: AtomicBool,
+    /// Where the child accepts lanes, if it does.
+    lanes: Option<PathBuf>,
+}
+
+thread_local! {
+    /// This thread's lanes, by the child they go to.
+    static LANES: std::cell::RefCell<Vec<(Weak<Link>, Outbox)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Link {
@@ -107,6 +115,31 @@ impl Link {
             .expect("outbox lock")
             .as_ref()
             .is_some_and(|outbox| outbox.send((message, body)).is_ok())
+    }
+
+    /// Where this thread sends requests: its own lane to the child when
+    /// the child takes lanes and this thread runs a Tokio runtime (an
+    /// HTTP worker: the lane's writer and reader run there, so a request
+    /// and its answer never wait on another thread of the host), else the
+    /// child's socket. A lane is opened on a thread's first request.
+    fn outbox_here(self: &Arc<Self>) -> Option<Outbox> {
+        let here = self.lanes.as_ref().and_then(|path| {
+            let runtime = tokio::runtime::Handle::try_current().ok()?;
+            LANES.with_borrow_mut(|lanes| {
+                lanes.retain(|(link, outbox)| link.strong_count() > 0 && !outbox.is_closed());
+                if let Some((_, outbox)) = lanes
+                    .iter()
+                    .find(|(link, _)| std::ptr::eq(link.as_ptr(), Arc::as_ptr(self)))
+                {
+                    return Some(outbox.clone());
+                }
+                let (outbox, frames) = mpsc::unbounded_channel();
+                runtime.spawn(open_lane(Arc::downgrade(self), path.clone(), frames));
+                lanes.push((Arc::downgrade(self), outbox.clone()));
+                Some(outbox)
+            })
+        });
+        here.or_else(|| self.outbox.lock().expect("outbox lock").clone())
     }
 
     /// Closes the socket: the child stops its plugin and exits.
@@ -282,7 +315,10 @@ impl Supervisor {
             }
             hooks.insert(id, answer);
         }
-        if !link.send(message(id), Vec::new()) {
+        let sent = link
+            .outbox_here()
+            .is_some_and(|outbox| outbox.send((message(id), Vec::new())).is_ok());
+        if !sent {
             return Err("its child process has exited".into());
         }
         answered
@@ -365,19 +401,22 @@ impl Supervisor {
             }
             pending.insert(id, answer);
         }
+        let outbox = link.outbox_here();
         let cancel = CancelOnDrop {
             link: &link,
+            outbox: outbox.as_ref(),
             id,
             armed: true,
         };
-        if !link.send(
-            ToChild::Request {
-                id,
-                handler,
-                request: Box::new(request),
-            },
-            body,
-        ) {
+        let request = ToChild::Request {
+            id,
+            handler,
+            request: Box::new(request),
+        };
+        if outbox
+            .as_ref()
+            .is_none_or(|o| o.send((request, body)).is_err())
+        {
             return Ok(Reply::Crashed(self.exit_reason()));
         }
         let reply = reply.await;
@@ -566,6 +605,8 @@ impl Drop for Supervisor {
 /// Removes a request from the child's work when its caller stops waiting.
 struct CancelOnDrop<'a> {
     link: &'a Link,
+    /// Where the request went: the cancel follows it there.
+    outbox: Option<&'a Outbox>,
     id: u64,
     armed: bool,
 }
@@ -578,7 +619,44 @@ impl Drop for CancelOnDrop<'_> {
                 .lock()
                 .expect("pending lock")
                 .remove(&self.id);
-            self.link.send(ToChild::Cancel { id: self.id }, Vec::new());
+            if let Some(outbox) = self.outbox {
+                let _ = outbox.send((ToChild::Cancel { id: self.id }, Vec::new()));
+            }
+        }
+    }
+}
+
+/// Connects a lane to the child of `link` and carries `frames` over it,
+/// handing what comes back to the requests waiting on `link`; when the
+/// child cannot be reached there, `frames` go over its socket.
+async fn open_lane(
+    link: Weak<Link>,
+    path: PathBuf,
+    mut frames: mpsc::UnboundedReceiver<(ToChild, Vec<u8>)>,
+) {
+    match tokio::net::UnixStream::connect(&path).await {
+        Ok(stream) => {
+            let (reader, writer) = stream.into_split();
+            if let Some(link) = link.upgrade() {
+                tokio::spawn(async move {
+                    let mut reader = wire::Frames::new(reader);
+                    while let Ok(Some((message, body))) = reader.next::<ToHost>().await {
+                        deliver(&link, message, body).await;
+                    }
+                });
+            }
+            wire::pump(writer, frames).await;
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot open a lane to an isolated plugin's child at {} ({e}); this thread's requests go over its socket",
+                path.display()
+            );
+            while let Some((message, body)) = frames.recv().await {
+                if !link.upgrade().is_some_and(|link| link.send(message, body)) {
+                    return;
+                }
+            }
         }
     }
 }
@@ -595,7 +673,12 @@ async fn start_child(
     config: &IsolationConfig,
     serial: &AtomicU64,
 ) -> Result<(Arc<Link>, Hello), String> {
+    // The sockets' directory is the host's alone.
     std::fs::create_dir_all(&config.run_dir)
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&config.run_dir, std::fs::Permissions::from_mode(0o700))
+        })
         .map_err(|e| format!("cannot create {}: {e}", config.run_dir.display()))?;
     let socket = super::child::socket_path(
         &config.run_dir,
@@ -646,28 +729,27 @@ async fn start_child(
         }
     };
     let (reader, writer) = stream.into_split();
-    let mut reader = tokio::io::BufReader::with_capacity(64 << 10, reader);
-    let hello =
-        match tokio::time::timeout(HELLO_TIMEOUT, wire::read::<ToHost, _>(&mut reader)).await {
-            Ok(Ok(Some((ToHost::Hello(hello), _)))) => *hello,
-            Ok(Ok(Some((ToHost::Refused { reason }, _)))) => {
-                let _ = child.wait().await;
-                return Err(reason);
-            }
-            Ok(Ok(_)) | Ok(Err(_)) => {
-                let status = child.wait().await.ok();
-                return Err(format!(
-                    "its child process {} while opening the library",
-                    describe(status)
-                ));
-            }
-            Err(_) => {
-                let _ = child.start_kill();
-                return Err(format!(
-                    "its child process did not open the library within {HELLO_TIMEOUT:?}"
-                ));
-            }
-        };
+    let mut reader = wire::Frames::new(reader);
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, reader.next::<ToHost>()).await {
+        Ok(Ok(Some((ToHost::Hello(hello), _)))) => *hello,
+        Ok(Ok(Some((ToHost::Refused { reason }, _)))) => {
+            let _ = child.wait().await;
+            return Err(reason);
+        }
+        Ok(Ok(_)) | Ok(Err(_)) => {
+            let status = child.wait().await.ok();
+            return Err(format!(
+                "its child process {} while opening the library",
+                describe(status)
+            ));
+        }
+        Err(_) => {
+            let _ = child.start_kill();
+            return Err(format!(
+                "its child process did not open the library within {HELLO_TIMEOUT:?}"
+            ));
+        }
+    };
     let (outbox, outgoing) = mpsc::unbounded_channel::<(ToChild, Vec<u8>)>();
     let link = Arc::new(Link {
         pid,
@@ -681,12 +763,13 @@ async fn start_child(
         next: AtomicU64::new(1),
         killed_for: Mutex::new(None),
         dead: AtomicBool::new(false),
+        lanes: hello.lanes.then(|| super::child::lanes_path(&socket)),
     });
     tokio::spawn(wire::pump(writer, outgoing));
     let reading = link.clone();
     tokio::spawn(async move {
         let link = reading;
-        while let Ok(Some((message, body))) = wire::read::<ToHost, _>(&mut reader).await {
+        while let Ok(Some((message, body))) = reader.next::<ToHost>().await {
             deliver(&link, message, body).await;
         }
         // The child is gone (or broke the protocol): why, then tell the
@@ -712,6 +795,9 @@ async fn start_child(
         };
         // Its writer task ends with the socket.
         link.close();
+        if let Some(lanes) = &link.lanes {
+            let _ = std::fs::remove_file(lanes);
+        }
         let pending: Vec<_> = link.pending.lock().expect("pending lock").drain().collect();
         link.streams.lock().expect("streams lock").clear();
         link.steps.lock().expect("steps lock").clear();

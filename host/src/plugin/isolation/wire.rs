@@ -1,7 +1,12 @@
 //! What the host and an isolated plugin's child process say to each other
-//! over their Unix socket: frames of a JSON head and a byte body
+//! over their Unix socket: frames of a head (serde's compact binary form,
+//! postcard: both ends are the same binary) and a byte body
 //! (`[u32 head length][u32 body length][head][body]`, big-endian), the
 //! body carrying request and response bodies and stream chunks unencoded.
+//!
+//! The socket the host listens on carries the plugin's lifecycle, health
+//! checks and whatever else the host sends; each of the host's HTTP
+//! workers also opens a lane of its own to the child (see [`Hello::lanes`]).
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -13,7 +18,7 @@ const MAX_BODY: u32 = 1 << 30;
 
 /// What the host sends the child.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum ToChild {
     /// Run the plugin's init hook (after the host ran its SQL).
     Init,
@@ -33,7 +38,6 @@ pub enum ToChild {
         /// The handler id.
         handler: u32,
         /// What the handler reads.
-        #[serde(flatten)]
         request: Box<WireRequest>,
     },
     /// The host stopped waiting for request `id` (its deadline passed, or
@@ -117,7 +121,7 @@ pub struct WirePrincipal {
 
 /// What the child sends the host.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum ToHost {
     /// The library is open: what the host needs to mount it.
     Hello(Box<Hello>),
@@ -163,6 +167,7 @@ pub enum ToHost {
         /// The exchange.
         id: u64,
         /// Its answer.
+        #[serde(with = "json_text")]
         answer: Result<serde_json::Value, String>,
     },
     /// Here.
@@ -191,6 +196,11 @@ pub struct Hello {
     pub authorize: bool,
     /// The child's process id.
     pub pid: u32,
+    /// Whether it accepts lanes beside the host's socket
+    /// (`child::lanes_path`): further connections, one per HTTP worker of
+    /// the host, that carry requests and their answers (and `Cancel`,
+    /// `Authenticate`, `Authorize`) without a hop through another thread.
+    pub lanes: bool,
 }
 
 /// A router, as `plugin_api::abi::RouterSpec` says it.
@@ -284,7 +294,7 @@ pub type Frame<T> = (T, Vec<u8>);
 fn encode<T: Serialize>(out: &mut Vec<u8>, head: &T, body: &[u8]) -> std::io::Result<()> {
     let start = out.len();
     out.extend_from_slice(&[0u8; 8]);
-    serde_json::to_writer(&mut *out, head).map_err(std::io::Error::other)?;
+    postcard::to_io(head, &mut *out).map_err(std::io::Error::other)?;
     let head_len = out.len() - start - 8;
     let sizes = |n: usize| u32::try_from(n).map_err(|_| std::io::Error::other("frame too large"));
     out[start..start + 4].copy_from_slice(&sizes(head_len)?.to_be_bytes());
@@ -319,27 +329,122 @@ pub async fn pump<T: Serialize, W: tokio::io::AsyncWrite + Unpin>(
     }
 }
 
-/// Reads one frame; `None` at the end of the stream.
-pub async fn read<T: serde::de::DeserializeOwned, R: tokio::io::AsyncRead + Unpin>(
-    from: &mut R,
-) -> std::io::Result<Option<Frame<T>>> {
-    let mut prefix = [0u8; 8];
-    match from.read_exact(&mut prefix).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
+/// The frames coming in on one socket, read through one buffer.
+pub struct Frames<R> {
+    from: tokio::io::BufReader<R>,
+    head: Vec<u8>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> Frames<R> {
+    /// Frames read from `from`.
+    pub fn new(from: R) -> Self {
+        Self {
+            from: tokio::io::BufReader::with_capacity(64 << 10, from),
+            head: Vec::new(),
+        }
     }
-    let head_len = u32::from_be_bytes(prefix[..4].try_into().expect("4 bytes"));
-    let body_len = u32::from_be_bytes(prefix[4..].try_into().expect("4 bytes"));
-    if head_len > MAX_HEAD || body_len > MAX_BODY {
-        return Err(std::io::Error::other(format!(
-            "a frame of {head_len} + {body_len} bytes is over the limits"
-        )));
+
+    /// The next frame; `None` at the end of the stream.
+    pub async fn next<T: serde::de::DeserializeOwned>(
+        &mut self,
+    ) -> std::io::Result<Option<Frame<T>>> {
+        let mut prefix = [0u8; 8];
+        match self.from.read_exact(&mut prefix).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let head_len = u32::from_be_bytes(prefix[..4].try_into().expect("4 bytes"));
+        let body_len = u32::from_be_bytes(prefix[4..].try_into().expect("4 bytes"));
+        if head_len > MAX_HEAD || body_len > MAX_BODY {
+            return Err(std::io::Error::other(format!(
+                "a frame of {head_len} + {body_len} bytes is over the limits"
+            )));
+        }
+        self.head.resize(head_len as usize, 0);
+        self.from.read_exact(&mut self.head).await?;
+        let mut body = vec![0u8; body_len as usize];
+        self.from.read_exact(&mut body).await?;
+        let head = postcard::from_bytes(&self.head).map_err(std::io::Error::other)?;
+        Ok(Some((head, body)))
     }
-    let mut head = vec![0u8; head_len as usize];
-    from.read_exact(&mut head).await?;
-    let mut body = vec![0u8; body_len as usize];
-    from.read_exact(&mut body).await?;
-    let head = serde_json::from_slice(&head).map_err(std::io::Error::other)?;
-    Ok(Some((head, body)))
+}
+
+/// A hook's answer goes as JSON text: the head's binary form has no room
+/// for a value of any shape.
+mod json_text {
+    use serde::{Deserialize as _, Deserializer, Serialize as _, Serializer, de::Error as _};
+
+    pub(super) fn serialize<S: Serializer>(
+        answer: &Result<serde_json::Value, String>,
+        to: S,
+    ) -> Result<S::Ok, S::Error> {
+        answer
+            .as_ref()
+            .map(serde_json::Value::to_string)
+            .map_err(Clone::clone)
+            .serialize(to)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        from: D,
+    ) -> Result<Result<serde_json::Value, String>, D::Error> {
+        match Result::<String, String>::deserialize(from)? {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Ok)
+                .map_err(D::Error::custom),
+            Err(failure) => Ok(Err(failure)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind of head reads back as it was written, bodies beside them.
+    #[tokio::test]
+    async fn frames_round_trip() {
+        let request = ToChild::Request {
+            id: 7,
+            handler: 3,
+            request: Box::new(WireRequest {
+                method: "POST".into(),
+                path: "/p/v1/x".into(),
+                query: "a=1".into(),
+                params: vec![("id".into(), "9".into())],
+                headers: vec![("x-y".into(), "z".into())],
+                principal: Some(WirePrincipal {
+                    user_id: 1,
+                    username: "admin".into(),
+                    superuser: true,
+                    permissions: vec!["sys:user:add".into()],
+                }),
+                route: "/p/v1/{id}".into(),
+                trace_id: "0123456789abcdef".into(),
+            }),
+        };
+        let hooked = ToHost::Hooked {
+            id: 8,
+            answer: Ok(serde_json::json!([{"name": "job", "next": null}])),
+        };
+        let failed = ToHost::Hooked {
+            id: 9,
+            answer: Err("the authorizer panicked".into()),
+        };
+        let mut out = Vec::new();
+        encode(&mut out, &request, b"body").unwrap();
+        encode(&mut out, &hooked, b"").unwrap();
+        encode(&mut out, &failed, b"").unwrap();
+        let mut from = Frames::new(out.as_slice());
+        let (head, body) = from.next::<ToChild>().await.unwrap().unwrap();
+        assert_eq!(format!("{head:?}"), format!("{request:?}"));
+        assert_eq!(body, b"body");
+        for sent in [hooked, failed] {
+            let (head, body) = from.next::<ToHost>().await.unwrap().unwrap();
+            assert_eq!(format!("{head:?}"), format!("{sent:?}"));
+            assert!(body.is_empty());
+        }
+        assert!(from.next::<ToHost>().await.unwrap().is_none());
+    }
 }
