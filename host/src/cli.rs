@@ -82,6 +82,9 @@ enum Command {
         /// The address space cap, MiB (0: none).
         #[arg(long, default_value_t = 0)]
         memory_mb: u64,
+        /// The cgroup to join, its memory limit set by the host.
+        #[arg(long)]
+        cgroup: Option<std::path::PathBuf>,
         #[command(flatten)]
         settings: SettingsArgs,
     },
@@ -696,6 +699,7 @@ pub fn main() -> ExitCode {
             name,
             layout_checked,
             memory_mb,
+            cgroup,
             settings,
         } => {
             let settings = match Settings::resolve(&settings) {
@@ -712,6 +716,7 @@ pub fn main() -> ExitCode {
                     name,
                     layout_checked,
                     memory_mb,
+                    cgroup,
                 },
                 settings,
             );

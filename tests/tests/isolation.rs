@@ -200,6 +200,41 @@ fn a_child_past_its_memory_cap_dies_and_restarts_and_the_host_stays_flat() {
         after < before + 32 * 1024,
         "host RSS {before} KiB -> {after} KiB"
     );
+    // Which caps apply, said once at start: a cgroup memory limit where
+    // the host's cgroup is delegated (the child is in a cgroup of its own
+    // with that limit), else RLIMIT_AS alone, with the reason.
+    let log = host.log();
+    let child = child_pid(&host);
+    if log.contains("capped at 1024 MiB by a cgroup memory limit and RLIMIT_AS") {
+        let membership = std::fs::read_to_string(format!("/proc/{child}/cgroup")).unwrap();
+        let own = membership
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap();
+        assert!(own.contains("/isolated-faulty-"), "{membership}");
+        let max = std::fs::read_to_string(format!("/sys/fs/cgroup{own}/memory.max")).unwrap();
+        assert_eq!(max.trim(), (1024u64 << 20).to_string());
+    } else {
+        let line = log
+            .lines()
+            .find(|l| l.contains("capped at 1024 MiB of address space by RLIMIT_AS alone: "))
+            .unwrap_or_else(|| panic!("no line says which caps apply:\n{log}"));
+        assert!(
+            ["cgroup", "delegated", "memory controller"]
+                .iter()
+                .any(|why| line.contains(why)),
+            "{line}"
+        );
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{child}/limits")).unwrap();
+    let address_space = limits
+        .lines()
+        .find(|l| l.starts_with("Max address space"))
+        .unwrap();
+    assert!(
+        address_space.contains(&(1024u64 << 20).to_string()),
+        "{address_space}"
+    );
 }
 
 #[test]

@@ -311,6 +311,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             serve_args: crate::plugin::isolation::serve_args(),
             run_dir: core.settings.data_dir.join("run"),
             memory_mb: core.settings.isolated_memory_mb,
+            cgroup: crate::plugin::isolation::memory_cgroup(
+                &core.settings.isolated,
+                core.settings.isolated_memory_mb,
+            ),
             health_every: core.settings.isolated_health,
         },
     );

@@ -42,14 +42,22 @@ pub struct ChildArgs {
     pub name: String,
     /// Whether this binary compared the library's layout already.
     pub layout_checked: bool,
-    /// The address space cap, in MiB (0: none).
+    /// The memory cap, in MiB (0: none).
     pub memory_mb: u64,
+    /// The cgroup to join (its memory limit set by the host), if any.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// Runs the child until the host closes the socket; the exit code says
 /// how it ended.
 pub fn main(args: ChildArgs, settings: Settings) -> std::process::ExitCode {
     if let Err(e) = die_with_parent() {
+        eprintln!("isolated plugin {}: {e}", args.name);
+        return std::process::ExitCode::FAILURE;
+    }
+    if let Some(dir) = &args.cgroup
+        && let Err(e) = super::cgroup::join(dir)
+    {
         eprintln!("isolated plugin {}: {e}", args.name);
         return std::process::ExitCode::FAILURE;
     }
@@ -247,7 +255,7 @@ fn dispatch(
                         }
                     }
                 };
-                let _ = writer.send((ToHost::Hooked { id, answer }, Vec::new()));
+                hooked(&writer, id, answer);
             });
         }
         ToChild::Authorize { id, call } => {
@@ -266,7 +274,7 @@ fn dispatch(
                         Err(_) => Err("the authorizer panicked".into()),
                     },
                 };
-                let _ = writer.send((ToHost::Hooked { id, answer }, Vec::new()));
+                hooked(&writer, id, answer);
             });
         }
         ToChild::Plugins { loaded } => {
@@ -277,13 +285,7 @@ fn dispatch(
         }
         ToChild::Metrics { id } => {
             let text = crate::observe::render().unwrap_or_default();
-            let _ = writer.send((
-                ToHost::Hooked {
-                    id,
-                    answer: Ok(serde_json::Value::String(text)),
-                },
-                Vec::new(),
-            ));
+            hooked(writer, id, Ok(serde_json::Value::String(text)));
         }
         ToChild::ListJobs { id } => {
             let jobs = plugin
@@ -292,13 +294,7 @@ fn dispatch(
                 .as_ref()
                 .map(|run| run.jobs())
                 .unwrap_or_default();
-            let _ = writer.send((
-                ToHost::Hooked {
-                    id,
-                    answer: Ok(serde_json::Value::from(jobs)),
-                },
-                Vec::new(),
-            ));
+            hooked(writer, id, Ok(serde_json::Value::from(jobs)));
         }
         ToChild::Ping { id } => {
             let _ = writer.send((ToHost::Pong { id }, Vec::new()));
@@ -332,6 +328,11 @@ fn dispatch(
             in_flight.borrow_mut().insert(id, task);
         }
     }
+}
+
+/// Sends a hook's answer (or a report's) for exchange `id`.
+fn hooked(writer: &Writer, id: u64, answer: Result<serde_json::Value, String>) {
+    let _ = writer.send((ToHost::Hooked { id, answer }, Vec::new()));
 }
 
 fn done(writer: &Writer, step: &str, error: Option<String>) {

@@ -5,6 +5,7 @@
 //! gate, authentication, limits, metrics and the access log; the child
 //! runs the plugin and every host service it calls.
 
+pub mod cgroup;
 pub mod child;
 pub mod supervisor;
 pub mod wire;
@@ -84,4 +85,30 @@ pub fn remember_serve_args(args: Vec<std::ffi::OsString>) {
 /// The arguments `plughost serve` was given.
 pub fn serve_args() -> Vec<std::ffi::OsString> {
     SERVE_ARGS.get().cloned().unwrap_or_default()
+}
+
+/// The delegated cgroup isolated children get their memory limit in, when
+/// plugins run isolated with a cap and one is there; the log says which
+/// caps apply.
+pub fn memory_cgroup(
+    isolated: &Isolated,
+    memory_mb: u64,
+) -> Option<std::sync::Arc<cgroup::Delegated>> {
+    if memory_mb == 0 || *isolated == Isolated::None {
+        return None;
+    }
+    match cgroup::Delegated::find().and_then(|delegated| delegated.prepare().map(|()| delegated)) {
+        Ok(delegated) => {
+            tracing::info!(
+                "isolated plugins' children are capped at {memory_mb} MiB by a cgroup memory limit and RLIMIT_AS"
+            );
+            Some(std::sync::Arc::new(delegated))
+        }
+        Err(why) => {
+            tracing::info!(
+                "isolated plugins' children are capped at {memory_mb} MiB of address space by RLIMIT_AS alone: {why}"
+            );
+            None
+        }
+    }
 }

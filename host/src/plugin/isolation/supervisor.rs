@@ -44,8 +44,10 @@ pub struct IsolationConfig {
     pub serve_args: Vec<std::ffi::OsString>,
     /// Where the sockets go.
     pub run_dir: PathBuf,
-    /// The child's address space cap, MiB (0: none).
+    /// The child's memory cap, MiB (0: none).
     pub memory_mb: u64,
+    /// The delegated cgroup children get a memory limit in, if any.
+    pub cgroup: Option<Arc<super::cgroup::Delegated>>,
     /// How often the child is asked whether it is there; it is killed
     /// when an answer is this late.
     pub health_every: Duration,
@@ -688,6 +690,22 @@ async fn start_child(
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)
         .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+    // A cgroup of its own where one is delegated (RLIMIT_AS caps it either way).
+    let mut cgroup = super::cgroup::ChildCgroup::new(
+        config
+            .cgroup
+            .as_ref()
+            .filter(|_| config.memory_mb > 0)
+            .and_then(|delegated| {
+                let stem = socket.file_stem()?.to_string_lossy().into_owned();
+                delegated
+                    .child(&stem, config.memory_mb.saturating_mul(1 << 20))
+                    .map_err(|e| {
+                        tracing::warn!(plugin = name, "{e}; its child is capped by RLIMIT_AS alone")
+                    })
+                    .ok()
+            }),
+    );
     let mut command = tokio::process::Command::new(&config.exe);
     command
         .arg("isolated-plugin")
@@ -699,6 +717,13 @@ async fn start_child(
         .arg(name)
         .arg("--memory-mb")
         .arg(config.memory_mb.to_string())
+        .args(
+            cgroup
+                .path()
+                .map(|dir| [std::ffi::OsStr::new("--cgroup"), dir.as_os_str()])
+                .into_iter()
+                .flatten(),
+        )
         .args(layout_checked.then_some("--layout-checked"))
         .args(&config.serve_args)
         .stdin(std::process::Stdio::null())
@@ -767,6 +792,7 @@ async fn start_child(
     });
     tokio::spawn(wire::pump(writer, outgoing));
     let reading = link.clone();
+    let memory_mb = config.memory_mb;
     tokio::spawn(async move {
         let link = reading;
         while let Ok(Some((message, body))) = reader.next::<ToHost>().await {
@@ -781,10 +807,18 @@ async fn start_child(
                 child.wait().await.ok()
             }
         };
-        let reason = match link.killed_for.lock().expect("killed lock").take() {
+        let mut reason = match link.killed_for.lock().expect("killed lock").take() {
             Some(why) => format!("was killed: {why}"),
             None => describe(status),
         };
+        if let Some(dir) = cgroup.take() {
+            if super::cgroup::oom_killed(&dir) {
+                reason.push_str(&format!(
+                    " (past its memory limit of {memory_mb} MiB, PLUGHOST_ISOLATED_MEMORY_MB)"
+                ));
+            }
+            tokio::spawn(super::cgroup::remove(dir));
+        }
         let owner = {
             let mut owners = OWNERS.lock().expect("owners lock");
             link.dead.store(true, Ordering::SeqCst);
