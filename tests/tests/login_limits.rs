@@ -1,6 +1,7 @@
 //! Login cannot be used to exhaust the host: a storm of concurrent bad
 //! logins keeps memory flat, repeated failures are throttled per user name
-//! and per address (and reset by a success), and a password change
+//! and per address for the whole cluster (in Redis, or in the database
+//! without it; reset by a success), and a password change
 //! invalidates the tokens issued before it.
 
 use std::{
@@ -176,4 +177,72 @@ fn tokens_issued_before_a_password_change_are_refused() {
             .status,
         200
     );
+}
+
+/// Three instances on one `backend` database (and one Redis when `redis`),
+/// each failing a login once in turn: the fourth try, on any of them, is
+/// refused, as on one instance; after the lockout it goes through.
+fn failures_count_for_the_cluster(backend: e2e::Backend, redis: bool) {
+    let database = e2e::TestDatabase::create(backend);
+    let server = redis.then(e2e::TestRedis::start);
+    let url = server.as_ref().map(e2e::TestRedis::url);
+    let mut env: Vec<(&str, String)> = database.env();
+    env.extend([
+        ("PLUGHOST_LOGIN_FAILURES", "3".to_owned()),
+        ("PLUGHOST_LOGIN_ADDRESS_FAILURES", "100".to_owned()),
+        ("PLUGHOST_LOGIN_LOCKOUT", "3".to_owned()),
+    ]);
+    if let Some(url) = &url {
+        env.push(("REDIS_URL", url.clone()));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let dirs: Vec<e2e::DataDir> = (0..3).map(|_| e2e::DataDir::new()).collect();
+    let hosts: Vec<e2e::Host> = dirs
+        .iter()
+        .map(|d| e2e::Host::start_with(d, &env))
+        .collect();
+    let shown = format!("{backend:?}, Redis: {redis}");
+    for host in &hosts {
+        host.login("admin", "wrong password")
+            .assert_error(401, "wrong username or password");
+    }
+    for host in &hosts {
+        let refused = host.login("admin", ADMIN_PASSWORD);
+        assert_eq!(refused.status, 429, "{shown}: {:?}", refused.json);
+        refused.assert_error(
+            429,
+            "too many failed logins for this user name; try again in",
+        );
+    }
+    std::thread::sleep(Duration::from_millis(3100));
+    assert_eq!(
+        hosts[2].login("admin", ADMIN_PASSWORD).status,
+        200,
+        "{shown}"
+    );
+    // The success cleared the count everywhere: two more failures pass.
+    for host in &hosts[..2] {
+        host.login("admin", "wrong password")
+            .assert_error(401, "wrong username or password");
+    }
+    assert_eq!(
+        hosts[0].login("admin", ADMIN_PASSWORD).status,
+        200,
+        "{shown}"
+    );
+}
+
+#[test]
+fn failures_count_for_the_cluster_in_redis() {
+    failures_count_for_the_cluster(e2e::Backend::Postgresql, true);
+}
+
+#[test]
+fn failures_count_for_the_cluster_in_postgresql_without_redis() {
+    failures_count_for_the_cluster(e2e::Backend::Postgresql, false);
+}
+
+#[test]
+fn failures_count_for_the_cluster_in_mariadb_without_redis() {
+    failures_count_for_the_cluster(e2e::Backend::Mysql, false);
 }

@@ -338,10 +338,11 @@ impl AuthService {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
+        let throttle = LoginThrottle::new(limits, db.clone(), redis.clone());
         Self {
             db,
             hashes: HashGate::new(limits.concurrent_hashes),
-            throttle: LoginThrottle::new(limits),
+            throttle,
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
@@ -373,6 +374,7 @@ impl AuthService {
     ) -> Result<Issued, AuthError> {
         self.throttle
             .check(username, address)
+            .await
             .map_err(AuthError::Throttled)?;
         let found = user::Entity::find()
             .filter(user::Column::Username.eq(username))
@@ -382,10 +384,10 @@ impl AuthService {
         let hash = found.as_ref().map(|u| u.password_hash.clone());
         let matched = self.verify_password(password.to_owned(), hash).await?;
         let Some(found) = found.filter(|_| matched) else {
-            self.throttle.failed(username, address);
+            self.throttle.failed(username, address).await;
             return Err(AuthError::BadCredentials);
         };
-        self.throttle.succeeded(username, address);
+        self.throttle.succeeded(username, address).await;
         self.sign(&found)
     }
 

@@ -1,6 +1,7 @@
 //! What keeps login from being used to exhaust the host: a bound on the
 //! password hashes in flight (each argon2 hash holds 19 MiB while it runs),
-//! and a throttle on repeated failures per user name and per client address.
+//! and a throttle on repeated failures per user name and per client
+//! address, counted for the whole cluster.
 
 use std::{
     collections::HashMap,
@@ -13,7 +14,13 @@ use std::{
 };
 
 use argon2::Block;
+use sea_orm::ConnectionTrait as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::{
+    db::{Backend, Db},
+    redis::Redis,
+};
 
 /// How login is limited.
 #[derive(Debug, Clone, Copy)]
@@ -180,11 +187,31 @@ impl<K: std::hash::Hash + Eq + Clone> FailureMap<K> {
     }
 }
 
-/// Failed logins per user name and per client address.
+/// Failed logins per user name and per client address, counted for the
+/// whole cluster: in Redis when it is configured (one key per name or
+/// address, its count and expiry moved in one script), else in the host
+/// database (`sys_login_failure`, one statement per failure), so that N
+/// instances allow no more guesses than one. Each instance also counts in
+/// memory, and decides from that while the shared count cannot be read.
 pub(crate) struct LoginThrottle {
     limits: LoginLimits,
-    maps: Mutex<(FailureMap<String>, FailureMap<IpAddr>)>,
+    shared: Shared,
+    local: Mutex<(FailureMap<String>, FailureMap<IpAddr>)>,
+    failures: AtomicUsize,
 }
+
+/// Where the cluster's counts are kept.
+enum Shared {
+    Redis { redis: Arc<Redis>, prefix: String },
+    Database(Arc<Db>),
+}
+
+/// Counts a failure: one more, and the count lives `lockout` past it.
+const FAIL_SCRIPT: &str = r"
+local n = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return n
+";
 
 /// Why a login is refused before its password is checked.
 #[derive(Debug, Clone, Copy)]
@@ -203,49 +230,295 @@ impl Throttled {
     }
 }
 
+/// The key a name's or an address's failures are counted under: a digest,
+/// so that a login's arbitrary input makes a key of fixed length.
+fn subject(kind: &str, value: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(format!("{kind}:{value}")))
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 impl LoginThrottle {
-    pub(crate) fn new(limits: LoginLimits) -> Self {
+    /// Counts in Redis (`redis`: the server and the key prefix) when
+    /// given, else in `db`.
+    pub(crate) fn new(limits: LoginLimits, db: Arc<Db>, redis: Option<(Arc<Redis>, &str)>) -> Self {
+        let shared = match redis {
+            Some((redis, prefix)) => Shared::Redis {
+                redis,
+                prefix: format!("{prefix}_login_failures"),
+            },
+            None => Shared::Database(db),
+        };
         Self {
             limits,
-            maps: Mutex::new((FailureMap::new(), FailureMap::new())),
+            shared,
+            local: Mutex::new((FailureMap::new(), FailureMap::new())),
+            failures: AtomicUsize::new(0),
         }
     }
 
-    /// Refuses a login for `username` from `address` that follows too many failures.
-    pub(crate) fn check(&self, username: &str, address: Option<IpAddr>) -> Result<(), Throttled> {
-        let now = Instant::now();
-        let maps = self.maps.lock().expect("throttle lock");
-        let l = &self.limits;
-        if let Some(wait) = maps
-            .0
-            .wait(&username.to_owned(), l.failures_per_user, l.lockout, now)
-        {
-            return Err(Throttled::User(wait));
+    /// The subjects of a login: its name's, and its address's if known.
+    fn subjects(username: &str, address: Option<IpAddr>) -> (String, Option<String>) {
+        (
+            subject("user", username),
+            address.map(|a| subject("address", &a.to_string())),
+        )
+    }
+
+    /// Refuses a login for `username` from `address` that follows too many
+    /// failures, on any instance.
+    pub(crate) async fn check(
+        &self,
+        username: &str,
+        address: Option<IpAddr>,
+    ) -> Result<(), Throttled> {
+        let l = self.limits;
+        let (user, from) = Self::subjects(username, address);
+        match self.shared_waits(&user, from.as_deref()).await {
+            Ok((user_wait, address_wait)) => {
+                if let Some(wait) = user_wait {
+                    return Err(Throttled::User(wait));
+                }
+                if let Some(wait) = address_wait {
+                    return Err(Throttled::Address(wait));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "login failures cannot be read ({e}); this instance's own count decides"
+                );
+                let now = Instant::now();
+                let local = self.local.lock().expect("throttle lock");
+                if let Some(wait) =
+                    local
+                        .0
+                        .wait(&username.to_owned(), l.failures_per_user, l.lockout, now)
+                {
+                    return Err(Throttled::User(wait));
+                }
+                if let Some(wait) =
+                    address.and_then(|a| local.1.wait(&a, l.failures_per_address, l.lockout, now))
+                {
+                    return Err(Throttled::Address(wait));
+                }
+                Ok(())
+            }
         }
-        if let Some(wait) =
-            address.and_then(|a| maps.1.wait(&a, l.failures_per_address, l.lockout, now))
+    }
+
+    /// How long the name and the address wait, by the cluster's counts.
+    async fn shared_waits(
+        &self,
+        user: &str,
+        address: Option<&str>,
+    ) -> Result<(Option<Duration>, Option<Duration>), String> {
+        let l = self.limits;
+        let subjects: Vec<(&str, u32)> = std::iter::once((user, l.failures_per_user))
+            .chain(address.map(|a| (a, l.failures_per_address)))
+            .collect();
+        let mut waits = Vec::with_capacity(subjects.len());
+        match &self.shared {
+            Shared::Redis { redis, prefix } => {
+                let mut conn = redis.conn().await.map_err(|e| e.to_string())?;
+                let mut pipe = deadpool_redis::redis::pipe();
+                for (subject, _) in &subjects {
+                    let key = format!("{prefix}:{subject}");
+                    pipe.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
+                }
+                let answers: deadpool_redis::redis::RedisResult<Vec<(Option<u64>, i64)>> = {
+                    let flat: deadpool_redis::redis::RedisResult<
+                        Vec<deadpool_redis::redis::Value>,
+                    > = pipe.query_async(&mut conn).await;
+                    flat.and_then(|values| {
+                        values
+                            .chunks(2)
+                            .map(|pair| {
+                                Ok((
+                                    deadpool_redis::redis::from_redis_value(pair[0].clone())?,
+                                    deadpool_redis::redis::from_redis_value(pair[1].clone())?,
+                                ))
+                            })
+                            .collect()
+                    })
+                };
+                for ((count, ttl_ms), (_, limit)) in redis
+                    .check(answers)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .zip(&subjects)
+                {
+                    let throttled = count.unwrap_or(0) >= u64::from(*limit) && ttl_ms > 0;
+                    waits.push(
+                        throttled
+                            .then(|| Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0))),
+                    );
+                }
+            }
+            Shared::Database(db) => {
+                let now = unix_ms();
+                let lockout_ms = i64::try_from(l.lockout.as_millis()).unwrap_or(i64::MAX);
+                for (subject, limit) in &subjects {
+                    let row = db
+                        .conn()
+                        .query_one(db.statement(
+                            "SELECT failures, last_at FROM sys_login_failure WHERE subject = ?",
+                            [(*subject).into()],
+                        ))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let wait = match row {
+                        Some(row) => {
+                            let failures: i64 =
+                                row.try_get("", "failures").map_err(|e| e.to_string())?;
+                            let last: i64 =
+                                row.try_get("", "last_at").map_err(|e| e.to_string())?;
+                            let left = lockout_ms.saturating_sub(now.saturating_sub(last));
+                            (failures >= i64::from(*limit) && left > 0)
+                                .then(|| Duration::from_millis(u64::try_from(left).unwrap_or(0)))
+                        }
+                        None => None,
+                    };
+                    waits.push(wait);
+                }
+            }
+        }
+        Ok((
+            waits.first().copied().flatten(),
+            waits.get(1).copied().flatten(),
+        ))
+    }
+
+    /// Counts a failed login, on this instance and for the cluster.
+    pub(crate) async fn failed(&self, username: &str, address: Option<IpAddr>) {
         {
-            return Err(Throttled::Address(wait));
+            let now = Instant::now();
+            let mut local = self.local.lock().expect("throttle lock");
+            local.0.fail(username.to_owned(), self.limits.lockout, now);
+            if let Some(address) = address {
+                local.1.fail(address, self.limits.lockout, now);
+            }
+        }
+        let (user, from) = Self::subjects(username, address);
+        let subjects: Vec<String> = std::iter::once(user).chain(from).collect();
+        if let Err(e) = self.count_shared(&subjects).await {
+            tracing::warn!("a failed login cannot be counted for the cluster: {e}");
+        }
+    }
+
+    async fn count_shared(&self, subjects: &[String]) -> Result<(), String> {
+        let lockout_ms = i64::try_from(self.limits.lockout.as_millis()).unwrap_or(i64::MAX);
+        match &self.shared {
+            Shared::Redis { redis, prefix } => {
+                let mut conn = redis.conn().await.map_err(|e| e.to_string())?;
+                for subject in subjects {
+                    let counted: deadpool_redis::redis::RedisResult<i64> =
+                        deadpool_redis::redis::Script::new(FAIL_SCRIPT)
+                            .key(format!("{prefix}:{subject}"))
+                            .arg(lockout_ms)
+                            .invoke_async(&mut conn)
+                            .await;
+                    redis.check(counted).map_err(|e| e.to_string())?;
+                }
+            }
+            Shared::Database(db) => {
+                let now = unix_ms();
+                let stale = now.saturating_sub(lockout_ms);
+                // One statement: the count starts again once the lockout
+                // has passed since the last failure.
+                let upsert = match db.backend() {
+                    Backend::Mysql => {
+                        "INSERT INTO sys_login_failure (subject, failures, last_at) VALUES (?, 1, ?) \
+                         ON DUPLICATE KEY UPDATE failures = IF(last_at < ?, 1, failures + 1), last_at = ?"
+                    }
+                    _ => {
+                        "INSERT INTO sys_login_failure (subject, failures, last_at) VALUES (?, 1, ?) \
+                         ON CONFLICT (subject) DO UPDATE SET failures = CASE WHEN sys_login_failure.last_at < ? \
+                         THEN 1 ELSE sys_login_failure.failures + 1 END, last_at = ?"
+                    }
+                };
+                for subject in subjects {
+                    db.conn()
+                        .execute(db.statement(
+                            upsert,
+                            [
+                                subject.as_str().into(),
+                                now.into(),
+                                stale.into(),
+                                now.into(),
+                            ],
+                        ))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                // Now and then, what no longer counts goes.
+                if self
+                    .failures
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(64)
+                {
+                    db.conn()
+                        .execute(db.statement(
+                            "DELETE FROM sys_login_failure WHERE last_at < ?",
+                            [stale.into()],
+                        ))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
         }
         Ok(())
     }
 
-    /// Counts a failed login.
-    pub(crate) fn failed(&self, username: &str, address: Option<IpAddr>) {
-        let now = Instant::now();
-        let mut maps = self.maps.lock().expect("throttle lock");
-        maps.0.fail(username.to_owned(), self.limits.lockout, now);
-        if let Some(address) = address {
-            maps.1.fail(address, self.limits.lockout, now);
-        }
-    }
-
     /// A successful login clears the name's and the address's failures.
-    pub(crate) fn succeeded(&self, username: &str, address: Option<IpAddr>) {
-        let mut maps = self.maps.lock().expect("throttle lock");
-        maps.0.clear(&username.to_owned());
-        if let Some(address) = address {
-            maps.1.clear(&address);
+    pub(crate) async fn succeeded(&self, username: &str, address: Option<IpAddr>) {
+        {
+            let mut local = self.local.lock().expect("throttle lock");
+            local.0.clear(&username.to_owned());
+            if let Some(address) = address {
+                local.1.clear(&address);
+            }
+        }
+        let (user, from) = Self::subjects(username, address);
+        let subjects: Vec<String> = std::iter::once(user).chain(from).collect();
+        let cleared = match &self.shared {
+            Shared::Redis { redis, prefix } => match redis.conn().await {
+                Ok(mut conn) => {
+                    let keys: Vec<String> =
+                        subjects.iter().map(|s| format!("{prefix}:{s}")).collect();
+                    let deleted: deadpool_redis::redis::RedisResult<i64> =
+                        deadpool_redis::redis::cmd("DEL")
+                            .arg(&keys)
+                            .query_async(&mut conn)
+                            .await;
+                    redis.check(deleted).map(drop).map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            Shared::Database(db) => {
+                let mut result = Ok(());
+                for subject in &subjects {
+                    if let Err(e) = db
+                        .conn()
+                        .execute(db.statement(
+                            "DELETE FROM sys_login_failure WHERE subject = ?",
+                            [subject.as_str().into()],
+                        ))
+                        .await
+                    {
+                        result = Err(e.to_string());
+                    }
+                }
+                result
+            }
+        };
+        if let Err(e) = cleared {
+            tracing::warn!("a successful login cannot clear the cluster's failure counts: {e}");
         }
     }
 }

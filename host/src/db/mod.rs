@@ -566,6 +566,7 @@ fn migrations(backend: Backend, pk_mode: PkMode) -> Vec<(i64, &'static str, &'st
         numbered!(10, "0010_plugin_events"),
         numbered!(11, "0011_user_profile"),
         numbered!(12, "0012_user_identity"),
+        numbered!(13, "0013_login_failures"),
     ]
 }
 
