@@ -91,8 +91,9 @@ pub enum StartError {
     Flags(#[from] FlagError),
 }
 
-/// How long a lifecycle lock outlives a holder that stopped renewing it.
-const LOCK_TTL: Duration = Duration::from_secs(30);
+/// How long a lifecycle lock in Redis outlives a holder that stopped
+/// renewing it (killed, cut off): its lease, renewed every fifth of it.
+const LOCK_TTL: Duration = Duration::from_secs(5);
 
 /// The plugin system of one running host.
 pub struct PluginHost {

@@ -6,8 +6,8 @@
 //! (`flock`).
 //!
 //! The Redis lock is a key holding a random token, set only if absent and
-//! with an expiry, so a crashed holder cannot block the others for longer
-//! than the expiry. While held, a task renews the expiry every third of it,
+//! with an expiry (a lease of 5 s), so a killed holder cannot block the
+//! others for longer than that. While held, a task renews it every fifth,
 //! and only while the key still holds the token. Failing to take the lock is
 //! an error; losing it (the key expired or was taken, or Redis stayed
 //! unreachable for a whole expiry) is recorded and every later
@@ -329,7 +329,9 @@ async fn lock_file(path: &Path, operation: &str, wait: Duration) -> Result<Held,
     Ok(Held::File { _file: file })
 }
 
-/// Renews the lock every third of its expiry while it holds our token.
+/// Renews the lock every fifth of its expiry (its lease) while it holds
+/// our token: a holder that stops renewing frees it within one lease; a
+/// Redis that does not answer for a whole lease loses it.
 async fn renew(
     redis: Arc<Redis>,
     key: String,
@@ -341,7 +343,7 @@ async fn renew(
     let script = redis::Script::new(RENEW);
     let mut renewed_at = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(ttl / 3).await;
+        tokio::time::sleep(ttl / 5).await;
         let result = match redis.conn().await {
             Ok(mut conn) => {
                 let r: redis::RedisResult<i64> = script
