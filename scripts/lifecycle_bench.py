@@ -17,11 +17,17 @@ import json, sys, time
 from benchlib import call, conn, login, summary
 
 
-def upload(c, auth, archive, query):
+def multipart(archive):
+    """The body and content type of an upload of `archive`."""
     boundary = "plughost-bench-boundary"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"p.zip\"\r\n"
             "Content-Type: application/zip\r\n\r\n").encode() + archive + f"\r\n--{boundary}--\r\n".encode()
-    headers = dict(auth, **{"content-type": f"multipart/form-data; boundary={boundary}"})
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def upload(c, auth, archive, query):
+    body, kind = multipart(archive)
+    headers = dict(auth, **{"content-type": kind})
     status, reply = call(c, "POST", "/admin/v1/sys/plugins?" + query, body, headers)
     assert status == 200, reply
     return reply

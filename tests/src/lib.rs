@@ -74,6 +74,9 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// The plugin dir's lock file, which every plugin operation takes.
+pub const LOCK_FILE: &str = ".lifecycle.lock";
+
 /// A temporary data dir with a plugin dir inside.
 pub struct DataDir {
     dir: tempfile::TempDir,
@@ -101,6 +104,17 @@ impl DataDir {
     /// The plugin dir.
     pub fn plugins(&self) -> PathBuf {
         self.dir.path().join("plugins")
+    }
+
+    /// What an operation left in the plugin dir: its hidden entries
+    /// (staging directories, temporary files) but the plugin dir's lock
+    /// file, which stays.
+    pub fn leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.plugins())
+            .expect("plugin dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|f| f.starts_with('.') && f != LOCK_FILE)
+            .collect()
     }
 
     /// Installs plugin `name` as a directory: plugin.toml, README.md, library.
@@ -231,8 +245,13 @@ impl Host {
         Self::start_binary("plughost", data, &all)
     }
 
-    /// Starts the binary `name` (see [`binary`]) on `data`.
+    /// Starts the binary `name` (see [`binary`]) on `data`, with two HTTP
+    /// workers unless `env` sets `PLUGHOST_WORKERS`.
     pub fn start_binary(name: &str, data: &DataDir, env: &[(&str, &str)]) -> Self {
+        let workers = env
+            .iter()
+            .find(|(k, _)| *k == "PLUGHOST_WORKERS")
+            .map_or("2", |(_, v)| *v);
         let mut command = Command::new(binary(name));
         command
             .args([
@@ -240,7 +259,7 @@ impl Host {
                 "--bind",
                 "127.0.0.1:0",
                 "--workers",
-                "2",
+                workers,
                 "--data-dir",
             ])
             .arg(data.path())
@@ -1156,6 +1175,10 @@ pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
         for entry in std::fs::read_dir(&d).expect("read dir") {
             let path = entry.expect("entry").path();
             let relative = path.strip_prefix(dir).expect("inside").to_owned();
+            if relative == Path::new(LOCK_FILE) {
+                // The plugin dir's lock names its latest holder.
+                continue;
+            }
             if path.is_dir() {
                 stack.push(path);
                 out.insert(relative, Vec::new());

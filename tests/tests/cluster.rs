@@ -48,14 +48,6 @@ fn start(data: &DataDir, id: &str, url: &str, redis: Option<&str>, reconcile: &s
     Host::start_with(data, &env)
 }
 
-fn hidden_entries(data: &DataDir) -> Vec<String> {
-    std::fs::read_dir(data.plugins())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|f| f.starts_with('.'))
-        .collect()
-}
-
 fn three_instances_follow_every_change(backend: Backend) {
     let database = TestDatabase::create(backend);
     let url = database.env()[0].1.clone();
@@ -178,9 +170,9 @@ fn three_instances_follow_every_change(backend: Backend) {
     // No staging directory left behind where the packages were fetched
     // (it is removed just after the new table serves).
     assert!(
-        eventually(WITHIN, || hidden_entries(&db_).is_empty()),
+        eventually(WITHIN, || db_.leftovers().is_empty()),
         "{:?}",
-        hidden_entries(&db_)
+        db_.leftovers()
     );
 }
 
@@ -245,7 +237,7 @@ fn late_and_killed_instances_converge_when_they_start() {
             "run {i}: {}",
             late.log()
         );
-        assert!(hidden_entries(&late_data).is_empty(), "run {i}");
+        assert!(late_data.leftovers().is_empty(), "run {i}");
     }
 
     // Killed while the cluster uninstalled it: gone once restarted.

@@ -24,11 +24,7 @@ fn an_uploaded_package_serves_at_once_without_restart() {
     assert_eq!(host.plugin("greeter")["state"], "loaded");
     assert_eq!(host.get("/hello/v1/greet").status, 200);
     // In place, nothing left behind, and nothing a restart would change.
-    let files: Vec<_> = std::fs::read_dir(data.plugins())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    assert!(files.iter().all(|f| !f.starts_with('.')), "{files:?}");
+    assert!(data.leftovers().is_empty(), "{:?}", data.leftovers());
     assert!(data.plugins().join("greeter/libgreeter.so").is_file());
     assert_eq!(host.get("/admin/v1/sys/plugins/changed").data(), false);
 
@@ -528,11 +524,7 @@ fn a_process_killed_during_install_restarts_with_all_of_the_plugin_or_none() {
                 none += 1;
             }
         }
-        let leftovers: Vec<_> = std::fs::read_dir(data.plugins())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|f| f.starts_with('.'))
-            .collect();
+        let leftovers = data.leftovers();
         assert!(leftovers.is_empty(), "run {i}: {leftovers:?}");
     }
     eprintln!("killed installs: {whole} complete, {none} absent");

@@ -95,6 +95,9 @@ pub enum StartError {
 /// renewing it (killed, cut off): its lease, renewed every fifth of it.
 const LOCK_TTL: Duration = Duration::from_secs(5);
 
+/// The file in a plugin dir that its own lock is taken on.
+const LOCAL_LOCK: &str = ".lifecycle.lock";
+
 /// The plugin system of one running host.
 pub struct PluginHost {
     set: PluginSet,
@@ -117,6 +120,9 @@ pub struct PluginHost {
     limits: package::Limits,
     git: git::GitPolicy,
     lock_wait: Duration,
+    /// The lock of this plugin dir alone (`.lifecycle.lock` in it), which
+    /// every operation on it holds, the cluster's lock or not.
+    local_lock: PathBuf,
     access: arc_swap::ArcSwap<running::access::AccessHooks>,
 }
 
@@ -158,7 +164,8 @@ impl PluginHost {
         }
         // Staging directories are leftovers only if no operation runs now
         // (the CLI may start while a server installs).
-        match lock.acquire("start-up cleanup", Duration::ZERO).await {
+        let local_lock = settings.plugin_dir.join(LOCAL_LOCK);
+        match lifecycle::lock::local(&local_lock, "start-up cleanup", Duration::ZERO).await {
             Ok(guard) => {
                 lifecycle::remove_leftovers(&settings.plugin_dir);
                 lifecycle::remove_backup_leftovers(&settings.backup_dir);
@@ -182,11 +189,16 @@ impl PluginHost {
                 source,
             })?;
         // The plugin dir brought to the cluster's set, so that everything
-        // loads in one pass; if another operation holds the lock, the
-        // converger does it once the host runs.
-        let prepared = match lock
-            .acquire("fetching the cluster's plugins", settings.lock_wait)
-            .await
+        // loads in one pass (under its own lock: it writes nothing of the
+        // cluster's, so instances starting together fetch together); if
+        // another operation holds it, the converger does it once the host
+        // runs.
+        let prepared = match lifecycle::lock::local(
+            &local_lock,
+            "fetching the cluster's plugins",
+            settings.lock_wait,
+        )
+        .await
         {
             Ok(guard) => {
                 let prepared = converge::prepare(
@@ -224,7 +236,9 @@ impl PluginHost {
         }
         // Copies no plugin here uses any more; not while another process
         // (the CLI, a server on the same data dir) is installing.
-        if let Ok(guard) = lock.acquire("library cache cleanup", Duration::ZERO).await {
+        if let Ok(guard) =
+            lifecycle::lock::local(&local_lock, "library cache cleanup", Duration::ZERO).await
+        {
             let keep = outcome
                 .records
                 .values()
@@ -288,6 +302,7 @@ impl PluginHost {
             limits: settings.package_limits,
             git: settings.git.clone(),
             lock_wait: settings.lock_wait,
+            local_lock: settings.plugin_dir.join(LOCAL_LOCK),
             access: arc_swap::ArcSwap::default(),
         });
         host.publish_services();

@@ -392,22 +392,35 @@ impl PluginHost {
         if steps.is_empty() {
             return;
         }
-        let guard = match self
-            .take_lock("converging to the cluster's plugin set")
-            .await
-        {
-            Ok(guard) => guard,
-            Err(e) => {
-                tracing::info!("not converging now ({e}); trying again shortly");
-                self.retry_converge();
-                return;
+        // This plugin dir's lock alone: every instance follows the cluster
+        // at once. A step that finds the cluster's own work undone (an init
+        // script) makes a second pass under the cluster's lock.
+        for cluster in [false, true] {
+            let operation = "converging to the cluster's plugin set";
+            let taken = if cluster {
+                self.take_lock(operation).await
+            } else {
+                self.take_local_lock(operation).await
+            };
+            let guard = match taken {
+                Ok(guard) => guard,
+                Err(e) => {
+                    tracing::info!("not converging now ({e}); trying again shortly");
+                    self.retry_converge();
+                    return;
+                }
+            };
+            let result = self.converge_locked(&guard).await;
+            self.finish(guard).await;
+            match result {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(e) => {
+                    tracing::info!("converging stopped ({e}); trying again shortly");
+                    self.retry_converge();
+                    break;
+                }
             }
-        };
-        let result = self.converge_locked(&guard).await;
-        self.finish(guard).await;
-        if let Err(e) = result {
-            tracing::info!("converging stopped ({e}); trying again shortly");
-            self.retry_converge();
         }
         self.report_soon();
     }
@@ -420,7 +433,9 @@ impl PluginHost {
         });
     }
 
-    async fn converge_locked(&self, guard: &super::LockGuard) -> Result<(), LifecycleError> {
+    /// Runs the steps that bring this instance to the desired set; whether
+    /// some need the cluster's lock (taken under this instance's alone).
+    async fn converge_locked(&self, guard: &super::LockGuard) -> Result<bool, LifecycleError> {
         let desired = super::desired::every(&self.db)
             .await
             .map_err(store::StoreError::from)?;
@@ -432,6 +447,7 @@ impl PluginHost {
         );
         // Passes, until one makes no progress: a plugin whose dependency
         // arrives in the same pass waits for the next one.
+        let mut cluster = false;
         loop {
             let mut waiting = Vec::new();
             let before = steps.len();
@@ -446,7 +462,8 @@ impl PluginHost {
                         let served = !self.divergence().contains_key(name);
                         crate::observe::lifecycle("converge", served, started.elapsed());
                     }
-                    Err(Wait) => waiting.push(step),
+                    Err(Later::Dependency) => waiting.push(step),
+                    Err(Later::ClusterLock) => cluster = true,
                 }
             }
             if waiting.is_empty() || waiting.len() == before {
@@ -455,14 +472,15 @@ impl PluginHost {
                         self.diverge(d, "its dependencies cannot be served here".into());
                     }
                 }
-                return Ok(());
+                return Ok(cluster);
             }
             steps = waiting;
         }
     }
 
-    /// Runs one step; `Err(Wait)` when it needs a dependency first.
-    async fn run_step(&self, guard: &super::LockGuard, step: &Step) -> Result<(), Wait> {
+    /// Runs one step; `Err(Later)` when it needs a dependency first, or
+    /// the cluster's lock.
+    async fn run_step(&self, guard: &super::LockGuard, step: &Step) -> Result<(), Later> {
         match step {
             Step::Conflict(d, local) => {
                 let reason = conflict_reason(d, local);
@@ -543,7 +561,17 @@ impl PluginHost {
                     Err(LifecycleError::Refused { reason, .. })
                         if matches!(*reason, Refusal::DependencyNotLoaded(_)) =>
                     {
-                        Err(Wait)
+                        Err(Later::Dependency)
+                    }
+                    Err(LifecycleError::NeedsClusterLock(_)) => Err(Later::ClusterLock),
+                    Err(LifecycleError::Store(store::StoreError::Missing(digest)))
+                        if self.superseded(&d.name, &digest).await =>
+                    {
+                        // Another instance replaced it meanwhile (and the
+                        // store let the old package go): follow the new one.
+                        tracing::info!(plugin = %d.name, "the cluster moved past package {digest}; following it");
+                        self.retry_converge();
+                        Ok(())
                     }
                     Err(e) if transient(&e) => {
                         tracing::info!(plugin = %d.name, "not converged now: {e}");
@@ -559,9 +587,18 @@ impl PluginHost {
         }
     }
 
+    /// Whether the desired set no longer installs `name` from `digest`.
+    async fn superseded(&self, name: &str, digest: &str) -> bool {
+        super::desired::get(&self.db, name)
+            .await
+            .ok()
+            .flatten()
+            .is_none_or(|d| d.removed || d.digest != digest)
+    }
+
     /// Takes out a plugin the cluster uninstalled (its flag and tables were
     /// dealt with by the instance that uninstalled it).
-    async fn remove_uninstalled(&self, name: &str) -> Result<(), Wait> {
+    async fn remove_uninstalled(&self, name: &str) -> Result<(), Later> {
         let (source, package, dependents) = {
             let records = self.set.records();
             let Some(record) = records.get(name) else {
@@ -577,7 +614,7 @@ impl PluginHost {
         };
         if !dependents.is_empty() {
             // They go first when the cluster uninstalled them too.
-            return Err(Wait);
+            return Err(Later::Dependency);
         }
         let left = self.set.unmount(name);
         self.retire(left).await;
@@ -679,8 +716,13 @@ impl PluginHost {
     }
 }
 
-/// A step that waits for another one.
-struct Wait;
+/// Why a step waits.
+enum Later {
+    /// For another step (a dependency) first.
+    Dependency,
+    /// For the cluster's lock.
+    ClusterLock,
+}
 
 #[cfg(test)]
 mod tests {

@@ -106,6 +106,11 @@ pub enum LifecycleLock {
 pub struct LockGuard {
     operation: String,
     held: Held,
+    /// The lock of this instance's own plugin dir (a file lock in its data
+    /// dir), taken with the cluster's or alone.
+    local: Option<std::fs::File>,
+    /// Whether `held` is the cluster's lock (else only `local` is held).
+    cluster: bool,
 }
 
 enum Held {
@@ -279,8 +284,26 @@ impl LifecycleLock {
         Ok(LockGuard {
             operation: operation.to_owned(),
             held,
+            local: None,
+            cluster: true,
         })
     }
+}
+
+/// Takes only the lock of one instance's plugin dir (the file `path`), for
+/// `operation`, waiting up to `wait`: what an instance needs to bring its
+/// own plugin dir to the cluster's set, which other instances do at the
+/// same time.
+pub async fn local(path: &Path, operation: &str, wait: Duration) -> Result<LockGuard, LockError> {
+    let Held::File { _file: file } = lock_file(path, operation, wait).await? else {
+        unreachable!("a lock file is held as a file");
+    };
+    Ok(LockGuard {
+        operation: operation.to_owned(),
+        held: Held::Released,
+        local: Some(file),
+        cluster: false,
+    })
 }
 
 /// Takes the lock file, waiting up to `wait`; the holder writes what it is
@@ -375,6 +398,28 @@ async fn renew(
 }
 
 impl LockGuard {
+    /// Also takes the lock of this instance's plugin dir (the file `path`),
+    /// waiting up to `wait`; the cluster's lock is released if it cannot.
+    pub async fn with_local(mut self, path: &Path, wait: Duration) -> Result<Self, LockError> {
+        match local(path, &self.operation, wait).await {
+            Ok(mut local) => {
+                self.local = local.local.take();
+                Ok(self)
+            }
+            Err(e) => {
+                if let Err(release) = self.release().await {
+                    tracing::error!("{release}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether this is the cluster's lock (else only this instance's).
+    pub fn cluster_wide(&self) -> bool {
+        self.cluster
+    }
+
     /// Fails if the lock was lost; call it before every step that must be
     /// protected.
     pub async fn ensure_held(&self) -> Result<(), LockError> {
@@ -394,6 +439,8 @@ impl LockGuard {
 
     /// Releases the lock; fails if it had been lost meanwhile.
     pub async fn release(mut self) -> Result<(), LockError> {
+        // The instance's own lock goes after the cluster's (below).
+        let _local = self.local.take();
         let held = std::mem::replace(&mut self.held, Held::Released);
         if let Held::Database(lock) = held {
             return lock.release().await.map_err(|reason| LockError::Lost {

@@ -99,6 +99,13 @@ pub enum LifecycleError {
     /// A file operation failed.
     #[error("{0}")]
     Io(String),
+    /// Following the cluster under this instance's lock alone, a step
+    /// found the cluster's own work undone (the plugin's init script): it
+    /// is taken again under the cluster's lock.
+    #[error(
+        "plugin '{0}': its init script has not run in the cluster; taken again under the cluster's lock"
+    )]
+    NeedsClusterLock(String),
 }
 
 impl LifecycleError {
@@ -130,7 +137,7 @@ impl LifecycleError {
             Self::Plugin(e) => e.status(),
             Self::Lock(LockError::Redis(RedisError::Unavailable { .. }))
             | Self::Flags(FlagError::Redis(RedisError::Unavailable { .. })) => 503,
-            Self::Lock(_) | Self::Flags(_) => 500,
+            Self::Lock(_) | Self::Flags(_) | Self::NeedsClusterLock(_) => 500,
         }
     }
 }
@@ -317,8 +324,19 @@ fn sync_dir(dir: &Path) {
 }
 
 impl PluginHost {
+    /// Takes the cluster's lock, then this plugin dir's.
     pub(super) async fn take_lock(&self, operation: &str) -> Result<LockGuard, LifecycleError> {
-        Ok(self.lock.acquire(operation, self.lock_wait).await?)
+        let guard = self.lock.acquire(operation, self.lock_wait).await?;
+        Ok(guard.with_local(&self.local_lock, self.lock_wait).await?)
+    }
+
+    /// Takes this plugin dir's lock alone: enough to bring it to the
+    /// cluster's set, which other instances do at the same time.
+    pub(super) async fn take_local_lock(
+        &self,
+        operation: &str,
+    ) -> Result<LockGuard, LifecycleError> {
+        Ok(lock::local(&self.local_lock, operation, self.lock_wait).await?)
     }
 
     /// Removes a staging directory (and what it holds: an old version, a
@@ -343,12 +361,15 @@ impl PluginHost {
             .collect();
         let cache = self.cache.clone();
         let _ = tokio::task::spawn_blocking(move || cache.prune(&keep)).await;
-        match store::collect(&self.db).await {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::debug!("removed {n} package(s) no longer installed from the package store")
+        // The package store is the cluster's: only under its lock.
+        if guard.cluster_wide() {
+            match store::collect(&self.db).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(
+                    "removed {n} package(s) no longer installed from the package store"
+                ),
+                Err(e) => tracing::warn!("could not remove packages no longer installed: {e}"),
             }
-            Err(e) => tracing::warn!("could not remove packages no longer installed: {e}"),
         }
         if let Err(e) = guard.release().await {
             tracing::error!("{e}");
@@ -490,6 +511,15 @@ impl PluginHost {
         };
         if options.cluster.is_none() {
             self.check_desired(name, version, options).await?;
+        }
+        // Following the cluster alongside other instances: nothing here
+        // may write what is the cluster's (init SQL runs once, under the
+        // cluster's lock, on the instance that installs).
+        if !guard.cluster_wide() {
+            let scripts = sql::Scripts::new(Some(&staged), loaded.code().files());
+            if sql::init_pending(&self.db, name, &scripts).await? {
+                return Err(LifecycleError::NeedsClusterLock(name.to_owned()));
+            }
         }
         {
             let records = self.set.records();

@@ -177,6 +177,42 @@ pub fn script_path(script: Script, backend: Backend, pk_mode: PkMode) -> String 
     format!("sql/{}/{stem}{suffix}.sql", backend.name())
 }
 
+/// `plugin`'s init record: `done`, `running` (MySQL/MariaDB, interrupted
+/// or under way), or none.
+async fn init_state(db: &Db, plugin: &str) -> Result<Option<String>, DbErr> {
+    let recorded = db
+        .query(
+            &placeholders(
+                db.backend(),
+                "SELECT init_state FROM sys_plugin WHERE name = ?",
+            ),
+            vec![plugin.into()],
+        )
+        .await?;
+    recorded
+        .first()
+        .map(|row| row.try_get("", "init_state"))
+        .transpose()
+}
+
+/// Whether `plugin` has an init script for this database that has not run
+/// to its end in the cluster (an instance that only follows the cluster
+/// must not run it: the instance that installs does).
+pub async fn init_pending(db: &Db, plugin: &str, scripts: &Scripts) -> Result<bool, ScriptError> {
+    let relative = script_path(Script::Init, db.backend(), db.pk_mode());
+    if !scripts.has(&relative) {
+        return Ok(false);
+    }
+    let state = init_state(db, plugin)
+        .await
+        .map_err(|source| ScriptError::Record {
+            what: "read the init record",
+            plugin: plugin.to_owned(),
+            source,
+        })?;
+    Ok(state.as_deref() != Some(INIT_DONE))
+}
+
 /// Runs `plugin`'s init script from `dir` once; returns a reason on failure.
 ///
 /// On SQLite and PostgreSQL the script and its record in `sys_plugin`
@@ -202,23 +238,9 @@ pub async fn init_once(
     let Some(script) = scripts.read(&relative)? else {
         return Ok(());
     };
-    let recorded = db
-        .query(
-            &placeholders(
-                db.backend(),
-                "SELECT init_state FROM sys_plugin WHERE name = ?",
-            ),
-            vec![plugin.into()],
-        )
+    let state = init_state(db, plugin)
         .await
         .map_err(record("read the init record"))?;
-    let state: Option<String> = match recorded.first() {
-        Some(row) => Some(
-            row.try_get("", "init_state")
-                .map_err(record("read the init record"))?,
-        ),
-        None => None,
-    };
     if state.as_deref() == Some(INIT_DONE) {
         return Ok(());
     }
