@@ -18,7 +18,7 @@ import io, json, os, statistics, sys, time, zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import call, conn, login, summary  # noqa: E402
-from services_bench import (PASSWORD, PROCS, ROOT, more_files, rss_kib,  # noqa: E402
+from services_bench import (PASSWORD, ROOT, measure_into, rss_kib,  # noqa: E402
                             start_host, stop, wrk)
 
 
@@ -168,18 +168,9 @@ def main():
     target, out = sys.argv[1:3]
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
     seconds = int(sys.argv[4]) if len(sys.argv) > 4 else 4
-    more_files()
-    try:
-        result = {"throughput": bench_throughput(target, rounds, seconds),
-                  "crash": bench_crash(target),
-                  "upgrades": bench_upgrades(target)}
-    finally:
-        for p in PROCS:
-            if p.poll() is None:
-                p.kill()
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(json.dumps(result, indent=1))
+    measure_into(out, lambda: {"throughput": bench_throughput(target, rounds, seconds),
+                               "crash": bench_crash(target),
+                               "upgrades": bench_upgrades(target)})
 
 
 if __name__ == "__main__":

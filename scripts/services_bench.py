@@ -38,6 +38,21 @@ if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
     PIN_HOST, PIN_LOAD = ["taskset", "-c", "0"], ["taskset", "-c", "1"]
 
 
+def measure_into(out, measure):
+    """Runs `measure` (which starts hosts into PROCS), kills whatever it left
+    running, and writes what it returned to `out` as JSON (and stdout)."""
+    more_files()
+    try:
+        result = measure()
+    finally:
+        for p in PROCS:
+            if p.poll() is None:
+                p.kill()
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(json.dumps(result, indent=1))
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -397,20 +412,11 @@ def main():
     target, pg_server, out = sys.argv[1:4]
     rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 3
     seconds = int(sys.argv[5]) if len(sys.argv) > 5 else 4
-    more_files()
-    try:
-        result = {"http": bench_http(target, rounds, seconds),
-                  "policy": bench_policy(target, rounds, seconds),
-                  "sse": bench_sse(target),
-                  "smtp": bench_smtp(target, rounds, seconds),
-                  "jobs": bench_jobs(target, pg_server)}
-    finally:
-        for p in PROCS:
-            if p.poll() is None:
-                p.kill()
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(json.dumps(result, indent=1))
+    measure_into(out, lambda: {"http": bench_http(target, rounds, seconds),
+                               "policy": bench_policy(target, rounds, seconds),
+                               "sse": bench_sse(target),
+                               "smtp": bench_smtp(target, rounds, seconds),
+                               "jobs": bench_jobs(target, pg_server)})
 
 
 if __name__ == "__main__":
