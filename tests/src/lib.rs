@@ -1409,3 +1409,19 @@ pub fn pair(plugins: &[&str], env: &[(&str, &str)]) -> Pair {
         _redis: redis,
     }
 }
+
+/// Field `field` (`VmRSS:`, `VmHWM:`, ...) of process `pid`'s
+/// `/proc/<pid>/status`, KiB.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Process `pid`'s resident memory, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}

@@ -176,15 +176,7 @@ fn no_child_outlives_the_host() {
 #[test]
 fn a_child_past_its_memory_cap_dies_and_restarts_and_the_host_stays_flat() {
     let (_data, host) = host(&[("PLUGHOST_ISOLATED_MEMORY_MB", "1024")]);
-    let rss = |pid: u32| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap()
-    };
-    let before = rss(host.pid());
+    let before = e2e::rss_kib(host.pid());
     let first = child_pid(&host);
     assert_eq!(host.get("/faulty/v1/leak?mb=64").data()["held_mb"], 64);
     let answer = host.get("/faulty/v1/leak?mb=2048");
@@ -195,7 +187,7 @@ fn a_child_past_its_memory_cap_dies_and_restarts_and_the_host_stays_flat() {
     assert_ne!(child_pid(&host), first);
     // What the child held died with it.
     assert_eq!(host.get("/faulty/v1/leak?mb=1").data()["held_mb"], 1);
-    let after = rss(host.pid());
+    let after = e2e::rss_kib(host.pid());
     assert!(
         after < before + 32 * 1024,
         "host RSS {before} KiB -> {after} KiB"

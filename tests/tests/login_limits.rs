@@ -17,15 +17,6 @@ use serde_json::json;
 /// One argon2 hash holds 19 MiB; unbounded, 1,000 at once took gigabytes.
 const PEAK_RSS_BOUND_KIB: u64 = 192 * 1024;
 
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
 fn login_body(username: &str, password: &str) -> String {
     json!({ "username": username, "password": password }).to_string()
 }
@@ -41,7 +32,7 @@ fn a_storm_of_a_thousand_concurrent_bad_logins_keeps_memory_flat() {
         ],
     );
     let address = host.base().trim_start_matches("http://").to_owned();
-    let before = status_kib(host.pid(), "VmRSS:");
+    let before = e2e::rss_kib(host.pid());
     let body = login_body("admin", "not the password");
     let request = format!(
         "POST /admin/v1/auth/login HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
@@ -73,7 +64,7 @@ fn a_storm_of_a_thousand_concurrent_bad_logins_keeps_memory_flat() {
         }
         *statuses.entry(status).or_default() += 1;
     }
-    let peak = status_kib(host.pid(), "VmHWM:");
+    let peak = e2e::status_kib(host.pid(), "VmHWM:");
     eprintln!(
         "login storm: {statuses:?}; RSS before {} MiB, peak {} MiB (bound {} MiB)",
         before / 1024,

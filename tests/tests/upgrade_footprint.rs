@@ -31,11 +31,7 @@ fn two_hundred_upgrades_leave_one_copy_per_served_build() {
     let start = dir_bytes(data.path());
     let started = Instant::now();
     for build in 1..=200 {
-        let reply = host.upload(
-            &e2e::greeter_build(build),
-            "type=zip&upgrade=true&force=true",
-        );
-        assert_eq!(reply.status, 200, "upgrade {build}: {:?}", reply.json);
+        upgrade(&host, build);
         let (n, bytes) = copies(&data);
         assert_eq!(n, 2, "after upgrade {build}: the old build's copy remains");
         // Each build is 20 bytes longer or shorter at most.
@@ -49,8 +45,17 @@ fn two_hundred_upgrades_leave_one_copy_per_served_build() {
     eprintln!(
         "200 upgrades took {:?}; host RSS {} KiB",
         started.elapsed(),
-        rss_kib(host.pid())
+        e2e::rss_kib(host.pid())
     );
+}
+
+/// Upgrades greeter on `host` to its distinct build `build`.
+fn upgrade(host: &Host, build: u32) {
+    let reply = host.upload(
+        &e2e::greeter_build(build),
+        "type=zip&upgrade=true&force=true",
+    );
+    assert_eq!(reply.status, 200, "upgrade {build}: {:?}", reply.json);
 }
 
 /// The bytes of every file under `dir`.
@@ -87,16 +92,6 @@ fn assert_data_dir_flat(data: &DataDir, start: u64, package: u64) {
     );
 }
 
-/// The host's resident memory, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
 /// The processes whose parent is `pid`.
 fn children_of(pid: u32) -> Vec<u32> {
     std::fs::read_dir("/proc")
@@ -126,28 +121,20 @@ fn two_hundred_isolated_upgrades_leave_nothing_of_the_old_builds() {
     assert_eq!(host.upload(&e2e::greeter_build(0), "type=zip").status, 200);
     // Warm: the first upgrades settle the host's allocator and caches.
     for build in 1..=10 {
-        let reply = host.upload(
-            &e2e::greeter_build(build),
-            "type=zip&upgrade=true&force=true",
-        );
-        assert_eq!(reply.status, 200, "upgrade {build}: {:?}", reply.json);
+        upgrade(&host, build);
     }
-    let before = rss_kib(host.pid());
+    let before = e2e::rss_kib(host.pid());
     let package = e2e::greeter_build(0).len() as u64;
     let start = dir_bytes(data.path());
     let started = Instant::now();
     for build in 11..=210 {
-        let reply = host.upload(
-            &e2e::greeter_build(build),
-            "type=zip&upgrade=true&force=true",
-        );
-        assert_eq!(reply.status, 200, "upgrade {build}: {:?}", reply.json);
+        upgrade(&host, build);
         assert_eq!(copies(&data).0, 2, "after upgrade {build}");
     }
     eprintln!("200 isolated upgrades took {:?}", started.elapsed());
     assert_eq!(e2e::greeter_version(&host).as_deref(), Some("1"));
     assert_data_dir_flat(&data, start, package);
-    let after = rss_kib(host.pid());
+    let after = e2e::rss_kib(host.pid());
     // In process each build stays mapped (about its size, 10 MiB for a
     // debug build: 2 GiB over 200); isolated, the host maps none of them
     // and keeps a few tens of KiB per upgrade (measured 16 MiB over 200,
