@@ -4,6 +4,8 @@
 //! plugin dir to the cluster's set under its own lock alone: while another
 //! instance holds the cluster's lock (an install waiting in a start hook
 //! that never returns), a new instance still serves what the cluster has.
+//! The instance that installs probes the library; the others, the same
+//! build, take its word from the database.
 
 use std::time::Duration;
 
@@ -39,7 +41,8 @@ fn eight_instances_follow_every_change(backend: Backend) {
         Host::start_with(data, &all)
     };
     let dirs: Vec<DataDir> = (0..INSTANCES).map(|_| DataDir::new()).collect();
-    let hosts: Vec<Host> = dirs.iter().map(|d| start(d, &[])).collect();
+    let logged = [("PLUGHOST_LOG", "info,host::plugin::lifecycle=debug")];
+    let hosts: Vec<Host> = dirs.iter().map(|d| start(d, &logged)).collect();
     let shown = format!("{backend:?}");
     let (a, others) = hosts.split_first().unwrap();
 
@@ -52,7 +55,14 @@ fn eight_instances_follow_every_change(backend: Backend) {
             host.log()
         );
     }
-    // Each brought it in itself (the line follows the routes going live).
+    // Each brought it in itself (the line follows the routes going live),
+    // opening the library without a probe process of its own: the first
+    // instance, the same build, probed it and said so in the database.
+    assert!(
+        a.log().contains("checked_elsewhere=false"),
+        "{shown}: {}",
+        a.log()
+    );
     for host in others {
         assert!(
             eventually(WITHIN, || host
@@ -60,6 +70,12 @@ fn eight_instances_follow_every_change(backend: Backend) {
                 .contains("now serving the cluster's package plugin=greeter")),
             "{shown}: {}",
             host.log()
+        );
+        let log = host.log();
+        assert!(
+            log.contains("library opened plugin=\"greeter\"")
+                && log.contains("checked_elsewhere=true"),
+            "{shown}: {log}"
         );
     }
     assert_eq!(a.put("/admin/v1/sys/plugins/greeter/status").status, 200);

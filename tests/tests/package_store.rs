@@ -114,7 +114,7 @@ fn packages_round_trip_and_altered_bytes_are_refused(backend: Backend) {
         ));
 
         // Collected: what the desired set does not name goes, chunks and
-        // all; what it names stays until it is uninstalled.
+        // probe records and all; what it names stays until it is uninstalled.
         let named = store::put(&db, b"a package the desired set names")
             .await
             .unwrap();
@@ -129,11 +129,44 @@ fn packages_round_trip_and_altered_bytes_are_refused(backend: Backend) {
             removed: false,
         };
         desired::record(&db, &plugin, "").await.unwrap();
+        // A build's probe of each package's library, recorded once.
+        let build = "plughost 0.0.0 build 00 machine 00";
+        for package in [&digest, &named] {
+            store::record_checked(&db, package, build, &"1".repeat(64))
+                .await
+                .unwrap();
+            store::record_checked(&db, package, build, &"1".repeat(64))
+                .await
+                .unwrap();
+            assert_eq!(
+                store::checked_library(&db, package, build).await.unwrap(),
+                Some("1".repeat(64)),
+                "{backend:?}"
+            );
+        }
+        assert_eq!(
+            store::checked_library(&db, &named, "another build")
+                .await
+                .unwrap(),
+            None
+        );
         assert_eq!(store::collect(&db).await.unwrap(), 1, "{backend:?}");
         assert!(matches!(
             store::get(&db, &digest).await,
             Err(StoreError::Missing(_))
         ));
+        // Its probe's record goes with it; the named package's stays.
+        assert_eq!(
+            store::checked_library(&db, &digest, build).await.unwrap(),
+            None,
+            "{backend:?}"
+        );
+        assert!(
+            store::checked_library(&db, &named, build)
+                .await
+                .unwrap()
+                .is_some()
+        );
         assert_eq!(
             count("SELECT COUNT(*) AS n FROM sys_package_chunk WHERE digest = ?").await,
             0,

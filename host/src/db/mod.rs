@@ -567,6 +567,7 @@ fn migrations(backend: Backend, pk_mode: PkMode) -> Vec<(i64, &'static str, &'st
         numbered!(11, "0011_user_profile"),
         numbered!(12, "0012_user_identity"),
         numbered!(13, "0013_login_failures"),
+        numbered!(14, "0014_library_checks"),
     ]
 }
 
@@ -659,7 +660,7 @@ mod tests {
                     .collect();
                 assert_eq!(
                     counts,
-                    [5, 2, 1, 2, 1, 2, 1, 1, 1, 2, 2, 2, 1],
+                    [5, 2, 1, 2, 1, 2, 1, 1, 1, 2, 2, 2, 1, 1],
                     "{backend:?}/{mode:?}"
                 );
             }

@@ -30,6 +30,7 @@ use crate::plugin::{
     PluginError, PluginHost,
     loading::{
         discover::{Candidate, Source, library_file_name, mark_package},
+        libcache,
         manifest::{PluginManifest, Version, is_valid_plugin_name},
         trust::{self, TrustPolicy, Verdict},
     },
@@ -455,6 +456,21 @@ impl PluginHost {
             source: Source::Directory(staged.clone()),
         };
         let started = std::time::Instant::now();
+        // A package the cluster installs: an instance of this very build
+        // has opened its library in a probe already.
+        let build = libcache::build_identity();
+        let vouched = match (&options.cluster, build) {
+            (Some(package), Some(build)) => store::checked_library(&self.db, package, build)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::debug!(plugin = name, "the library checks cannot be read: {e}");
+                    None
+                }),
+            _ => None,
+        };
+        if let Some(library) = &vouched {
+            self.cache.vouch(library);
+        }
         // Loading a library (dlopen, relocations, ABI check) blocks: off the
         // HTTP workers, which keep serving meanwhile.
         let cache = self.cache.clone();
@@ -463,6 +479,7 @@ impl PluginHost {
         tracing::debug!(
             plugin = name,
             ms = started.elapsed().as_millis(),
+            checked_elsewhere = vouched.is_some(),
             "library opened"
         );
         let loaded = opened.map_err(|reason| LifecycleError::refused(name, reason))?;
@@ -566,6 +583,13 @@ impl PluginHost {
                 store::put(&self.db, &bytes).await?
             }
         };
+        if let Some(build) = build
+            && vouched.as_deref() != Some(loaded.digest.as_str())
+            && let Err(e) = store::record_checked(&self.db, &digest, build, &loaded.digest).await
+        {
+            // Others of this build then probe the library themselves.
+            tracing::warn!(plugin = name, "cannot record the library's check: {e}");
+        }
         if let Placement::Staged(_) = placement {
             let dir = staged.clone();
             let marked = digest.clone();

@@ -9,7 +9,10 @@
 
 use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
 
-use crate::{db::Db, plugin::loading::libcache::hex_digest};
+use crate::{
+    db::{Backend, Db},
+    plugin::loading::libcache::hex_digest,
+};
 
 /// The largest chunk a package is stored in.
 pub const CHUNK: usize = 1024 * 1024;
@@ -156,12 +159,53 @@ pub async fn collect(db: &Db) -> Result<u64, StoreError> {
         .await?
         .rows_affected();
     if removed > 0 {
-        txn.execute(db.statement(
+        for sql in [
             "DELETE FROM sys_package_chunk WHERE digest NOT IN (SELECT digest FROM sys_package)",
-            [],
-        ))
-        .await?;
+            "DELETE FROM sys_library_check WHERE package NOT IN (SELECT digest FROM sys_package)",
+        ] {
+            txn.execute(db.statement(sql, [])).await?;
+        }
     }
     txn.commit().await?;
     Ok(removed)
+}
+
+/// The library of `package` that an instance running `build` opened in
+/// its probe and found sound (its digest), if one recorded it.
+pub async fn checked_library(
+    db: &Db,
+    package: &str,
+    build: &str,
+) -> Result<Option<String>, StoreError> {
+    let row = db
+        .conn()
+        .query_one(db.statement(
+            "SELECT library FROM sys_library_check WHERE package = ? AND build = ?",
+            [package.into(), build.into()],
+        ))
+        .await?;
+    Ok(row.map(|row| row.try_get("", "library")).transpose()?)
+}
+
+/// Records that `build` opened `library`, the library of `package`, and
+/// found it sound (a second record of the same is a no-op).
+pub async fn record_checked(
+    db: &Db,
+    package: &str,
+    build: &str,
+    library: &str,
+) -> Result<(), StoreError> {
+    let sql = match db.backend() {
+        Backend::Mysql => {
+            "INSERT IGNORE INTO sys_library_check (package, build, library) VALUES (?, ?, ?)"
+        }
+        _ => {
+            "INSERT INTO sys_library_check (package, build, library) VALUES (?, ?, ?) \
+             ON CONFLICT (package, build) DO NOTHING"
+        }
+    };
+    db.conn()
+        .execute(db.statement(sql, [package.into(), build.into(), library.into()]))
+        .await?;
+    Ok(())
 }

@@ -27,7 +27,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use object::{
@@ -283,6 +283,13 @@ impl LibraryCache {
         });
     }
 
+    /// Takes the library `digest` as checked: an instance running this
+    /// very build ([`build_identity`]) opened it in its probe, so this one
+    /// opens it without a probe of its own.
+    pub fn vouch(&self, digest: &str) {
+        self.mark_checked(digest);
+    }
+
     fn mark_checked(&self, digest: &str) {
         self.change_index(|index| {
             index
@@ -453,17 +460,92 @@ fn write_replacing(
 }
 
 /// What names this host binary in a library's check mark: a library's
-/// layout checked by one build is not taken as checked by another.
+/// layout checked by one build is not taken as checked by another. The
+/// build's id when it has one ([`build_identity`]), else the stamp of its
+/// file.
 fn host_identity() -> &'static str {
     static IDENTITY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    IDENTITY.get_or_init(|| {
-        let exe = std::env::current_exe()
-            .and_then(std::fs::metadata)
-            .map(|meta| stamp(&meta))
-            // Unknown: a mark this process writes will not be trusted later.
-            .unwrap_or_else(|_| uuid::Uuid::new_v4().to_string());
-        format!("plughost {} {exe}", env!("CARGO_PKG_VERSION"))
+    IDENTITY.get_or_init(|| match build_identity() {
+        Some(build) => build.to_owned(),
+        None => {
+            let exe = std::fs::metadata(RUNNING_EXE)
+                .map(|meta| stamp(&meta))
+                // Unknown: a mark this process writes will not be trusted later.
+                .unwrap_or_else(|_| uuid::Uuid::new_v4().to_string());
+            format!("plughost {} {exe}", env!("CARGO_PKG_VERSION"))
+        }
     })
+}
+
+/// The running binary, even when its file was replaced since it started.
+const RUNNING_EXE: &str = "/proc/self/exe";
+
+/// This build of the host on this kind of machine, as every instance
+/// alike names it: the version and the GNU build id the linker wrote into
+/// the binary (a hash of its contents), and a digest of what else decides
+/// whether opening a library crashes (the CPU's features, the build ids of
+/// the dynamic loader and C library this process runs on). `None` for a
+/// binary linked without a build id: its checks are then its own.
+pub fn build_identity() -> Option<&'static str> {
+    static BUILD: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BUILD
+        .get_or_init(|| {
+            let id = file_build_id(Path::new(RUNNING_EXE))?;
+            let mut machine = Sha256::new();
+            let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+            let features = cpuinfo
+                .lines()
+                .find(|line| line.starts_with("flags") || line.starts_with("Features"));
+            machine.update(features.unwrap_or_default());
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+            let runtime: std::collections::BTreeSet<&str> = maps
+                .lines()
+                .filter_map(|line| line.split_whitespace().nth(5))
+                .filter(|path| path.contains("/ld-linux") || path.ends_with("/libc.so.6"))
+                .collect();
+            for path in runtime {
+                machine.update(file_build_id(Path::new(path)).unwrap_or_default());
+            }
+            Some(format!(
+                "plughost {} build {} machine {}",
+                env!("CARGO_PKG_VERSION"),
+                hex::encode(id),
+                &hex::encode(machine.finalize())[..16]
+            ))
+        })
+        .as_deref()
+}
+
+/// The GNU build id of the ELF file at `path`, from its first 64 KiB
+/// (where the notes sit, right after the program headers).
+fn file_build_id(path: &Path) -> Option<Vec<u8>> {
+    let mut head = Vec::with_capacity(64 * 1024);
+    std::fs::File::open(path)
+        .ok()?
+        .take(64 * 1024)
+        .read_to_end(&mut head)
+        .ok()?;
+    gnu_build_id(&head).map(<[u8]>::to_vec)
+}
+
+/// The GNU build id in the notes of the ELF file starting with `head`.
+fn gnu_build_id(head: &[u8]) -> Option<&[u8]> {
+    let header = FileHeader64::<Endianness>::parse(head).ok()?;
+    let endian = header.endian().ok()?;
+    for segment in header.program_headers(endian, head).ok()? {
+        if segment.p_type(endian) != elf::PT_NOTE {
+            continue;
+        }
+        let Ok(Some(mut notes)) = segment.notes(endian, head) else {
+            continue;
+        };
+        while let Ok(Some(note)) = notes.next() {
+            if note.name() == elf::ELF_NOTE_GNU && note.n_type(endian) == elf::NT_GNU_BUILD_ID {
+                return Some(note.desc()).filter(|id| !id.is_empty());
+            }
+        }
+    }
+    None
 }
 
 /// The sha256 of `bytes`, in lower-case hex.
@@ -581,21 +663,23 @@ fn probe(exe: &Path, library: &Path) -> Result<(), Probe> {
             out
         })
     });
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() < PROBE_TIMEOUT => {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Ok(None) | Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(Probe::Crashed(format!(
-                    "opening it did not finish within {} s (its initialisers hang?)",
-                    PROBE_TIMEOUT.as_secs()
-                )));
-            }
+    // Waited for on a thread of its own, so the answer counts from the
+    // child's exit, and killed if it does not come in time.
+    let pid = rustix::process::Pid::from_child(&child);
+    let (done, exited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait());
+    });
+    let status = match exited.recv_timeout(PROBE_TIMEOUT) {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => return Err(Probe::Crashed(format!("cannot wait for the check: {e}"))),
+        Err(_) => {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            let _ = exited.recv();
+            return Err(Probe::Crashed(format!(
+                "opening it did not finish within {} s (its initialisers hang?)",
+                PROBE_TIMEOUT.as_secs()
+            )));
         }
     };
     let out = reader.and_then(|r| r.join().ok()).unwrap_or_default();
@@ -662,6 +746,27 @@ mod tests {
             .iter()
             .find_map(|p| std::fs::read(p).ok())
             .expect("the C library is readable")
+    }
+
+    #[test]
+    fn the_running_build_is_named_by_its_build_id() {
+        let id = build_identity().expect("the linker writes a GNU build id");
+        let words: Vec<&str> = id.split(' ').collect();
+        let hex = |word: &str| word.len() >= 16 && word.chars().all(|c| c.is_ascii_hexdigit());
+        assert!(
+            words.len() == 6
+                && words[0] == "plughost"
+                && words[2] == "build"
+                && hex(words[3])
+                && words[4] == "machine"
+                && hex(words[5]),
+            "{id}"
+        );
+        assert_eq!(host_identity(), id);
+        // The C library has one too; a file cut before its notes has none.
+        let libc = own_library();
+        assert!(gnu_build_id(&libc).is_some());
+        assert_eq!(gnu_build_id(&libc[..64]), None);
     }
 
     /// A cache in a new directory, and a source holding `lib` there.
