@@ -56,6 +56,12 @@ enum Command {
         #[command(subcommand)]
         action: PluginAction,
     },
+    /// Build plugin catalogs: signed indexes of plugin packages that hosts
+    /// list and install from by name (PLUGHOST_CATALOG).
+    Catalog {
+        #[command(subcommand)]
+        action: CatalogAction,
+    },
     /// Opens one library and prints the plugin it declares (the host runs
     /// this in a child process before it maps a library itself).
     #[command(name = crate::plugin::loading::libcache::PROBE_COMMAND, hide = true)]
@@ -91,17 +97,61 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum CatalogAction {
+    /// Write DIR/index.json, the catalog of the packages (*.zip) in DIR,
+    /// each read with the install's own checks (one that fails them is
+    /// named and left out); serve DIR with any static web server, or point
+    /// hosts at it as a path.
+    Build {
+        /// The folder of packages.
+        dir: std::path::PathBuf,
+        /// Sign the index with this secret key (index.json.minisig; its
+        /// password, if any, from PLUGHOST_SIGNING_PASSWORD).
+        #[arg(long, value_name = "KEY_FILE")]
+        sign: Option<std::path::PathBuf>,
+        /// The URL DIR is served at: package URLs are written under it
+        /// (default: relative to the index).
+        #[arg(long, value_name = "URL")]
+        base_url: Option<String>,
+        /// A public key file to check the packages' signatures with (repeat
+        /// for several).
+        #[arg(long = "trusted-key", value_name = "FILE")]
+        trusted_keys: Vec<std::path::PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum PluginAction {
     /// List every plugin found, with its state.
     List {
         #[command(flatten)]
         settings: SettingsArgs,
     },
-    /// Install (or upgrade) a plugin from a ZIP package or a Git repository.
+    /// List what the plugin catalogs offer (PLUGHOST_CATALOG), or those
+    /// whose name, summary, description, author or tags contain TERM.
+    Search {
+        /// What to look for (case does not matter).
+        term: Option<String>,
+        /// Read this catalog (a URL or path) instead of PLUGHOST_CATALOG
+        /// (repeat for several).
+        #[arg(long = "catalog", value_name = "URL|PATH")]
+        catalogs: Vec<String>,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Install (or upgrade) a plugin from a ZIP package, a Git repository
+    /// or a catalog.
     Add {
         /// The package.
-        #[arg(long, conflicts_with = "git", required_unless_present = "git")]
+        #[arg(long, conflicts_with_all = ["git", "catalog"], required_unless_present_any = ["git", "catalog"])]
         zip: Option<std::path::PathBuf>,
+        /// The plugin to install (or upgrade) by name from the catalogs
+        /// (PLUGHOST_CATALOG).
+        #[arg(long, value_name = "NAME", conflicts_with = "git")]
+        catalog: Option<String>,
+        /// With --catalog: the version (default: the newest compatible one).
+        #[arg(long, requires = "catalog")]
+        version: Option<String>,
         /// The repository URL (https://, or a local path with --git-allow-local).
         #[arg(long)]
         git: Option<String>,
@@ -218,6 +268,7 @@ impl PluginAction {
     fn settings(&self) -> Option<&SettingsArgs> {
         match self {
             Self::List { settings }
+            | Self::Search { settings, .. }
             | Self::Add { settings, .. }
             | Self::Remove { settings, .. }
             | Self::Enable { settings, .. }
@@ -462,9 +513,23 @@ async fn role(auth: Arc<AuthService>, action: RoleAction) -> anyhow::Result<()> 
 fn plugin(args: &SettingsArgs, action: PluginAction) -> anyhow::Result<()> {
     use crate::plugin::lifecycle::InstallOptions;
     let settings = Settings::resolve(args)?;
+    if let PluginAction::Search { term, catalogs, .. } = action {
+        let catalogs = if catalogs.is_empty() {
+            settings.catalogs.clone()
+        } else {
+            catalogs
+        };
+        return actix_web::rt::System::new().block_on(search(
+            catalogs,
+            term.as_deref(),
+            &settings.trust,
+            settings.catalog_timeout,
+        ));
+    }
     actix_web::rt::System::new().block_on(async move {
         let host = Core::open(settings).await?.plugins().await?;
         match action {
+            PluginAction::Search { .. } => unreachable!("searched without a host"),
             PluginAction::List { .. } => {
                 println!("{:<24} {:<10} {:<9} {:<8} error", "name", "version", "state", "enabled");
                 for item in host.list().await {
@@ -482,6 +547,8 @@ fn plugin(args: &SettingsArgs, action: PluginAction) -> anyhow::Result<()> {
             PluginAction::Add {
                 zip,
                 git,
+                catalog,
+                version,
                 reference,
                 upgrade,
                 force,
@@ -494,6 +561,12 @@ fn plugin(args: &SettingsArgs, action: PluginAction) -> anyhow::Result<()> {
                     ..InstallOptions::default()
                 };
                 let installed = match (zip, git) {
+                    _ if catalog.is_some() => {
+                        let name = catalog.unwrap_or_default();
+                        eprintln!("installing plugin '{name}' from the catalogs");
+                        host.install_from_catalog(&name, version.as_deref(), &options)
+                            .await?
+                    }
                     (Some(file), _) => {
                         let size = std::fs::metadata(&file)
                             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?
@@ -514,7 +587,7 @@ fn plugin(args: &SettingsArgs, action: PluginAction) -> anyhow::Result<()> {
                         eprintln!("cloning {} (progress in the log)", crate::db::redact_url(&url));
                         host.install_git(&url, reference.as_deref(), &options).await?
                     }
-                    (None, None) => anyhow::bail!("give --zip FILE or --git URL"),
+                    (None, None) => anyhow::bail!("give --zip FILE, --git URL or --catalog NAME"),
                 };
                 match installed.previous {
                     Some(previous) => println!(
@@ -654,6 +727,102 @@ fn author(action: PluginAction) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `plughost catalog build`: fails when a package was left out.
+fn build_catalog(
+    dir: &std::path::Path,
+    sign: Option<&std::path::Path>,
+    base_url: Option<&str>,
+    trusted_keys: &[std::path::PathBuf],
+) -> anyhow::Result<()> {
+    let trust = crate::plugin::loading::trust::TrustPolicy::load(trusted_keys, false)?;
+    let built = crate::plugin::authoring::build_catalog(dir, sign, base_url, &trust)?;
+    for (file, problems) in &built.refused {
+        for problem in problems {
+            println!("left out {file}: {problem}");
+        }
+    }
+    println!(
+        "wrote {} ({} entr{}, {})",
+        built.index.display(),
+        built.entries,
+        if built.entries == 1 { "y" } else { "ies" },
+        built.signer.as_ref().map_or_else(
+            || "unsigned".to_owned(),
+            |id| format!("signed with key {id}")
+        )
+    );
+    if !built.refused.is_empty() {
+        anyhow::bail!(
+            "{} package(s) in {} failed the install's checks and were left out of the index; fix or remove them and build again",
+            built.refused.len(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Prints what `catalogs` offer, or the entries matching `term`.
+async fn search(
+    catalogs: Vec<String>,
+    term: Option<&str>,
+    trust: &crate::plugin::loading::trust::TrustPolicy,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    use crate::plugin::lifecycle::catalog::{Catalog, CatalogError, Location};
+    if catalogs.is_empty() {
+        anyhow::bail!(CatalogError::NotConfigured.to_string());
+    }
+    let term = term.map(str::to_lowercase);
+    let mut readable = 0;
+    println!(
+        "{:<24} {:<10} {:<10} {:<18} {:<24} summary",
+        "name", "version", "contract", "signer", "tags"
+    );
+    for text in &catalogs {
+        let catalog = match Location::catalog(text) {
+            Ok(location) => Catalog::read(location, trust, timeout).await,
+            Err(e) => Err(e),
+        };
+        let catalog = match catalog {
+            Ok(catalog) => catalog,
+            Err(e) => {
+                eprintln!("{e}");
+                continue;
+            }
+        };
+        readable += 1;
+        for entry in &catalog.index.entries {
+            let about = &entry.plugin;
+            let found = term.as_deref().is_none_or(|term| {
+                [
+                    &entry.name,
+                    &about.summary,
+                    &about.description,
+                    &about.author,
+                ]
+                .iter()
+                .any(|text| text.to_lowercase().contains(term))
+                    || about.tags.iter().any(|t| t.to_lowercase().contains(term))
+            });
+            if found {
+                println!(
+                    "{:<24} {:<10} {:<10} {:<18} {:<24} {}",
+                    entry.name,
+                    about.version,
+                    entry.contract.as_deref().unwrap_or("-"),
+                    entry.signer.as_deref().unwrap_or("unsigned"),
+                    about.tags.join(","),
+                    about.summary
+                );
+            }
+        }
+    }
+    if readable == 0 {
+        anyhow::bail!("none of the {} catalog(s) could be read", catalogs.len());
+    }
+    Ok(())
+}
+
 async fn set_enabled(
     host: &crate::plugin::PluginHost,
     name: &str,
@@ -739,6 +908,15 @@ pub fn main() -> ExitCode {
         Command::Role { action, settings } => {
             manage(&settings, |auth| Box::pin(role(auth, action)))
         }
+        Command::Catalog {
+            action:
+                CatalogAction::Build {
+                    dir,
+                    sign,
+                    base_url,
+                    trusted_keys,
+                },
+        } => build_catalog(&dir, sign.as_deref(), base_url.as_deref(), &trusted_keys),
         Command::Plugin { action } => match action.settings() {
             Some(settings) => plugin(&settings.clone(), action),
             None => author(action),

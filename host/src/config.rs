@@ -120,6 +120,17 @@ pub struct SettingsArgs {
     /// Hosts `https://` Git installs may name, comma-separated.
     #[arg(long, global = true, env = "PLUGHOST_GIT_HOSTS", value_delimiter = ',')]
     pub git_hosts: Option<Vec<String>>,
+    /// Plugin catalogs to list and install from: URLs or paths of a catalog's folder or its index.json, comma-separated.
+    #[arg(
+        long = "plugin-catalog",
+        global = true,
+        env = "PLUGHOST_CATALOG",
+        value_delimiter = ','
+    )]
+    pub plugin_catalog: Option<Vec<String>>,
+    /// Seconds reading a catalog's index may take in all (default 15).
+    #[arg(long, global = true, env = "PLUGHOST_CATALOG_TIMEOUT")]
+    pub catalog_timeout: Option<u64>,
     /// Allow Git installs from file:// URLs and local paths.
     #[arg(long, global = true, env = "PLUGHOST_GIT_ALLOW_LOCAL", value_parser = clap::builder::FalseyValueParser::new())]
     pub git_allow_local: bool,
@@ -224,6 +235,8 @@ struct FileSettings {
     max_unpacked: Option<u64>,
     max_ratio: Option<u64>,
     lock_wait: Option<u64>,
+    plugin_catalog: Option<Vec<String>>,
+    catalog_timeout: Option<u64>,
     git_hosts: Option<Vec<String>>,
     git_allow_local: Option<bool>,
     build_timeout: Option<u64>,
@@ -291,6 +304,10 @@ pub struct Settings {
     pub git: GitPolicy,
     /// How long a plugin operation waits for another one.
     pub lock_wait: Duration,
+    /// The plugin catalogs (`PLUGHOST_CATALOG`), as configured.
+    pub catalogs: Vec<String>,
+    /// How long reading a catalog's index may take.
+    pub catalog_timeout: Duration,
     /// How long a request body may stall.
     pub body_timeout: Duration,
     /// How long a plugin's handler may take, unless its route says.
@@ -543,6 +560,23 @@ impl Settings {
             name: "trusted_keys",
             message: e.to_string(),
         })?;
+        let catalogs: Vec<String> = args
+            .plugin_catalog
+            .clone()
+            .or(file.plugin_catalog)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect();
+        for catalog in &catalogs {
+            crate::plugin::lifecycle::catalog::Location::catalog(catalog).map_err(|e| {
+                ConfigError::Invalid {
+                    name: "catalog",
+                    message: e.to_string(),
+                }
+            })?;
+        }
         Ok(Self {
             access_log: args.access_log.or(file.access_log).unwrap_or(true),
             metrics,
@@ -627,6 +661,13 @@ impl Settings {
                 }
             },
             lock_wait: Duration::from_secs(args.lock_wait.or(file.lock_wait).unwrap_or(10)),
+            catalogs,
+            catalog_timeout: Duration::from_secs(
+                args.catalog_timeout
+                    .or(file.catalog_timeout)
+                    .unwrap_or(15)
+                    .max(1),
+            ),
             plugin_runs: {
                 let default = PluginRunLimits::default();
                 PluginRunLimits {

@@ -181,6 +181,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, bench_baseline: bool) {
                 admin_resource("/admin/v1/sys/plugin-build").route(web::get().to(plugins::build)),
             )
             .service(
+                admin_resource("/admin/v1/sys/plugin-catalog")
+                    .route(web::get().to(plugins::catalog)),
+            )
+            .service(
                 admin_resource("/admin/v1/sys/plugins/changed")
                     .route(web::get().to(plugins::changed)),
             )

@@ -113,6 +113,7 @@ const BEARER: &str = "bearer";
         super::plugins::install,
         super::plugins::changed,
         super::plugins::build,
+        super::plugins::catalog,
         super::plugins::toggle,
         super::plugins::download,
         super::plugins::uninstall,

@@ -98,6 +98,29 @@ pub(crate) async fn changed(state: web::Data<AppState>) -> Result<HttpResponse, 
         })
 }
 
+/// `GET /admin/v1/sys/plugin-catalog`: what the configured catalogs
+/// offer, with the versions installed here and the upgrades on offer.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/sys/plugin-catalog",
+    summary = "The plugins the configured catalogs offer",
+    tag = "plugins",
+    description = "Reads every catalog of `PLUGHOST_CATALOG` (its index checked against the trusted keys) and lists each plugin once: its newest compatible version, every version offered, the version installed here and a newer compatible version on offer. A catalog that cannot be read is listed with the reason.",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The catalogs and what they offer", body = Envelope<crate::plugin::lifecycle::catalog::Listing>),
+        (status = "default", description = "No catalog configured (404), no valid token (401)", body = ErrorEnvelope),
+    ),
+)]
+pub(crate) async fn catalog(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let listing = state
+        .plugins
+        .catalog()
+        .await
+        .map_err(crate::plugin::lifecycle::LifecycleError::from)?;
+    Ok(ok(listing))
+}
+
 /// What a toggle answers.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct Toggled {
@@ -159,10 +182,15 @@ pub(crate) async fn toggle(
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct InstallQuery {
-    /// `zip` (the package in the multipart field `file`) or `git`.
+    /// `zip` (the package in the multipart field `file`), `git` or
+    /// `catalog` (with `name`).
     #[serde(rename = "type")]
-    #[param(rename = "type", value_type = String, pattern = "^(zip|git)$")]
+    #[param(rename = "type", value_type = String, pattern = "^(zip|git|catalog)$")]
     kind: Option<String>,
+    /// With `type=catalog`: the plugin to install or upgrade.
+    name: Option<String>,
+    /// With `type=catalog`: the version (default: the newest compatible one).
+    version: Option<String>,
     /// With `type=git`: an https:// URL of an allowed host.
     repo_url: Option<String>,
     /// With `type=git`: a branch, tag or commit (default: the default branch).
@@ -298,11 +326,31 @@ pub(crate) async fn install(
             )
             .await?
         }
+        Some("catalog") => {
+            let name = query.name.filter(|n| !n.is_empty()).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "type=catalog needs name (the plugin to install from the configured catalogs)",
+                )
+            })?;
+            let kind = if state.plugins.is_installed(&name) {
+                "upgrade"
+            } else {
+                kind
+            };
+            timed(
+                kind,
+                state
+                    .plugins
+                    .install_from_catalog(&name, query.version.as_deref(), &options),
+            )
+            .await?
+        }
         other => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "type must be 'zip' (multipart field 'file') or 'git' (with repo_url), not {}",
+                    "type must be 'zip' (multipart field 'file'), 'git' (with repo_url) or 'catalog' (with name), not {}",
                     other.map_or("missing".into(), |o| format!("'{o}'"))
                 ),
             ));

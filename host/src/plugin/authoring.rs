@@ -225,6 +225,9 @@ pub struct Inspection {
     pub contract: Option<String>,
     /// The trusted key that signed it.
     pub signer: Option<String>,
+    /// Its manifest as JSON (the library's, or the plugin.toml beside
+    /// it), once it opened.
+    pub manifest: Option<serde_json::Value>,
     /// Why an install would refuse it, each with what to do.
     pub problems: Vec<String>,
     /// What an install accepts but an operator should know.
@@ -272,6 +275,7 @@ fn inspect(candidate: &Candidate, trust: &TrustPolicy) -> Inspection {
     };
     report.version = Some(loaded.manifest.version.to_string());
     report.contract.clone_from(&loaded.contract);
+    report.manifest = Some(loaded.manifest.json.clone());
     let routers = loaded.code().routers();
     match registry::plugin_routes(name, &loaded.manifest, &routers) {
         Ok(routes) => {
@@ -460,4 +464,27 @@ pub fn package(
         key_id,
         size: bytes.len(),
     })
+}
+
+/// Writes the catalog index of the packages in `dir`
+/// ([`super::lifecycle::catalog::build`]), signed with the secret key
+/// `sign` when given (its password, if any, from PLUGHOST_SIGNING_PASSWORD).
+pub fn build_catalog(
+    dir: &Path,
+    sign: Option<&Path>,
+    base_url: Option<&str>,
+    trust: &TrustPolicy,
+) -> Result<super::lifecycle::catalog::Built, AuthoringError> {
+    if let Some(base) = base_url
+        && !(base.starts_with("http://") || base.starts_with("https://"))
+    {
+        return Err(fail(format!(
+            "--base-url {base} is not an http(s) URL; give the URL the catalog's folder is served at"
+        )));
+    }
+    let key = sign
+        .map(|path| trust::read_secret_key(path, password()))
+        .transpose()
+        .map_err(|e| fail(e.to_string()))?;
+    super::lifecycle::catalog::build(dir, key.as_ref(), base_url, trust).map_err(fail)
 }

@@ -120,6 +120,10 @@ pub struct PluginHost {
     limits: package::Limits,
     git: git::GitPolicy,
     lock_wait: Duration,
+    /// The plugin catalogs to list and install from.
+    catalogs: Vec<String>,
+    /// How long reading a catalog's index may take.
+    catalog_timeout: Duration,
     /// The lock of this plugin dir alone (`.lifecycle.lock` in it), which
     /// every operation on it holds, the cluster's lock or not.
     local_lock: PathBuf,
@@ -302,6 +306,8 @@ impl PluginHost {
             limits: settings.package_limits,
             git: settings.git.clone(),
             lock_wait: settings.lock_wait,
+            catalogs: settings.catalogs.clone(),
+            catalog_timeout: settings.catalog_timeout,
             local_lock: settings.plugin_dir.join(LOCAL_LOCK),
             access: arc_swap::ArcSwap::default(),
         });
@@ -378,6 +384,11 @@ impl PluginHost {
     /// made current later (see [`PluginSet::watch`]).
     pub fn watch_routes(&self, watcher: running::set::RouteWatcher) {
         self.set.watch(watcher);
+    }
+
+    /// Whether a plugin of that name is listed here (loaded or not).
+    pub fn is_installed(&self, name: &str) -> bool {
+        self.set.records().contains_key(name)
     }
 
     /// The largest package an upload may be.

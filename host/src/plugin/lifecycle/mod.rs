@@ -18,6 +18,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod catalog;
 pub mod converge;
 pub mod desired;
 pub mod git;
@@ -100,6 +101,9 @@ pub enum LifecycleError {
     /// A file operation failed.
     #[error("{0}")]
     Io(String),
+    /// A plugin catalog cannot be used.
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogError),
     /// Following the cluster under this instance's lock alone, a step
     /// found the cluster's own work undone (the plugin's init script): it
     /// is taken again under the cluster's lock.
@@ -136,6 +140,7 @@ impl LifecycleError {
             Self::Store(StoreError::Db(_)) => 503,
             Self::Store(_) => 500,
             Self::Plugin(e) => e.status(),
+            Self::Catalog(e) => e.status(),
             Self::Lock(LockError::Redis(RedisError::Unavailable { .. }))
             | Self::Flags(FlagError::Redis(RedisError::Unavailable { .. })) => 503,
             Self::Lock(_) | Self::Flags(_) | Self::NeedsClusterLock(_) => 500,

@@ -327,18 +327,103 @@ pub fn sign_dir(dir: &Path, key: &SecretKey, statement: &Statement) -> Result<St
         message,
     };
     let list = checksums(dir).map_err(|e| malformed(format!("cannot hash its files: {e}")))?;
-    let signature = minisign::sign(
-        None,
+    let signature = sign_bytes(
         key,
-        Cursor::new(list.as_bytes()),
-        Some(&statement.to_comment()),
-        Some(&format!("signature of {}", statement)),
+        list.as_bytes(),
+        &statement.to_comment(),
+        &format!("signature of {statement}"),
     )
     .map_err(|e| malformed(format!("cannot sign: {e}")))?;
     std::fs::write(dir.join(CHECKSUMS), &list)
-        .and_then(|()| std::fs::write(dir.join(SIGNATURE), signature.into_string()))
+        .and_then(|()| std::fs::write(dir.join(SIGNATURE), signature))
         .map_err(|e| malformed(format!("cannot write the signature: {e}")))?;
     Ok(key_id(key.keynum()))
+}
+
+/// A minisign signature of `bytes` (the text of a `.minisig` file) whose
+/// trusted comment is `statement`.
+pub fn sign_bytes(
+    key: &SecretKey,
+    bytes: &[u8],
+    statement: &str,
+    untrusted: &str,
+) -> Result<String, String> {
+    minisign::sign(
+        None,
+        key,
+        Cursor::new(bytes),
+        Some(statement),
+        Some(untrusted),
+    )
+    .map(SignatureBox::into_string)
+    .map_err(|e| e.to_string())
+}
+
+/// The id of the key a `.minisig` text names, unverified.
+pub fn signature_key_id(text: &str) -> Option<String> {
+    SignatureBox::from_string(text)
+        .ok()
+        .map(|signature| key_id(signature.keynum()))
+}
+
+/// What [`TrustPolicy::verify_bytes`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BytesVerdict {
+    /// No signature (allowed by the policy).
+    Unsigned,
+    /// Signed by a key the host does not trust (allowed: signatures are
+    /// not required).
+    Untrusted(String),
+    /// Signed by this trusted key.
+    Signed(String),
+}
+
+impl TrustPolicy {
+    /// Checks `signature` (the text of a `.minisig` file, if there is one)
+    /// of `bytes`, whose trusted comment must start with `statement`.
+    /// The error says what is wrong with `what` and what to do.
+    pub fn verify_bytes(
+        &self,
+        what: &str,
+        bytes: &[u8],
+        signature: Option<&str>,
+        statement: &str,
+    ) -> Result<BytesVerdict, String> {
+        let Some(text) = signature else {
+            return if self.require {
+                Err(format!(
+                    "{what} is not signed and this host requires signatures (PLUGHOST_REQUIRE_SIGNED); sign it with a trusted key"
+                ))
+            } else {
+                Ok(BytesVerdict::Unsigned)
+            };
+        };
+        let signature = SignatureBox::from_string(text)
+            .map_err(|e| format!("the signature of {what} is not a minisign signature ({e})"))?;
+        let signer = key_id(signature.keynum());
+        let Some(trusted) = self.keys.iter().find(|k| k.id == signer) else {
+            return if self.require {
+                Err(format!(
+                    "{what} is signed with key {signer}, which is not among this host's trusted keys (PLUGHOST_TRUSTED_KEYS); add the signer's public key file there if you trust it"
+                ))
+            } else {
+                Ok(BytesVerdict::Untrusted(signer))
+            };
+        };
+        minisign::verify(&trusted.key, &signature, Cursor::new(bytes), true, false, false)
+            .map_err(|e| {
+                format!(
+                    "the signature of {what} does not verify with trusted key {signer} ({e}): it was altered after it was signed"
+                )
+            })?;
+        let comment = signature.trusted_comment().unwrap_or_default();
+        if comment.split(' ').next() != Some(statement) {
+            return Err(format!(
+                "the signature of {what} was made for something else ('{comment}'); a signature cannot be moved"
+            ));
+        }
+        Ok(BytesVerdict::Signed(signer))
+    }
 }
 
 /// Reads a secret key file, decrypting it with `password` (or asking for

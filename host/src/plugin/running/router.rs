@@ -40,6 +40,7 @@ pub const CORE_ROUTES: &[(&str, &str)] = &[
     ("GET", "/ui"),
     ("GET", "/ui/{*tail}"),
     ("GET", "/admin/v1/sys/plugin-build"),
+    ("GET", "/admin/v1/sys/plugin-catalog"),
     ("GET", "/admin/v1/sys/plugins"),
     ("POST", "/admin/v1/sys/plugins"),
     ("GET", "/admin/v1/sys/plugins/changed"),
