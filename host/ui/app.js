@@ -91,7 +91,7 @@ async function enter() {
   $("#login").hidden = true;
   $("#app").hidden = false;
   $("#logout").hidden = false;
-  await Promise.all([refresh(), refreshUsers()]);
+  await Promise.all([refresh(), refreshUsers(), refreshCatalog()]);
 }
 
 /// Each plugin's routes, from the API document.
@@ -234,7 +234,7 @@ function render(plugins, routes) {
     version.textContent = meta.version || "";
     if (item.state !== "error" && item.state !== "absent") {
       const signer = document.createElement("div");
-      signer.className = "reason";
+      signer.className = "signer";
       signer.textContent = item.signer ? `signed by ${item.signer}` : "unsigned";
       version.append(signer);
     }
@@ -306,6 +306,96 @@ async function download(name) {
     a.click();
     a.remove();
     setTimeout(() => URL.revokeObjectURL(url), 10000);
+  } catch (e) {
+    error(e.message);
+  }
+}
+
+/// What the configured catalogs offer (kept for the search box).
+let catalog = [];
+
+async function refreshCatalog() {
+  const note = $("#catalog-note");
+  try {
+    const listing = (await api("GET", `${API}/sys/plugin-catalog`)).data;
+    catalog = listing.plugins;
+    const broken = listing.catalogs.filter((c) => c.error).map((c) => c.error);
+    const signed = listing.catalogs.filter((c) => !c.error)
+      .map((c) => `${c.location} (${c.signer ? "index signed by " + c.signer : "index unsigned"})`);
+    show(note, [signed.length ? `From ${signed.join(", ")}.` : "", ...broken].filter(Boolean).join("\n"));
+  } catch (e) {
+    catalog = [];
+    show(note, e.message);
+  }
+  renderCatalog();
+}
+
+/// Whether catalog entry `item` matches the search text (name or tag).
+function matches(item, text) {
+  const term = text.trim().toLowerCase();
+  if (!term) return true;
+  const tags = (item.plugin && item.plugin.tags) || [];
+  return item.name.toLowerCase().includes(term) || tags.some((t) => t.toLowerCase().includes(term));
+}
+
+function renderCatalog() {
+  const body = $("#catalog tbody");
+  body.replaceChildren();
+  const text = $("#catalog-search").value;
+  for (const item of catalog.filter((i) => matches(i, text))) {
+    const about = item.plugin || {};
+    const row = document.createElement("tr");
+    row.dataset.entry = item.name;
+    const title = titled(item.name, "");
+    for (const tag of about.tags || []) {
+      const span = document.createElement("span");
+      span.className = "tag";
+      span.textContent = tag;
+      title.firstChild.append(span);
+    }
+    if (about.summary) {
+      const summary = document.createElement("div");
+      summary.textContent = about.summary;
+      title.append(summary);
+    }
+    cell(row, "Plugin", title);
+    const version = document.createElement("div");
+    version.textContent = about.version;
+    const by = document.createElement("div");
+    by.className = "reach";
+    by.textContent = [about.author ? `by ${about.author}` : "", item.contract ? `plugin-api ${item.contract}` : ""]
+      .filter(Boolean).join(", ");
+    version.append(by);
+    cell(row, "Version", version);
+    const signer = document.createElement("span");
+    signer.className = "signer";
+    signer.textContent = item.signer ? `signed by ${item.signer}` : "unsigned";
+    cell(row, "Signer", signer);
+    const here = document.createElement("span");
+    here.className = "catalog-state";
+    here.textContent = !item.compatible ? "incompatible"
+      : item.upgrade ? `${item.installed} installed, ${item.upgrade} offered`
+      : item.installed ? `${item.installed} installed` : "not installed";
+    cell(row, "Here", here);
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    if (item.compatible && !item.installed) {
+      actions.append(button("Install", "install", () => installFromCatalog(item.name), `Install ${item.name}`));
+    }
+    if (item.compatible && item.upgrade) {
+      actions.append(button(`Upgrade to ${item.upgrade}`, "upgrade", () => installFromCatalog(item.name),
+        `Upgrade ${item.name} to ${item.upgrade}`));
+    }
+    cell(row, "Actions", actions);
+    body.append(row);
+  }
+}
+
+async function installFromCatalog(name) {
+  try {
+    const reply = await api("POST", `${API}/sys/plugins?${new URLSearchParams({ type: "catalog", name })}`);
+    message(reply.msg);
+    await Promise.all([refresh(), refreshCatalog()]);
   } catch (e) {
     error(e.message);
   }
@@ -592,6 +682,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#login-form").addEventListener("submit", login);
   $("#logout").addEventListener("click", logout);
   $("#refresh").addEventListener("click", refresh);
+  $("#catalog-refresh").addEventListener("click", refreshCatalog);
+  $("#catalog-search").addEventListener("input", renderCatalog);
   $("#upload-form").addEventListener("submit", upload);
   $("#git-form").addEventListener("submit", installGit);
   $("#users-refresh").addEventListener("click", refreshUsers);

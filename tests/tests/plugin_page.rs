@@ -242,6 +242,8 @@ fn the_plugin_page_manages_plugins_in_a_real_browser() {
         );
         assert!(row_text(&client, "beacon").await.contains("capability"));
         assert_only_local_resources(&client, &base).await;
+        // Every state and signer reads whole in a 1280 px window.
+        until(&client, "states on one line each", STATES_WHOLE).await;
         snap(&client, "1-plugins").await;
 
         // Toggle hello off: the page shows it disabled, its route answers 503.
@@ -338,6 +340,144 @@ fn the_plugin_page_manages_plugins_in_a_real_browser() {
         assert_only_local_resources(&client, &base).await;
         snap(&client, "7-docs").await;
 
+        client.close().await.unwrap();
+    });
+}
+
+/// Whether every state and signer on the page reads on one line (a
+/// narrow column must not split "unsigned" or "disabled" mid-word).
+const STATES_WHOLE: &str = "return [...document.querySelectorAll('.state, .signer, .catalog-state')]\
+    .every(e => { const r = document.createRange(); r.selectNodeContents(e); \
+    return r.getClientRects().length === 1; });";
+
+#[test]
+fn the_plugin_page_browses_the_catalog_and_installs_and_upgrades_from_it() {
+    let folder = tempfile::tempdir().unwrap();
+    for (file, bytes) in [
+        ("greeter-1.0.0.zip", e2e::greeter(1)),
+        ("greeter-2.0.0.zip", e2e::greeter(2)),
+        (
+            "api_key-0.1.0.zip",
+            e2e::package("api_key", "api_key", "api_key"),
+        ),
+    ] {
+        std::fs::write(folder.path().join(file), bytes).unwrap();
+    }
+    let (ok, out) = e2e::author_cli(&[], &["catalog", "build", folder.path().to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let catalog = folder.path().display().to_string();
+    let (_data, host) = e2e::serve_with(&["hello"], &[("PLUGHOST_CATALOG", &catalog)]);
+    // Installed before the page opens: the catalog offers an upgrade.
+    assert_eq!(host.upload(&e2e::greeter(1), "type=zip").status, 200);
+    let driver = Driver::start();
+    let base = host.base().to_owned();
+
+    e2e::runtime().block_on(async {
+        let client = browser(&driver).await;
+        client.goto(&format!("{base}/ui/")).await.unwrap();
+        log_in(&client).await;
+        until(
+            &client,
+            "the catalog",
+            "return !!document.querySelector(\"tr[data-entry='greeter']\") \
+             && !!document.querySelector(\"tr[data-entry='api_key']\");",
+        )
+        .await;
+        let greeter = row_of(&client, "entry", "greeter").await;
+        assert!(
+            greeter.contains("Greeter, build 2")
+                && greeter.contains("2.0.0")
+                && greeter.contains("by plughost tests")
+                && greeter.contains("unsigned")
+                && greeter.contains("1.0.0 installed, 2.0.0 offered")
+                && greeter.contains("Upgrade to 2.0.0"),
+            "{greeter}"
+        );
+        let api_key = row_of(&client, "entry", "api_key").await;
+        assert!(
+            api_key.contains("auth")
+                && api_key.contains("not installed")
+                && api_key.contains("Install"),
+            "{api_key}"
+        );
+        let note = text_of(&client, "catalog-note").await;
+        assert!(note.contains("index unsigned"), "{note}");
+        // Every state reads whole in a 1280 px window.
+        until(&client, "states on one line each", STATES_WHOLE).await;
+        snap(&client, "8-catalog").await;
+
+        // Search by tag, then by name.
+        type_into(&client, "catalog-search", "auth").await;
+        until(
+            &client,
+            "only api_key",
+            "return document.querySelectorAll('#catalog tbody tr').length === 1 \
+             && !!document.querySelector(\"tr[data-entry='api_key']\");",
+        )
+        .await;
+        client
+            .find(Locator::Id("catalog-search"))
+            .await
+            .unwrap()
+            .clear()
+            .await
+            .unwrap();
+        type_into(&client, "catalog-search", "GREET").await;
+        until(
+            &client,
+            "only greeter",
+            "return document.querySelectorAll('#catalog tbody tr').length === 1 \
+             && !!document.querySelector(\"tr[data-entry='greeter']\");",
+        )
+        .await;
+
+        // Upgrade from the catalog: the new build serves.
+        click(&client, "tr[data-entry='greeter'] button.upgrade").await;
+        until(
+            &client,
+            "greeter upgraded",
+            "return (document.querySelector(\"tr[data-entry='greeter']\") || {}).textContent \
+             ?.includes('2.0.0 installed');",
+        )
+        .await;
+        let message = text_of(&client, "message").await;
+        assert!(
+            message.contains("upgraded from 1.0.0 to 2.0.0"),
+            "{message}"
+        );
+        assert_eq!(e2e::greeter_version(&host).as_deref(), Some("2"));
+        assert!(
+            !row_of(&client, "entry", "greeter")
+                .await
+                .contains("Upgrade"),
+        );
+
+        // Uninstalled elsewhere: Install puts the newest back.
+        assert_eq!(
+            host.request("DELETE", "/admin/v1/sys/plugins/greeter", None)
+                .status,
+            200
+        );
+        click(&client, "#catalog-refresh").await;
+        until(
+            &client,
+            "greeter installable",
+            "return !!document.querySelector(\"tr[data-entry='greeter'] button.install\");",
+        )
+        .await;
+        click(&client, "tr[data-entry='greeter'] button.install").await;
+        until(
+            &client,
+            "greeter installed",
+            "return document.getElementById('message').textContent \
+             .includes(\"plugin 'greeter' 2.0.0 installed\") \
+             && !!document.querySelector(\"tr[data-plugin='greeter'] .state-loaded\");",
+        )
+        .await;
+        assert_eq!(e2e::greeter_version(&host).as_deref(), Some("2"));
+        until(&client, "states on one line each", STATES_WHOLE).await;
+        assert_only_local_resources(&client, &base).await;
+        snap(&client, "9-catalog-installed").await;
         client.close().await.unwrap();
     });
 }
