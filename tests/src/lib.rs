@@ -792,6 +792,33 @@ pub fn author_cli(env: &[(&str, String)], args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// `plughost plugin keygen` of key `name` in `dir` (with `env`, and the
+/// `extra` arguments): the secret key's path and the key id.
+pub fn key_pair(
+    dir: &Path,
+    name: &str,
+    env: &[(&str, String)],
+    extra: &[&str],
+) -> (String, String) {
+    let secret = dir.join(name);
+    let mut args = vec![
+        "plugin",
+        "keygen",
+        "--out",
+        secret.to_str().expect("a UTF-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    let (ok, out) = author_cli(env, &args);
+    assert!(ok, "keygen: {out}");
+    let id = out
+        .split("key id ")
+        .nth(1)
+        .and_then(|rest| rest.get(..16))
+        .unwrap_or_else(|| panic!("no key id in: {out}"))
+        .to_owned();
+    (secret.display().to_string(), id)
+}
+
 /// A free TCP port on 127.0.0.1 (free when asked; a server started on it
 /// right away gets it).
 pub fn free_port() -> u16 {

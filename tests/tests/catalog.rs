@@ -15,7 +15,7 @@ use std::{
 
 use e2e::{
     Backend, DataDir, Host, TestDatabase, author_cli, cli, eventually, free_port, greeter,
-    greeter_version, plugin_api_version, zip_of,
+    greeter_version, key_pair, plugin_api_version, zip_of,
 };
 use serde_json::Value;
 
@@ -55,28 +55,6 @@ impl Drop for StaticServer {
     }
 }
 
-fn keygen(dir: &Path) -> (String, String) {
-    let secret = dir.join("catalog.key");
-    let (ok, out) = author_cli(
-        &[],
-        &[
-            "plugin",
-            "keygen",
-            "--out",
-            secret.to_str().unwrap(),
-            "--no-password",
-        ],
-    );
-    assert!(ok, "keygen: {out}");
-    let id = out
-        .split("key id ")
-        .nth(1)
-        .and_then(|rest| rest.get(..16))
-        .unwrap_or_else(|| panic!("no key id in: {out}"))
-        .to_owned();
-    (secret.display().to_string(), id)
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(bytes))
@@ -104,7 +82,7 @@ fn build(dir: &Path, extra: &[&str]) -> (bool, String) {
 #[test]
 fn a_signed_catalog_on_loopback_lists_installs_and_upgrades_by_name() {
     let work = tempfile::tempdir().unwrap();
-    let (key, key_id) = keygen(work.path());
+    let (key, key_id) = key_pair(work.path(), "catalog.key", &[], &["--no-password"]);
     let public = format!("{key}.pub");
     let folder = work.path().join("catalog");
     std::fs::create_dir(&folder).unwrap();

@@ -156,6 +156,14 @@ async fn log_in(client: &Client) {
     .await;
 }
 
+/// A browser on `base`'s plugin page, logged in as admin.
+async fn page_logged_in(driver: &Driver, base: &str) -> Client {
+    let client = browser(driver).await;
+    client.goto(&format!("{base}/ui/")).await.unwrap();
+    log_in(&client).await;
+    client
+}
+
 /// The text of the table row whose `data-{kind}` is `name`.
 async fn row_of(client: &Client, kind: &str, name: &str) -> String {
     client
@@ -373,9 +381,7 @@ fn the_plugin_page_browses_the_catalog_and_installs_and_upgrades_from_it() {
     let base = host.base().to_owned();
 
     e2e::runtime().block_on(async {
-        let client = browser(&driver).await;
-        client.goto(&format!("{base}/ui/")).await.unwrap();
-        log_in(&client).await;
+        let client = page_logged_in(&driver, &base).await;
         until(
             &client,
             "the catalog",
@@ -500,9 +506,7 @@ fn the_plugin_page_installs_from_git_showing_the_build_output() {
     let base = host.base().to_owned();
 
     e2e::runtime().block_on(async {
-        let client = browser(&driver).await;
-        client.goto(&format!("{base}/ui/")).await.unwrap();
-        log_in(&client).await;
+        let client = page_logged_in(&driver, &base).await;
         client
             .wait()
             .for_element(Locator::Css("tr[data-plugin='hello']"))
@@ -559,9 +563,7 @@ fn the_plugin_page_manages_users_and_roles_in_a_real_browser() {
     let driver = Driver::start();
     let base = host.base().to_owned();
     e2e::runtime().block_on(async {
-        let client = browser(&driver).await;
-        client.goto(&format!("{base}/ui/")).await.unwrap();
-        log_in(&client).await;
+        let client = page_logged_in(&driver, &base).await;
         until(
             &client,
             "the admin in the users view",

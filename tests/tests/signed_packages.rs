@@ -5,24 +5,7 @@
 //! another plugin or version are refused through HTTP and the CLI, each
 //! with the plugin dir unchanged.
 
-use std::path::Path;
-
-use e2e::{DataDir, Host, author_cli, cli, snapshot, zip_entries, zip_of};
-
-fn key_pair(dir: &Path, name: &str, env: &[(&str, String)], extra: &[&str]) -> (String, String) {
-    let secret = dir.join(name);
-    let mut args = vec!["plugin", "keygen", "--out", secret.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    let (ok, out) = author_cli(env, &args);
-    assert!(ok, "keygen: {out}");
-    let id = out
-        .split("key id ")
-        .nth(1)
-        .and_then(|rest| rest.get(..16))
-        .unwrap_or_else(|| panic!("no key id in: {out}"))
-        .to_owned();
-    (secret.display().to_string(), id)
-}
+use e2e::{DataDir, Host, author_cli, cli, key_pair, snapshot, zip_entries, zip_of};
 
 /// Rewrites a package: `edit` changes its entries.
 fn rewrite(archive: &[u8], edit: impl FnOnce(&mut Vec<(String, Vec<u8>)>)) -> Vec<u8> {
