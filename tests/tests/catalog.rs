@@ -3,9 +3,11 @@
 //! folder, served on loopback by a static web server (Python's
 //! `http.server`) or read as a path, is what hosts list and install from
 //! by name: install, upgrade, the installed and upgrade states, the
-//! package's digest checked against the index, the index's signature
-//! against the trusted keys, a catalog that cannot be read named, and the
-//! install reaching a second instance on the same database.
+//! package's digest checked against the index, an entry pointing at
+//! another plugin's package refused, the index's signature against the
+//! trusted keys, a catalog that cannot be read named, and the install
+//! reaching a second instance on the same database. An FBA market index
+//! converts with the jq line the docs give, and its Git entry installs.
 
 use std::{
     path::{Path, PathBuf},
@@ -53,6 +55,26 @@ impl Drop for StaticServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Signs `folder`'s index.json as a publisher with the secret key file
+/// `key` would (minisign, the catalog's trusted comment).
+fn sign_index(key: &str, folder: &Path) {
+    let text = std::fs::read_to_string(key).unwrap();
+    let secret = minisign::SecretKeyBox::from_string(&text)
+        .unwrap()
+        .into_unencrypted_secret_key()
+        .unwrap();
+    let index = std::fs::read(folder.join("index.json")).unwrap();
+    let signature = minisign::sign(
+        None,
+        &secret,
+        std::io::Cursor::new(index),
+        Some("plughost-catalog format=1"),
+        None,
+    )
+    .unwrap();
+    std::fs::write(folder.join("index.json.minisig"), signature.into_string()).unwrap();
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -218,6 +240,27 @@ fn a_signed_catalog_on_loopback_lists_installs_and_upgrades_by_name() {
     .assert_error(422, "the catalog's index says");
     assert_eq!(greeter_version(&a).as_deref(), Some("2"));
 
+    // An entry (written by hand, signed again) pointing at another
+    // plugin's package: refused before the install, naming both.
+    let api_key = e2e::package("api_key", "api_key", "api_key");
+    std::fs::write(folder.join("greeter-1.0.0.zip"), &api_key).unwrap();
+    let mut forged: Value =
+        serde_json::from_slice(&std::fs::read(folder.join("index.json")).unwrap()).unwrap();
+    forged["entries"][1]["package"]["sha256"] = Value::from(sha256_hex(&api_key));
+    let forged = serde_json::to_vec(&forged).unwrap();
+    std::fs::write(folder.join("index.json"), &forged).unwrap();
+    sign_index(&key, &folder);
+    a.request(
+        "POST",
+        "/admin/v1/sys/plugins?type=catalog&name=greeter&version=1.0.0&force=true",
+        None,
+    )
+    .assert_error(
+        502,
+        "entry 'greeter' 1.0.0 points at a package of plugin 'api_key'",
+    );
+    assert_eq!(greeter_version(&a).as_deref(), Some("2"));
+
     // An index changed after it was signed: refused, naming the signature.
     let text = std::fs::read_to_string(folder.join("index.json")).unwrap();
     std::fs::write(
@@ -364,4 +407,87 @@ fn a_catalog_read_as_a_path_serves_the_cli_and_signatures_are_required_when_aske
         !ok && out.contains("only http://, https:// and paths"),
         "{out}"
     );
+}
+
+/// The jq program docs/plugin-authoring.md gives for converting an FBA
+/// market index, as written there.
+fn documented_jq_program() -> String {
+    let doc = std::fs::read_to_string(e2e::root().join("docs/plugin-authoring.md")).unwrap();
+    let start = doc.find("jq '").expect("the jq line in the docs") + 4;
+    let end = start
+        + doc[start..]
+            .find("' market.json")
+            .expect("the end of the jq line");
+    doc[start..end].to_owned()
+}
+
+#[test]
+fn an_fba_market_index_converts_with_the_documented_jq_line_and_its_git_entry_installs() {
+    // A repository holding a prebuilt greeter, tagged v1.
+    let repo = tempfile::tempdir().unwrap();
+    e2e::git(repo.path(), &["init", "-q"]);
+    let source = e2e::source_dir("greeter_v1");
+    std::fs::copy(source.join("plugin.toml"), repo.path().join("plugin.toml")).unwrap();
+    std::fs::write(repo.path().join("README.md"), "# greeter\n").unwrap();
+    std::fs::copy(
+        e2e::library("greeter_v1"),
+        repo.path().join("libgreeter.so"),
+    )
+    .unwrap();
+    e2e::git(repo.path(), &["add", "."]);
+    e2e::git(repo.path(), &["commit", "-qm", "build 1"]);
+    e2e::git(repo.path(), &["tag", "v1"]);
+
+    // FBA's market entry: the [plugin] table and git {url, branch, path}.
+    let market = serde_json::json!([{
+        "plugin": {
+            "icon": "https://plugins.example/greeter.svg",
+            "summary": "Greeter, build 1",
+            "version": "1.0.0",
+            "description": "A test plugin",
+            "author": "plughost tests",
+            "tags": ["other"],
+            "database": ["mysql", "postgresql"]
+        },
+        "git": {"url": repo.path().display().to_string(), "branch": "v1", "path": "plugins/greeter"}
+    }]);
+    let folder = tempfile::tempdir().unwrap();
+    let market_file = folder.path().join("market.json");
+    std::fs::write(&market_file, market.to_string()).unwrap();
+    let output = Command::new("jq")
+        .arg(documented_jq_program())
+        .arg(&market_file)
+        .output()
+        .expect("jq (scripts/test-deps installs it)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::write(folder.path().join("index.json"), &output.stdout).unwrap();
+    let index: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(index["entries"][0]["name"], "greeter", "{index}");
+    assert_eq!(index["entries"][0]["git"]["ref"], "v1", "{index}");
+
+    let catalog = folder.path().display().to_string();
+    let (_data, host) = e2e::serve_with(
+        &[],
+        &[
+            ("PLUGHOST_CATALOG", catalog.as_str()),
+            ("PLUGHOST_GIT_ALLOW_LOCAL", "true"),
+        ],
+    );
+    let entry = listed(&host, "greeter");
+    assert_eq!(entry["plugin"]["summary"], "Greeter, build 1");
+    assert_eq!(entry["compatible"], true);
+    assert!(entry["contract"].is_null());
+    let reply = host.request(
+        "POST",
+        "/admin/v1/sys/plugins?type=catalog&name=greeter",
+        None,
+    );
+    assert_eq!(reply.status, 200, "{:?}", reply.json);
+    assert_eq!(greeter_version(&host).as_deref(), Some("1"));
+    assert_eq!(host.plugin("greeter")["package"]["source"]["type"], "git");
+    assert_eq!(listed(&host, "greeter")["installed"], "1.0.0");
 }

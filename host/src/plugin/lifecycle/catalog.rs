@@ -748,6 +748,26 @@ impl PluginHost {
                     }
                     .into());
                 }
+                // The package must be the entry's plugin and version: an
+                // index written by hand could name one and point at another.
+                match package_identity(&bytes) {
+                    Some((found, version))
+                        if found == entry.name && version == entry.plugin.version => {}
+                    found => {
+                        return Err(CatalogError::Invalid {
+                            catalog: catalog.location.to_string(),
+                            message: format!(
+                                "entry '{name}' {} points at {}; build the catalog again",
+                                entry.plugin.version,
+                                found.map_or_else(
+                                    || "a package without a readable plugin.toml".to_owned(),
+                                    |(n, v)| format!("a package of plugin '{n}' {v}")
+                                )
+                            ),
+                        }
+                        .into());
+                    }
+                }
                 self.install_zip(bytes, &options).await
             }
             (None, Some(git)) => {
@@ -904,6 +924,22 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), String> {
             let _ = std::fs::remove_file(&tmp);
             format!("cannot write {}: {e}", path.display())
         })
+}
+
+/// The plugin and version a package holds (its top directory and its
+/// `plugin.toml`), if they can be read; the install checks the rest.
+fn package_identity(bytes: &[u8]) -> Option<(String, String)> {
+    use std::io::Read as _;
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).ok()?;
+    let top = zip.file_names().next()?.split('/').next()?.to_owned();
+    let mut text = String::new();
+    zip.by_name(&format!("{top}/plugin.toml"))
+        .ok()?
+        .take(MAX_INDEX)
+        .read_to_string(&mut text)
+        .ok()?;
+    let manifest = crate::plugin::loading::manifest::PluginManifest::parse(&text).ok()?;
+    Some((top, manifest.version.to_string()))
 }
 
 /// The id of the key a package's signature names (unverified: hosts
