@@ -518,6 +518,9 @@ fn plugin(args: &SettingsArgs, action: PluginAction) -> anyhow::Result<()> {
             settings.catalogs.clone()
         } else {
             catalogs
+                .iter()
+                .map(|c| crate::plugin::lifecycle::catalog::Location::catalog(c))
+                .collect::<Result<_, _>>()?
         };
         return actix_web::rt::System::new().block_on(search(
             catalogs,
@@ -763,12 +766,12 @@ fn build_catalog(
 
 /// Prints what `catalogs` offer, or the entries matching `term`.
 async fn search(
-    catalogs: Vec<String>,
+    catalogs: Vec<crate::plugin::lifecycle::catalog::Location>,
     term: Option<&str>,
     trust: &crate::plugin::loading::trust::TrustPolicy,
     timeout: std::time::Duration,
 ) -> anyhow::Result<()> {
-    use crate::plugin::lifecycle::catalog::{Catalog, CatalogError, Location};
+    use crate::plugin::lifecycle::catalog::{Catalog, CatalogError};
     if catalogs.is_empty() {
         anyhow::bail!(CatalogError::NotConfigured.to_string());
     }
@@ -778,12 +781,8 @@ async fn search(
         "{:<24} {:<10} {:<10} {:<18} {:<24} summary",
         "name", "version", "contract", "signer", "tags"
     );
-    for text in &catalogs {
-        let catalog = match Location::catalog(text) {
-            Ok(location) => Catalog::read(location, trust, timeout).await,
-            Err(e) => Err(e),
-        };
-        let catalog = match catalog {
+    for location in &catalogs {
+        let catalog = match Catalog::read(location.clone(), trust, timeout).await {
             Ok(catalog) => catalog,
             Err(e) => {
                 eprintln!("{e}");

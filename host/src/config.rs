@@ -304,8 +304,8 @@ pub struct Settings {
     pub git: GitPolicy,
     /// How long a plugin operation waits for another one.
     pub lock_wait: Duration,
-    /// The plugin catalogs (`PLUGHOST_CATALOG`), as configured.
-    pub catalogs: Vec<String>,
+    /// The plugin catalogs (`PLUGHOST_CATALOG`): their indexes.
+    pub catalogs: Vec<crate::plugin::lifecycle::catalog::Location>,
     /// How long reading a catalog's index may take.
     pub catalog_timeout: Duration,
     /// How long a request body may stall.
@@ -560,23 +560,20 @@ impl Settings {
             name: "trusted_keys",
             message: e.to_string(),
         })?;
-        let catalogs: Vec<String> = args
+        let catalogs = args
             .plugin_catalog
             .clone()
             .or(file.plugin_catalog)
             .unwrap_or_default()
-            .into_iter()
-            .map(|c| c.trim().to_owned())
+            .iter()
+            .map(|c| c.trim())
             .filter(|c| !c.is_empty())
-            .collect();
-        for catalog in &catalogs {
-            crate::plugin::lifecycle::catalog::Location::catalog(catalog).map_err(|e| {
-                ConfigError::Invalid {
-                    name: "catalog",
-                    message: e.to_string(),
-                }
+            .map(crate::plugin::lifecycle::catalog::Location::catalog)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::Invalid {
+                name: "catalog",
+                message: e.to_string(),
             })?;
-        }
         Ok(Self {
             access_log: args.access_log.or(file.access_log).unwrap_or(true),
             metrics,

@@ -120,8 +120,8 @@ pub struct PluginHost {
     limits: package::Limits,
     git: git::GitPolicy,
     lock_wait: Duration,
-    /// The plugin catalogs to list and install from.
-    catalogs: Vec<String>,
+    /// The indexes of the plugin catalogs to list and install from.
+    catalogs: Vec<lifecycle::catalog::Location>,
     /// How long reading a catalog's index may take.
     catalog_timeout: Duration,
     /// The lock of this plugin dir alone (`.lifecycle.lock` in it), which

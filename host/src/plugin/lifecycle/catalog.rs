@@ -580,12 +580,12 @@ impl PluginHost {
             return Err(CatalogError::NotConfigured);
         }
         let (trust, timeout) = (self.cache.trust(), self.catalog_timeout);
-        Ok(
-            futures_util::future::join_all(self.catalogs.iter().map(|text| async move {
-                Catalog::read(Location::catalog(text)?, trust, timeout).await
-            }))
-            .await,
+        Ok(futures_util::future::join_all(
+            self.catalogs
+                .iter()
+                .map(|location| Catalog::read(location.clone(), trust, timeout)),
         )
+        .await)
     }
 
     /// The plugins the configured catalogs offer, with what is installed
@@ -594,7 +594,7 @@ impl PluginHost {
         let read = self.read_catalogs().await?;
         let mut sources = Vec::new();
         let mut catalogs = Vec::new();
-        for (text, result) in self.catalogs.iter().zip(read) {
+        for (location, result) in self.catalogs.iter().zip(read) {
             match result {
                 Ok(catalog) => {
                     sources.push(Source {
@@ -606,7 +606,7 @@ impl PluginHost {
                     catalogs.push(catalog);
                 }
                 Err(e) => sources.push(Source {
-                    location: text.clone(),
+                    location: location.to_string(),
                     signer: None,
                     entries: 0,
                     error: Some(e.to_string()),
